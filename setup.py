@@ -1,0 +1,23 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="dsmr-ts",
+    version="0.1.0",
+    description="DSMR-reader compatible REST API over InfluxDB 2 time series",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.11",
+    packages=find_packages(include=["dsmr_ts", "dsmr_ts.*"]),
+    # The Go build module for influxd ships with the package.
+    package_data={"dsmr_ts.influx": ["build/go.mod", "build/go.sum"]},
+    install_requires=[
+        "falcon>=4.0,<5",
+        "gunicorn>=23,<28",
+        "influxdb-client>=1.40,<2",
+        "pyserial>=3.5,<4",
+        "apscheduler>=3.10,<4",
+        "pyyaml>=6,<7",
+    ],
+    extras_require={"test": ["pytest>=8,<10", "requests>=2.31,<3"]},
+    entry_points={"console_scripts": ["dsmr-ts=dsmr_ts.cli:main"]},
+)
