@@ -1,0 +1,235 @@
+"""`dsmr-ts` command line: run, serve, setup, influxd path/run."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from dsmr_ts.config import Config, ConfigError, load_config
+
+log = logging.getLogger("dsmr_ts")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if getattr(args, "verbose", False) else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    # influxdb-client logs every retry and HTTP detail at INFO; operators want our lines.
+    logging.getLogger("influxdb_client").setLevel(logging.WARNING)
+    try:
+        return args.func(args) or 0
+    except ConfigError as exc:
+        print(f"dsmr-ts: config error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    except CliError as exc:
+        print(f"dsmr-ts: {exc}", file=sys.stderr)
+        return 1
+
+
+class CliError(Exception):
+    """A failure to report in one line (no traceback)."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dsmr-ts", description="DSMR-reader compatible API over InfluxDB 2")
+    parser.add_argument("--config", help="YAML config (default: $DSMR_TS_CONFIG or ./dsmr-ts.yaml)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("run", help="everything on this machine: influxd, setup, API (Ctrl-C stops all)")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("serve", help="the API under gunicorn")
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("setup", help="onboard InfluxDB, create buckets (idempotent)")
+    p.set_defaults(func=cmd_setup)
+
+    p = sub.add_parser("influxd", help="the InfluxDB server dsmr-ts builds and manages")
+    influxd_sub = p.add_subparsers(dest="influxd_command", required=True, metavar="ACTION")
+    influxd_sub.add_parser("path", help="build influxd if it is not cached, then print its path").set_defaults(
+        func=cmd_influxd_path
+    )
+    influxd_sub.add_parser("run", help="run the managed influxd in the foreground").set_defaults(
+        func=cmd_influxd_run
+    )
+    return parser
+
+
+# --- commands ------------------------------------------------------------------------------
+
+
+def cmd_influxd_path(args: argparse.Namespace) -> int:
+    from dsmr_ts.influx.build import BuildError, ensure_influxd
+
+    try:
+        print(ensure_influxd())
+    except BuildError as exc:
+        raise CliError(str(exc)) from None
+    return 0
+
+
+def cmd_influxd_run(args: argparse.Namespace) -> int:
+    config = _config(args)
+    influxd = _start_managed_influxd(config)
+    stop = _stop_event()
+    try:
+        while not stop.wait(1.0):
+            if influxd.process.poll() is not None:
+                raise CliError(f"influxd exited with status {influxd.process.returncode}:\n{influxd.log_tail()}")
+    finally:
+        influxd.stop()
+    return 0
+
+
+def cmd_setup(args: argparse.Namespace) -> int:
+    config = _config(args)
+    if config.influxdb.managed:
+        influxd = _start_managed_influxd(config)
+        try:
+            _bootstrap(config)
+        finally:
+            influxd.stop()
+    else:
+        _bootstrap(config)
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    config = _config(args)
+    os.execvpe(sys.executable, _gunicorn_command(), _child_env(config))
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """Supervise influxd (when managed) and the API; stop all of them on Ctrl-C or SIGTERM."""
+    config = _config(args)
+    stop = _stop_event()
+    influxd = _start_managed_influxd(config) if config.influxdb.managed else None
+    children: dict[str, subprocess.Popen] = {}
+    try:
+        _bootstrap(config)
+        children["api"] = subprocess.Popen(_gunicorn_command(), env=_child_env(config), start_new_session=True)
+        _print_welcome(config)
+        failed = None
+        while not stop.wait(0.5) and not failed:
+            for name, child in children.items():
+                if child.poll() is not None:
+                    failed = f"{name} exited with status {child.returncode}"
+            if influxd and influxd.process.poll() is not None:
+                failed = f"influxd exited with status {influxd.process.returncode}:\n{influxd.log_tail()}"
+        if failed:
+            raise CliError(failed + "; stopping everything")
+        log.info("stopping")
+    finally:
+        for name, child in children.items():
+            _stop_child(name, child)
+        if influxd:
+            influxd.stop()
+    return 0
+
+
+# --- helpers -------------------------------------------------------------------------------
+
+
+def _config(args: argparse.Namespace) -> Config:
+    path = args.config or os.environ.get("DSMR_TS_CONFIG") or "dsmr-ts.yaml"
+    return load_config(path)
+
+
+def _stop_event() -> threading.Event:
+    """An event set by SIGINT or SIGTERM, so the main loop can stop children in order."""
+    stop = threading.Event()
+
+    def handler(signum: int, frame: object) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGTERM, handler)
+    return stop
+
+
+def _start_managed_influxd(config: Config):
+    from dsmr_ts.influx.build import BuildError, ensure_influxd
+    from dsmr_ts.influx.server import InfluxdError, ManagedInfluxd
+
+    url = urlsplit(config.influxdb.url)
+    if url.scheme != "http" or url.hostname not in ("127.0.0.1", "localhost", "::1"):
+        raise CliError(
+            f"influxdb.managed is true, so influxdb.url must be a local http:// address, not {config.influxdb.url}"
+        )
+    try:
+        binary = ensure_influxd()
+        return ManagedInfluxd(
+            binary, config.resolve_path(config.influxdb.data_dir), host=url.hostname, port=url.port or 8086
+        ).start()
+    except (BuildError, InfluxdError) as exc:
+        raise CliError(str(exc)) from None
+
+
+def _bootstrap(config: Config) -> None:
+    from dsmr_ts.influx.bootstrap import BootstrapError, bootstrap
+
+    try:
+        result = bootstrap(config, ui_login_file=_ui_login_file(config))
+    except BootstrapError as exc:
+        raise CliError(str(exc)) from None
+    state = "onboarded" if result.onboarded else "already set up"
+    log.info("InfluxDB %s at %s (org %s)", state, config.influxdb.url, config.influxdb.org)
+
+
+def _ui_login_file(config: Config) -> Path:
+    return config.resolve_path(config.influxdb.data_dir) / "ui-login.txt"
+
+
+def _gunicorn_command() -> list[str]:
+    return [sys.executable, "-m", "gunicorn", "-c", "python:dsmr_ts.gunicorn_conf", "dsmr_ts.app:create_app()"]
+
+
+def _child_env(config: Config) -> dict[str, str]:
+    env = dict(os.environ)
+    env["DSMR_TS_CONFIG"] = str(config.path)
+    return env
+
+
+def _stop_child(name: str, child: subprocess.Popen, timeout: float = 30.0) -> None:
+    if child.poll() is None:
+        child.terminate()
+        try:
+            child.wait(timeout)
+        except subprocess.TimeoutExpired:
+            log.warning("%s did not stop within %.0f s; killing it", name, timeout)
+            child.kill()
+            child.wait()
+
+
+def _print_welcome(config: Config) -> None:
+    bind = config.server.bind
+    api_url = f"http://{bind}" if not bind.startswith("unix:") else bind
+    state = "ENABLED" if config.api.enabled else "disabled (set api.enabled: true in the config to use it)"
+    lines = [
+        "",
+        "dsmr-ts is running. Ctrl-C stops everything.",
+        f"  API:         {api_url}/api/v2/datalogger/dsmrreading  ({state})",
+        f"  health:      {api_url}/health",
+        f"  config:      {config.path}  (API key: api.key in this file)",
+        f"  InfluxDB UI: {config.influxdb.url}",
+    ]
+    if config.influxdb.managed:
+        lines.append(f"  UI login:    {_ui_login_file(config)}")
+    print("\n".join(lines) + "\n", flush=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,30 @@
+"""gunicorn settings for the dsmr-ts API: the one place they live.
+
+Used by `dsmr-ts serve`, `dsmr-ts run`, the Dockerfile and the docs:
+    gunicorn -c python:dsmr_ts.gunicorn_conf 'dsmr_ts.app:create_app()'
+bind and workers come from the dsmr-ts config ($DSMR_TS_CONFIG or ./dsmr-ts.yaml).
+"""
+
+from dsmr_ts.config import load_config
+
+_config = load_config()
+
+bind = _config.server.bind
+workers = _config.server.workers
+worker_class = "sync"
+# Behind nginx, which buffers slow clients; a request that takes longer than this is stuck.
+timeout = 60
+graceful_timeout = 30
+keepalive = 5
+# Recycle workers now and then so that a slow leak can never grow without bound.
+max_requests = 100_000
+max_requests_jitter = 10_000
+# Request line and header limits: well above any real client, far below abuse.
+limit_request_line = 8190
+limit_request_fields = 100
+forwarded_allow_ips = "127.0.0.1,::1"
+accesslog = "-"
+access_log_format = '%(h)s "%(r)s" %(s)s %(b)s %(M)sms'
+errorlog = "-"
+loglevel = "info"
+proc_name = "dsmr-ts-api"

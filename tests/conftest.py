@@ -1,0 +1,54 @@
+"""Shared fixtures: one real influxd per test session, onboarded the way production does it."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from dsmr_ts.config import Config, load_config
+from dsmr_ts.influx.bootstrap import bootstrap
+from dsmr_ts.influx.build import ensure_influxd
+from dsmr_ts.influx.server import ManagedInfluxd, free_port
+from helpers import TEST_KEY
+
+
+@pytest.fixture(scope="session")
+def influxd_binary() -> Path:
+    return ensure_influxd()
+
+
+@pytest.fixture(scope="session")
+def influxd(influxd_binary: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ManagedInfluxd]:
+    server = ManagedInfluxd(influxd_binary, tmp_path_factory.mktemp("influxd"), port=free_port())
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def session_config(influxd: ManagedInfluxd, tmp_path_factory: pytest.TempPathFactory) -> Config:
+    """A config pointing at the session influxd, onboarded, API enabled with a known key."""
+    path = tmp_path_factory.mktemp("config") / "dsmr-ts.yaml"
+    path.write_text(
+        f"api:\n  enabled: true\n  key: {TEST_KEY}\n"
+        f"influxdb:\n  managed: false\n  url: {influxd.url}\n  token: ''\n"
+    )
+    bootstrap(load_config(path, create=False))
+    return load_config(path, create=False)
+
+
+@pytest.fixture
+def config(session_config: Config) -> Config:
+    """A fresh copy per test, so a test may change settings freely."""
+    return load_config(session_config.path, create=False)
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No DSMR_TS_* from the developer's shell leaks into a test."""
+    for name in list(os.environ):
+        if name.startswith("DSMR_TS_") and name != "DSMR_TS_INFLUXD":
+            monkeypatch.delenv(name)

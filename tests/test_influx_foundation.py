@@ -1,0 +1,108 @@
+"""The real influxd: build cache, start/stop, onboarding, a write read back through Flux, /health."""
+
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+
+import pytest
+from falcon import testing
+from influxdb_client import InfluxDBClient, Point, WritePrecision
+from influxdb_client.client.write_api import SYNCHRONOUS
+
+from dsmr_ts.app import create_app
+from dsmr_ts.config import load_config
+from dsmr_ts.influx.bootstrap import BootstrapError, bootstrap
+from dsmr_ts.influx.build import cache_dir
+from dsmr_ts.influx.server import ManagedInfluxd, free_port, is_healthy
+from dsmr_ts.influx.store import Store
+from helpers import REPO, dsmr_ts_command
+
+
+def test_influxd_path_answers_from_cache(influxd_binary):
+    result = subprocess.run(dsmr_ts_command("influxd", "path"), capture_output=True, text=True, cwd=REPO, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == str(influxd_binary)
+    if not os.environ.get("DSMR_TS_INFLUXD"):
+        assert influxd_binary.parent == cache_dir()
+    version = subprocess.run([str(influxd_binary), "version"], capture_output=True, text=True, timeout=30)
+    assert version.stdout.startswith("InfluxDB 2.9.1"), version.stdout
+
+
+@pytest.fixture
+def private_influxd(influxd_binary, tmp_path):
+    server = ManagedInfluxd(influxd_binary, tmp_path / "influxd", port=free_port())
+    server.start()
+    yield server
+    server.stop()
+
+
+def test_onboarding_then_second_setup_changes_nothing(private_influxd, tmp_path):
+    path = tmp_path / "dsmr-ts.yaml"
+    path.write_text(f"# mine\ninfluxdb:\n  managed: false\n  url: {private_influxd.url}\n  token: ''  # by setup\n")
+    first = bootstrap(load_config(path), ui_login_file=tmp_path / "ui-login.txt")
+    assert first.onboarded is True
+    assert first.created_buckets == ["dsmr_stats"]  # onboarding itself creates "dsmr"
+    config = load_config(path)
+    assert config.influxdb.token == first.token
+    assert "# mine" in path.read_text() and "# by setup" in path.read_text()
+    assert stat.S_IMODE(os.stat(tmp_path / "ui-login.txt").st_mode) == 0o600
+
+    second = bootstrap(config)
+    assert (second.onboarded, second.created_buckets, second.token) == (False, [], first.token)
+    with InfluxDBClient(url=private_influxd.url, token=first.token, org="dsmr") as client:
+        names = sorted(b.name for b in client.buckets_api().find_buckets().buckets if not b.name.startswith("_"))
+    assert names == ["dsmr", "dsmr_stats"]
+
+
+def test_setup_of_a_set_up_server_without_token_says_what_to_do(session_config, tmp_path):
+    path = tmp_path / "dsmr-ts.yaml"
+    path.write_text(f"influxdb:\n  managed: false\n  url: {session_config.influxdb.url}\n")
+    with pytest.raises(BootstrapError, match="already set up but influxdb.token is empty"):
+        bootstrap(load_config(path))
+
+
+def test_setup_with_a_wrong_token_is_refused_clearly(session_config, tmp_path):
+    path = tmp_path / "dsmr-ts.yaml"
+    path.write_text(f"influxdb:\n  managed: false\n  url: {session_config.influxdb.url}\n  token: wrong\n")
+    with pytest.raises(BootstrapError, match="refused influxdb.token"):
+        bootstrap(load_config(path))
+
+
+def test_setup_of_an_unreachable_server_is_one_line(tmp_path):
+    path = tmp_path / "dsmr-ts.yaml"
+    path.write_text(f"influxdb:\n  managed: false\n  url: http://127.0.0.1:{free_port()}\n")
+    with pytest.raises(BootstrapError, match="is unreachable"):
+        bootstrap(load_config(path))
+
+
+def test_a_point_written_with_influxdb_client_reads_back_through_flux(session_config):
+    settings = session_config.influxdb
+    with InfluxDBClient(url=settings.url, token=settings.token, org=settings.org) as client:
+        point = Point("foundation_check").tag("meter", "m1").field("value", 1.5).time(1_700_000_000, WritePrecision.S)
+        client.write_api(write_options=SYNCHRONOUS).write(bucket=settings.bucket, record=point)
+        tables = client.query_api().query(
+            f'from(bucket: "{settings.bucket}") |> range(start: 2023-11-01T00:00:00Z, stop: 2023-12-01T00:00:00Z)'
+            ' |> filter(fn: (r) => r._measurement == "foundation_check")'
+        )
+    records = [r for t in tables for r in t.records]
+    assert [(r.get_time().timestamp(), r["meter"], r.get_field(), r.get_value()) for r in records] == [
+        (1_700_000_000, "m1", "value", 1.5)
+    ]
+
+
+def test_health_follows_influxd(private_influxd, tmp_path):
+    path = tmp_path / "dsmr-ts.yaml"
+    path.write_text(f"influxdb:\n  managed: false\n  url: {private_influxd.url}\n")
+    config = load_config(path)
+    bootstrap(config)
+    client = testing.TestClient(create_app(config, Store(config.influxdb, timeout_ms=2000)))
+    response = client.simulate_get("/health")
+    assert response.status_code == 200
+    assert response.json == {"status": "ok", "influxdb": "ok"}
+    private_influxd.stop()
+    assert not is_healthy(private_influxd.url)
+    response = client.simulate_get("/health")
+    assert response.status_code == 503
+    assert response.json == {"status": "error", "influxdb": "unreachable"}

@@ -1,0 +1,67 @@
+"""`dsmr-ts run` as a user starts it: managed influxd, setup, API; Ctrl-C leaves no process."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+from pathlib import Path
+
+import requests
+import yaml
+
+from dsmr_ts.influx.server import free_port
+from helpers import REPO, dsmr_ts_command, wait_for
+
+
+def processes_mentioning(text: str) -> list[int]:
+    """PIDs whose command line or environment mentions text (our temp dir is unique)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            blob = (entry / "cmdline").read_bytes() + (entry / "environ").read_bytes()
+        except OSError:
+            continue
+        if text.encode() in blob:
+            found.append(int(entry.name))
+    return found
+
+
+def test_run_starts_everything_and_sigint_stops_all(tmp_path, influxd_binary):
+    api_port, influx_port = free_port(), free_port()
+    config_path = tmp_path / "dsmr-ts.yaml"
+    config_path.write_text(
+        f"server:\n  bind: 127.0.0.1:{api_port}\n  workers: 1\n"
+        f"influxdb:\n  url: http://127.0.0.1:{influx_port}\n  data_dir: ./influx-data\n"
+        "reader:\n  enabled: false\n"
+    )
+    log = open(tmp_path / "run.log", "w+")
+    proc = subprocess.Popen(
+        dsmr_ts_command("--config", str(config_path), "run"), cwd=REPO, stdout=log, stderr=subprocess.STDOUT
+    )
+    try:
+        def api_healthy() -> bool:
+            assert proc.poll() is None, (tmp_path / "run.log").read_text()
+            try:
+                return requests.get(f"http://127.0.0.1:{api_port}/health", timeout=2).status_code == 200
+            except requests.ConnectionError:
+                return False
+
+        wait_for(api_healthy, timeout=90, what="the API's /health under `dsmr-ts run`")
+        assert (tmp_path / "influx-data" / "engine").is_dir()  # data_dir is relative to the config file
+        output = (tmp_path / "run.log").read_text()
+        assert f"http://127.0.0.1:{api_port}/api/v2/datalogger/dsmrreading" in output
+        assert "api.key" in output
+        written = yaml.safe_load(config_path.read_text())
+        assert written["influxdb"]["token"] and written["api"]["key"]
+        assert written["influxdb"]["token"] not in output and written["api"]["key"] not in output
+        assert processes_mentioning(str(tmp_path)), "children should be running"
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=60) == 0, (tmp_path / "run.log").read_text()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        log.close()
+    wait_for(lambda: not processes_mentioning(str(tmp_path)), timeout=30, what="no process left behind")
