@@ -6,14 +6,24 @@ import falcon
 
 from dsmr_ts.config import Config, load_config
 from dsmr_ts.influx.store import Store
+from dsmr_ts.ingest import Ingest
+from dsmr_ts.resources import errors
+from dsmr_ts.resources.access import ApiAccessMiddleware
+from dsmr_ts.resources.datalogger import ReadingResource, TelegramResource
 from dsmr_ts.resources.health import HealthResource
 
 
 def create_app(config: Config | None = None, store: Store | None = None) -> falcon.App:
-    """Build the app. gunicorn calls it with no arguments: the config comes from
-    --config / $DSMR_TS_CONFIG / ./dsmr-ts.yaml."""
+    """Build the app. gunicorn calls it with no arguments: the config then comes from
+    $DSMR_TS_CONFIG or ./dsmr-ts.yaml."""
     config = config or load_config()
     store = store or Store(config.influxdb)
-    app = falcon.App()
+    ingest = Ingest(store)
+    output_tz = config.tz if config.api.local_datetimes else None
+
+    app = falcon.App(middleware=[ApiAccessMiddleware(config.api)])
+    errors.install(app)
     app.add_route("/health", HealthResource(store))
+    app.add_route("/api/v1/datalogger/dsmrreading", TelegramResource(ingest))
+    app.add_route("/api/v2/datalogger/dsmrreading", ReadingResource(ingest, store, config.tz, output_tz))
     return app

@@ -41,6 +41,8 @@ class ConfigError(Exception):
 class ApiConfig:
     enabled: bool = False
     key: str = ""
+    # Datetimes out in UTC with Z (as documented); true: in `timezone` with its offset (as DSMR-reader v5).
+    local_datetimes: bool = False
 
 
 @dataclass

@@ -8,12 +8,21 @@ from __future__ import annotations
 
 import logging
 
-from influxdb_client import InfluxDBClient
+import datetime as dt
+import time
+
+from influxdb_client import InfluxDBClient, WritePrecision
+from influxdb_client.client.exceptions import InfluxDBError
 from influxdb_client.client.write_api import SYNCHRONOUS
+from urllib3.exceptions import HTTPError
 
 from dsmr_ts.config import InfluxConfig
+from dsmr_ts.influx import schema
+from dsmr_ts.telegram import DEFAULT_METER, Reading, Telegram
 
 log = logging.getLogger(__name__)
+
+DEFAULT_METER_TTL = 60.0  # seconds
 
 
 class StoreUnavailable(Exception):
@@ -29,6 +38,7 @@ class Store:
         # Synchronous writes: a 201 to a client means the point is in InfluxDB's WAL.
         self.write_api = self.client.write_api(write_options=SYNCHRONOUS)
         self.query_api = self.client.query_api()
+        self._default_meter: tuple[str, float] | None = None
 
     def ping(self) -> bool:
         """True when influxd answers; never raises."""
@@ -37,5 +47,139 @@ class Store:
         except Exception:  # noqa: BLE001 - any failure means "not reachable" to a health check
             return False
 
+    # --- writes ------------------------------------------------------------------------------
+
+    def write_lines(self, lines: list[str]) -> None:
+        """One synchronous write: every line is stored, or (on a parse error) none is."""
+        try:
+            self.write_api.write(
+                bucket=self.settings.bucket, org=self.settings.org, record=lines, write_precision=WritePrecision.NS
+            )
+        except (InfluxDBError, HTTPError, OSError) as exc:
+            raise StoreUnavailable(_describe(exc)) from None
+
+    def write_telegram(self, telegram: Telegram) -> None:
+        """The reading and the meter statistics it carried, in one write."""
+        reading = telegram.reading
+        lines = [schema.reading_line(reading)]
+        stats = schema.statistics_line(reading.meter, reading.timestamp, telegram.statistics)
+        if stats:
+            lines.append(stats)
+        self.write_lines(lines)
+
+    def replace_reading(self, reading: Reading) -> None:
+        """Store a reading so that it is the only one at its meter+timestamp.
+
+        A write merges fields with an existing point; when that point has fields the new reading
+        lacks, it is deleted first so nothing of the old reading survives (rare: a corrected v2 POST).
+        """
+        existing = self.reading_field_names(reading.meter, reading.timestamp)
+        if existing - set(schema.reading_fields(reading)):
+            self._delete_reading(reading.meter, reading.timestamp)
+        self.write_lines([schema.reading_line(reading)])
+
+    def count_rejected(self, meter: str = "unknown", when: dt.datetime | None = None) -> None:
+        self.write_lines([schema.rejected_line(meter, when or dt.datetime.now(dt.timezone.utc))])
+
+    def _delete_reading(self, meter: str, timestamp: dt.datetime) -> None:
+        try:
+            self.client.delete_api().delete(
+                start=timestamp,
+                stop=timestamp,  # the range is inclusive at both ends
+                predicate=f'_measurement="{schema.READING}" AND meter="{_predicate_value(meter)}"',
+                bucket=self.settings.bucket,
+                org=self.settings.org,
+            )
+        except (InfluxDBError, HTTPError, OSError) as exc:
+            raise StoreUnavailable(_describe(exc)) from None
+
+    # --- reads -------------------------------------------------------------------------------
+
+    def reading_field_names(self, meter: str, timestamp: dt.datetime) -> set[str]:
+        query = f"""
+from(bucket: bucket)
+  |> range(start: t, stop: date.add(d: 1s, to: t))
+  |> filter(fn: (r) => r._measurement == "{schema.READING}" and r.meter == meter)
+  |> keep(columns: ["_field"])
+"""
+        rows = self._query("import \"date\"\n" + query, {"t": timestamp, "meter": meter})
+        return {row["_field"] for row in rows}
+
+    def meters(self) -> list[str]:
+        """Every meter that has readings (from the tag index: no data is read)."""
+        query = f"""
+import "influxdata/influxdb/schema"
+schema.tagValues(bucket: bucket, tag: "meter", predicate: (r) => r._measurement == "{schema.READING}", start: 0)
+"""
+        return sorted(str(row["_value"]) for row in self._query(query, {}))
+
+    def default_meter(self) -> str:
+        """The meter a request means when it names none: the only one, or the one that reported
+        last; 'default' while there are no readings. Cached briefly (asked on every request)."""
+        now = time.monotonic()
+        if self._default_meter and now - self._default_meter[1] < DEFAULT_METER_TTL:
+            return self._default_meter[0]
+        meters = self.meters()
+        if len(meters) <= 1:
+            meter = meters[0] if meters else DEFAULT_METER
+        else:
+            query = f"""
+from(bucket: bucket)
+  |> range(start: 0)
+  |> filter(fn: (r) => r._measurement == "{schema.READING}" and r._field == "electricity_delivered_1")
+  |> last()
+  |> group()
+  |> sort(columns: ["_time"], desc: true)
+  |> limit(n: 1)
+"""
+            rows = self._query(query, {})
+            meter = str(rows[0]["meter"]) if rows else DEFAULT_METER
+        if meters:
+            self._default_meter = (meter, now)
+        return meter
+
+    def rejected_count(self) -> int:
+        query = f"""
+from(bucket: bucket)
+  |> range(start: 0)
+  |> filter(fn: (r) => r._measurement == "{schema.METER_STATISTICS}" and r._field == "{schema.REJECTED_FIELD}")
+  |> group()
+  |> sum()
+"""
+        rows = self._query(query, {})
+        return int(rows[0]["_value"]) if rows else 0
+
+    def latest_meter_statistics(self, meter: str) -> dict[str, object]:
+        """The newest value of every meter statistic of one meter ({} when none)."""
+        query = f"""
+from(bucket: bucket)
+  |> range(start: 0)
+  |> filter(fn: (r) => r._measurement == "{schema.METER_STATISTICS}" and r.meter == meter
+       and r._field != "{schema.REJECTED_FIELD}")
+  |> last()
+"""
+        return {row["_field"]: row["_value"] for row in self._query(query, {"meter": meter})}
+
+    def _query(self, flux: str, params: dict[str, object]) -> list[dict[str, object]]:
+        """Run Flux with `bucket` and the params as extern variables; rows as plain dicts."""
+        params = {"bucket": self.settings.bucket, **params}
+        try:
+            tables = self.query_api.query(flux, org=self.settings.org, params=params)
+        except (InfluxDBError, HTTPError, OSError) as exc:
+            raise StoreUnavailable(_describe(exc)) from None
+        return [record.values for table in tables for record in table.records]
+
     def close(self) -> None:
         self.client.close()
+
+
+def _predicate_value(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"')
+
+
+def _describe(exc: BaseException) -> str:
+    """A short, secret-free description of a store failure for logs and 503 bodies."""
+    status = getattr(exc, "status", None) or getattr(getattr(exc, "response", None), "status", None)
+    if status:
+        return f"InfluxDB answered HTTP {status}"
+    return f"InfluxDB unreachable ({exc.__class__.__name__})"

@@ -1,0 +1,108 @@
+"""datalogger/dsmrreading: v1 raw telegrams in, v2 readings in (and out, see readings.py)."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+import falcon
+
+from dsmr_ts.influx import schema
+from dsmr_ts.influx.store import Store
+from dsmr_ts.ingest import Ingest
+from dsmr_ts.resources.errors import ValidationFailed
+from dsmr_ts.resources.forms import read_fields
+from dsmr_ts.resources.formats import reading_json
+from dsmr_ts.resources.validation import DecimalSpec, Field, FieldError, IntegerSpec, collect_errors, parse_datetime
+from dsmr_ts.telegram import MAX_FUTURE, ParseError, Reading
+
+
+class TelegramResource:
+    """POST /api/v1/datalogger/dsmrreading: form field `telegram`, 201 with an empty body."""
+
+    def __init__(self, ingest: Ingest):
+        self.ingest = ingest
+
+    def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
+        telegram = read_fields(req).get("telegram")
+        if not isinstance(telegram, str) or not telegram.strip("\x00").strip():
+            raise falcon.HTTPBadRequest(description="Invalid data")
+        try:
+            self.ingest.telegram(telegram.strip("\x00"))
+        except ParseError as exc:
+            raise falcon.HTTPBadRequest(description=str(exc)) from None
+        resp.status = falcon.HTTP_201
+        resp.content_type = falcon.MEDIA_TEXT
+        resp.text = ""
+
+
+ENERGY = DecimalSpec(max_digits=9, places=3)
+VOLTAGE = DecimalSpec(max_digits=4, places=1)
+CURRENT = IntegerSpec(minimum=0, maximum=999)
+
+
+def reading_fields(tz: dt.tzinfo) -> list[Field]:
+    """The v2 POST fields: required as documented, optional ones as DSMR-reader v5 accepts."""
+    timestamp = lambda value: parse_datetime(value, tz)  # noqa: E731
+    return [
+        Field("timestamp", timestamp, required=True),
+        Field("electricity_currently_delivered", ENERGY, required=True),
+        Field("electricity_currently_returned", ENERGY, required=True),
+        Field("electricity_delivered_1", ENERGY, required=True),
+        Field("electricity_delivered_2", ENERGY, required=True),
+        Field("electricity_returned_1", ENERGY, required=True),
+        Field("electricity_returned_2", ENERGY, required=True),
+        *(Field(f"phase_currently_delivered_l{n}", ENERGY) for n in (1, 2, 3)),
+        *(Field(f"phase_currently_returned_l{n}", ENERGY) for n in (1, 2, 3)),
+        *(Field(f"phase_voltage_l{n}", VOLTAGE) for n in (1, 2, 3)),
+        *(Field(f"phase_power_current_l{n}", CURRENT) for n in (1, 2, 3)),
+        Field("extra_device_timestamp", timestamp),
+        Field("extra_device_delivered", ENERGY),
+        Field("meter", _meter_name),
+    ]
+
+
+def _meter_name(value: Any) -> str:
+    if not isinstance(value, str) or not value.strip() or len(value) > 64 or not value.isprintable():
+        raise FieldError("Enter a meter id of 1 to 64 printable characters.")
+    return value.strip()
+
+
+def reading_from_fields(data: dict[str, Any], tz: dt.tzinfo, default_meter: str) -> Reading:
+    """Validated v2 fields -> Reading; falcon.HTTPBadRequest with {"field": [message]} otherwise."""
+    clean, errors = collect_errors(data, reading_fields(tz))
+    timestamp = clean.get("timestamp")
+    if timestamp and timestamp - dt.datetime.now(dt.timezone.utc) > MAX_FUTURE:
+        errors["timestamp"] = ["Ensure this datetime is not more than 24 hours in the future."]
+    if ("extra_device_timestamp" in clean) != ("extra_device_delivered" in clean):
+        missing = "extra_device_delivered" if "extra_device_timestamp" in clean else "extra_device_timestamp"
+        errors.setdefault(missing, ["Required together with the other extra_device field."])
+    if errors:
+        raise ValidationFailed(errors)
+    reading = Reading(
+        timestamp=clean.pop("timestamp").replace(microsecond=0),
+        meter=clean.pop("meter", default_meter),
+        extra_device_timestamp=clean.pop("extra_device_timestamp", None),
+        extra_device_delivered=clean.pop("extra_device_delivered", None),
+    )
+    if reading.extra_device_timestamp:
+        reading.extra_device_timestamp = reading.extra_device_timestamp.replace(microsecond=0)
+    reading.values = clean
+    return reading
+
+
+class ReadingResource:
+    """POST (and GET, see readings.py) /api/v2/datalogger/dsmrreading."""
+
+    def __init__(self, ingest: Ingest, store: Store, tz: dt.tzinfo, output_tz: dt.tzinfo | None = None):
+        self.ingest = ingest
+        self.store = store
+        self.tz = tz
+        self.output_tz = output_tz
+
+    def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
+        data = read_fields(req)
+        default_meter = "" if data.get("meter") else self.store.default_meter()
+        reading = self.ingest.reading(reading_from_fields(data, self.tz, default_meter))
+        resp.status = falcon.HTTP_201
+        resp.media = reading_json(reading.timestamp, schema.reading_fields(reading), self.output_tz)

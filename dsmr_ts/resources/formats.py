@@ -1,0 +1,65 @@
+"""How values look on the wire: decimal strings, UTC 'Z' datetimes, field order, ids."""
+
+from __future__ import annotations
+
+import datetime as dt
+from decimal import ROUND_HALF_UP, Decimal
+from typing import Any
+
+# Reading fields in the order the documentation shows, then the ones DSMR-reader v5 added.
+# (name, decimal places; 0 = integer, None = datetime)
+READING_OUTPUT: tuple[tuple[str, int | None], ...] = (
+    ("electricity_delivered_1", 3),
+    ("electricity_returned_1", 3),
+    ("electricity_delivered_2", 3),
+    ("electricity_returned_2", 3),
+    ("electricity_currently_delivered", 3),
+    ("electricity_currently_returned", 3),
+    ("phase_currently_delivered_l1", 3),
+    ("phase_currently_delivered_l2", 3),
+    ("phase_currently_delivered_l3", 3),
+    ("extra_device_timestamp", None),
+    ("extra_device_delivered", 3),
+    ("phase_currently_returned_l1", 3),
+    ("phase_currently_returned_l2", 3),
+    ("phase_currently_returned_l3", 3),
+    ("phase_voltage_l1", 1),
+    ("phase_voltage_l2", 1),
+    ("phase_voltage_l3", 1),
+    ("phase_power_current_l1", 0),
+    ("phase_power_current_l2", 0),
+    ("phase_power_current_l3", 0),
+)
+
+
+def decimal_string(value: float | None, places: int) -> str | None:
+    """1.5 -> '1.500' (half-up like DSMR-reader's DecimalField); None stays None."""
+    if value is None:
+        return None
+    quantum = Decimal(1).scaleb(-places)
+    return str(Decimal(repr(float(value))).quantize(quantum, rounding=ROUND_HALF_UP))
+
+
+def datetime_string(moment: dt.datetime | None, tz: dt.tzinfo | None = None) -> str | None:
+    """UTC with 'Z' (as documented), or in `tz` with its offset when configured so."""
+    if moment is None:
+        return None
+    if tz is None:
+        return moment.astimezone(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return moment.astimezone(tz).isoformat(timespec="seconds")
+
+
+def reading_json(timestamp: dt.datetime, values: dict[str, Any], tz: dt.tzinfo | None = None) -> dict[str, Any]:
+    """A stored reading as the API shows it. id = Unix seconds of its timestamp."""
+    out: dict[str, Any] = {"id": int(timestamp.timestamp()), "timestamp": datetime_string(timestamp, tz)}
+    for name, places in READING_OUTPUT:
+        value = values.get(name)
+        if places is None:
+            out[name] = (
+                datetime_string(dt.datetime.fromtimestamp(int(value), dt.timezone.utc), tz) if value is not None else None
+            )
+        elif places == 0:
+            out[name] = int(value) if value is not None else None
+        else:
+            out[name] = decimal_string(value, places)
+    return out

@@ -1,0 +1,126 @@
+"""Input values: decimals, integers and datetimes, with DSMR-reader's (DRF's) error messages.
+
+Each check returns the value or raises FieldError(message); collect_errors() turns a set of
+checks into the 400 body {"field": ["message"], ...}.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
+from typing import Any, Callable
+
+REQUIRED = "This field is required."
+NOT_NULL = "This field may not be null."
+DATETIME_FORMAT = "YYYY-MM-DDThh:mm[:ss[.uuuuuu]][+HH:MM|-HH:MM|Z]"
+BAD_DATETIME = f"Datetime has wrong format. Use one of these formats instead: {DATETIME_FORMAT}."
+
+
+class FieldError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class DecimalSpec:
+    max_digits: int
+    places: int
+
+    def __call__(self, value: Any) -> float:
+        if isinstance(value, bool):
+            raise FieldError("A valid number is required.")
+        try:
+            number = Decimal(str(value).strip())
+        except InvalidOperation:
+            raise FieldError("A valid number is required.") from None
+        if not number.is_finite():
+            raise FieldError("A valid number is required.")
+        # Same order and messages as Django REST framework's DecimalField.validate_precision.
+        _, digits, exponent = number.as_tuple()
+        if exponent >= 0:
+            total = whole = len(digits) + exponent
+            places = 0
+        elif len(digits) > -exponent:
+            total, places = len(digits), -exponent
+            whole = total - places
+        else:
+            total = places = -exponent
+            whole = 0
+        if total > self.max_digits:
+            raise FieldError(f"Ensure that there are no more than {self.max_digits} digits in total.")
+        if places > self.places:
+            raise FieldError(f"Ensure that there are no more than {self.places} decimal places.")
+        if whole > self.max_digits - self.places:
+            raise FieldError(
+                f"Ensure that there are no more than {self.max_digits - self.places} digits before the decimal point."
+            )
+        return float(number)
+
+
+@dataclass(frozen=True)
+class IntegerSpec:
+    minimum: int
+    maximum: int
+
+    def __call__(self, value: Any) -> int:
+        if isinstance(value, bool):
+            raise FieldError("A valid integer is required.")
+        try:
+            number = Decimal(str(value).strip())
+            if number != number.to_integral_value():
+                raise InvalidOperation
+            result = int(number)
+        except (InvalidOperation, ValueError):
+            raise FieldError("A valid integer is required.") from None
+        if result < self.minimum:
+            raise FieldError(f"Ensure this value is greater than or equal to {self.minimum}.")
+        if result > self.maximum:
+            raise FieldError(f"Ensure this value is less than or equal to {self.maximum}.")
+        return result
+
+
+def parse_datetime(value: Any, tz: dt.tzinfo) -> dt.datetime:
+    """ISO 8601 with offset ('+02', '+02:00'), 'Z', or naive (read in tz); a space may replace 'T'.
+
+    Returns an aware UTC datetime. Raises FieldError with DRF's message.
+    """
+    if not isinstance(value, str) or not value.strip():
+        raise FieldError(BAD_DATETIME)
+    text = value.strip()
+    try:
+        moment = dt.datetime.fromisoformat(text)
+    except ValueError:
+        raise FieldError(BAD_DATETIME) from None
+    if len(text) <= 10:  # a bare date is not a datetime
+        raise FieldError(BAD_DATETIME)
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=tz)
+    return moment.astimezone(dt.timezone.utc)
+
+
+@dataclass(frozen=True)
+class Field:
+    name: str
+    check: Callable[[Any], Any]
+    required: bool = False
+
+
+def collect_errors(data: dict[str, Any], fields: list[Field]) -> tuple[dict[str, Any], dict[str, list[str]]]:
+    """Validate every field; returns (clean values, errors). Absent optional fields stay absent."""
+    clean: dict[str, Any] = {}
+    errors: dict[str, list[str]] = {}
+    for spec in fields:
+        raw = data.get(spec.name)
+        if spec.name not in data or (raw == "" and not spec.required):
+            if spec.required:
+                errors[spec.name] = [REQUIRED]
+            continue
+        if raw is None:
+            if spec.required:
+                errors[spec.name] = [NOT_NULL]
+            continue
+        try:
+            clean[spec.name] = spec.check(raw)
+        except FieldError as exc:
+            errors[spec.name] = [str(exc)]
+    return clean, errors
