@@ -25,5 +25,8 @@ def create_app(config: Config | None = None, store: Store | None = None) -> falc
     errors.install(app)
     app.add_route("/health", HealthResource(store))
     app.add_route("/api/v1/datalogger/dsmrreading", TelegramResource(ingest))
-    app.add_route("/api/v2/datalogger/dsmrreading", ReadingResource(ingest, store, config.tz, output_tz))
+    app.add_route(
+        "/api/v2/datalogger/dsmrreading",
+        ReadingResource(ingest, store, config.tz, output_tz, config.server.trust_forwarded_headers),
+    )
     return app

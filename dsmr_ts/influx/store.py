@@ -10,6 +10,7 @@ import logging
 
 import datetime as dt
 import time
+from typing import Iterator
 
 from influxdb_client import InfluxDBClient, WritePrecision
 from influxdb_client.client.exceptions import InfluxDBError
@@ -18,6 +19,7 @@ from urllib3.exceptions import HTTPError
 
 from dsmr_ts.config import InfluxConfig
 from dsmr_ts.influx import schema
+from dsmr_ts.influx.readings import ReadingQueries
 from dsmr_ts.telegram import DEFAULT_METER, Reading, Telegram
 
 log = logging.getLogger(__name__)
@@ -39,6 +41,7 @@ class Store:
         self.write_api = self.client.write_api(write_options=SYNCHRONOUS)
         self.query_api = self.client.query_api()
         self._default_meter: tuple[str, float] | None = None
+        self.readings = ReadingQueries(self)
 
     def ping(self) -> bool:
         """True when influxd answers; never raises."""
@@ -66,6 +69,7 @@ class Store:
         if stats:
             lines.append(stats)
         self.write_lines(lines)
+        self.readings.recount_hour(reading.meter, reading.timestamp)
 
     def replace_reading(self, reading: Reading) -> None:
         """Store a reading so that it is the only one at its meter+timestamp.
@@ -77,6 +81,7 @@ class Store:
         if existing - set(schema.reading_fields(reading)):
             self._delete_reading(reading.meter, reading.timestamp)
         self.write_lines([schema.reading_line(reading)])
+        self.readings.recount_hour(reading.meter, reading.timestamp)
 
     def count_rejected(self, meter: str = "unknown", when: dt.datetime | None = None) -> None:
         self.write_lines([schema.rejected_line(meter, when or dt.datetime.now(dt.timezone.utc))])
@@ -161,13 +166,34 @@ from(bucket: bucket)
         return {row["_field"]: row["_value"] for row in self._query(query, {"meter": meter})}
 
     def _query(self, flux: str, params: dict[str, object]) -> list[dict[str, object]]:
-        """Run Flux with `bucket` and the params as extern variables; rows as plain dicts."""
-        params = {"bucket": self.settings.bucket, **params}
+        """Run Flux with `bucket`, `stats` and the params as extern variables; rows as plain dicts."""
         try:
-            tables = self.query_api.query(flux, org=self.settings.org, params=params)
+            tables = self.query_api.query(flux, org=self.settings.org, params=self._params(params))
         except (InfluxDBError, HTTPError, OSError) as exc:
             raise StoreUnavailable(_describe(exc)) from None
         return [record.values for table in tables for record in table.records]
+
+    def _stream(self, flux: str, params: dict[str, object]) -> Iterator[dict[str, object]]:
+        """Like _query, but rows arrive one by one (constant memory for big pages).
+
+        The request is sent before this returns, so an unreachable store raises here."""
+        try:
+            records = self.query_api.query_stream(flux, org=self.settings.org, params=self._params(params))
+            first = next(records, None)
+        except (InfluxDBError, HTTPError, OSError) as exc:
+            raise StoreUnavailable(_describe(exc)) from None
+        return self._rows(first, records)
+
+    @staticmethod
+    def _rows(first: object, records: Iterator) -> Iterator[dict[str, object]]:
+        if first is None:
+            return
+        yield first.values
+        for record in records:
+            yield record.values
+
+    def _params(self, params: dict[str, object]) -> dict[str, object]:
+        return {"bucket": self.settings.bucket, "stats": self.settings.stats_bucket, **params}
 
     def close(self) -> None:
         self.client.close()

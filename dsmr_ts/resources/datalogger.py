@@ -10,9 +10,10 @@ import falcon
 from dsmr_ts.influx import schema
 from dsmr_ts.influx.store import Store
 from dsmr_ts.ingest import Ingest
-from dsmr_ts.resources.errors import ValidationFailed
+from dsmr_ts.resources.errors import ValidationFailed, all_valid
 from dsmr_ts.resources.forms import read_fields
 from dsmr_ts.resources.formats import reading_json
+from dsmr_ts.resources.pagination import links, page_params, stream_envelope
 from dsmr_ts.resources.validation import DecimalSpec, Field, FieldError, IntegerSpec, collect_errors, parse_datetime
 from dsmr_ts.telegram import MAX_FUTURE, ParseError, Reading
 
@@ -91,14 +92,49 @@ def reading_from_fields(data: dict[str, Any], tz: dt.tzinfo, default_meter: str)
     return reading
 
 
+def filter_datetimes(req: falcon.Request, field: str, tz: dt.tzinfo) -> tuple[dt.datetime | None, dt.datetime | None]:
+    """`<field>__gte` and `<field>__lte` query parameters as UTC datetimes (None when absent)."""
+    bounds: list[dt.datetime | None] = []
+    errors: dict[str, list[str]] = {}
+    for suffix in ("gte", "lte"):
+        name = f"{field}__{suffix}"
+        raw = req.get_param(name)
+        try:
+            bounds.append(parse_datetime(raw, tz, allow_date=True) if raw else None)
+        except FieldError:
+            errors[name] = ["Enter a valid date/time."]
+            bounds.append(None)
+    if errors:
+        raise ValidationFailed(errors)
+    return bounds[0], bounds[1]
+
+
 class ReadingResource:
     """POST (and GET, see readings.py) /api/v2/datalogger/dsmrreading."""
 
-    def __init__(self, ingest: Ingest, store: Store, tz: dt.tzinfo, output_tz: dt.tzinfo | None = None):
+    def __init__(
+        self,
+        ingest: Ingest,
+        store: Store,
+        tz: dt.tzinfo,
+        output_tz: dt.tzinfo | None = None,
+        trust_forwarded: bool = False,
+    ):
         self.ingest = ingest
         self.store = store
         self.tz = tz
         self.output_tz = output_tz
+        self.trust_forwarded = trust_forwarded
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        page, (gte, lte) = all_valid(lambda: page_params(req), lambda: filter_datetimes(req, "timestamp", self.tz))
+        meter = req.get_param("meter") or self.store.default_meter()
+        descending = req.get_param("ordering") == "-timestamp"  # anything else: ascending
+        count, rows = self.store.readings.page(meter, gte, lte, page.offset, page.limit, descending)
+        next_url, previous_url = links(req, page, count, self.trust_forwarded)
+        results = (reading_json(row["_time"], row, self.output_tz) for row in rows)
+        resp.content_type = falcon.MEDIA_JSON
+        resp.stream = stream_envelope(count, next_url, previous_url, results)
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         data = read_fields(req)

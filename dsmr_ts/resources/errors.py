@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from typing import Any, Callable
 
 import falcon
 
@@ -18,6 +19,20 @@ class ValidationFailed(falcon.HTTPBadRequest):
     def __init__(self, errors: dict[str, list[str]]):
         super().__init__(description="Invalid input.")
         self.errors = errors
+
+
+def all_valid(*parsers: Callable[[], Any]) -> list[Any]:
+    """Run every parser; one 400 listing the errors of all of them, or their results."""
+    results, errors = [], {}
+    for parse in parsers:
+        try:
+            results.append(parse())
+        except ValidationFailed as exc:
+            errors.update(exc.errors)
+            results.append(None)
+    if errors:
+        raise ValidationFailed(errors)
+    return results
 
 
 def serialize_http_error(req: falcon.Request, resp: falcon.Response, exc: falcon.HTTPError) -> None:

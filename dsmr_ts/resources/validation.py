@@ -79,7 +79,7 @@ class IntegerSpec:
         return result
 
 
-def parse_datetime(value: Any, tz: dt.tzinfo) -> dt.datetime:
+def parse_datetime(value: Any, tz: dt.tzinfo, allow_date: bool = False) -> dt.datetime:
     """ISO 8601 with offset ('+02', '+02:00'), 'Z', or naive (read in tz); a space may replace 'T'.
 
     Returns an aware UTC datetime. Raises FieldError with DRF's message.
@@ -91,7 +91,7 @@ def parse_datetime(value: Any, tz: dt.tzinfo) -> dt.datetime:
         moment = dt.datetime.fromisoformat(text)
     except ValueError:
         raise FieldError(BAD_DATETIME) from None
-    if len(text) <= 10:  # a bare date is not a datetime
+    if len(text) <= 10 and not allow_date:  # a bare date is not a datetime (filters accept it: midnight)
         raise FieldError(BAD_DATETIME)
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=tz)

@@ -1,0 +1,223 @@
+"""Reading queries that stay fast at any size: exact counts and pages without scanning history.
+
+The count index: for every complete UTC hour with readings, `dsmr_stats` holds a point
+`hour,meter=M reading_count=Ni` at the hour's start (the same row the hour statistics use).
+It is kept exact by:
+- refresh_counts(): before answering, hours completed since the newest index row are counted
+  (one pushed-down windowed count over those hours only);
+- recount_hour(): a write into an already complete hour (late data) recounts that hour at once.
+
+A range [gte, lte] then splits into a partial head hour, whole indexed hours, and a tail (partial
+last hour and the current hour). Only head and tail are counted from raw points; a page is
+located through the index, so its query reads the page's rows plus at most two edge hours.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import threading
+from dataclasses import dataclass
+from typing import Iterator
+
+from dsmr_ts.influx import schema
+
+HOUR = dt.timedelta(hours=1)
+SECOND = dt.timedelta(seconds=1)
+EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
+# Every reading has this field (v1 and v2 require it), so counting it counts readings.
+COUNTED_FIELD = "electricity_delivered_1"
+COUNT_MEASUREMENT = "hour"
+COUNT_FIELD = "reading_count"
+
+_READINGS = f'r._measurement == "{schema.READING}" and r.meter == meter'
+_COUNTED = f'{_READINGS} and r._field == "{COUNTED_FIELD}"'
+_INDEX = f'r._measurement == "{COUNT_MEASUREMENT}" and r._field == "{COUNT_FIELD}" and r.meter == meter'
+
+
+def floor_hour(moment: dt.datetime) -> dt.datetime:
+    return moment.replace(minute=0, second=0, microsecond=0)
+
+
+def ceil_hour(moment: dt.datetime) -> dt.datetime:
+    floor = floor_hour(moment)
+    return floor if floor == moment else floor + HOUR
+
+
+@dataclass
+class Span:
+    """[start, stop) of a time range, and how many readings it holds."""
+
+    start: dt.datetime
+    stop: dt.datetime
+    count: int
+    indexed: bool  # True: whole hours counted by the index; False: raw points
+
+
+class ReadingQueries:
+    """Used through Store; `query` runs Flux with extern params and returns rows as dicts."""
+
+    def __init__(self, store: "Store"):  # noqa: F821 - Store imports us
+        self.store = store
+        self._fresh_until: dict[str, dt.datetime] = {}
+        self._lock = threading.Lock()
+
+    # --- the count index ---------------------------------------------------------------------
+
+    def refresh_counts(self, meter: str, now: dt.datetime | None = None) -> None:
+        """Index every complete hour up to now's hour (skipped when this process already did)."""
+        boundary = floor_hour(now or dt.datetime.now(dt.timezone.utc))
+        if self._fresh_until.get(meter, EPOCH) >= boundary:
+            return
+        rows = self.store._query(
+            f"from(bucket: stats) |> range(start: 0, stop: boundary) |> filter(fn: (r) => {_INDEX}) |> last()",
+            {"meter": meter, "boundary": boundary},
+        )
+        if rows:
+            # Recount the newest indexed hour too: cheap, and it heals a count cut short by a crash.
+            start = rows[0]["_time"]
+        else:
+            first = self.store._query(
+                f"from(bucket: bucket) |> range(start: 0, stop: boundary) |> filter(fn: (r) => {_COUNTED}) |> first()",
+                {"meter": meter, "boundary": boundary},
+            )
+            start = floor_hour(first[0]["_time"]) if first else boundary
+        if start < boundary:
+            self._write_counts(meter, start, boundary)
+        with self._lock:
+            self._fresh_until[meter] = boundary
+
+    def recount_hour(self, meter: str, moment: dt.datetime, now: dt.datetime | None = None) -> None:
+        """After a write at `moment`: if its hour is complete, its index row is recounted."""
+        hour = floor_hour(moment)
+        if hour < floor_hour(now or dt.datetime.now(dt.timezone.utc)):
+            self._write_counts(meter, hour, hour + HOUR)
+
+    def _write_counts(self, meter: str, start: dt.datetime, stop: dt.datetime) -> None:
+        # Pushed down (aggregateWindow count on one field); only the per-hour rows reach Flux.
+        self.store._query(
+            f"""
+from(bucket: bucket)
+  |> range(start: start, stop: stop)
+  |> filter(fn: (r) => {_COUNTED})
+  |> aggregateWindow(every: 1h, fn: count, timeSrc: "_start", createEmpty: false)
+  |> set(key: "_measurement", value: "{COUNT_MEASUREMENT}")
+  |> set(key: "_field", value: "{COUNT_FIELD}")
+  |> to(bucket: stats)
+""",
+            {"meter": meter, "start": start, "stop": stop},
+        )
+
+    # --- counting ------------------------------------------------------------------------------
+
+    def spans(
+        self, meter: str, gte: dt.datetime | None, lte: dt.datetime | None, now: dt.datetime | None = None
+    ) -> list[Span]:
+        """Head (raw), whole hours (index), tail (raw) covering [gte, lte]; empty spans left out."""
+        now = now or dt.datetime.now(dt.timezone.utc)
+        self.refresh_counts(meter, now)
+        start = gte or EPOCH
+        stop = (lte + SECOND) if lte else max(now, floor_hour(now) + HOUR) + dt.timedelta(days=2)
+        if stop <= start:
+            return []
+        first_whole = ceil_hour(start)
+        end_whole = min(floor_hour(stop), floor_hour(now))
+        if first_whole >= end_whole:
+            return self._nonempty([Span(start, stop, self._raw_count(meter, start, stop), False)])
+        return self._nonempty(
+            [
+                Span(start, first_whole, self._raw_count(meter, start, first_whole), False),
+                Span(first_whole, end_whole, self._index_sum(meter, first_whole, end_whole), True),
+                Span(end_whole, stop, self._raw_count(meter, end_whole, stop), False),
+            ]
+        )
+
+    @staticmethod
+    def _nonempty(spans: list[Span]) -> list[Span]:
+        return [span for span in spans if span.count > 0 and span.stop > span.start]
+
+    def count(self, meter: str, gte: dt.datetime | None, lte: dt.datetime | None) -> int:
+        return sum(span.count for span in self.spans(meter, gte, lte))
+
+    def _raw_count(self, meter: str, start: dt.datetime, stop: dt.datetime) -> int:
+        if stop <= start:
+            return 0
+        rows = self.store._query(
+            f"from(bucket: bucket) |> range(start: start, stop: stop) |> filter(fn: (r) => {_COUNTED}) |> count()",
+            {"meter": meter, "start": start, "stop": stop},
+        )
+        return int(rows[0]["_value"]) if rows else 0
+
+    def _index_sum(self, meter: str, start: dt.datetime, stop: dt.datetime) -> int:
+        rows = self.store._query(
+            f"from(bucket: stats) |> range(start: start, stop: stop) |> filter(fn: (r) => {_INDEX}) |> sum()",
+            {"meter": meter, "start": start, "stop": stop},
+        )
+        return int(rows[0]["_value"]) if rows else 0
+
+    def brute_force_count(self, meter: str, gte: dt.datetime | None, lte: dt.datetime | None) -> int:
+        """Count every raw point in range (for tests and checks, never on a request)."""
+        stop = (lte + SECOND) if lte else dt.datetime(2200, 1, 1, tzinfo=dt.timezone.utc)
+        return self._raw_count(meter, gte or EPOCH, stop)
+
+    # --- paging --------------------------------------------------------------------------------
+
+    def _locate(self, meter: str, spans: list[Span], index: int) -> tuple[dt.datetime, dt.datetime, int]:
+        """Row number `index` (0-based, ascending) -> (start, stop) of a small range holding it,
+        and how many rows of that range come before it."""
+        for span in spans:
+            if index < span.count:
+                if not span.indexed:
+                    return span.start, span.stop, index
+                rows = self.store._query(
+                    f"""
+from(bucket: stats)
+  |> range(start: start, stop: stop)
+  |> filter(fn: (r) => {_INDEX})
+  |> duplicate(column: "_value", as: "hour_count")
+  |> cumulativeSum()
+  |> filter(fn: (r) => r._value > target)
+  |> first()
+""",
+                    {"meter": meter, "start": span.start, "stop": span.stop, "target": index},
+                )
+                row = rows[0]
+                before = int(row["_value"]) - int(row["hour_count"])
+                return row["_time"], row["_time"] + HOUR, index - before
+            index -= span.count
+        raise IndexError(index)
+
+    def page(
+        self,
+        meter: str,
+        gte: dt.datetime | None,
+        lte: dt.datetime | None,
+        offset: int,
+        limit: int,
+        descending: bool,
+    ) -> tuple[int, Iterator[dict]]:
+        """(exact count, rows of the page as dicts with _time and the fields, in the order asked)."""
+        spans = self.spans(meter, gte, lte)
+        total = sum(span.count for span in spans)
+        if offset >= total:
+            return total, iter(())
+        # Translate to ascending row numbers [first, last].
+        if descending:
+            first, last = max(0, total - offset - limit), total - 1 - offset
+        else:
+            first, last = offset, min(total, offset + limit) - 1
+        start, _, skip = self._locate(meter, spans, first)
+        _, stop, _ = self._locate(meter, spans, last)
+        if gte:
+            start = max(start, gte)
+        if lte:
+            stop = min(stop, lte + SECOND)
+        order = '\n  |> sort(columns: ["_time"], desc: true)' if descending else ""
+        flux = f"""
+from(bucket: bucket)
+  |> range(start: start, stop: stop)
+  |> filter(fn: (r) => {_READINGS})
+  |> pivot(rowKey: ["_time"], columnKey: ["_field"], valueColumn: "_value")
+  |> limit(n: n, offset: skip){order}
+"""
+        params = {"meter": meter, "start": start, "stop": stop, "n": last - first + 1, "skip": skip}
+        return total, self.store._stream(flux, params)

@@ -1,0 +1,238 @@
+"""GET /api/v2/datalogger/dsmrreading against real influxd: filters, ordering, pagination,
+exact counts (index vs brute force, also after late inserts), DST edges, errors, multi-meter."""
+
+from __future__ import annotations
+
+import datetime as dt
+import itertools
+import urllib.parse
+
+import pytest
+from falcon import testing
+
+from dsmr_ts.app import create_app
+from dsmr_ts.influx.store import Store
+from helpers import TEST_KEY
+
+UTC = dt.timezone.utc
+PATH = "/api/v2/datalogger/dsmrreading"
+KEY = {"X-AUTHKEY": TEST_KEY}
+METER = "E-PAGING"
+OTHER = "E-PAGING-OTHER"
+
+
+def irregular_times() -> list[dt.datetime]:
+    """Readings around both 2026 DST changes, at irregular steps, plus a few in the current hour."""
+    times = []
+    for start in (dt.datetime(2026, 3, 28, 23, 0, 3, tzinfo=UTC), dt.datetime(2026, 10, 24, 23, 0, 5, tzinfo=UTC)):
+        moment = start
+        for step in itertools.islice(itertools.cycle([67, 301, 13, 900, 45]), 60):
+            times.append(moment)
+            moment += dt.timedelta(seconds=step)
+    now = dt.datetime.now(UTC).replace(microsecond=0)
+    times += [now - dt.timedelta(seconds=s) for s in (120, 60, 5)]
+    return sorted(times)
+
+
+TIMES = irregular_times()
+
+
+@pytest.fixture(scope="module")
+def loaded(session_config):
+    store = Store(session_config.influxdb)
+    lines = []
+    for index, moment in enumerate(TIMES):
+        ns = int(moment.timestamp()) * 10**9
+        lines.append(
+            f"reading,meter={METER} electricity_delivered_1={1000 + index * 0.001!r},electricity_delivered_2=5.0,"
+            f"electricity_returned_1=0.0,electricity_returned_2=0.0,electricity_currently_delivered=0.25,"
+            f"electricity_currently_returned=0.0,phase_voltage_l1=231.0,phase_power_current_l1=2i {ns}"
+        )
+        lines.append(
+            f"reading,meter={OTHER} electricity_delivered_1=1.0,electricity_delivered_2=1.0,electricity_returned_1=0.0,"
+            f"electricity_returned_2=0.0,electricity_currently_delivered=0.1,electricity_currently_returned=0.0 {ns + 10**9}"
+        )
+    store.write_lines(lines)
+    yield store
+    store.close()
+
+
+@pytest.fixture
+def client(config, loaded):
+    return testing.TestClient(create_app(config, loaded))
+
+
+def get(client, **params):
+    response = client.simulate_get(PATH, headers=KEY, query_string=urllib.parse.urlencode(params))
+    return response
+
+
+def walk(client, **params) -> tuple[int, list[int]]:
+    """Follow next links from the first page; returns (count, ids in the order served)."""
+    response = get(client, **params)
+    assert response.status_code == 200, response.text
+    count, ids, pages = response.json["count"], [], 0
+    while True:
+        body = response.json
+        assert body["count"] == count
+        ids += [row["id"] for row in body["results"]]
+        pages += 1
+        if body["next"] is None:
+            break
+        url = urllib.parse.urlsplit(body["next"])
+        assert url.scheme == "http" and url.path == PATH
+        response = client.simulate_get(PATH, headers=KEY, query_string=url.query)
+        assert response.status_code == 200
+        assert pages < 500
+    return count, ids
+
+
+def expected_ids(gte=None, lte=None, descending=False) -> list[int]:
+    ids = [int(t.timestamp()) for t in TIMES if (gte is None or t >= gte) and (lte is None or t <= lte)]
+    return ids[::-1] if descending else ids
+
+
+GTE = dt.datetime(2026, 3, 29, 0, 41, 17, tzinfo=UTC)  # mid-hour edges
+LTE = dt.datetime(2026, 10, 25, 1, 12, 0, tzinfo=UTC)
+
+
+@pytest.mark.parametrize("limit", [1, 7, 25, 1000])
+@pytest.mark.parametrize("ordering", ["timestamp", "-timestamp", "bogus"])
+@pytest.mark.parametrize("bounds", [(None, None), (GTE, None), (None, LTE), (GTE, LTE)])
+def test_walking_all_pages_gives_every_reading_once_in_order(client, limit, ordering, bounds):
+    gte, lte = bounds
+    params = {"limit": limit, "ordering": ordering, "meter": METER}
+    if gte:
+        params["timestamp__gte"] = gte.strftime("%Y-%m-%dT%H:%M:%SZ")
+    if lte:
+        params["timestamp__lte"] = lte.isoformat()
+    count, ids = walk(client, **params)
+    expected = expected_ids(gte, lte, descending=ordering == "-timestamp")
+    assert ids == expected
+    assert count == len(expected)
+
+
+@pytest.mark.parametrize("offset", [0, 1, 59, 60, 119, 121, 10_000])
+def test_offsets_and_previous_links(client, offset):
+    response = get(client, meter=METER, limit=10, offset=offset, ordering="-timestamp")
+    body = response.json
+    assert [r["id"] for r in body["results"]] == expected_ids(descending=True)[offset:offset + 10]
+    if offset == 0:
+        assert body["previous"] is None
+    else:
+        previous = urllib.parse.parse_qs(urllib.parse.urlsplit(body["previous"]).query)
+        assert previous["limit"] == ["10"] and previous["meter"] == [METER]
+        assert previous.get("offset", ["0"]) == [str(max(0, offset - 10))] or offset - 10 <= 0
+
+
+def test_default_limit_and_documented_url_shape(client):
+    body = get(client, meter=METER, ordering="-timestamp").json
+    assert len(body["results"]) == 25
+    assert body["next"] == (
+        f"http://falconframework.org{PATH}?limit=25&meter={METER}&offset=25&ordering=-timestamp"
+    )
+    assert body["results"][0]["id"] == int(TIMES[-1].timestamp())  # the latest reading
+
+
+def test_limit_zero_means_default_like_dsmr_reader(client):
+    assert len(get(client, meter=METER, limit=0).json["results"]) == 25
+
+
+@pytest.mark.parametrize(
+    "params, errors",
+    [
+        ({"limit": "abc"}, {"limit": ["A positive integer is required."]}),
+        ({"limit": "-1"}, {"limit": ["A positive integer is required."]}),
+        ({"offset": "x"}, {"offset": ["A non-negative integer is required."]}),
+        ({"offset": "-5"}, {"offset": ["A non-negative integer is required."]}),
+        ({"timestamp__gte": "yesterday"}, {"timestamp__gte": ["Enter a valid date/time."]}),
+        ({"timestamp__lte": "2026-13-01"}, {"timestamp__lte": ["Enter a valid date/time."]}),
+        ({"limit": "x", "timestamp__lte": "?"}, {"limit": ["A positive integer is required."],
+                                                 "timestamp__lte": ["Enter a valid date/time."]}),
+    ],
+)
+def test_bad_parameters_are_400_naming_them(client, params, errors):
+    response = get(client, **params)
+    assert response.status_code == 400
+    assert response.json == errors
+
+
+def test_output_format(client):
+    row = get(client, meter=METER, limit=1).json["results"][0]
+    assert list(row)[:13] == [
+        "id", "timestamp", "electricity_delivered_1", "electricity_returned_1", "electricity_delivered_2",
+        "electricity_returned_2", "electricity_currently_delivered", "electricity_currently_returned",
+        "phase_currently_delivered_l1", "phase_currently_delivered_l2", "phase_currently_delivered_l3",
+        "extra_device_timestamp", "extra_device_delivered",
+    ]
+    assert row["timestamp"] == TIMES[0].strftime("%Y-%m-%dT%H:%M:%SZ")
+    assert row["id"] == int(TIMES[0].timestamp())
+    assert (row["electricity_delivered_1"], row["electricity_currently_delivered"]) == ("1000.000", "0.250")
+    assert (row["phase_voltage_l1"], row["phase_power_current_l1"]) == ("231.0", 2)
+    assert row["phase_currently_delivered_l1"] is None and row["extra_device_delivered"] is None
+
+
+def test_local_datetimes_option(config, loaded):
+    config.api.local_datetimes = True
+    client = testing.TestClient(create_app(config, loaded))
+    row = get(client, meter=METER, limit=1).json["results"][0]
+    assert row["timestamp"] == "2026-03-29T00:00:03+01:00"
+
+
+@pytest.mark.parametrize(
+    "naive, utc",
+    [
+        # Autumn: 02:30 happens twice; a naive time means the first (summer) one, as Django does.
+        ("2026-10-25 02:30:00", dt.datetime(2026, 10, 25, 0, 30, tzinfo=UTC)),
+        ("2026-10-25T03:00:00", dt.datetime(2026, 10, 25, 2, 0, tzinfo=UTC)),
+        # Spring: 02:30 does not exist on 2026-03-29; it is read with the offset before the change.
+        ("2026-03-29 02:30:00", dt.datetime(2026, 3, 29, 1, 30, tzinfo=UTC)),
+        ("2026-03-29", dt.datetime(2026, 3, 28, 23, 0, tzinfo=UTC)),
+    ],
+)
+def test_naive_filters_are_local_time_across_dst(client, naive, utc):
+    _, ids = walk(client, meter=METER, limit=1000, timestamp__gte=naive)
+    assert ids == expected_ids(gte=utc)
+    _, ids = walk(client, meter=METER, limit=1000, timestamp__lte=naive)
+    assert ids == expected_ids(lte=utc)
+
+
+def test_meter_parameter_selects_one_meter(client):
+    body = get(client, meter=OTHER, limit=1).json
+    assert body["count"] == len(TIMES)
+    assert body["results"][0]["id"] == int(TIMES[0].timestamp()) + 1
+    assert get(client, meter="NO-SUCH-METER").json == {"count": 0, "next": None, "previous": None, "results": []}
+
+
+def test_counts_equal_brute_force_also_after_late_inserts(client, loaded):
+    ranges = [(None, None), (GTE, None), (None, LTE), (GTE, LTE), (TIMES[5], TIMES[5]), (LTE, GTE)]
+    for gte, lte in ranges:
+        assert loaded.readings.count(METER, gte, lte) == loaded.readings.brute_force_count(METER, gte, lte)
+    # Late data into an old, already indexed hour (a v2 POST of history) and a brand-new old hour.
+    for late in (dt.datetime(2026, 3, 29, 1, 33, 33, tzinfo=UTC), dt.datetime(2025, 1, 1, 12, 0, 0, tzinfo=UTC)):
+        response = client.simulate_post(PATH, headers=KEY, json={
+            "timestamp": late.isoformat(), "meter": METER, "electricity_currently_delivered": 0.5,
+            "electricity_currently_returned": 0, "electricity_delivered_1": 1, "electricity_delivered_2": 2,
+            "electricity_returned_1": 0, "electricity_returned_2": 0,
+        })
+        assert response.status_code == 201
+        for gte, lte in ranges:
+            assert loaded.readings.count(METER, gte, lte) == loaded.readings.brute_force_count(METER, gte, lte)
+        assert get(client, meter=METER).json["count"] == loaded.readings.brute_force_count(METER, None, None)
+
+
+def test_big_limit_streams_everything(client):
+    body = get(client, meter=METER, limit=100000).json
+    assert len(body["results"]) == body["count"] >= len(TIMES)
+    assert body["next"] is None
+
+
+def test_next_links_behind_a_trusted_proxy(config, loaded):
+    headers = {**KEY, "X-Forwarded-Proto": "https", "X-Forwarded-Host": "dsmr.example.org"}
+    untrusted = testing.TestClient(create_app(config, loaded))
+    assert untrusted.simulate_get(PATH, headers=headers, query_string=f"meter={METER}").json["next"].startswith(
+        "http://falconframework.org/")
+    config.server.trust_forwarded_headers = True
+    trusted = testing.TestClient(create_app(config, loaded))
+    assert trusted.simulate_get(PATH, headers=headers, query_string=f"meter={METER}").json["next"].startswith(
+        f"https://dsmr.example.org{PATH}?limit=25&meter={METER}&offset=25")
