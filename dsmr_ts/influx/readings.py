@@ -122,18 +122,39 @@ from(bucket: bucket)
         first_whole = ceil_hour(start)
         end_whole = min(floor_hour(stop), floor_hour(now))
         if first_whole >= end_whole:
-            return self._nonempty([Span(start, stop, self._raw_count(meter, start, stop), False)])
-        return self._nonempty(
-            [
-                Span(start, first_whole, self._raw_count(meter, start, first_whole), False),
-                Span(first_whole, end_whole, self._index_sum(meter, first_whole, end_whole), True),
-                Span(end_whole, stop, self._raw_count(meter, end_whole, stop), False),
+            spans = [Span(start, stop, 0, False)]
+        else:
+            spans = [
+                Span(start, first_whole, 0, False),
+                Span(first_whole, end_whole, 0, True),
+                Span(end_whole, stop, 0, False),
             ]
-        )
+        spans = [span for span in spans if span.stop > span.start]
+        for span, count in zip(spans, self._span_counts(meter, spans)):
+            span.count = count
+        return [span for span in spans if span.count > 0]
 
-    @staticmethod
-    def _nonempty(spans: list[Span]) -> list[Span]:
-        return [span for span in spans if span.count > 0 and span.stop > span.start]
+    def _span_counts(self, meter: str, spans: list[Span]) -> list[int]:
+        """Count every span in one Flux script: raw spans with a pushed-down count, indexed spans
+        by summing their hour rows."""
+        if not spans:
+            return []
+        parts, params = [], {"meter": meter}
+        for i, span in enumerate(spans):
+            source, predicate, aggregate = ("stats", _INDEX, "sum") if span.indexed else ("bucket", _COUNTED, "count")
+            parts.append(
+                f"p{i} = from(bucket: {source}) |> range(start: start{i}, stop: stop{i})"
+                f" |> filter(fn: (r) => {predicate}) |> {aggregate}()"
+                f' |> keep(columns: ["_value"]) |> set(key: "part", value: "{i}")'
+            )
+            params[f"start{i}"], params[f"stop{i}"] = span.start, span.stop
+        names = [f"p{i}" for i in range(len(spans))]
+        result = f"union(tables: [{', '.join(names)}])" if len(names) > 1 else names[0]  # union needs two
+        flux = "\n".join(parts) + "\n" + result
+        counts = [0] * len(spans)
+        for row in self.store._query(flux, params):
+            counts[int(row["part"])] = int(row["_value"])
+        return counts
 
     def count(self, meter: str, gte: dt.datetime | None, lte: dt.datetime | None) -> int:
         return sum(span.count for span in self.spans(meter, gte, lte))
@@ -143,13 +164,6 @@ from(bucket: bucket)
             return 0
         rows = self.store._query(
             f"from(bucket: bucket) |> range(start: start, stop: stop) |> filter(fn: (r) => {_COUNTED}) |> count()",
-            {"meter": meter, "start": start, "stop": stop},
-        )
-        return int(rows[0]["_value"]) if rows else 0
-
-    def _index_sum(self, meter: str, start: dt.datetime, stop: dt.datetime) -> int:
-        rows = self.store._query(
-            f"from(bucket: stats) |> range(start: start, stop: stop) |> filter(fn: (r) => {_INDEX}) |> sum()",
             {"meter": meter, "start": start, "stop": stop},
         )
         return int(rows[0]["_value"]) if rows else 0
@@ -205,19 +219,37 @@ from(bucket: stats)
             first, last = max(0, total - offset - limit), total - 1 - offset
         else:
             first, last = offset, min(total, offset + limit) - 1
-        start, _, skip = self._locate(meter, spans, first)
-        _, stop, _ = self._locate(meter, spans, last)
-        if gte:
-            start = max(start, gte)
-        if lte:
-            stop = min(stop, lte + SECOND)
-        order = '\n  |> sort(columns: ["_time"], desc: true)' if descending else ""
+        first_start, first_stop, first_skip = self._locate(meter, spans, first)
+        last_start, last_stop, last_skip = self._locate(meter, spans, last)
+        # The page's first and last timestamps: found inside their own small range (one hour, or an
+        # edge span), on one field, without a pivot. Sorting after group() makes the row order
+        # explicit even where a range spans shards. Then only the page's rows are read and pivoted.
+        locate = f"""from(bucket: bucket)
+  |> range(start: {{start}}, stop: {{stop}})
+  |> filter(fn: (r) => {_COUNTED})
+  |> keep(columns: ["_time", "_value"])
+  |> group()
+  |> sort(columns: ["_time"])
+  |> limit(n: 1, offset: {{skip}})
+  |> findRecord(fn: (key) => true, idx: 0)"""
         flux = f"""
+import "date"
+firstRow = {locate.format(start="firstStart", stop="firstStop", skip="firstSkip")}
+lastRow = {locate.format(start="lastStart", stop="lastStop", skip="lastSkip")}
 from(bucket: bucket)
-  |> range(start: start, stop: stop)
+  |> range(start: firstRow._time, stop: date.add(d: 1s, to: lastRow._time))
   |> filter(fn: (r) => {_READINGS})
   |> pivot(rowKey: ["_time"], columnKey: ["_field"], valueColumn: "_value")
-  |> limit(n: n, offset: skip){order}
+  |> group()
+  |> sort(columns: ["_time"], desc: {"true" if descending else "false"})
 """
-        params = {"meter": meter, "start": start, "stop": stop, "n": last - first + 1, "skip": skip}
+        params = {
+            "meter": meter,
+            "firstStart": max(first_start, gte) if gte else first_start,
+            "firstStop": first_stop,
+            "firstSkip": first_skip,
+            "lastStart": max(last_start, gte) if gte else last_start,
+            "lastStop": min(last_stop, lte + SECOND) if lte else last_stop,
+            "lastSkip": last_skip,
+        }
         return total, self.store._stream(flux, params)

@@ -170,6 +170,7 @@ from(bucket: bucket)
         try:
             tables = self.query_api.query(flux, org=self.settings.org, params=self._params(params))
         except (InfluxDBError, HTTPError, OSError) as exc:
+            log.warning("query failed: %s", getattr(exc, "body", exc))
             raise StoreUnavailable(_describe(exc)) from None
         return [record.values for table in tables for record in table.records]
 
@@ -181,6 +182,7 @@ from(bucket: bucket)
             records = self.query_api.query_stream(flux, org=self.settings.org, params=self._params(params))
             first = next(records, None)
         except (InfluxDBError, HTTPError, OSError) as exc:
+            log.warning("query failed: %s", getattr(exc, "body", exc))
             raise StoreUnavailable(_describe(exc)) from None
         return self._rows(first, records)
 
