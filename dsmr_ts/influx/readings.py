@@ -17,9 +17,12 @@ from __future__ import annotations
 import datetime as dt
 import threading
 from dataclasses import dataclass
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 from dsmr_ts.influx import schema
+
+if TYPE_CHECKING:
+    from dsmr_ts.influx.store import Store
 
 HOUR = dt.timedelta(hours=1)
 SECOND = dt.timedelta(seconds=1)
@@ -56,7 +59,7 @@ class Span:
 class ReadingQueries:
     """Used through Store; `query` runs Flux with extern params and returns rows as dicts."""
 
-    def __init__(self, store: "Store"):  # noqa: F821 - Store imports us
+    def __init__(self, store: "Store"):
         self.store = store
         self._fresh_until: dict[str, dt.datetime] = {}
         self._lock = threading.Lock()
