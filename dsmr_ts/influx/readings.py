@@ -190,6 +190,9 @@ from(bucket: bucket)
 from(bucket: stats)
   |> range(start: start, stop: stop)
   |> filter(fn: (r) => {_INDEX})
+  |> keep(columns: ["_time", "_value"])
+  |> group()
+  |> sort(columns: ["_time"])
   |> duplicate(column: "_value", as: "hour_count")
   |> cumulativeSum()
   |> filter(fn: (r) => r._value > target)
@@ -224,35 +227,46 @@ from(bucket: stats)
             first, last = offset, min(total, offset + limit) - 1
         first_start, first_stop, first_skip = self._locate(meter, spans, first)
         last_start, last_stop, last_skip = self._locate(meter, spans, last)
-        # The page's first and last timestamps: found inside their own small range (one hour, or an
-        # edge span), on one field, without a pivot. Sorting after group() makes the row order
-        # explicit even where a range spans shards. Then only the page's rows are read and pivoted.
+        # The page's first and last timestamps, each found inside its own small range (one hour, or
+        # an edge span) on one field, without a pivot; group() + sort() make the order explicit.
+        # (Not with findRecord in the page query: with sort |> limit(offset:) it returns null here.)
         locate = f"""from(bucket: bucket)
   |> range(start: {{start}}, stop: {{stop}})
   |> filter(fn: (r) => {_COUNTED})
-  |> keep(columns: ["_time", "_value"])
+  |> keep(columns: ["_time"])
   |> group()
   |> sort(columns: ["_time"])
   |> limit(n: 1, offset: {{skip}})
-  |> findRecord(fn: (key) => true, idx: 0)"""
+  |> set(key: "edge", value: "{{edge}}")"""
+        bounds_flux = (
+            f"first = {locate.format(start='firstStart', stop='firstStop', skip='firstSkip', edge='first')}\n"
+            f"last = {locate.format(start='lastStart', stop='lastStop', skip='lastSkip', edge='last')}\n"
+            "union(tables: [first, last])"
+        )
+        bounds = {
+            row["edge"]: row["_time"]
+            for row in self.store._query(
+                bounds_flux,
+                {
+                    "meter": meter,
+                    "firstStart": max(first_start, gte) if gte else first_start,
+                    "firstStop": first_stop,
+                    "firstSkip": first_skip,
+                    "lastStart": max(last_start, gte) if gte else last_start,
+                    "lastStop": min(last_stop, lte + SECOND) if lte else last_stop,
+                    "lastSkip": last_skip,
+                },
+            )
+        }
+        if len(bounds) < 2:  # the data changed between counting and reading: nothing to page
+            return total, iter(())
         flux = f"""
-import "date"
-firstRow = {locate.format(start="firstStart", stop="firstStop", skip="firstSkip")}
-lastRow = {locate.format(start="lastStart", stop="lastStop", skip="lastSkip")}
 from(bucket: bucket)
-  |> range(start: firstRow._time, stop: date.add(d: 1s, to: lastRow._time))
+  |> range(start: start, stop: stop)
   |> filter(fn: (r) => {_READINGS})
   |> pivot(rowKey: ["_time"], columnKey: ["_field"], valueColumn: "_value")
   |> group()
   |> sort(columns: ["_time"], desc: {"true" if descending else "false"})
 """
-        params = {
-            "meter": meter,
-            "firstStart": max(first_start, gte) if gte else first_start,
-            "firstStop": first_stop,
-            "firstSkip": first_skip,
-            "lastStart": max(last_start, gte) if gte else last_start,
-            "lastStop": min(last_stop, lte + SECOND) if lte else last_stop,
-            "lastSkip": last_skip,
-        }
+        params = {"meter": meter, "start": bounds["first"], "stop": bounds["last"] + SECOND}
         return total, self.store._stream(flux, params)
