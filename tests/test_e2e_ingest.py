@@ -46,3 +46,19 @@ def test_v2_post_and_errors_over_http(api_server):
     assert bad.status_code == 400 and list(bad.json()) == ["timestamp"]
     denied = requests.post(api_server + V1, headers={"X-AUTHKEY": "nope"}, data={"telegram": "x"})
     assert (denied.status_code, denied.text) == (403, "Invalid auth key")
+
+
+def test_posted_reading_is_served_by_get_over_http(api_server):
+    data = {
+        "timestamp": "2018-01-02T03:04:05Z", "electricity_currently_delivered": 0.5,
+        "electricity_currently_returned": 0, "electricity_delivered_1": 10, "electricity_delivered_2": 20,
+        "electricity_returned_1": 0, "electricity_returned_2": 0, "meter": "E-E2E-GET",
+    }
+    assert requests.post(api_server + V2, headers={"X-AUTHKEY": TEST_KEY}, data=data).status_code == 201
+    response = requests.get(api_server + V2, headers={"X-AUTHKEY": TEST_KEY},
+                            params={"meter": "E-E2E-GET", "ordering": "-timestamp", "limit": 1})
+    assert response.status_code == 200
+    body = response.json()
+    assert body["count"] == 1 and body["next"] is None
+    assert body["results"][0]["timestamp"] == "2018-01-02T03:04:05Z"
+    assert body["results"][0]["electricity_delivered_2"] == "20.000"

@@ -236,3 +236,21 @@ def test_next_links_behind_a_trusted_proxy(config, loaded):
     trusted = testing.TestClient(create_app(config, loaded))
     assert trusted.simulate_get(PATH, headers=headers, query_string=f"meter={METER}").json["next"].startswith(
         f"https://dsmr.example.org{PATH}?limit=25&meter={METER}&offset=25")
+
+
+def test_dense_hours_across_shard_groups(client, loaded):
+    """Regression: pages whose bounds sit deep inside a dense hour, with data in several
+    7-day shard groups (found by the 1 M benchmark)."""
+    meter = "E-DENSE"
+    starts = [dt.datetime(2025, 5, 5, 10, 0, 0, tzinfo=UTC), dt.datetime(2025, 5, 20, 10, 0, 0, tzinfo=UTC)]
+    times = [start + dt.timedelta(seconds=s) for start in starts for s in range(0, 400, 2)]
+    loaded.write_lines([
+        f"reading,meter={meter} electricity_delivered_1={i}.0,electricity_currently_delivered=0.1 "
+        f"{int(t.timestamp()) * 10**9}" for i, t in enumerate(times)
+    ])
+    ids = [int(t.timestamp()) for t in times]
+    for ordering, expected in (("timestamp", ids), ("-timestamp", ids[::-1])):
+        count, served = walk(client, meter=meter, limit=37, ordering=ordering)
+        assert (count, served) == (len(ids), expected)
+    body = get(client, meter=meter, limit=25, offset=150).json
+    assert [r["id"] for r in body["results"]] == ids[150:175]
