@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import logging
 
+import contextlib
 import datetime as dt
+import json
 import time
 from typing import Iterator
 
@@ -19,7 +21,7 @@ from urllib3.exceptions import HTTPError
 
 from dsmr_ts.config import InfluxConfig
 from dsmr_ts.influx import schema
-from dsmr_ts.influx.readings import ReadingQueries
+from dsmr_ts.influx.readings import COUNTED_FIELD, ReadingQueries
 from dsmr_ts.telegram import DEFAULT_METER, Reading, Telegram
 
 log = logging.getLogger(__name__)
@@ -28,7 +30,13 @@ DEFAULT_METER_TTL = 60.0  # seconds
 
 
 class StoreUnavailable(Exception):
-    """InfluxDB could not be reached or refused the request (the caller answers 503)."""
+    """InfluxDB could not be reached or refused the request (the caller answers 503).
+
+    `summary` is short and fit for a client; str() adds InfluxDB's own message for the log."""
+
+    def __init__(self, summary: str, detail: str = ""):
+        super().__init__(f"{summary}: {detail}" if detail else summary)
+        self.summary = summary
 
 
 class Store:
@@ -54,12 +62,10 @@ class Store:
 
     def write_lines(self, lines: list[str]) -> None:
         """One synchronous write: every line is stored, or (on a parse error) none is."""
-        try:
+        with _store_errors():
             self.write_api.write(
                 bucket=self.settings.bucket, org=self.settings.org, record=lines, write_precision=WritePrecision.NS
             )
-        except (InfluxDBError, HTTPError, OSError) as exc:
-            raise StoreUnavailable(_describe(exc)) from None
 
     def write_telegram(self, telegram: Telegram) -> None:
         """The reading and the meter statistics it carried, in one write."""
@@ -87,7 +93,7 @@ class Store:
         self.write_lines([schema.rejected_line(meter, when or dt.datetime.now(dt.timezone.utc))])
 
     def _delete_reading(self, meter: str, timestamp: dt.datetime) -> None:
-        try:
+        with _store_errors():
             self.client.delete_api().delete(
                 start=timestamp,
                 stop=timestamp,  # the range is inclusive at both ends
@@ -95,8 +101,6 @@ class Store:
                 bucket=self.settings.bucket,
                 org=self.settings.org,
             )
-        except (InfluxDBError, HTTPError, OSError) as exc:
-            raise StoreUnavailable(_describe(exc)) from None
 
     # --- reads -------------------------------------------------------------------------------
 
@@ -131,7 +135,7 @@ schema.tagValues(bucket: bucket, tag: "meter", predicate: (r) => r._measurement 
             query = f"""
 from(bucket: bucket)
   |> range(start: 0)
-  |> filter(fn: (r) => r._measurement == "{schema.READING}" and r._field == "electricity_delivered_1")
+  |> filter(fn: (r) => r._measurement == "{schema.READING}" and r._field == "{COUNTED_FIELD}")
   |> last()
   |> group()
   |> sort(columns: ["_time"], desc: true)
@@ -167,23 +171,17 @@ from(bucket: bucket)
 
     def _query(self, flux: str, params: dict[str, object]) -> list[dict[str, object]]:
         """Run Flux with `bucket`, `stats` and the params as extern variables; rows as plain dicts."""
-        try:
+        with _store_errors():
             tables = self.query_api.query(flux, org=self.settings.org, params=self._params(params))
-        except (InfluxDBError, HTTPError, OSError) as exc:
-            log.warning("query failed: %s", getattr(exc, "body", exc))
-            raise StoreUnavailable(_describe(exc)) from None
         return [record.values for table in tables for record in table.records]
 
     def _stream(self, flux: str, params: dict[str, object]) -> Iterator[dict[str, object]]:
         """Like _query, but rows arrive one by one (constant memory for big pages).
 
         The request is sent before this returns, so an unreachable store raises here."""
-        try:
+        with _store_errors():
             records = self.query_api.query_stream(flux, org=self.settings.org, params=self._params(params))
             first = next(records, None)
-        except (InfluxDBError, HTTPError, OSError) as exc:
-            log.warning("query failed: %s", getattr(exc, "body", exc))
-            raise StoreUnavailable(_describe(exc)) from None
         return self._rows(first, records)
 
     @staticmethod
@@ -205,9 +203,22 @@ def _predicate_value(value: str) -> str:
     return value.replace("\\", "\\\\").replace('"', '\\"')
 
 
-def _describe(exc: BaseException) -> str:
-    """A short, secret-free description of a store failure for logs and 503 bodies."""
-    status = getattr(exc, "status", None) or getattr(getattr(exc, "response", None), "status", None)
-    if status:
-        return f"InfluxDB answered HTTP {status}"
-    return f"InfluxDB unreachable ({exc.__class__.__name__})"
+@contextlib.contextmanager
+def _store_errors() -> Iterator[None]:
+    """Client and network failures become StoreUnavailable (secret-free: no token, no key)."""
+    try:
+        yield
+    except (InfluxDBError, HTTPError, OSError) as exc:
+        status = getattr(exc, "status", None) or getattr(getattr(exc, "response", None), "status", None)
+        if not status:
+            raise StoreUnavailable(f"InfluxDB unreachable ({exc.__class__.__name__})") from None
+        raise StoreUnavailable(f"InfluxDB answered HTTP {status}", _influx_message(exc)) from None
+
+
+def _influx_message(exc: BaseException) -> str:
+    """InfluxDB's own error text (e.g. the Flux error) from an error response, if any."""
+    body = getattr(exc, "body", None)
+    try:
+        return str(json.loads(body)["message"]) if body else ""
+    except (ValueError, KeyError, TypeError):
+        return ""
