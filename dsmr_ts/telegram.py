@@ -181,24 +181,18 @@ def parse_telegram(text: str | bytes, now: dt.datetime | None = None) -> Telegra
         code, values = match.group(1), tuple(_VALUES.findall(match.group(2)))
         codes[code] = values  # last line wins
         if GAS_CODE.match(code):
-            gas = _gas_value(values[0] if values else "", values[1] if len(values) > 1 else "")
-            if gas:
-                gas_candidates.append(gas)
+            raw_value = values[1] if len(values) > 1 else ""
         elif GAS_DSMR22_CODE.match(code) and index + 1 < len(lines):
-            value = lines[index + 1].strip().strip("()")
-            gas = _gas_value(values[0] if values else "", value)
-            if gas:
-                gas_candidates.append(gas)
-
-    reading = Reading(timestamp=_reading_timestamp(codes, now), meter=_meter_id(codes))
-    for code, (name, parse) in READING_FIELDS.items():
-        values = codes.get(code)
-        if not values:
+            raw_value = lines[index + 1].strip().strip("()")  # DSMR 2.2: the value is on the next line
+        else:
             continue
-        try:
-            reading.values[name] = parse(values[0])
-        except ValueError:
-            continue  # an unparseable value is skipped like an unparseable line
+        gas = _gas_value(values[0] if values else "", raw_value)
+        if gas:
+            gas_candidates.append(gas)
+
+    reading = Reading(
+        timestamp=_reading_timestamp(codes, now), meter=_meter_id(codes), values=_read_table(codes, READING_FIELDS)
+    )
     for name in ZERO_WHEN_MISSING:
         reading.values.setdefault(name, 0.0)
     missing = [name for name in REQUIRED if name not in reading.values]
@@ -210,15 +204,21 @@ def parse_telegram(text: str | bytes, now: dt.datetime | None = None) -> Telegra
         positive = [g for g in gas_candidates if g[1] > 0]
         reading.extra_device_timestamp, reading.extra_device_delivered = (positive or gas_candidates)[-1]
 
-    statistics: dict[str, str | int] = {}
-    for code, (name, parse) in STATISTICS_FIELDS.items():
+    statistics = _read_table(codes, STATISTICS_FIELDS)
+    return Telegram(reading=reading, statistics=statistics, header=lines[0][1:].strip())
+
+
+def _read_table(codes: dict[str, tuple[str, ...]], table: dict[str, tuple[str, Callable]]) -> dict:
+    """Values for the OBIS codes of a table; a value that does not parse is skipped like a bad line."""
+    result = {}
+    for code, (name, parse) in table.items():
         values = codes.get(code)
         if values:
             try:
-                statistics[name] = parse(values[0])
+                result[name] = parse(values[0])
             except ValueError:
                 continue
-    return Telegram(reading=reading, statistics=statistics, header=lines[0][1:].strip())
+    return result
 
 
 def check_not_in_future(reading: Reading, now: dt.datetime | None = None) -> None:
