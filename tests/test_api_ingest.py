@@ -268,6 +268,14 @@ def test_v2_post_errors_name_each_field(client, store):
     assert stored_fields(store, "E-V2-BAD", moment) == {}
 
 
+@pytest.mark.parametrize("value", ["inf", "NaN", True, "12.5"])
+def test_v2_post_current_must_be_a_finite_whole_number(client, value):
+    data = {**DOC_POST, "timestamp": unique_moment().isoformat(), "meter": "E-V2-CUR", "phase_power_current_l1": value}
+    response = client.simulate_post(V2, headers=KEY, json=data)
+    assert response.status_code == 400
+    assert response.json == {"phase_power_current_l1": ["A valid integer is required."]}
+
+
 @pytest.mark.parametrize(
     "body, content_type, status",
     [(b"[1, 2]", "application/json", 400), (b"{not json", "application/json", 400),

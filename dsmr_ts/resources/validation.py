@@ -21,20 +21,26 @@ class FieldError(ValueError):
     pass
 
 
+def _decimal(value: Any, message: str) -> Decimal:
+    """A JSON number or form text as a finite Decimal (true/false are not numbers); else FieldError."""
+    if isinstance(value, bool):
+        raise FieldError(message)
+    try:
+        number = Decimal(str(value).strip())
+    except InvalidOperation:
+        raise FieldError(message) from None
+    if not number.is_finite():
+        raise FieldError(message)
+    return number
+
+
 @dataclass(frozen=True)
 class DecimalSpec:
     max_digits: int
     places: int
 
     def __call__(self, value: Any) -> float:
-        if isinstance(value, bool):
-            raise FieldError("A valid number is required.")
-        try:
-            number = Decimal(str(value).strip())
-        except InvalidOperation:
-            raise FieldError("A valid number is required.") from None
-        if not number.is_finite():
-            raise FieldError("A valid number is required.")
+        number = _decimal(value, "A valid number is required.")
         # Same order and messages as Django REST framework's DecimalField.validate_precision.
         _, digits, exponent = number.as_tuple()
         if exponent >= 0:
@@ -63,15 +69,10 @@ class IntegerSpec:
     maximum: int
 
     def __call__(self, value: Any) -> int:
-        if isinstance(value, bool):
+        number = _decimal(value, "A valid integer is required.")
+        if number != number.to_integral_value():
             raise FieldError("A valid integer is required.")
-        try:
-            number = Decimal(str(value).strip())
-            if number != number.to_integral_value():
-                raise InvalidOperation
-            result = int(number)
-        except (InvalidOperation, ValueError):
-            raise FieldError("A valid integer is required.") from None
+        result = int(number)
         if result < self.minimum:
             raise FieldError(f"Ensure this value is greater than or equal to {self.minimum}.")
         if result > self.maximum:
