@@ -44,7 +44,8 @@ CURRENT = IntegerSpec(minimum=0, maximum=999)
 
 def reading_fields(tz: dt.tzinfo) -> list[Field]:
     """The v2 POST fields: required as documented, optional ones as DSMR-reader v5 accepts."""
-    timestamp = lambda value: parse_datetime(value, tz)  # noqa: E731
+    # Readings are kept per whole second.
+    timestamp = lambda value: parse_datetime(value, tz).replace(microsecond=0)  # noqa: E731
     return [
         Field("timestamp", timestamp, required=True),
         Field("electricity_currently_delivered", ENERGY, required=True),
@@ -81,32 +82,27 @@ def reading_from_fields(data: dict[str, Any], tz: dt.tzinfo, default_meter: str)
     if errors:
         raise ValidationFailed(errors)
     reading = Reading(
-        timestamp=clean.pop("timestamp").replace(microsecond=0),
+        timestamp=clean.pop("timestamp"),
         meter=clean.pop("meter", default_meter),
         extra_device_timestamp=clean.pop("extra_device_timestamp", None),
         extra_device_delivered=clean.pop("extra_device_delivered", None),
     )
-    if reading.extra_device_timestamp:
-        reading.extra_device_timestamp = reading.extra_device_timestamp.replace(microsecond=0)
     reading.values = clean
     return reading
 
 
 def filter_datetimes(req: falcon.Request, field: str, tz: dt.tzinfo) -> tuple[dt.datetime | None, dt.datetime | None]:
     """`<field>__gte` and `<field>__lte` query parameters as UTC datetimes (None when absent)."""
-    bounds: list[dt.datetime | None] = []
-    errors: dict[str, list[str]] = {}
-    for suffix in ("gte", "lte"):
-        name = f"{field}__{suffix}"
+
+    def bound(name: str) -> dt.datetime | None:
         raw = req.get_param(name)
         try:
-            bounds.append(parse_datetime(raw, tz, allow_date=True) if raw else None)
+            return parse_datetime(raw, tz, allow_date=True) if raw else None
         except FieldError:
-            errors[name] = ["Enter a valid date/time."]
-            bounds.append(None)
-    if errors:
-        raise ValidationFailed(errors)
-    return bounds[0], bounds[1]
+            raise ValidationFailed({name: ["Enter a valid date/time."]}) from None
+
+    gte, lte = all_valid(lambda: bound(f"{field}__gte"), lambda: bound(f"{field}__lte"))
+    return gte, lte
 
 
 class ReadingResource:

@@ -15,7 +15,7 @@ from typing import Any, Iterable, Iterator
 
 import falcon
 
-from dsmr_ts.resources.errors import ValidationFailed
+from dsmr_ts.resources.errors import ValidationFailed, all_valid
 
 DEFAULT_LIMIT = 25
 CHUNK_BYTES = 64 * 1024
@@ -42,16 +42,8 @@ def _whole(req: falcon.Request, name: str) -> int | None:
 
 
 def page_params(req: falcon.Request) -> Page:
-    errors: dict[str, list[str]] = {}
-    values = {}
-    for name in ("limit", "offset"):
-        try:
-            values[name] = _whole(req, name)
-        except ValidationFailed as exc:
-            errors.update(exc.errors)
-    if errors:
-        raise ValidationFailed(errors)
-    return Page(offset=values["offset"] or 0, limit=values["limit"] or DEFAULT_LIMIT)
+    limit, offset = all_valid(lambda: _whole(req, "limit"), lambda: _whole(req, "offset"))
+    return Page(offset=offset or 0, limit=limit or DEFAULT_LIMIT)
 
 
 def base_url(req: falcon.Request, trust_forwarded: bool) -> str:
