@@ -144,8 +144,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def _config(args: argparse.Namespace) -> Config:
-    path = args.config or os.environ.get("DSMR_TS_CONFIG") or "dsmr-ts.yaml"
-    return load_config(path)
+    return load_config(args.config)  # None: $DSMR_TS_CONFIG, else ./dsmr-ts.yaml
 
 
 def _stop_event() -> threading.Event:
