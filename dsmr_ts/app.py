@@ -11,13 +11,14 @@ from dsmr_ts.resources import errors
 from dsmr_ts.resources.access import ApiAccessMiddleware
 from dsmr_ts.resources.datalogger import ReadingResource, TelegramResource
 from dsmr_ts.resources.health import HealthResource
+from dsmr_ts.resources.statistics import DayStatisticsResource, HourStatisticsResource
 
 
 def create_app(config: Config | None = None, store: Store | None = None) -> falcon.App:
     """Build the app. gunicorn calls it with no arguments: the config then comes from
     $DSMR_TS_CONFIG or ./dsmr-ts.yaml."""
     config = config or load_config()
-    store = store or Store(config.influxdb)
+    store = store or Store(config.influxdb, timezone=config.timezone)
     ingest = Ingest(store)
     output_tz = config.tz if config.api.local_datetimes else None
 
@@ -29,4 +30,7 @@ def create_app(config: Config | None = None, store: Store | None = None) -> falc
         "/api/v2/datalogger/dsmrreading",
         ReadingResource(ingest, store, config.tz, output_tz, config.server.trust_forwarded_headers),
     )
+    statistics = (store, config.tz, output_tz, config.server.trust_forwarded_headers, config.prices)
+    app.add_route("/api/v2/statistics/day", DayStatisticsResource(*statistics))
+    app.add_route("/api/v2/statistics/hour", HourStatisticsResource(*statistics))
     return app

@@ -3,18 +3,22 @@
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import logging
 import os
 import signal
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 from urllib.parse import urlsplit
 
 from dsmr_ts.config import Config, ConfigError, load_config
 
 log = logging.getLogger("dsmr_ts")
+
+CHUNK_DAYS = 7  # regenerate works a week at a time: big enough to be fast, small enough to show progress
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -56,6 +60,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("setup", help="onboard InfluxDB, create buckets (idempotent)")
     p.set_defaults(func=cmd_setup)
+
+    p = sub.add_parser("regenerate", help="recompute hour and day statistics (idempotent; safe while running)")
+    p.add_argument("--since", type=_date_arg, help="first local day (default: the first reading)")
+    p.add_argument("--until", type=_date_arg, help="last local day (default: today)")
+    p.set_defaults(func=cmd_regenerate)
 
     p = sub.add_parser("influxd", help="the InfluxDB server dsmr-ts builds and manages")
     influxd_sub = p.add_subparsers(dest="influxd_command", required=True, metavar="ACTION")
@@ -105,6 +114,60 @@ def cmd_setup(args: argparse.Namespace) -> int:
     else:
         _bootstrap(config)
     return 0
+
+
+def cmd_regenerate(args: argparse.Namespace) -> int:
+    """Recompute statistics in chunks of whole local weeks, with the same Flux as the tasks."""
+    from dsmr_ts.influx.readings import floor_hour
+    from dsmr_ts.influx.store import Store, StoreUnavailable
+    from dsmr_ts.influx.tasks import local_midnight
+    from dsmr_ts.progress import ProgressBar
+
+    config = _config(args)
+    influxd = _start_managed_influxd(config) if config.influxdb.managed else None
+    store = Store(config.influxdb, timeout_ms=600_000, timezone=config.timezone)
+    tz = config.tz
+    try:
+        span = store.reading_time_range()
+        if span is None:
+            print("no readings stored yet: nothing to regenerate")
+            return 0
+        noon = lambda day: dt.datetime(day.year, day.month, day.day, 12, tzinfo=tz)  # noqa: E731
+        start = local_midnight(noon(args.since) if args.since else span[0], tz)
+        current_hour = floor_hour(dt.datetime.now(dt.timezone.utc)) + dt.timedelta(hours=1)
+        stop = min(local_midnight(noon(args.until), tz, 1) if args.until else current_hour, current_hour)
+        if stop <= start:
+            raise CliError("--since is after --until: nothing to do")
+        chunks = []
+        chunk_start = start
+        while chunk_start < stop:
+            chunk_stop = min(local_midnight(chunk_start, tz, CHUNK_DAYS), stop)
+            chunks.append((chunk_start, chunk_stop))
+            chunk_start = chunk_stop
+        chunk_days = [max(1, round((b - a) / dt.timedelta(days=1))) for a, b in chunks]
+        log.info("regenerating statistics from %s to %s (%d chunks of up to %d days)",
+                 start.astimezone(tz).date(), (stop - dt.timedelta(seconds=1)).astimezone(tz).date(),
+                 len(chunks), CHUNK_DAYS)
+        bar = ProgressBar(sum(chunk_days), "days")
+        began = time.monotonic()
+        for (chunk_start, chunk_stop), length in zip(chunks, chunk_days):
+            store.recompute_statistics(chunk_start, chunk_stop)
+            bar.advance(length)
+        log.info("statistics regenerated in %.1f s", time.monotonic() - began)
+    except StoreUnavailable as exc:
+        raise CliError(f"regenerate stopped: {exc}") from None
+    finally:
+        store.close()
+        if influxd:
+            influxd.stop()
+    return 0
+
+
+def _date_arg(value: str) -> dt.date:
+    try:
+        return dt.date.fromisoformat(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a date like 2024-01-31, got {value!r}") from None
 
 
 def cmd_serve(args: argparse.Namespace) -> int:

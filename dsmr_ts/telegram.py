@@ -145,6 +145,12 @@ class Telegram:
     statistics: dict[str, str | int]
     header: str
 
+    @property
+    def hourly_gas(self) -> bool:
+        """DSMR 4 and DSMR 2.2/3 (no version line) report gas once an hour, stamped at its end."""
+        version = str(self.statistics.get("dsmr_version", ""))
+        return version == "" or (version.startswith("4") and len(version) == 2)
+
 
 def crc16_arc(data: bytes) -> int:
     """CRC-16/ARC: polynomial 0x8005 reflected (0xA001), initial value 0, no final xor."""

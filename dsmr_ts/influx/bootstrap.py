@@ -1,4 +1,4 @@
-"""Bring an InfluxDB 2 to the state dsmr-ts needs: onboarded, with both buckets.
+"""Bring an InfluxDB 2 to the state dsmr-ts needs: onboarded, both buckets, the statistics tasks.
 
 Idempotent: running it again on a set-up server changes nothing.
 """
@@ -17,6 +17,7 @@ from influxdb_client.service.setup_service import SetupService
 from urllib3.exceptions import HTTPError
 
 from dsmr_ts.config import Config, save_setting
+from dsmr_ts.influx.tasks import ensure_tasks
 
 log = logging.getLogger(__name__)
 
@@ -33,10 +34,11 @@ class BootstrapResult:
     org_id: str
     onboarded: bool  # False when the server was already set up
     created_buckets: list[str]
+    tasks: list[str]  # InfluxDB tasks created or updated
 
 
 def bootstrap(config: Config, *, ui_login_file: Path | None = None) -> BootstrapResult:
-    """Onboard (first time only) and create missing buckets; persist a new token."""
+    """Onboard (first time only), create missing buckets, create or update the tasks; persist a new token."""
     settings = config.influxdb
     onboarded = False
     try:
@@ -54,13 +56,14 @@ def bootstrap(config: Config, *, ui_login_file: Path | None = None) -> Bootstrap
         with InfluxDBClient(url=settings.url, token=token, org=settings.org, timeout=30_000) as client:
             org_id = _org_id(client, settings.org, settings.url)
             created = _ensure_buckets(client, org_id, [settings.bucket, settings.stats_bucket])
+            tasks = ensure_tasks(client, config, org_id)
     except ApiException as exc:
         if exc.status in (401, 403):
             raise BootstrapError(f"InfluxDB at {settings.url} refused influxdb.token{_in_file(config)}") from None
         raise BootstrapError(f"InfluxDB at {settings.url} answered {exc.status}: {exc.reason}") from None
     except (HTTPError, OSError) as exc:
         raise BootstrapError(f"InfluxDB at {settings.url} is unreachable: {exc.__class__.__name__}") from None
-    return BootstrapResult(token=token, org_id=org_id, onboarded=onboarded, created_buckets=created)
+    return BootstrapResult(token=token, org_id=org_id, onboarded=onboarded, created_buckets=created, tasks=tasks)
 
 
 def _in_file(config: Config) -> str:

@@ -1,11 +1,11 @@
 """Reading queries that stay fast at any size: exact counts and pages without scanning history.
 
-The count index: for every complete UTC hour with readings, `dsmr_stats` holds a point
-`hour,meter=M reading_count=Ni` at the hour's start (the same row the hour statistics use).
-It is kept exact by:
-- refresh_counts(): before answering, hours completed since the newest index row are counted
-  (one pushed-down windowed count over those hours only);
-- recount_hour(): a write into an already complete hour (late data) recounts that hour at once.
+The count index: for every complete UTC hour with readings, the hour statistics row in
+`dsmr_stats` carries `reading_count` (see tasks.py, which writes it). It is kept exact by:
+- the hourly InfluxDB task;
+- refresh_counts(): before answering, hours completed since the newest index row are computed
+  (one pushed-down pass over those hours only), in case the task has not run (yet);
+- Store.repair_statistics(): a write into an already complete hour recomputes it at once.
 
 A range [gte, lte] then splits into a partial head hour, whole indexed hours, and a tail (partial
 last hour and the current hour). Only head and tail are counted from raw points; a page is
@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Iterator
 
 from dsmr_ts.influx import schema
+from dsmr_ts.influx.tasks import COUNT_FIELD, COUNTED_FIELD, HOUR_MEASUREMENT
 
 if TYPE_CHECKING:
     from dsmr_ts.influx.store import Store
@@ -27,14 +28,10 @@ if TYPE_CHECKING:
 HOUR = dt.timedelta(hours=1)
 SECOND = dt.timedelta(seconds=1)
 EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
-# Every reading has this field (v1 and v2 require it), so counting it counts readings.
-COUNTED_FIELD = "electricity_delivered_1"
-COUNT_MEASUREMENT = "hour"
-COUNT_FIELD = "reading_count"
 
 _READINGS = f'r._measurement == "{schema.READING}" and r.meter == meter'
 _COUNTED = f'{_READINGS} and r._field == "{COUNTED_FIELD}"'
-_INDEX = f'r._measurement == "{COUNT_MEASUREMENT}" and r._field == "{COUNT_FIELD}" and r.meter == meter'
+_INDEX = f'r._measurement == "{HOUR_MEASUREMENT}" and r._field == "{COUNT_FIELD}" and r.meter == meter'
 
 
 def floor_hour(moment: dt.datetime) -> dt.datetime:
@@ -89,26 +86,9 @@ class ReadingQueries:
         with self._lock:
             self._fresh_until[meter] = boundary
 
-    def recount_hour(self, meter: str, moment: dt.datetime, now: dt.datetime | None = None) -> None:
-        """After a write at `moment`: if its hour is complete, its index row is recounted."""
-        hour = floor_hour(moment)
-        if hour < floor_hour(now or dt.datetime.now(dt.timezone.utc)):
-            self._write_counts(meter, hour, hour + HOUR)
-
     def _write_counts(self, meter: str, start: dt.datetime, stop: dt.datetime) -> None:
-        # Pushed down (aggregateWindow count on one field); only the per-hour rows reach Flux.
-        self.store._query(
-            f"""
-from(bucket: bucket)
-  |> range(start: start, stop: stop)
-  |> filter(fn: (r) => {_COUNTED})
-  |> aggregateWindow(every: 1h, fn: count, timeSrc: "_start", createEmpty: false)
-  |> set(key: "_measurement", value: "{COUNT_MEASUREMENT}")
-  |> set(key: "_field", value: "{COUNT_FIELD}")
-  |> to(bucket: stats)
-""",
-            {"meter": meter, "start": start, "stop": stop},
-        )
+        # The hour statistics carry reading_count: one writer for the index and the statistics.
+        self.store.recompute_statistics(start, stop, meter)
 
     # --- counting ------------------------------------------------------------------------------
 

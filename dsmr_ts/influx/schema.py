@@ -12,6 +12,9 @@ from dsmr_ts.telegram import Reading
 
 READING = "reading"
 METER_STATISTICS = "meter_statistics"
+# Gas meter positions at the time they are booked (see gas_line); the statistics use these.
+GAS = "gas"
+GAS_FIELD = "extra_device_delivered"
 
 FLOAT_FIELDS = (
     "electricity_delivered_1",
@@ -85,6 +88,17 @@ def _line(measurement: str, meter: str, fields: dict[str, float | int | str], se
 def reading_line(reading: Reading) -> str:
     """Line protocol for one reading (timestamps in whole seconds, written as ns)."""
     return _line(READING, reading.meter, reading_fields(reading), _unix(reading.timestamp))
+
+
+def gas_line(reading: Reading, hourly: bool) -> str | None:
+    """The reading's gas position as its own point, at the gas reading's timestamp.
+
+    Meters that report gas hourly (DSMR 4, DSMR 2.2) stamp the value at the end of the hour it
+    covers; like DSMR-reader it is booked one hour earlier, in the hour it was used."""
+    if reading.extra_device_timestamp is None or reading.extra_device_delivered is None:
+        return None
+    booked = _unix(reading.extra_device_timestamp) - (3600 if hourly else 0)
+    return _line(GAS, reading.meter, {GAS_FIELD: float(reading.extra_device_delivered)}, booked)
 
 
 def statistics_line(meter: str, timestamp: dt.datetime, statistics: dict[str, str | int]) -> str | None:

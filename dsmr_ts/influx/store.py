@@ -21,7 +21,9 @@ from urllib3.exceptions import HTTPError
 
 from dsmr_ts.config import InfluxConfig
 from dsmr_ts.influx import schema
-from dsmr_ts.influx.readings import COUNTED_FIELD, ReadingQueries
+from dsmr_ts.influx import tasks
+from dsmr_ts.influx.readings import ReadingQueries, floor_hour
+from dsmr_ts.influx.tasks import COUNTED_FIELD
 from dsmr_ts.telegram import DEFAULT_METER, Reading, Telegram
 
 log = logging.getLogger(__name__)
@@ -40,8 +42,9 @@ class StoreUnavailable(Exception):
 
 
 class Store:
-    def __init__(self, settings: InfluxConfig, timeout_ms: int = 30_000):
+    def __init__(self, settings: InfluxConfig, timeout_ms: int = 30_000, timezone: str = "Europe/Amsterdam"):
         self.settings = settings
+        self.timezone = timezone  # local days of the day statistics
         self.client = InfluxDBClient(
             url=settings.url, token=settings.token, org=settings.org, timeout=timeout_ms, enable_gzip=False
         )
@@ -70,12 +73,13 @@ class Store:
     def write_telegram(self, telegram: Telegram) -> None:
         """The reading and the meter statistics it carried, in one write."""
         reading = telegram.reading
-        lines = [schema.reading_line(reading)]
-        stats = schema.statistics_line(reading.meter, reading.timestamp, telegram.statistics)
-        if stats:
-            lines.append(stats)
-        self.write_lines(lines)
-        self.readings.recount_hour(reading.meter, reading.timestamp)
+        lines = [
+            schema.reading_line(reading),
+            schema.gas_line(reading, hourly=telegram.hourly_gas),
+            schema.statistics_line(reading.meter, reading.timestamp, telegram.statistics),
+        ]
+        self.write_lines([line for line in lines if line])
+        self.repair_statistics(reading, telegram.hourly_gas)
 
     def replace_reading(self, reading: Reading) -> None:
         """Store a reading so that it is the only one at its meter+timestamp.
@@ -86,8 +90,79 @@ class Store:
         existing = self.reading_field_names(reading.meter, reading.timestamp)
         if existing - set(schema.reading_fields(reading)):
             self._delete_reading(reading.meter, reading.timestamp)
-        self.write_lines([schema.reading_line(reading)])
-        self.readings.recount_hour(reading.meter, reading.timestamp)
+        self.write_lines([line for line in (schema.reading_line(reading), schema.gas_line(reading, False)) if line])
+        self.repair_statistics(reading, hourly_gas=False)
+
+    # --- statistics ----------------------------------------------------------------------------
+
+    def recompute_statistics(self, start: dt.datetime, stop: dt.datetime, meter: str | None = None) -> None:
+        """Hour statistics of [start, stop) and the local days they touch (see tasks.py)."""
+        tasks.recompute(self._query, self.settings, self.timezone, start, stop, meter)
+
+    def repair_statistics(self, reading: Reading, hourly_gas: bool, now: dt.datetime | None = None) -> None:
+        """After a write: when it landed in a complete hour (late data), recompute that hour, the
+        hours up to the meter's next reading (their baseline may have changed) and their days.
+        Writes into the current hour cost nothing here; the hourly task covers them."""
+        current = floor_hour(now or dt.datetime.now(dt.timezone.utc))
+        moments = [reading.timestamp]
+        if reading.extra_device_timestamp is not None:
+            moments.append(reading.extra_device_timestamp - dt.timedelta(hours=1 if hourly_gas else 0))
+        start = floor_hour(min(moments))
+        if start >= current:
+            return
+        after = floor_hour(max(moments)) + dt.timedelta(hours=1)
+        following = after < current and self._query(
+            f"from(bucket: bucket) |> range(start: after, stop: current)"
+            f' |> filter(fn: (r) => r._measurement == "{schema.READING}" and r.meter == meter'
+            f' and r._field == "{COUNTED_FIELD}") |> first()',
+            {"after": after, "current": current, "meter": reading.meter},
+        )
+        stop = floor_hour(following[0]["_time"]) if following else floor_hour(max(moments))
+        self.recompute_statistics(start, min(stop + dt.timedelta(hours=1), current), reading.meter)
+
+    def statistics_page(
+        self,
+        measurement: str,
+        meter: str,
+        start: dt.datetime | None,
+        stop: dt.datetime | None,
+        offset: int,
+        limit: int,
+        descending: bool,
+    ) -> tuple[int, list[dict[str, object]]]:
+        """(count, rows) of `hour` or `day` statistics with time in [start, stop). Small data
+        (8760 hours a year), so sorting and limiting in Flux is cheap."""
+        assert measurement in (tasks.HOUR_MEASUREMENT, tasks.DAY_MEASUREMENT)
+        params = {
+            "meter": meter,
+            "start": start or dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc),
+            "stop": stop or dt.datetime(2200, 1, 1, tzinfo=dt.timezone.utc),
+            "offset": offset,
+            "n": limit,
+        }
+        if params["stop"] <= params["start"]:
+            return 0, []
+        rows = f"""from(bucket: stats)
+  |> range(start: start, stop: stop)
+  |> filter(fn: (r) => r._measurement == "{measurement}" and r.meter == meter)"""
+        flux = f"""
+count = {rows}
+  |> filter(fn: (r) => r._field == "{tasks.COUNT_FIELD}")
+  |> group()
+  |> count()
+  |> set(key: "part", value: "count")
+page = {rows}
+  |> pivot(rowKey: ["_time"], columnKey: ["_field"], valueColumn: "_value")
+  |> group()
+  |> sort(columns: ["_time"], desc: {"true" if descending else "false"})
+  |> limit(n: n, offset: offset)
+  |> set(key: "part", value: "page")
+union(tables: [count, page])
+"""
+        result = self._query(flux, params)
+        count = next((int(r["_value"]) for r in result if r["part"] == "count"), 0)
+        page = sorted((r for r in result if r["part"] == "page"), key=lambda r: r["_time"], reverse=descending)
+        return count, page
 
     def count_rejected(self, meter: str = "unknown", when: dt.datetime | None = None) -> None:
         self.write_lines([schema.rejected_line(meter, when or dt.datetime.now(dt.timezone.utc))])
@@ -113,6 +188,16 @@ from(bucket: bucket)
 """
         rows = self._query("import \"date\"\n" + query, {"t": timestamp, "meter": meter})
         return {row["_field"] for row in rows}
+
+    def reading_time_range(self) -> tuple[dt.datetime, dt.datetime] | None:
+        """Time of the first and the last reading of any meter (pushed-down first/last)."""
+        flux = f"""
+readings = from(bucket: bucket) |> range(start: 0, stop: 2200-01-01T00:00:00Z)
+  |> filter(fn: (r) => r._measurement == "{schema.READING}" and r._field == "{COUNTED_FIELD}")
+union(tables: [readings |> first(), readings |> last()])
+"""
+        times = [row["_time"] for row in self._query(flux, {})]
+        return (min(times), max(times)) if times else None
 
     def meters(self) -> list[str]:
         """Every meter that has readings (from the tag index: no data is read)."""

@@ -1,0 +1,147 @@
+"""GET statistics/day and statistics/hour, shaped as DSMR-reader's documentation shows them.
+
+Costs are computed when a day is read, from the config's price periods (the period with the latest
+start on or before the day applies), so changed prices need no regeneration:
+  electricityN_cost = electricityN x delivered_N price - electricityN_returned x returned_N price
+  gas_cost = gas x gas price;  total_cost = the three rounded costs + fixed_daily_cost.
+Each is rounded half-up to 2 decimals; a day before every price period has null costs.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from decimal import ROUND_HALF_UP, Decimal
+from typing import Any
+
+import falcon
+
+from dsmr_ts.config import PricePeriod
+from dsmr_ts.influx.store import Store
+from dsmr_ts.influx.tasks import DAY_MEASUREMENT, HOUR_MEASUREMENT, local_midnight
+from dsmr_ts.resources.datalogger import filter_datetimes
+from dsmr_ts.resources.errors import ValidationFailed, all_valid
+from dsmr_ts.resources.formats import datetime_string, decimal_string
+from dsmr_ts.resources.pagination import links, page_params
+
+USAGE_OUTPUT = ("electricity1", "electricity2", "electricity1_returned", "electricity2_returned")
+CENT = Decimal("0.01")
+
+
+def _money(value: Decimal) -> str:
+    return str(value.quantize(CENT, rounding=ROUND_HALF_UP))
+
+
+def price_for(day: dt.date, prices: list[PricePeriod]) -> PricePeriod | None:
+    applicable = [period for period in prices if period.start <= day]  # prices are sorted by start
+    return applicable[-1] if applicable else None
+
+
+def day_costs(row: dict[str, Any], price: PricePeriod | None) -> dict[str, str | None]:
+    if price is None:
+        return {"total_cost": None, "electricity1_cost": None, "electricity2_cost": None, "gas_cost": None}
+
+    def amount(field: str) -> Decimal:
+        return Decimal(repr(float(row.get(field) or 0.0)))
+
+    def rate(value: float) -> Decimal:
+        return Decimal(repr(float(value)))
+
+    e1 = (amount("electricity1") * rate(price.electricity_delivered_1)
+          - amount("electricity1_returned") * rate(price.electricity_returned_1)).quantize(CENT, ROUND_HALF_UP)
+    e2 = (amount("electricity2") * rate(price.electricity_delivered_2)
+          - amount("electricity2_returned") * rate(price.electricity_returned_2)).quantize(CENT, ROUND_HALF_UP)
+    gas = (amount("gas") * rate(price.gas)).quantize(CENT, ROUND_HALF_UP)
+    total = e1 + e2 + gas + rate(price.fixed_daily_cost)
+    return {"total_cost": _money(total), "electricity1_cost": _money(e1), "electricity2_cost": _money(e2),
+            "gas_cost": _money(gas)}
+
+
+class _StatisticsResource:
+    measurement = ""
+    time_field = ""
+
+    def __init__(self, store: Store, tz: dt.tzinfo, output_tz: dt.tzinfo | None, trust_forwarded: bool,
+                 prices: list[PricePeriod]):
+        self.store = store
+        self.tz = tz
+        self.output_tz = output_tz
+        self.trust_forwarded = trust_forwarded
+        self.prices = prices
+
+    def bounds(self, req: falcon.Request) -> tuple[dt.datetime | None, dt.datetime | None]:
+        raise NotImplementedError
+
+    def row_json(self, row: dict[str, Any]) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        page, (start, stop) = all_valid(lambda: page_params(req), lambda: self.bounds(req))
+        meter = req.get_param("meter") or self.store.default_meter()
+        descending = req.get_param("ordering") == f"-{self.time_field}"
+        count, rows = self.store.statistics_page(
+            self.measurement, meter, start, stop, page.offset, page.limit, descending
+        )
+        next_url, previous_url = links(req, page, count, self.trust_forwarded)
+        resp.media = {"count": count, "next": next_url, "previous": previous_url,
+                      "results": [self.row_json(row) for row in rows]}
+
+
+class HourStatisticsResource(_StatisticsResource):
+    """GET /api/v2/statistics/hour. id = Unix seconds of hour_start / 3600."""
+
+    measurement = HOUR_MEASUREMENT
+    time_field = "hour_start"
+
+    def bounds(self, req: falcon.Request) -> tuple[dt.datetime | None, dt.datetime | None]:
+        gte, lte = filter_datetimes(req, "hour_start", self.tz)
+        return gte, (lte + dt.timedelta(seconds=1)) if lte else None
+
+    def row_json(self, row: dict[str, Any]) -> dict[str, Any]:
+        start: dt.datetime = row["_time"]
+        out: dict[str, Any] = {"id": int(start.timestamp()) // 3600,
+                               "hour_start": datetime_string(start, self.output_tz)}
+        for name in USAGE_OUTPUT:
+            out[name] = decimal_string(row.get(name) or 0.0, 3)
+        out["gas"] = decimal_string(row.get("gas"), 3)
+        return out
+
+
+class DayStatisticsResource(_StatisticsResource):
+    """GET /api/v2/statistics/day. id = the day as the number YYYYMMDD."""
+
+    measurement = DAY_MEASUREMENT
+    time_field = "day"
+
+    def bounds(self, req: falcon.Request) -> tuple[dt.datetime | None, dt.datetime | None]:
+        def day(name: str) -> dt.date | None:
+            raw = req.get_param(name)
+            if not raw:
+                return None
+            try:
+                return dt.date.fromisoformat(raw.strip())
+            except ValueError:
+                raise ValidationFailed({name: ["Enter a valid date."]}) from None
+
+        first, last = all_valid(lambda: day("day__gte"), lambda: day("day__lte"))
+        start = local_midnight(_noon(first, self.tz), self.tz) if first else None
+        stop = local_midnight(_noon(last, self.tz), self.tz, 1) if last else None
+        return start, stop
+
+    def row_json(self, row: dict[str, Any]) -> dict[str, Any]:
+        day = row["_time"].astimezone(self.tz).date()
+        out: dict[str, Any] = {"id": int(day.strftime("%Y%m%d")), "day": day.isoformat()}
+        costs = day_costs(row, price_for(day, self.prices))
+        out["total_cost"] = costs["total_cost"]
+        for name in USAGE_OUTPUT:
+            out[name] = decimal_string(row.get(name) or 0.0, 3)
+        out["electricity1_cost"] = costs["electricity1_cost"]
+        out["electricity2_cost"] = costs["electricity2_cost"]
+        out["gas"] = decimal_string(row.get("gas"), 3)
+        out["gas_cost"] = costs["gas_cost"]
+        out["lowest_temperature"] = out["highest_temperature"] = out["average_temperature"] = None
+        return out
+
+
+def _noon(day: dt.date, tz: dt.tzinfo) -> dt.datetime:
+    return dt.datetime(day.year, day.month, day.day, 12, tzinfo=tz)
+
