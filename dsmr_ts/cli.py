@@ -30,6 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     # influxdb-client logs every retry and HTTP detail at INFO; operators want our lines.
     logging.getLogger("influxdb_client").setLevel(logging.WARNING)
+    logging.getLogger("apscheduler").setLevel(logging.WARNING)  # it logs every job run at INFO
     try:
         return args.func(args) or 0
     except ConfigError as exc:
@@ -52,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("run", help="everything on this machine: influxd, setup, API (Ctrl-C stops all)")
+    p = sub.add_parser("run", help="everything on this machine: influxd, setup, API, reader (Ctrl-C stops all)")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("serve", help="the API under gunicorn")
@@ -60,6 +61,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("setup", help="onboard InfluxDB, create buckets (idempotent)")
     p.set_defaults(func=cmd_setup)
+
+    p = sub.add_parser("reader", help="read the meter (reader.port; a simulated meter when null)")
+    p.set_defaults(func=cmd_reader)
+
+    p = sub.add_parser("simulate", help="an emulated DSMR 5 meter sending telegrams")
+    target = p.add_mutually_exclusive_group(required=True)
+    target.add_argument("--url", help="POST to this v1 URL, e.g. http://127.0.0.1:7777/api/v1/datalogger/dsmrreading")
+    target.add_argument("--serial", metavar="PATH", help="write to a serial device, pty or pyserial URL")
+    p.add_argument("--key", help="API key for --url (default: api.key of the config)")
+    p.add_argument("--rate", type=float, default=1.0, help="telegrams per second (default 1)")
+    p.add_argument("--count", type=int, help="stop after this many telegrams")
+    p.set_defaults(func=cmd_simulate)
 
     p = sub.add_parser("regenerate", help="recompute hour and day statistics (idempotent; safe while running)")
     p.add_argument("--since", type=_date_arg, help="first local day (default: the first reading)")
@@ -114,6 +127,69 @@ def cmd_setup(args: argparse.Namespace) -> int:
     else:
         _bootstrap(config)
     return 0
+
+
+def cmd_reader(args: argparse.Namespace) -> int:
+    from dsmr_ts.reader.service import run_reader
+
+    config = _config(args)
+    if not config.reader.enabled:
+        raise CliError("reader.enabled is false in the config: there is no reader to run")
+    run_reader(config)
+    return 0
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    """Telegrams from MeterSimulator. Faster than one a second, timestamps still step one second
+    (ending now with --count), so every telegram is a distinct reading."""
+    import urllib.error
+    import urllib.parse
+    import urllib.request
+
+    import serial
+
+    from dsmr_ts.reader.simulator import MeterSimulator
+
+    if args.rate <= 0:
+        raise CliError("--rate must be above 0")
+    key = args.key
+    if args.url and not key:
+        key = _config(args).api.key
+    now = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
+    start = now - dt.timedelta(seconds=(args.count or 1) - 1) if args.rate > 1 and args.count else now
+    device = serial.serial_for_url(args.serial, baudrate=115200, timeout=1) if args.serial else None
+    stop = _stop_event()
+    sent = failed = 0
+    try:
+        for index, telegram in enumerate(MeterSimulator().telegrams(start, dt.timedelta(seconds=1), args.count)):
+            if stop.is_set():
+                break
+            if args.rate <= 1 and index:
+                # Real time: each telegram carries the second it is sent in.
+                if stop.wait(1.0 / args.rate):
+                    break
+            if device is not None:
+                device.write(telegram.encode("latin-1"))
+                sent += 1
+                continue
+            request = urllib.request.Request(
+                args.url, data=urllib.parse.urlencode({"telegram": telegram}).encode(),
+                headers={"X-AUTHKEY": key}, method="POST")
+            try:
+                with urllib.request.urlopen(request, timeout=10) as response:
+                    response.read()
+                sent += 1
+            except (urllib.error.URLError, OSError) as exc:
+                failed += 1
+                if failed == 1:
+                    print(f"dsmr-ts simulate: POST failed: {getattr(exc, 'code', '')} {exc}", file=sys.stderr)
+            if args.rate > 1:
+                stop.wait(1.0 / args.rate)
+    finally:
+        if device is not None:
+            device.close()
+    print(f"sent {sent} telegrams" + (f", {failed} failed" if failed else ""))
+    return 1 if failed else 0
 
 
 def cmd_regenerate(args: argparse.Namespace) -> int:
@@ -184,6 +260,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     try:
         _bootstrap(config)
         children["api"] = subprocess.Popen(_gunicorn_command(), env=_child_env(config), start_new_session=True)
+        if config.reader.enabled:
+            children["reader"] = subprocess.Popen(
+                [sys.executable, "-m", "dsmr_ts.cli", "reader"], env=_child_env(config), start_new_session=True
+            )
         _print_welcome(config)
         failed = None
         while not stop.wait(0.5) and not failed:
@@ -276,6 +356,14 @@ def _stop_child(name: str, child: subprocess.Popen, timeout: float = 30.0) -> No
             child.wait()
 
 
+def _meter_description(config: Config) -> str:
+    if not config.reader.enabled:
+        return "no reader (reader.enabled: false)"
+    if config.reader.port is None:
+        return "a simulated DSMR 5 meter, a telegram a second (set reader.port for your meter)"
+    return f"{config.reader.port} (DSMR {config.reader.dsmr_version})"
+
+
 def _print_welcome(config: Config) -> None:
     bind = config.server.bind
     api_url = f"http://{bind}" if not bind.startswith("unix:") else bind
@@ -286,6 +374,7 @@ def _print_welcome(config: Config) -> None:
         f"  API:         {api_url}/api/v2/datalogger/dsmrreading  ({state})",
         f"  health:      {api_url}/health",
         f"  config:      {config.path}  (API key: api.key in this file)",
+        f"  meter:       {_meter_description(config)}",
         f"  InfluxDB UI: {config.influxdb.url}",
     ]
     if config.influxdb.managed:

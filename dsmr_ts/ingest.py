@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 
-from dsmr_ts.influx.store import Store
+from dsmr_ts.influx.store import Store, StoreUnavailable
 from dsmr_ts.telegram import ParseError, Reading, Telegram, check_not_in_future, parse_telegram
 
 log = logging.getLogger(__name__)
@@ -22,7 +22,10 @@ class Ingest:
             check_not_in_future(telegram.reading, now=now)
         except ParseError as exc:
             log.info("telegram rejected: %s", exc)
-            self.store.count_rejected()
+            try:
+                self.store.count_rejected()
+            except StoreUnavailable as unavailable:  # the rejection is what the caller must hear
+                log.warning("rejected telegram not counted: %s", unavailable)
             raise
         self.store.write_telegram(telegram)
         return telegram

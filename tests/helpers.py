@@ -36,3 +36,51 @@ def port_open(host: str, port: int) -> bool:
     with socket.socket() as sock:
         sock.settimeout(0.5)
         return sock.connect_ex((host, port)) == 0
+
+
+class FakeSer2net:
+    """What ser2net does for a P1 cable: a TCP port that streams the meter's bytes.
+    The test decides what the 'meter' sends and can drop the connection."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self.server = socket.socket()
+        self.server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.server.bind(("127.0.0.1", 0))
+        self.server.listen(4)
+        self.port = self.server.getsockname()[1]
+        self.client: socket.socket | None = None
+        self.connections = 0
+        self._lock = threading.Lock()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"socket://127.0.0.1:{self.port}"
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.server.accept()
+            except OSError:
+                return
+            with self._lock:
+                self.client = client
+                self.connections += 1
+
+    def send(self, data: bytes) -> None:
+        wait_for(lambda: self.client is not None, timeout=30, what="the reader to connect")
+        with self._lock:
+            assert self.client is not None
+            self.client.sendall(data)
+
+    def drop(self) -> None:
+        with self._lock:
+            if self.client is not None:
+                self.client.close()
+                self.client = None
+
+    def close(self) -> None:
+        self.drop()
+        self.server.close()

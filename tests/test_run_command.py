@@ -11,7 +11,7 @@ import requests
 import yaml
 
 from dsmr_ts.influx.server import free_port
-from helpers import REPO, dsmr_ts_command, wait_for
+from helpers import REPO, TEST_KEY, dsmr_ts_command, wait_for
 
 
 def processes_mentioning(text: str) -> list[int]:
@@ -29,13 +29,14 @@ def processes_mentioning(text: str) -> list[int]:
     return found
 
 
-def test_run_starts_everything_and_sigint_stops_all(tmp_path, influxd_binary):
+def test_run_starts_everything_with_a_simulated_meter_and_sigint_stops_all(tmp_path, influxd_binary):
     api_port, influx_port = free_port(), free_port()
     config_path = tmp_path / "dsmr-ts.yaml"
     config_path.write_text(
+        f"api:\n  enabled: true\n  key: {TEST_KEY}\n"
         f"server:\n  bind: 127.0.0.1:{api_port}\n  workers: 1\n"
         f"influxdb:\n  url: http://127.0.0.1:{influx_port}\n  data_dir: ./influx-data\n"
-        "reader:\n  enabled: false\n"
+        "reader:\n  spool_dir: ./spool\n"  # port null: the simulated meter
     )
     log = open(tmp_path / "run.log", "w+")
     proc = subprocess.Popen(
@@ -50,9 +51,20 @@ def test_run_starts_everything_and_sigint_stops_all(tmp_path, influxd_binary):
                 return False
 
         wait_for(api_healthy, timeout=90, what="the API's /health under `dsmr-ts run`")
+
+        def readings_served() -> int:
+            response = requests.get(f"http://127.0.0.1:{api_port}/api/v2/datalogger/dsmrreading",
+                                    headers={"X-AUTHKEY": TEST_KEY}, params={"ordering": "-timestamp", "limit": 1})
+            assert response.status_code == 200, response.text
+            return response.json()["count"]
+
+        # The newcomer sees data flowing: the simulated meter's readings come out of the API.
+        first = wait_for(readings_served, timeout=60, what="simulated readings through the API")
+        wait_for(lambda: readings_served() > first, timeout=30, what="more readings a second later")
         assert (tmp_path / "influx-data" / "engine").is_dir()  # data_dir is relative to the config file
         output = (tmp_path / "run.log").read_text()
         assert f"http://127.0.0.1:{api_port}/api/v2/datalogger/dsmrreading" in output
+        assert "a simulated DSMR 5 meter" in output
         assert "api.key" in output
         written = yaml.safe_load(config_path.read_text())
         assert written["influxdb"]["token"] and written["api"]["key"]
