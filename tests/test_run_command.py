@@ -1,4 +1,5 @@
-"""`dsmr-ts run` as a user starts it: managed influxd, setup, API; Ctrl-C leaves no process."""
+"""The README's `make run` as a newcomer meets it: managed influxd, setup, API, a simulated meter
+whose readings come out of the API; Ctrl-C leaves no process behind."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import requests
 import yaml
 
 from dsmr_ts.influx.server import free_port
-from helpers import REPO, TEST_KEY, dsmr_ts_command, wait_for
+from helpers import REPO, TEST_KEY, wait_for
 
 
 def processes_mentioning(text: str) -> list[int]:
@@ -39,9 +40,10 @@ def test_run_starts_everything_with_a_simulated_meter_and_sigint_stops_all(tmp_p
         "reader:\n  spool_dir: ./spool\n"  # port null: the simulated meter
     )
     log = open(tmp_path / "run.log", "w+")
-    proc = subprocess.Popen(
-        dsmr_ts_command("--config", str(config_path), "run"), cwd=REPO, stdout=log, stderr=subprocess.STDOUT
-    )
+    # The README's run command, exactly, as a newcomer types it (the config comes from the env).
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("DSMR_TS_")}, "DSMR_TS_CONFIG": str(config_path)}
+    proc = subprocess.Popen(["make", "run"], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True)
     try:
         def api_healthy() -> bool:
             assert proc.poll() is None, (tmp_path / "run.log").read_text()
@@ -70,10 +72,12 @@ def test_run_starts_everything_with_a_simulated_meter_and_sigint_stops_all(tmp_p
         assert written["influxdb"]["token"] and written["api"]["key"]
         assert written["influxdb"]["token"] not in output and written["api"]["key"] not in output
         assert processes_mentioning(str(tmp_path)), "children should be running"
-        proc.send_signal(signal.SIGINT)
-        assert proc.wait(timeout=60) == 0, (tmp_path / "run.log").read_text()
+        # Ctrl-C: the terminal sends SIGINT to the foreground process group (make and dsmr-ts run).
+        os.killpg(proc.pid, signal.SIGINT)
+        proc.wait(timeout=60)
+        assert "dsmr_ts: stopping" in (tmp_path / "run.log").read_text()
     finally:
         if proc.poll() is None:
-            proc.kill()
+            os.killpg(proc.pid, signal.SIGKILL)
         log.close()
     wait_for(lambda: not processes_mentioning(str(tmp_path)), timeout=30, what="no process left behind")
