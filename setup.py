@@ -18,6 +18,6 @@ setup(
         "apscheduler>=3.10,<4",
         "pyyaml>=6,<7",
     ],
-    extras_require={"test": ["pytest>=8,<10", "requests>=2.31,<3"]},
+    extras_require={"test": ["pytest>=8,<10", "requests>=2.31,<3", "jsonschema>=4.18,<5", "openapi-spec-validator>=0.7,<1"]},
     entry_points={"console_scripts": ["dsmr-ts=dsmr_ts.cli:main"]},
 )

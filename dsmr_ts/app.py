@@ -11,6 +11,7 @@ from dsmr_ts.resources import errors
 from dsmr_ts.resources.access import ApiAccessMiddleware
 from dsmr_ts.resources.datalogger import ReadingResource, TelegramResource
 from dsmr_ts.resources.health import HealthResource
+from dsmr_ts.resources.openapi import SchemaResource
 from dsmr_ts.resources.statistics import DayStatisticsResource, HourStatisticsResource
 
 
@@ -25,6 +26,7 @@ def create_app(config: Config | None = None, store: Store | None = None) -> falc
     app = falcon.App(middleware=[ApiAccessMiddleware(config.api)])
     errors.install(app)
     app.add_route("/health", HealthResource(store))
+    app.add_route("/api/v2/schema", SchemaResource())
     app.add_route("/api/v1/datalogger/dsmrreading", TelegramResource(ingest))
     app.add_route(
         "/api/v2/datalogger/dsmrreading",

@@ -16,6 +16,8 @@ from dsmr_ts.influx.build import ensure_influxd
 from dsmr_ts.influx.server import ManagedInfluxd, free_port
 from helpers import REPO, TEST_KEY, dsmr_ts_command, wait_for
 
+pytest_plugins = ["openapi_check"]
+
 
 @pytest.fixture(scope="session")
 def influxd_binary() -> Path:

@@ -1,0 +1,213 @@
+"""GET /api/v2/schema: the OpenAPI 3.1 description of everything dsmr-ts serves.
+
+Built from the same tables the resources use (reading fields and formats, v2 POST fields,
+statistics fields), so it cannot drift from them; the test suite validates every response it
+receives against it. Public, like DSMR-reader's. YAML by default; JSON with ?format=json or
+Accept: application/json.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+import json
+from typing import Any
+
+import falcon
+import yaml
+
+from dsmr_ts import __version__
+from dsmr_ts.resources.datalogger import reading_fields
+from dsmr_ts.resources.formats import READING_OUTPUT
+from dsmr_ts.resources.statistics import USAGE_OUTPUT
+
+JSON = "application/json"
+
+
+def _nullable(schema: dict[str, Any]) -> dict[str, Any]:
+    return {**schema, "type": [schema["type"], "null"]}
+
+
+DECIMAL_3 = {"type": "string", "pattern": r"^-?\d+\.\d{3}$"}
+DECIMAL_1 = {"type": "string", "pattern": r"^-?\d+\.\d$"}
+MONEY = {"type": "string", "pattern": r"^-?\d+\.\d{2}$"}
+DATETIME = {"type": "string", "format": "date-time"}
+
+
+def _reading_schema() -> dict[str, Any]:
+    properties: dict[str, Any] = {"id": {"type": "integer", "description": "Unix seconds of the timestamp"},
+                                  "timestamp": DATETIME}
+    for name, places in READING_OUTPUT:
+        if places is None:
+            properties[name] = _nullable(DATETIME)
+        elif places == 0:
+            properties[name] = {"type": ["integer", "null"]}
+        else:
+            properties[name] = _nullable(DECIMAL_1 if places == 1 else DECIMAL_3)
+    return {"type": "object", "properties": properties, "required": list(properties),
+            "additionalProperties": False}
+
+
+def _hour_schema() -> dict[str, Any]:
+    properties = {"id": {"type": "integer", "description": "Unix seconds of hour_start / 3600"},
+                  "hour_start": DATETIME, **{n: DECIMAL_3 for n in USAGE_OUTPUT}, "gas": _nullable(DECIMAL_3)}
+    return {"type": "object", "properties": properties, "required": list(properties), "additionalProperties": False}
+
+
+def _day_schema() -> dict[str, Any]:
+    properties = {
+        "id": {"type": "integer", "description": "the day as YYYYMMDD"},
+        "day": {"type": "string", "format": "date"},
+        "total_cost": _nullable(MONEY),
+        **{n: DECIMAL_3 for n in USAGE_OUTPUT},
+        "electricity1_cost": _nullable(MONEY),
+        "electricity2_cost": _nullable(MONEY),
+        "gas": _nullable(DECIMAL_3),
+        "gas_cost": _nullable(MONEY),
+        **{f"{k}_temperature": {"type": "null"} for k in ("lowest", "highest", "average")},
+    }
+    return {"type": "object", "properties": properties, "required": list(properties), "additionalProperties": False}
+
+
+def _page(item: str) -> dict[str, Any]:
+    return {"type": "object", "required": ["count", "next", "previous", "results"], "additionalProperties": False,
+            "properties": {"count": {"type": "integer", "minimum": 0},
+                           "next": {"type": ["string", "null"], "format": "uri"},
+                           "previous": {"type": ["string", "null"], "format": "uri"},
+                           "results": {"type": "array", "items": {"$ref": f"#/components/schemas/{item}"}}}}
+
+
+def _json(ref: str, description: str) -> dict[str, Any]:
+    return {"description": description, "content": {JSON: {"schema": {"$ref": f"#/components/schemas/{ref}"}}}}
+
+
+def _text(description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"text/plain": {"schema": {"type": "string"}}}}
+
+
+def _param(name: str, schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"name": name, "in": "query", "required": False, "schema": schema, "description": description}
+
+
+PAGING = [
+    _param("offset", {"type": "integer", "minimum": 0}, "rows to skip"),
+    _param("limit", {"type": "integer", "minimum": 0}, "rows per page (default 25; 0 also means 25; no maximum)"),
+    _param("meter", {"type": "string"}, "meter id (default: the only meter, or the one that reported last)"),
+]
+V2_ERRORS = {
+    "400": {"description": "invalid parameters or fields {name: [message]}, or a malformed body {detail}",
+            "content": {JSON: {"schema": {"anyOf": [{"$ref": "#/components/schemas/FieldErrors"},
+                                                    {"$ref": "#/components/schemas/Detail"}]}}}},
+    "403": _json("Detail", "API disabled, or a wrong or missing key"),
+    "503": _json("Detail", "InfluxDB unavailable"),
+}
+KEY_SECURITY = [{"X-AUTHKEY": []}, {"TokenAuth": []}]
+
+
+def _list_operation(item: str, field: str, time_schema: dict[str, Any], summary: str) -> dict[str, Any]:
+    return {"get": {
+        "summary": summary,
+        "security": KEY_SECURITY,
+        "parameters": [
+            _param(f"{field}__gte", time_schema, "on or after (naive values are local time)"),
+            _param(f"{field}__lte", time_schema, "on or before"),
+            _param("ordering", {"type": "string"}, f"`{field}` (default) or `-{field}`; others ignored"),
+            *PAGING,
+        ],
+        "responses": {"200": _json(f"{item}Page", "a page"), **V2_ERRORS},
+    }}
+
+
+@functools.cache
+def openapi_document() -> dict[str, Any]:
+    post_properties: dict[str, Any] = {}
+    for field in reading_fields(dt.timezone.utc):
+        if field.name in ("timestamp", "extra_device_timestamp"):
+            post_properties[field.name] = {"type": "string", "description": "ISO 8601, offset or Z; naive = local"}
+        elif field.name == "meter":
+            post_properties[field.name] = {"type": "string", "maxLength": 64}
+        elif field.name.startswith("phase_power_current"):
+            post_properties[field.name] = {"type": ["integer", "string"], "minimum": 0, "maximum": 999}
+        else:
+            post_properties[field.name] = {"type": ["number", "string"]}
+    post_required = [f.name for f in reading_fields(dt.timezone.utc) if f.required]
+    post_schema = {"type": "object", "properties": post_properties, "required": post_required}
+
+    datetime_filter = {"type": "string", "description": "ISO 8601 datetime"}
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "dsmr-ts API", "version": __version__,
+                 "description": "DSMR-reader compatible API over InfluxDB 2 (v1 datalogger, v2 readings and statistics)."},
+        "components": {
+            "securitySchemes": {
+                "X-AUTHKEY": {"type": "apiKey", "in": "header", "name": "X-AUTHKEY"},
+                "TokenAuth": {"type": "apiKey", "in": "header", "name": "Authorization",
+                              "description": "`Token <key>`"},
+            },
+            "schemas": {
+                "Reading": _reading_schema(),
+                "ReadingPage": _page("Reading"),
+                "ReadingInput": post_schema,
+                "HourStatistics": _hour_schema(),
+                "HourStatisticsPage": _page("HourStatistics"),
+                "DayStatistics": _day_schema(),
+                "DayStatisticsPage": _page("DayStatistics"),
+                "Detail": {"type": "object", "required": ["detail"], "properties": {"detail": {"type": "string"}}},
+                "FieldErrors": {"type": "object", "minProperties": 1,
+                                "additionalProperties": {"type": "array", "items": {"type": "string"}, "minItems": 1}},
+                "Health": {"type": "object", "required": ["status", "influxdb"],
+                           "properties": {"status": {"enum": ["ok", "error"]},
+                                          "influxdb": {"enum": ["ok", "unreachable"]}}},
+            },
+        },
+        "paths": {
+            "/health": {"get": {"summary": "service and InfluxDB health (public)", "security": [],
+                                "responses": {"200": _json("Health", "healthy"),
+                                              "503": _json("Health", "InfluxDB does not answer")}}},
+            "/api/v2/schema": {"get": {"summary": "this document (public)", "security": [],
+                                       "parameters": [_param("format", {"enum": ["yaml", "json"]}, "default yaml")],
+                                       "responses": {"200": {"description": "OpenAPI 3.1", "content": {
+                                           "application/yaml": {"schema": {"type": "string"}},
+                                           JSON: {"schema": {"type": "object"}}}}}}},
+            "/api/v1/datalogger/dsmrreading": {"post": {
+                "summary": "store a raw P1 telegram (remote datalogger)",
+                "security": KEY_SECURITY,
+                "requestBody": {"required": True, "content": {
+                    ct: {"schema": {"type": "object", "required": ["telegram"],
+                                    "properties": {"telegram": {"type": "string"}}}}
+                    for ct in ("application/x-www-form-urlencoded", "multipart/form-data")}},
+                "responses": {"201": {"description": "stored (empty body)"},
+                              "400": _text("`Invalid data`, or why the telegram was rejected"),
+                              "403": _text("`Invalid auth key`"), "405": _text("`API is disabled`"),
+                              "413": _text("body too large"), "503": _text("InfluxDB unavailable")}}},
+            "/api/v2/datalogger/dsmrreading": {
+                **_list_operation("Reading", "timestamp", datetime_filter, "readings"),
+                "post": {"summary": "store a reading given as values", "security": KEY_SECURITY,
+                         "requestBody": {"required": True, "content": {
+                             ct: {"schema": {"$ref": "#/components/schemas/ReadingInput"}}
+                             for ct in (JSON, "application/x-www-form-urlencoded", "multipart/form-data")}},
+                         "responses": {"201": _json("Reading", "the stored reading"), **V2_ERRORS,
+                                       "413": _json("Detail", "body too large"),
+                                       "415": _json("Detail", "unsupported content type")}},
+            },
+            "/api/v2/statistics/day": _list_operation(
+                "DayStatistics", "day", {"type": "string", "format": "date"}, "day statistics with costs"),
+            "/api/v2/statistics/hour": _list_operation(
+                "HourStatistics", "hour_start", datetime_filter, "hour statistics"),
+        },
+    }
+
+
+class SchemaResource:
+    auth_exempt = True
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        document = openapi_document()
+        wants_json = req.get_param("format") == "json" or (
+            req.get_param("format") is None and JSON in (req.accept or "") and "yaml" not in (req.accept or ""))
+        if wants_json:
+            resp.content_type = JSON
+            resp.text = json.dumps(document)
+        else:
+            resp.content_type = "application/yaml"
+            resp.text = yaml.safe_dump(document, sort_keys=False)
