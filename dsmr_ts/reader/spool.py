@@ -28,6 +28,34 @@ class SpooledTelegram:
     received: dt.datetime  # UTC; stands in for a missing P1 timestamp when it is parsed later
 
 
+def has_pending(directory: Path, name: str) -> bool:
+    """Is anything waiting in spool `name`? Reads two sizes, changes nothing (safe from any process)."""
+    path = Path(directory) / f"{name}.spool"
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        return False
+    return size > _read_offset(Path(directory) / f"{name}.offset")
+
+
+def waiting(directory: Path, name: str) -> int:
+    """How many complete records wait in spool `name` (read-only, safe from any process)."""
+    path = Path(directory) / f"{name}.spool"
+    if not has_pending(directory, name):
+        return 0
+    offset = _read_offset(Path(directory) / f"{name}.offset")
+    with open(path, "rb") as fh:
+        fh.seek(offset)
+        return sum(1 for line in fh if line.endswith(b"\n"))
+
+
+def _read_offset(path: Path) -> int:
+    try:
+        return int(path.read_text() or 0)
+    except (FileNotFoundError, ValueError):
+        return 0
+
+
 class Spool:
     def __init__(self, directory: Path, name: str, max_bytes: int):
         self.directory = Path(directory)
@@ -65,13 +93,11 @@ class Spool:
 
     def has_pending(self) -> bool:
         """Cheap: is anything waiting? (no file read)"""
-        size = self.path.stat().st_size if self.path.exists() else 0
-        return size > self._offset()
+        return has_pending(self.directory, self.path.stem)
 
     def __len__(self) -> int:
         """Telegrams waiting."""
-        with self.lock:
-            return sum(1 for _ in self._pending())
+        return waiting(self.directory, self.path.stem)
 
     def drain(self, deliver: Callable[[SpooledTelegram], None], limit: int = 1000) -> int:
         """Deliver waiting telegrams in order until one fails (its exception propagates) or
@@ -102,10 +128,7 @@ class Spool:
                 yield offset, SpooledTelegram(data["telegram"], dt.datetime.fromisoformat(data["received"]))
 
     def _offset(self) -> int:
-        try:
-            return int(self.offset_path.read_text() or 0)
-        except (FileNotFoundError, ValueError):
-            return 0
+        return _read_offset(self.offset_path)
 
     def _save_offset(self, offset: int) -> None:
         tmp = self.offset_path.with_suffix(".tmp")
