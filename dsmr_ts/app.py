@@ -10,7 +10,15 @@ from dsmr_ts.ingest import Ingest
 from dsmr_ts.resources import errors
 from dsmr_ts.resources.access import ApiAccessMiddleware
 from dsmr_ts.resources.datalogger import ReadingResource, TelegramResource
+from dsmr_ts.resources.application import MonitoringResource, VersionResource
+from dsmr_ts.resources.consumption import (
+    ElectricityLiveResource,
+    EnergySupplierPricesResource,
+    GasLiveResource,
+    TodayResource,
+)
 from dsmr_ts.resources.health import HealthResource
+from dsmr_ts.resources.meter_statistics import MeterStatisticsResource
 from dsmr_ts.resources.openapi import SchemaResource
 from dsmr_ts.resources.statistics import DayStatisticsResource, HourStatisticsResource
 
@@ -35,4 +43,14 @@ def create_app(config: Config | None = None, store: Store | None = None) -> falc
     statistics = (store, config.tz, output_tz, config.server.trust_forwarded_headers, config.prices)
     app.add_route("/api/v2/statistics/day", DayStatisticsResource(*statistics))
     app.add_route("/api/v2/statistics/hour", HourStatisticsResource(*statistics))
+    # The rest of DSMR-reader v5's v2 routes.
+    app.add_route("/api/v2/application/version", VersionResource())
+    app.add_route("/api/v2/application/monitoring",
+                  MonitoringResource(store, config.resolve_path(config.reader.spool_dir), output_tz))
+    app.add_route("/api/v2/datalogger/meter-statistics", MeterStatisticsResource(store, output_tz))
+    consumption = (store, config.tz, output_tz, config.server.trust_forwarded_headers, config.prices)
+    app.add_route("/api/v2/consumption/electricity-live", ElectricityLiveResource(*consumption))
+    app.add_route("/api/v2/consumption/gas-live", GasLiveResource(*consumption))
+    app.add_route("/api/v2/consumption/today", TodayResource(*consumption))
+    app.add_route("/api/v2/consumption/energy-supplier-prices", EnergySupplierPricesResource(*consumption))
     return app

@@ -232,6 +232,54 @@ from(bucket: bucket)
             self._default_meter = (meter, now)
         return meter
 
+    def latest_reading(
+        self, meter: str, before: dt.datetime | None = None, after: dt.datetime | None = None, first: bool = False
+    ) -> dict[str, object] | None:
+        """The newest (or with first=True the oldest) reading of a meter in [after, before), as
+        {_time, field: value}; None when there is none. Pushed-down last()/first() per field."""
+        flux = f"""
+from(bucket: bucket)
+  |> range(start: start, stop: stop)
+  |> filter(fn: (r) => r._measurement == "{schema.READING}" and r.meter == meter)
+  |> {"first" if first else "last"}()
+"""
+        params = {"meter": meter, "start": after or dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc),
+                  "stop": before or dt.datetime(2200, 1, 1, tzinfo=dt.timezone.utc)}
+        rows = self._query(flux, params)
+        if not rows:
+            return None
+        edge = (min if first else max)(row["_time"] for row in rows)
+        # first()/last() work per field; keep the fields of that one reading.
+        return {"_time": edge, **{row["_field"]: row["_value"] for row in rows if row["_time"] == edge}}
+
+    def latest_gas(self, meter: str, count: int = 2, before: dt.datetime | None = None) -> list[tuple[dt.datetime, float]]:
+        """The newest gas positions (time booked, m3) before `before`, newest first."""
+        found: list[tuple[dt.datetime, float]] = []
+        stop = before or dt.datetime(2200, 1, 1, tzinfo=dt.timezone.utc)
+        for _ in range(count):
+            rows = self._query(
+                f'from(bucket: bucket) |> range(start: 0, stop: stop) |> filter(fn: (r) => '
+                f'r._measurement == "{schema.GAS}" and r._field == "{schema.GAS_FIELD}" and r.meter == meter) |> last()',
+                {"meter": meter, "stop": stop},
+            )
+            if not rows:
+                break
+            found.append((rows[0]["_time"], float(rows[0]["_value"])))
+            stop = rows[0]["_time"]
+        return found
+
+    def latest_statistics_time(self) -> dt.datetime | None:
+        """When the newest hour statistic starts (any meter)."""
+        rows = self._query(
+            f'from(bucket: stats) |> range(start: 0) |> filter(fn: (r) => r._measurement == "{tasks.HOUR_MEASUREMENT}"'
+            f' and r._field == "{tasks.COUNT_FIELD}") |> last() |> group() |> max(column: "_time")', {})
+        return rows[0]["_time"] if rows else None
+
+    def write_meter_statistics(self, meter: str, when: dt.datetime, statistics: dict[str, str | int]) -> None:
+        line = schema.statistics_line(meter, when, statistics)
+        if line:
+            self.write_lines([line])
+
     def rejected_count(self) -> int:
         query = f"""
 from(bucket: bucket)
@@ -244,7 +292,8 @@ from(bucket: bucket)
         return int(rows[0]["_value"]) if rows else 0
 
     def latest_meter_statistics(self, meter: str) -> dict[str, object]:
-        """The newest value of every meter statistic of one meter ({} when none)."""
+        """The newest value of every meter statistic of one meter ({} when none), and `_time`:
+        when the newest of them was written."""
         query = f"""
 from(bucket: bucket)
   |> range(start: 0)
@@ -252,7 +301,11 @@ from(bucket: bucket)
        and r._field != "{schema.REJECTED_FIELD}")
   |> last()
 """
-        return {row["_field"]: row["_value"] for row in self._query(query, {"meter": meter})}
+        rows = self._query(query, {"meter": meter})
+        found: dict[str, object] = {row["_field"]: row["_value"] for row in rows}
+        if rows:
+            found["_time"] = max(row["_time"] for row in rows)
+        return found
 
     def _query(self, flux: str, params: dict[str, object]) -> list[dict[str, object]]:
         """Run Flux with `bucket`, `stats` and the params as extern variables; rows as plain dicts."""

@@ -32,12 +32,17 @@ READING_OUTPUT: tuple[tuple[str, int | None], ...] = (
 )
 
 
+def exact(value: float) -> Decimal:
+    """A stored value as the decimal it was written as, for arithmetic that is then rounded
+    (0.75 x 0.30 must be 0.225 and round to 0.23, not 0.22499... and 0.22)."""
+    return Decimal(repr(float(value)))
+
+
 def decimal_string(value: float | None, places: int) -> str | None:
     """1.5 -> '1.500' (half-up like DSMR-reader's DecimalField); None stays None."""
     if value is None:
         return None
-    quantum = Decimal(1).scaleb(-places)
-    return str(Decimal(repr(float(value))).quantize(quantum, rounding=ROUND_HALF_UP))
+    return str(exact(value).quantize(Decimal(1).scaleb(-places), rounding=ROUND_HALF_UP))
 
 
 def datetime_string(moment: dt.datetime | None, tz: dt.tzinfo | None = None) -> str | None:

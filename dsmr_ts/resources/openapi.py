@@ -19,6 +19,7 @@ import yaml
 from dsmr_ts import __version__
 from dsmr_ts.resources.datalogger import reading_fields
 from dsmr_ts.resources.formats import READING_OUTPUT
+from dsmr_ts.resources.meter_statistics import FIELDS as METER_STATISTICS_FIELDS
 from dsmr_ts.resources.statistics import USAGE_OUTPUT
 
 JSON = "application/json"
@@ -67,6 +68,52 @@ def _day_schema() -> dict[str, Any]:
         **{f"{k}_temperature": {"type": "null"} for k in ("lowest", "highest", "average")},
     }
     return {"type": "object", "properties": properties, "required": list(properties), "additionalProperties": False}
+
+
+def _object(properties: dict[str, Any], required: bool = True) -> dict[str, Any]:
+    return {"type": "object", "properties": properties, "required": list(properties) if required else [],
+            "additionalProperties": False}
+
+
+def _v5_schemas() -> dict[str, Any]:
+    counter = {"type": ["integer", "null"], "minimum": 0}
+    statistics = {name: ({"type": ["string", "null"]} if name == "dsmr_version" else counter)
+                  for name in METER_STATISTICS_FIELDS}
+    usage = {n: DECIMAL_3 for n in USAGE_OUTPUT}
+    return {
+        "Version": _object({"version": {"type": "string"}}),
+        "Monitoring": _object({"problems": {"type": "integer", "minimum": 0}, "details": {"type": "array", "items": _object(
+            {"source": {"type": "string"}, "description": {"type": "string"}, "since": _nullable(DATETIME)})}}),
+        "MeterStatistics": _object({"id": {"type": "integer"}, "timestamp": _nullable(DATETIME), **statistics,
+                                    "rejected_telegrams": {"type": "integer", "minimum": 0},
+                                    "latest_telegram": {"type": "null"}}),
+        "MeterStatisticsInput": {"type": "object", "properties": {**{
+            name: ({"type": "string"} if name == "dsmr_version" else {"type": ["integer", "string"], "minimum": 0})
+            for name in METER_STATISTICS_FIELDS}, "meter": {"type": "string"}}},
+        "ElectricityLive": _object({"timestamp": DATETIME, "currently_delivered": {"type": "integer"},
+                                    "currently_returned": {"type": "integer"}, "cost_per_hour": _nullable(MONEY),
+                                    "tariff_name": {"type": ["string", "null"]}}, required=False),
+        "GasLive": _object({"timestamp": DATETIME, "currently_delivered": DECIMAL_3, "cost_per_interval": MONEY},
+                           required=False),
+        "Today": {"anyOf": [_object({"day": {"type": "string", "format": "date"}, **usage,
+                                     "electricity1_cost": _nullable(MONEY), "electricity2_cost": _nullable(MONEY),
+                                     "gas": DECIMAL_3, "gas_cost": _nullable(MONEY), "total_cost": _nullable(MONEY)}),
+                            {"type": "string", "description": "No electricity readings found for: <day>"}]},
+        "EnergySupplierPrice": _object({"id": {"type": "integer"}, "description": {"type": "string"},
+                                        "start": {"type": "string", "format": "date"},
+                                        "end": {"type": ["string", "null"], "format": "date"},
+                                        **{f"{n}_price": {"type": "string"} for n in (
+                                            "electricity_delivered_1", "electricity_delivered_2",
+                                            "electricity_returned_1", "electricity_returned_2", "gas")},
+                                        "fixed_daily_cost": {"type": "string"}}),
+        "EnergySupplierPricePage": _page("EnergySupplierPrice"),
+    }
+
+
+def _simple_get(schema: str, summary: str, meter: bool = True) -> dict[str, Any]:
+    return {"get": {"summary": summary, "security": KEY_SECURITY,
+                    "parameters": [PAGING[2]] if meter else [],
+                    "responses": {"200": _json(schema, summary), "403": V2_ERRORS["403"], "503": V2_ERRORS["503"]}}}
 
 
 def _page(item: str) -> dict[str, Any]:
@@ -155,6 +202,7 @@ def openapi_document() -> dict[str, Any]:
                 "Detail": {"type": "object", "required": ["detail"], "properties": {"detail": {"type": "string"}}},
                 "FieldErrors": {"type": "object", "minProperties": 1,
                                 "additionalProperties": {"type": "array", "items": {"type": "string"}, "minItems": 1}},
+                **_v5_schemas(),
                 "Health": {"type": "object", "required": ["status", "influxdb"],
                            "properties": {"status": {"enum": ["ok", "error"]},
                                           "influxdb": {"enum": ["ok", "unreachable"]}}},
@@ -194,6 +242,26 @@ def openapi_document() -> dict[str, Any]:
                 "DayStatistics", "day", {"type": "string", "format": "date"}, "day statistics with costs"),
             "/api/v2/statistics/hour": _list_operation(
                 "HourStatistics", "hour_start", datetime_filter, "hour statistics"),
+            "/api/v2/application/version": _simple_get("Version", "dsmr-ts version", meter=False),
+            "/api/v2/application/monitoring": _simple_get("Monitoring", "problems an operator should look at",
+                                                          meter=False),
+            "/api/v2/datalogger/meter-statistics": {
+                **_simple_get("MeterStatistics", "the meter's counters from its latest telegram"),
+                "patch": {"summary": "set meter statistics (remote dataloggers)", "security": KEY_SECURITY,
+                          "requestBody": {"required": True, "content": {
+                              ct: {"schema": {"$ref": "#/components/schemas/MeterStatisticsInput"}}
+                              for ct in (JSON, "application/x-www-form-urlencoded", "multipart/form-data")}},
+                          "responses": {"200": _json("MeterStatistics", "the updated statistics"), **V2_ERRORS,
+                                        "413": _json("Detail", "body too large"),
+                                        "415": _json("Detail", "unsupported content type")}},
+            },
+            "/api/v2/consumption/electricity-live": _simple_get("ElectricityLive", "power now ({} without readings)"),
+            "/api/v2/consumption/gas-live": _simple_get("GasLive", "gas used in the newest interval ({} without gas)"),
+            "/api/v2/consumption/today": _simple_get("Today", "today so far, with costs"),
+            "/api/v2/consumption/energy-supplier-prices": {"get": {
+                "summary": "the price periods of the config", "security": KEY_SECURITY,
+                "parameters": PAGING[:2],
+                "responses": {"200": _json("EnergySupplierPricePage", "a page"), **V2_ERRORS}}},
         },
     }
 

@@ -20,7 +20,7 @@ from dsmr_ts.influx.store import Store
 from dsmr_ts.influx.tasks import DAY_MEASUREMENT, HOUR_MEASUREMENT, local_midnight
 from dsmr_ts.resources.datalogger import filter_datetimes
 from dsmr_ts.resources.errors import ValidationFailed, all_valid
-from dsmr_ts.resources.formats import datetime_string, decimal_string
+from dsmr_ts.resources.formats import datetime_string, decimal_string, exact
 from dsmr_ts.resources.pagination import links, page_params
 
 USAGE_OUTPUT = ("electricity1", "electricity2", "electricity1_returned", "electricity2_returned")
@@ -41,17 +41,14 @@ def day_costs(row: dict[str, Any], price: PricePeriod | None) -> dict[str, str |
         return {"total_cost": None, "electricity1_cost": None, "electricity2_cost": None, "gas_cost": None}
 
     def amount(field: str) -> Decimal:
-        return Decimal(repr(float(row.get(field) or 0.0)))
+        return exact(row.get(field) or 0.0)
 
-    def rate(value: float) -> Decimal:
-        return Decimal(repr(float(value)))
-
-    e1 = (amount("electricity1") * rate(price.electricity_delivered_1)
-          - amount("electricity1_returned") * rate(price.electricity_returned_1)).quantize(CENT, ROUND_HALF_UP)
-    e2 = (amount("electricity2") * rate(price.electricity_delivered_2)
-          - amount("electricity2_returned") * rate(price.electricity_returned_2)).quantize(CENT, ROUND_HALF_UP)
-    gas = (amount("gas") * rate(price.gas)).quantize(CENT, ROUND_HALF_UP)
-    total = e1 + e2 + gas + rate(price.fixed_daily_cost)
+    e1 = (amount("electricity1") * exact(price.electricity_delivered_1)
+          - amount("electricity1_returned") * exact(price.electricity_returned_1)).quantize(CENT, ROUND_HALF_UP)
+    e2 = (amount("electricity2") * exact(price.electricity_delivered_2)
+          - amount("electricity2_returned") * exact(price.electricity_returned_2)).quantize(CENT, ROUND_HALF_UP)
+    gas = (amount("gas") * exact(price.gas)).quantize(CENT, ROUND_HALF_UP)
+    total = e1 + e2 + gas + exact(price.fixed_daily_cost)
     return {"total_cost": _money(total), "electricity1_cost": _money(e1), "electricity2_cost": _money(e2),
             "gas_cost": _money(gas)}
 
