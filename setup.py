@@ -17,6 +17,7 @@ setup(
         "pyserial>=3.5,<4",
         "apscheduler>=3.10,<4",
         "pyyaml>=6,<7",
+        "prometheus-client>=0.17,<1",
     ],
     extras_require={"test": ["pytest>=8,<10", "requests>=2.31,<3", "jsonschema>=4.18,<5", "openapi-spec-validator>=0.7,<1"]},
     entry_points={"console_scripts": ["dsmr-ts=dsmr_ts.cli:main"]},

@@ -19,6 +19,7 @@ from dsmr_ts.resources.consumption import (
 )
 from dsmr_ts.resources.health import HealthResource
 from dsmr_ts.resources.meter_statistics import MeterStatisticsResource
+from dsmr_ts.resources.metrics import MetricsResource, RequestMetricsMiddleware
 from dsmr_ts.resources.openapi import SchemaResource
 from dsmr_ts.resources.statistics import DayStatisticsResource, HourStatisticsResource
 
@@ -31,10 +32,12 @@ def create_app(config: Config | None = None, store: Store | None = None) -> falc
     ingest = Ingest(store)
     output_tz = config.tz if config.api.local_datetimes else None
 
-    app = falcon.App(middleware=[ApiAccessMiddleware(config.api)])
+    app = falcon.App(middleware=[RequestMetricsMiddleware(), ApiAccessMiddleware(config.api)])
     errors.install(app)
     app.add_route("/health", HealthResource(store))
     app.add_route("/api/v2/schema", SchemaResource())
+    app.add_route("/metrics", MetricsResource(store, config.resolve_path(config.reader.spool_dir),
+                                              config.api.metrics_public))
     app.add_route("/api/v1/datalogger/dsmrreading", TelegramResource(ingest))
     app.add_route(
         "/api/v2/datalogger/dsmrreading",

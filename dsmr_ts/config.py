@@ -43,6 +43,8 @@ class ApiConfig:
     key: str = ""
     # Datetimes out in UTC with Z (as documented); true: in `timezone` with its offset (as DSMR-reader v5).
     local_datetimes: bool = False
+    # GET /metrics without the key (for a Prometheus on a trusted network).
+    metrics_public: bool = False
 
 
 @dataclass

@@ -5,6 +5,10 @@ Used by `dsmr-ts serve`, `dsmr-ts run`, the Dockerfile and the docs:
 bind and workers come from the dsmr-ts config ($DSMR_TS_CONFIG or ./dsmr-ts.yaml).
 """
 
+import os
+import shutil
+import tempfile
+
 from dsmr_ts.config import load_config
 
 _config = load_config()
@@ -28,3 +32,21 @@ access_log_format = '%(h)s "%(r)s" %(s)s %(b)s %(M)sms'
 errorlog = "-"
 loglevel = "info"
 proc_name = "dsmr-ts-api"
+
+
+# Prometheus multiprocess mode: one fresh directory per gunicorn master, set before the workers
+# import dsmr_ts.metrics (see dsmr_ts/metrics.py).
+_metrics_dir = None
+if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    _metrics_dir = os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="dsmr-ts-metrics-")
+
+
+def child_exit(server, worker):  # a worker's live gauges go away with it
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)
+
+
+def on_exit(server):
+    if _metrics_dir:  # only the directory made above, never one given from outside
+        shutil.rmtree(_metrics_dir, ignore_errors=True)

@@ -242,6 +242,12 @@ def openapi_document() -> dict[str, Any]:
                 "DayStatistics", "day", {"type": "string", "format": "date"}, "day statistics with costs"),
             "/api/v2/statistics/hour": _list_operation(
                 "HourStatistics", "hour_start", datetime_filter, "hour statistics"),
+            "/metrics": {"get": {
+                "summary": "Prometheus metrics (behind the key unless api.metrics_public)",
+                "security": [*KEY_SECURITY, {}],
+                "responses": {"200": {"description": "Prometheus text format",
+                                      "content": {"text/plain": {"schema": {"type": "string"}}}},
+                              "403": V2_ERRORS["403"]}}},
             "/api/v2/application/version": _simple_get("Version", "dsmr-ts version", meter=False),
             "/api/v2/application/monitoring": _simple_get("Monitoring", "problems an operator should look at",
                                                           meter=False),

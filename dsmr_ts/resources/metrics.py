@@ -1,0 +1,55 @@
+"""GET /metrics (Prometheus text format), and the middleware that counts requests."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+from pathlib import Path
+
+import falcon
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest, multiprocess
+
+from dsmr_ts.influx.store import Store, StoreUnavailable
+from dsmr_ts.metrics import REQUESTS
+from dsmr_ts.reader.spool import waiting
+
+
+class RequestMetricsMiddleware:
+    def process_response(self, req: falcon.Request, resp: falcon.Response, resource: object,
+                         req_succeeded: bool) -> None:
+        # The route template, not the URL: made-up URLs must not create new series.
+        route = req.uri_template or "unmatched"
+        REQUESTS.labels(route, req.method, str(resp.status)[:3]).inc()
+
+
+class MetricsResource:
+    def __init__(self, store: Store, spool_dir: Path, public: bool):
+        self.store = store
+        self.spool_dir = spool_dir
+        self.auth_exempt = public  # api.metrics_public; otherwise the API key is needed
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            registry = CollectorRegistry()
+            multiprocess.MultiProcessCollector(registry)  # every gunicorn worker's values, summed
+        else:
+            registry = REGISTRY
+        resp.content_type = CONTENT_TYPE_LATEST
+        resp.text = generate_latest(registry).decode() + self._measured_now()
+
+    def _measured_now(self) -> str:
+        """Gauges measured at scrape time, from the spool files and InfluxDB."""
+        spools = sorted(self.spool_dir.glob("*.spool")) if self.spool_dir.is_dir() else []
+        lines = ["# HELP dsmr_ts_spool_telegrams Telegrams waiting in a reader spool",
+                 "# TYPE dsmr_ts_spool_telegrams gauge"]
+        lines += [f'dsmr_ts_spool_telegrams{{spool="{p.stem}"}} {waiting(self.spool_dir, p.stem)}' for p in spools]
+        try:
+            latest = self.store.latest_reading(self.store.default_meter())
+        except StoreUnavailable:
+            latest = None
+        if latest is not None:
+            age = (dt.datetime.now(dt.timezone.utc) - latest["_time"]).total_seconds()
+            lines += ["# HELP dsmr_ts_last_reading_age_seconds Seconds since the newest reading",
+                      "# TYPE dsmr_ts_last_reading_age_seconds gauge",
+                      f"dsmr_ts_last_reading_age_seconds {age:.0f}"]
+        return "\n".join(lines) + "\n"
