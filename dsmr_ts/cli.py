@@ -79,6 +79,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--until", type=_date_arg, help="last local day (default: today)")
     p.set_defaults(func=cmd_regenerate)
 
+    p = sub.add_parser("import", help="bring in history from another server")
+    import_sub = p.add_subparsers(dest="import_source", required=True, metavar="SOURCE")
+    q = import_sub.add_parser("dsmr-reader", help="readings (and older day statistics) from a running DSMR-reader")
+    q.add_argument("--url", required=True, help="the DSMR-reader base URL, e.g. http://dsmr-host")
+    q.add_argument("--key", required=True, help="its API key")
+    q.add_argument("--since", type=_date_arg, help="only readings from this local day on (default: resume or all)")
+    q.add_argument("--meter", help="store them as this meter (default: the meter this dsmr-ts knows)")
+    q.add_argument("--source-meter", help="read this meter of a dsmr-ts source (DSMR-reader has one meter)")
+    q.set_defaults(func=cmd_import_dsmr_reader)
+
+    p = sub.add_parser("export", help="readings or statistics as CSV")
+    p.add_argument("what", choices=["readings", "day", "hour"])
+    p.add_argument("--since", type=_date_arg, help="first local day (default: the first reading)")
+    p.add_argument("--until", type=_date_arg, help="last local day (default: today)")
+    p.add_argument("--meter", help="default: the meter this dsmr-ts knows")
+    p.add_argument("--output", default="-", help="file to write (default: standard output)")
+    p.set_defaults(func=cmd_export)
+
     p = sub.add_parser("influxd", help="the InfluxDB server dsmr-ts builds and manages")
     influxd_sub = p.add_subparsers(dest="influxd_command", required=True, metavar="ACTION")
     influxd_sub.add_parser("path", help="build influxd if it is not cached, then print its path").set_defaults(
@@ -208,10 +226,9 @@ def cmd_regenerate(args: argparse.Namespace) -> int:
         if span is None:
             print("no readings stored yet: nothing to regenerate")
             return 0
-        noon = lambda day: dt.datetime(day.year, day.month, day.day, 12, tzinfo=tz)  # noqa: E731
-        start = local_midnight(noon(args.since) if args.since else span[0], tz)
+        start = _local_midnight_of(args.since, config) if args.since else local_midnight(span[0], tz)
         current_hour = floor_hour(dt.datetime.now(dt.timezone.utc)) + dt.timedelta(hours=1)
-        stop = min(local_midnight(noon(args.until), tz, 1) if args.until else current_hour, current_hour)
+        stop = min(_local_midnight_of(args.until, config, 1) if args.until else current_hour, current_hour)
         if stop <= start:
             raise CliError("--since is after --until: nothing to do")
         chunks = []
@@ -237,6 +254,66 @@ def cmd_regenerate(args: argparse.Namespace) -> int:
         if influxd:
             influxd.stop()
     return 0
+
+
+def cmd_import_dsmr_reader(args: argparse.Namespace) -> int:
+    from dsmr_ts.influx.store import Store, StoreUnavailable
+    from dsmr_ts.migrate import Source, SourceError, import_readings
+
+    config = _config(args)
+    influxd = _start_managed_influxd(config) if config.influxdb.managed else None
+    store = Store(config.influxdb, timeout_ms=600_000, timezone=config.timezone)
+    try:
+        since = _local_midnight_of(args.since, config) if args.since else None
+        meter = args.meter or store.default_meter()
+        count = import_readings(store, Source(args.url, args.key, args.source_meter), meter, config.timezone, since,
+                                progress=sys.stderr)
+        print(f"imported {count} readings as meter {meter}")
+    except (SourceError, StoreUnavailable) as exc:
+        raise CliError(f"import stopped (run it again to continue): {exc}") from None
+    finally:
+        store.close()
+        if influxd:
+            influxd.stop()
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from dsmr_ts.influx.store import Store, StoreUnavailable
+    from dsmr_ts.migrate import export_readings, export_statistics
+
+    config = _config(args)
+    influxd = _start_managed_influxd(config) if config.influxdb.managed else None
+    store = Store(config.influxdb, timeout_ms=600_000, timezone=config.timezone)
+    out = sys.stdout if args.output == "-" else open(args.output, "w", newline="")
+    try:
+        meter = args.meter or store.default_meter()
+        span = store.reading_time_range()
+        start = _local_midnight_of(args.since, config) if args.since else (span[0] if span else None)
+        stop = (_local_midnight_of(args.until, config, 1) if args.until
+                else dt.datetime.now(dt.timezone.utc) + dt.timedelta(hours=1))
+        if start is None:
+            rows = 0
+        elif args.what == "readings":
+            rows = export_readings(store, meter, start, stop, out)
+        else:
+            rows = export_statistics(store, args.what, meter, start, stop, out)
+        print(f"exported {rows} rows", file=sys.stderr)
+    except StoreUnavailable as exc:
+        raise CliError(f"export stopped: {exc}") from None
+    finally:
+        if out is not sys.stdout:
+            out.close()
+        store.close()
+        if influxd:
+            influxd.stop()
+    return 0
+
+
+def _local_midnight_of(day: dt.date, config: Config, days: int = 0) -> dt.datetime:
+    from dsmr_ts.influx.tasks import local_midnight
+
+    return local_midnight(dt.datetime(day.year, day.month, day.day, 12, tzinfo=config.tz), config.tz, days)
 
 
 def _date_arg(value: str) -> dt.date:

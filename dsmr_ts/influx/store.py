@@ -280,6 +280,30 @@ from(bucket: bucket)
         if line:
             self.write_lines([line])
 
+    def readings_between(self, meter: str, start: dt.datetime, stop: dt.datetime) -> Iterator[dict[str, object]]:
+        """Every reading of a meter in [start, stop), oldest first, streamed (for export)."""
+        flux = f"""
+from(bucket: bucket)
+  |> range(start: start, stop: stop)
+  |> filter(fn: (r) => r._measurement == "{schema.READING}" and r.meter == meter)
+  |> pivot(rowKey: ["_time"], columnKey: ["_field"], valueColumn: "_value")
+"""
+        return self._stream(flux, {"meter": meter, "start": start, "stop": stop})
+
+    def import_cursor(self, source: str) -> dt.datetime | None:
+        """How far an import from `source` got (its newest reading written)."""
+        rows = self._query('from(bucket: stats) |> range(start: 0) |> filter(fn: (r) => r._measurement == "import"'
+                           ' and r.source == source) |> last()', {"source": source})
+        return dt.datetime.fromtimestamp(int(rows[0]["_value"]), dt.timezone.utc) if rows else None
+
+    def save_import_cursor(self, source: str, reached: dt.datetime) -> None:
+        self.write_stats_lines([f"import,source={schema.escape_tag(source)} reached={int(reached.timestamp())}i 0"])
+
+    def write_stats_lines(self, lines: list[str]) -> None:
+        with _store_errors():
+            self.write_api.write(bucket=self.settings.stats_bucket, org=self.settings.org, record=lines,
+                                 write_precision=WritePrecision.NS)
+
     def rejected_count(self) -> int:
         query = f"""
 from(bucket: bucket)

@@ -1,0 +1,189 @@
+"""Bring history in from a running DSMR-reader (or another dsmr-ts), and export it as CSV.
+
+Import pages through the source's v2 readings oldest first (ordering=timestamp, by time, so a
+re-run continues where it stopped: the cursor is kept in InfluxDB), writes them in bulk, copies
+day statistics for the days before the source's oldest reading (DSMR-reader deletes old readings
+but keeps their day statistics), and then regenerates the statistics of the imported range.
+Duplicates are harmless: the same meter+timestamp overwrites.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import json
+import logging
+import urllib.error
+import urllib.parse
+import urllib.request
+import zoneinfo
+from typing import Any, Iterator, TextIO
+
+from dsmr_ts.influx import schema
+from dsmr_ts.influx.readings import floor_hour
+from dsmr_ts.influx.store import Store
+from dsmr_ts.influx.tasks import DAY_MEASUREMENT, USAGE_FIELDS, local_midnight
+from dsmr_ts.progress import ProgressBar
+from dsmr_ts.resources.formats import READING_OUTPUT
+from dsmr_ts.telegram import Reading
+
+log = logging.getLogger(__name__)
+
+PAGE = 1000
+BATCH = 5000
+READING_FIELDS = [name for name, _ in READING_OUTPUT]
+
+
+class SourceError(Exception):
+    """The source cannot be read; str() says why (never the key)."""
+
+
+class Source:
+    """A DSMR-reader compatible API: GET with the key header, JSON back."""
+
+    def __init__(self, url: str, key: str, meter: str | None = None, timeout: float = 60.0):
+        self.base = url.rstrip("/")
+        self.key = key
+        self.meter = meter
+        self.timeout = timeout
+
+    def get(self, path_or_url: str, **params: Any) -> Any:
+        url = path_or_url if "://" in path_or_url else self.base + path_or_url
+        if params:
+            if self.meter:
+                params["meter"] = self.meter  # dsmr-ts sources; DSMR-reader ignores unknown parameters
+            url += ("&" if "?" in url else "?") + urllib.parse.urlencode(params)
+        request = urllib.request.Request(url, headers={"X-AUTHKEY": self.key, "Accept": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout) as response:
+                return json.loads(response.read())
+        except urllib.error.HTTPError as exc:
+            raise SourceError(f"{self.base} answered {exc.code} for {urllib.parse.urlsplit(url).path}"
+                               + (" (is the API enabled, and the key right?)" if exc.code in (403, 405) else ""))
+        except (urllib.error.URLError, OSError, ValueError) as exc:
+            raise SourceError(f"cannot read {self.base}: {getattr(exc, 'reason', exc)}") from None
+
+
+def _decimal(value: Any) -> float | None:
+    return None if value in (None, "") else float(value)
+
+
+def _datetime(value: str) -> dt.datetime:
+    return dt.datetime.fromisoformat(value.replace("Z", "+00:00")).astimezone(dt.timezone.utc)
+
+
+def reading_from_api(row: dict[str, Any], meter: str) -> Reading:
+    """A reading as the v2 API shows it -> Reading (the inverse of resources.formats.reading_json)."""
+    values = {}
+    for name, places in READING_OUTPUT:
+        if places is None or name == "extra_device_delivered" or row.get(name) is None:
+            continue
+        values[name] = int(row[name]) if places == 0 else _decimal(row[name])
+    reading = Reading(timestamp=_datetime(row["timestamp"]), meter=meter, values=values)
+    if row.get("extra_device_timestamp") and row.get("extra_device_delivered") is not None:
+        reading.extra_device_timestamp = _datetime(row["extra_device_timestamp"])
+        reading.extra_device_delivered = _decimal(row["extra_device_delivered"])
+    return reading
+
+
+def import_readings(store: Store, source: Source, meter: str, timezone: str, since: dt.datetime | None = None,
+                    progress: TextIO | None = None) -> int:
+    """Import readings (and older day statistics); returns how many readings were written."""
+    cursor_name = source.base + (f"#{source.meter}" if source.meter else "")
+    start = since or store.import_cursor(cursor_name)
+    params: dict[str, Any] = {"ordering": "timestamp", "limit": PAGE}
+    if start:
+        params["timestamp__gte"] = start.strftime("%Y-%m-%dT%H:%M:%SZ")
+    page = source.get("/api/v2/datalogger/dsmrreading", **params)
+    total = int(page["count"])
+    log.info("importing %d readings from %s%s", total, source.base, f" since {start:%Y-%m-%d %H:%M}" if start else "")
+    bar = ProgressBar(total, "readings", stream=progress)
+    written, lines, first, last = 0, [], None, None
+    while True:
+        for row in page["results"]:
+            reading = reading_from_api(row, meter)
+            first = first or reading.timestamp
+            last = reading.timestamp
+            lines += [line for line in (schema.reading_line(reading), schema.gas_line(reading, False)) if line]
+        written += len(page["results"])
+        if len(lines) >= BATCH or not page["next"]:
+            if lines:
+                store.write_lines(lines)
+                lines = []
+                store.save_import_cursor(cursor_name, last)  # resumable from here
+        bar.advance(len(page["results"]))
+        if not page["next"]:
+            break
+        page = source.get(page["next"])
+    if first is not None and since is None and start is None:
+        _import_older_day_statistics(store, source, meter, first, timezone)
+    if first is not None:
+        log.info("regenerating statistics for %s .. %s", first.date(), last.date())
+        store.recompute_statistics(floor_hour(first), floor_hour(last) + dt.timedelta(hours=1), meter)
+    return written
+
+
+def _import_older_day_statistics(store: Store, source: Source, meter: str, first: dt.datetime, timezone: str) -> None:
+    """Day statistics of the days before the first reading (DSMR-reader keeps them after it
+    deleted the readings). Written as day rows; they have no meter positions."""
+    tz = zoneinfo.ZoneInfo(timezone)
+    last_day = (first.astimezone(tz) - dt.timedelta(days=1)).date()
+    lines: list[str] = []
+    page = source.get("/api/v2/statistics/day", ordering="day", limit=PAGE, day__lte=last_day.isoformat())
+    while True:
+        for row in page["results"]:
+            day = dt.date.fromisoformat(row["day"])
+            midnight = local_midnight(dt.datetime(day.year, day.month, day.day, 12, tzinfo=tz), tz)
+            fields = ",".join(f"{name}={float(row[name])!r}" for name in USAGE_FIELDS if row.get(name) is not None)
+            if fields:
+                lines.append(f"{DAY_MEASUREMENT},meter={schema.escape_tag(meter)} {fields} "
+                             f"{int(midnight.timestamp()) * 10**9}")
+        if not page["next"]:
+            break
+        page = source.get(page["next"])
+    if lines:
+        store.write_stats_lines(lines)
+        log.info("imported day statistics of %d days before the first reading", len(lines))
+
+
+# --- export ------------------------------------------------------------------------------------
+
+
+def export_readings(store: Store, meter: str, start: dt.datetime, stop: dt.datetime, out: TextIO) -> int:
+    """CSV of every reading in [start, stop), a day per query (bounded memory); returns the rows."""
+    writer = csv.writer(out)
+    writer.writerow(["timestamp", *READING_FIELDS])
+    rows = 0
+    for chunk_start, chunk_stop in _days(start, stop):
+        for row in store.readings_between(meter, chunk_start, chunk_stop):
+            writer.writerow([row["_time"].strftime("%Y-%m-%dT%H:%M:%SZ"), *(_cell(row, f) for f in READING_FIELDS)])
+            rows += 1
+    return rows
+
+
+def export_statistics(store: Store, measurement: str, meter: str, start: dt.datetime, stop: dt.datetime,
+                      out: TextIO) -> int:
+    writer = csv.writer(out)
+    fields = list(USAGE_FIELDS) + ["reading_count"]
+    writer.writerow(["day" if measurement == DAY_MEASUREMENT else "hour_start", *fields])
+    _, rows = store.statistics_page(measurement, meter, start, stop, 0, 10**9, False)
+    for row in rows:
+        writer.writerow([row["_time"].strftime("%Y-%m-%dT%H:%M:%SZ"), *(_cell(row, f) for f in fields)])
+    return len(rows)
+
+
+def _cell(row: dict[str, Any], field: str) -> str:
+    value = row.get(field)
+    if value is None:
+        return ""
+    if field == "extra_device_timestamp":
+        return dt.datetime.fromtimestamp(int(value), dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return repr(value) if isinstance(value, float) else str(value)
+
+
+def _days(start: dt.datetime, stop: dt.datetime) -> Iterator[tuple[dt.datetime, dt.datetime]]:
+    moment = start
+    while moment < stop:
+        following = min(moment + dt.timedelta(days=1), stop)
+        yield moment, following
+        moment = following

@@ -1,0 +1,108 @@
+"""dsmr-ts import dsmr-reader (against a second dsmr-ts acting as the source: same API) and
+dsmr-ts export, as the real commands."""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import os
+import subprocess
+
+import pytest
+
+from dsmr_ts.config import load_config
+from dsmr_ts.influx.bootstrap import bootstrap
+from dsmr_ts.influx.server import ManagedInfluxd, free_port
+from dsmr_ts.influx.store import Store
+from helpers import REPO, TEST_KEY, dsmr_ts_command
+
+UTC = dt.timezone.utc
+SOURCE_METER = "E-SOURCE"
+FIRST = dt.datetime(2024, 3, 5, 10, 0, 0, tzinfo=UTC)
+COUNT = 2500  # readings, one per 10 s: about 7 hours
+
+
+@pytest.fixture(scope="module")
+def source(session_config):
+    """History in the source: readings, and day statistics of two older days whose readings are gone."""
+    store = Store(session_config.influxdb)
+    lines = []
+    for i in range(COUNT):
+        t = int((FIRST + dt.timedelta(seconds=10 * i)).timestamp()) * 10**9
+        lines.append(f"reading,meter={SOURCE_METER} electricity_delivered_1={100 + i * 0.001!r},"
+                     f"electricity_delivered_2=50.0,electricity_returned_1=0.0,electricity_returned_2=0.0,"
+                     f"electricity_currently_delivered=0.36,electricity_currently_returned=0.0 {t}")
+    for first in range(0, len(lines), 5000):
+        store.write_lines(lines[first:first + 5000])
+    older = [f"day,meter={SOURCE_METER} electricity1={e1!r},electricity2=1.0,electricity1_returned=0.0,"
+             f"electricity2_returned=0.0,gas=2.5,reading_count=0i {int(day.timestamp()) * 10**9}"
+             for day, e1 in ((dt.datetime(2024, 3, 2, 23, tzinfo=UTC), 7.5), (dt.datetime(2024, 3, 3, 23, tzinfo=UTC), 8.25))]
+    store.write_stats_lines(older)
+    store.close()
+    return SOURCE_METER
+
+
+@pytest.fixture
+def target(influxd_binary, tmp_path):
+    server = ManagedInfluxd(influxd_binary, tmp_path / "influxd", port=free_port()).start()
+    config_path = tmp_path / "dsmr-ts.yaml"
+    config_path.write_text(f"influxdb:\n  managed: false\n  url: {server.url}\n")
+    bootstrap(load_config(config_path))
+    yield config_path, Store(load_config(config_path).influxdb)
+    server.stop()
+
+
+def run(*args: str) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DSMR_TS_")}
+    return subprocess.run(dsmr_ts_command(*args), cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_import_from_a_running_server_then_resume_then_export(source, target, api_server, tmp_path):
+    config_path, store = target
+    command = ("--config", str(config_path), "import", "dsmr-reader", "--url", api_server, "--key", TEST_KEY,
+               "--source-meter", source, "--meter", "E-TARGET")
+    first = run(*command)
+    assert first.returncode == 0, first.stderr
+    assert f"imported {COUNT} readings as meter E-TARGET" in first.stdout
+    assert f"{COUNT}/{COUNT} readings" in first.stderr and "ETA" in first.stderr
+    assert store.readings.brute_force_count("E-TARGET", None, None) == COUNT
+    # Statistics of the imported range were regenerated (0.001 kWh per 10-second step).
+    hours = store._query('from(bucket: stats) |> range(start: 2024-03-05T10:00:00Z, stop: 2024-03-05T11:00:00Z)'
+                         ' |> filter(fn: (r) => r._measurement == "hour" and r.meter == "E-TARGET"'
+                         ' and r._field == "electricity1")', {})
+    assert round(hours[0]["_value"], 3) == 0.359  # 359 steps of 0.001 kWh within the first hour
+    # Day statistics of the days before the first reading came along.
+    older = store._query('from(bucket: stats) |> range(start: 2024-03-01T00:00:00Z, stop: 2024-03-04T23:00:00Z)'
+                         ' |> filter(fn: (r) => r._measurement == "day" and r.meter == "E-TARGET"'
+                         ' and r._field == "electricity1")', {})
+    assert sorted(round(r["_value"], 3) for r in older) == [7.5, 8.25]
+
+    # Re-running continues from the cursor: at most the last page again, no duplicates.
+    again = run(*command)
+    assert again.returncode == 0, again.stderr
+    assert int(again.stdout.split()[1]) < COUNT
+    assert store.readings.brute_force_count("E-TARGET", None, None) == COUNT
+
+    out = tmp_path / "readings.csv"
+    export = run("--config", str(config_path), "export", "readings", "--meter", "E-TARGET", "--since", "2024-03-05",
+                 "--until", "2024-03-05", "--output", str(out))
+    assert export.returncode == 0, export.stderr
+    rows = list(csv.DictReader(out.open()))
+    assert len(rows) == COUNT
+    assert rows[0]["timestamp"] == "2024-03-05T10:00:00Z" and float(rows[0]["electricity_delivered_1"]) == 100.0
+    assert rows[-1]["phase_voltage_l1"] == ""  # absent stays absent
+
+    days = run("--config", str(config_path), "export", "day", "--meter", "E-TARGET", "--since", "2024-03-01",
+               "--until", "2024-03-06")
+    assert days.returncode == 0, days.stderr
+    assert days.stdout.splitlines()[0].startswith("day,electricity1,")
+    assert len(days.stdout.splitlines()) == 1 + 3  # the two older days and the imported day
+    store.close()
+
+
+def test_import_with_a_wrong_key_is_one_clear_line(target, api_server):
+    config_path, _ = target
+    result = run("--config", str(config_path), "import", "dsmr-reader", "--url", api_server, "--key", "WRONG")
+    assert result.returncode == 1
+    assert "answered 403" in result.stderr and "key right" in result.stderr
+    assert "WRONG" not in result.stderr and "Traceback" not in result.stderr
