@@ -88,6 +88,10 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--meter", help="store them as this meter (default: the meter this dsmr-ts knows)")
     q.add_argument("--source-meter", help="read this meter of a dsmr-ts source (DSMR-reader has one meter)")
     q.set_defaults(func=cmd_import_dsmr_reader)
+    q = import_sub.add_parser("csv", help="DSMR-reader's CSV export of day or hour statistics")
+    q.add_argument("file")
+    q.add_argument("--meter", help="store them as this meter (default: the meter this dsmr-ts knows)")
+    q.set_defaults(func=cmd_import_csv)
 
     p = sub.add_parser("export", help="readings or statistics as CSV")
     p.add_argument("what", choices=["readings", "day", "hour"])
@@ -271,6 +275,26 @@ def cmd_import_dsmr_reader(args: argparse.Namespace) -> int:
         print(f"imported {count} readings as meter {meter}")
     except (SourceError, StoreUnavailable) as exc:
         raise CliError(f"import stopped (run it again to continue): {exc}") from None
+    finally:
+        store.close()
+        if influxd:
+            influxd.stop()
+    return 0
+
+
+def cmd_import_csv(args: argparse.Namespace) -> int:
+    from dsmr_ts.influx.store import Store, StoreUnavailable
+    from dsmr_ts.migrate import CsvError, import_statistics_csv
+
+    config = _config(args)
+    influxd = _start_managed_influxd(config) if config.influxdb.managed else None
+    store = Store(config.influxdb, timeout_ms=600_000, timezone=config.timezone)
+    try:
+        meter = args.meter or store.default_meter()
+        kind, rows = import_statistics_csv(store, args.file, meter, config.timezone)
+        print(f"imported {rows} {kind} statistics as meter {meter}")
+    except (CsvError, OSError, StoreUnavailable) as exc:
+        raise CliError(f"import stopped: {exc}") from None
     finally:
         store.close()
         if influxd:

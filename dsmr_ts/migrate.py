@@ -187,3 +187,51 @@ def _days(start: dt.datetime, stop: dt.datetime) -> Iterator[tuple[dt.datetime, 
         following = min(moment + dt.timedelta(days=1), stop)
         yield moment, following
         moment = following
+
+
+# --- import of a CSV export ----------------------------------------------------------------------
+
+
+class CsvError(Exception):
+    """The file cannot be imported; str() names the line and the problem."""
+
+
+def import_statistics_csv(store: Store, path: str, meter: str, timezone: str) -> tuple[str, int]:
+    """DSMR-reader's CSV export of day or hour statistics (columns named as in its API: `day` or
+    `hour_start`, electricity1, electricity2, electricity1_returned, electricity2_returned, gas;
+    other columns are ignored). Returns (day|hour, rows written)."""
+    from dsmr_ts.resources.validation import FieldError, parse_datetime
+
+    tz = zoneinfo.ZoneInfo(timezone)
+    with open(path, newline="", encoding="utf-8-sig") as fh:
+        sample = fh.read(4096)
+        fh.seek(0)
+        dialect = csv.Sniffer().sniff(sample, delimiters=",;\t") if sample else csv.excel
+        reader = csv.DictReader(fh, dialect=dialect)
+        columns = set(reader.fieldnames or [])
+        if "day" in columns:
+            kind = DAY_MEASUREMENT
+        elif "hour_start" in columns:
+            kind = "hour"
+        else:
+            raise CsvError(f"{path}: no `day` or `hour_start` column (found: {', '.join(sorted(columns)) or 'none'})")
+        usage = [name for name in USAGE_FIELDS if name in columns]
+        if not usage:
+            raise CsvError(f"{path}: none of the columns {', '.join(USAGE_FIELDS)}")
+        lines = []
+        for number, row in enumerate(reader, start=2):
+            try:
+                if kind == DAY_MEASUREMENT:
+                    day = dt.date.fromisoformat(row["day"].strip())
+                    moment = local_midnight(dt.datetime(day.year, day.month, day.day, 12, tzinfo=tz), tz)
+                else:
+                    moment = parse_datetime(row["hour_start"], tz)
+                values = {name: float(row[name].replace(",", ".")) for name in usage if (row[name] or "").strip()}
+            except (ValueError, FieldError, AttributeError):
+                raise CsvError(f"{path}, line {number}: cannot read {dict(row)}") from None
+            if values:
+                fields = ",".join(f"{name}={value!r}" for name, value in values.items())
+                lines.append(f"{kind},meter={schema.escape_tag(meter)} {fields} {int(moment.timestamp()) * 10**9}")
+    for first in range(0, len(lines), BATCH):
+        store.write_stats_lines(lines[first:first + BATCH])
+    return kind, len(lines)

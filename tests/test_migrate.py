@@ -106,3 +106,31 @@ def test_import_with_a_wrong_key_is_one_clear_line(target, api_server):
     assert result.returncode == 1
     assert "answered 403" in result.stderr and "key right" in result.stderr
     assert "WRONG" not in result.stderr and "Traceback" not in result.stderr
+
+
+def test_import_csv_of_day_statistics(target, tmp_path):
+    config_path, store = target
+    path = tmp_path / "day-statistics.csv"
+    # As DSMR-reader's admin exports them: its field names, semicolons, extra columns.
+    path.write_text("id;day;total_cost;electricity1;electricity2;electricity1_returned;electricity2_returned;gas\n"
+                    "1;2019-06-01;1.23;3.5;4.25;0.5;0;1.75\n"
+                    "2;2019-06-02;1.50;2.0;5.0;0;0;\n")
+    result = run("--config", str(config_path), "import", "csv", str(path), "--meter", "E-CSV")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "imported 2 day statistics as meter E-CSV"
+    rows = store._query('from(bucket: stats) |> range(start: 2019-05-31T00:00:00Z, stop: 2019-06-03T00:00:00Z)'
+                        ' |> filter(fn: (r) => r._measurement == "day" and r.meter == "E-CSV")', {})
+    found = {(r["_time"].isoformat(), r["_field"]): r["_value"] for r in rows}
+    assert found[("2019-05-31T22:00:00+00:00", "electricity2")] == 4.25  # local midnight, summer time
+    assert found[("2019-05-31T22:00:00+00:00", "gas")] == 1.75
+    assert ("2019-06-01T22:00:00+00:00", "gas") not in found  # empty stays absent
+    store.close()
+
+
+def test_import_csv_names_the_bad_line(target, tmp_path):
+    config_path, _ = target
+    path = tmp_path / "bad.csv"
+    path.write_text("day,electricity1\n2019-06-01,1.0\nyesterday,2.0\n")
+    result = run("--config", str(config_path), "import", "csv", str(path))
+    assert result.returncode == 1
+    assert "line 3: cannot read" in result.stderr and "Traceback" not in result.stderr
