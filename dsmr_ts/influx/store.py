@@ -355,10 +355,27 @@ from(bucket: bucket)
             yield record.values
 
     def _params(self, params: dict[str, object]) -> dict[str, object]:
-        return {"bucket": self.settings.bucket, "stats": self.settings.stats_bucket, **params}
+        return {"bucket": self.settings.bucket, "stats": self.settings.stats_bucket,
+                **{name: _representable(value) for name, value in params.items()}}
 
     def close(self) -> None:
         self.client.close()
+
+
+# InfluxDB times are int64 nanoseconds (1677..2262) and its integers int64. No reading is outside
+# 1970..2200, so clamping a client's extreme date or offset there changes no answer, and keeps
+# `day__gte=0854-04-07` or `offset=10**22` from becoming an InfluxDB error.
+EARLIEST = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
+LATEST = dt.datetime(2200, 1, 1, tzinfo=dt.timezone.utc)
+_INT_LIMIT = 2**62
+
+
+def _representable(value: object) -> object:
+    if isinstance(value, dt.datetime):
+        return min(max(value, EARLIEST), LATEST)
+    if isinstance(value, int) and not isinstance(value, bool):
+        return min(max(value, -_INT_LIMIT), _INT_LIMIT)
+    return value
 
 
 def _predicate_value(value: str) -> str:

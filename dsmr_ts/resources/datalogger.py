@@ -8,7 +8,7 @@ from typing import Any
 import falcon
 
 from dsmr_ts.influx import schema
-from dsmr_ts.influx.store import Store
+from dsmr_ts.influx.store import EARLIEST, LATEST, Store
 from dsmr_ts.ingest import Ingest
 from dsmr_ts.resources.errors import ValidationFailed, all_valid
 from dsmr_ts.resources.forms import read_fields
@@ -97,9 +97,11 @@ def filter_datetimes(req: falcon.Request, field: str, tz: dt.tzinfo) -> tuple[dt
     def bound(name: str) -> dt.datetime | None:
         raw = req.get_param(name)
         try:
-            return parse_datetime(raw, tz, allow_date=True) if raw else None
-        except FieldError:
+            moment = parse_datetime(raw, tz, allow_date=True) if raw else None
+        except (FieldError, OverflowError):
             raise ValidationFailed({name: ["Enter a valid date/time."]}) from None
+        # Nothing is stored outside these years; an extreme bound means "from the start" / "to the end".
+        return min(max(moment, EARLIEST), LATEST) if moment else None
 
     gte, lte = all_valid(lambda: bound(f"{field}__gte"), lambda: bound(f"{field}__lte"))
     return gte, lte

@@ -16,7 +16,7 @@ from typing import Any
 import falcon
 
 from dsmr_ts.config import PricePeriod
-from dsmr_ts.influx.store import Store
+from dsmr_ts.influx.store import EARLIEST, LATEST, Store
 from dsmr_ts.influx.tasks import DAY_MEASUREMENT, HOUR_MEASUREMENT, local_midnight
 from dsmr_ts.resources.datalogger import filter_datetimes
 from dsmr_ts.resources.errors import ValidationFailed, all_valid
@@ -120,8 +120,9 @@ class DayStatisticsResource(_StatisticsResource):
                 raise ValidationFailed({name: ["Enter a valid date."]}) from None
 
         first, last = all_valid(lambda: day("day__gte"), lambda: day("day__lte"))
-        start = local_midnight(_noon(first, self.tz), self.tz) if first else None
-        stop = local_midnight(_noon(last, self.tz), self.tz, 1) if last else None
+        clamp = lambda d: min(max(d, EARLIEST.date()), LATEST.date())  # noqa: E731 - nothing stored outside
+        start = local_midnight(_noon(clamp(first), self.tz), self.tz) if first else None
+        stop = local_midnight(_noon(clamp(last), self.tz), self.tz, 1) if last else None
         return start, stop
 
     def row_json(self, row: dict[str, Any]) -> dict[str, Any]:
