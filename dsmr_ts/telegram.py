@@ -293,12 +293,13 @@ def _meter_id(codes: dict[str, tuple[str, ...]]) -> str:
 
 
 def _decode_equipment_id(raw: str) -> str:
-    """Equipment ids are usually hex-encoded ASCII ('4B38...' -> 'K8...'); otherwise kept as sent."""
+    """Equipment ids are usually hex-encoded ASCII ('4B38...' -> 'K8...'); otherwise kept as sent,
+    or as hex when that has control characters (the id becomes an InfluxDB tag)."""
     if len(raw) % 2 == 0 and re.fullmatch(r"[0-9A-Fa-f]+", raw):
         decoded = bytes.fromhex(raw).decode("latin-1")
         if decoded.isprintable() and decoded.isascii():
             return decoded
-    return raw
+    return raw if raw.isprintable() else raw.encode("latin-1").hex().upper()
 
 
 def _gas_value(raw_timestamp: str, raw_value: str) -> tuple[dt.datetime, float] | None:

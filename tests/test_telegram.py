@@ -235,3 +235,9 @@ def test_build_telegram_round_trips():
     reading.meter = "E0043007052870318"
     reading.extra_device_timestamp, reading.extra_device_delivered = utc(2026, 3, 29, 0, 55, 0), 1234.567
     assert parse_telegram(build_telegram(reading)).reading == reading
+
+
+def test_meter_id_with_control_characters_becomes_hex():
+    text = build_telegram(reading_at(utc(2020, 1, 1, 12, 0, 0)))
+    text = text.replace("0-0:96.1.1(544553544D45544552)", "0-0:96.1.1(A\tB)")
+    assert parse_telegram(resign(text)).reading.meter == "410942"  # an InfluxDB tag must be printable

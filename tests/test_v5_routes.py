@@ -125,9 +125,10 @@ def test_meter_statistics_get_and_patch(client, store):
     assert (response.json["electricity_tariff"], response.json["power_failure_count"],
             response.json["dsmr_version"]) == (1, 7, "50")
     bad = client.simulate_patch("/api/v2/datalogger/meter-statistics", headers=KEY,
-                                json={"meter": METER, "electricity_tariff": -1, "tarif": 2})
+                                json={"meter": "4\n", "electricity_tariff": -1, "tarif": 2})
     assert bad.status_code == 400
     assert bad.json == {"electricity_tariff": ["Ensure this value is greater than or equal to 0."],
+                        "meter": ["Enter a meter id of 1 to 64 printable characters."],  # found by fuzzing (was 503)
                         "tarif": ["Not a meter statistic you can set."]}
 
 

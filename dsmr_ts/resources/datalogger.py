@@ -14,7 +14,15 @@ from dsmr_ts.resources.errors import ValidationFailed, all_valid
 from dsmr_ts.resources.forms import read_fields
 from dsmr_ts.resources.formats import reading_json
 from dsmr_ts.resources.pagination import links, page_params, stream_envelope
-from dsmr_ts.resources.validation import DecimalSpec, Field, FieldError, IntegerSpec, collect_errors, parse_datetime
+from dsmr_ts.resources.validation import (
+    DecimalSpec,
+    Field,
+    FieldError,
+    IntegerSpec,
+    collect_errors,
+    meter_id,
+    parse_datetime,
+)
 from dsmr_ts.telegram import MAX_FUTURE, ParseError, Reading
 
 
@@ -60,14 +68,8 @@ def reading_fields(tz: dt.tzinfo) -> list[Field]:
         *(Field(f"phase_power_current_l{n}", CURRENT) for n in (1, 2, 3)),
         Field("extra_device_timestamp", timestamp),
         Field("extra_device_delivered", ENERGY),
-        Field("meter", _meter_name),
+        Field("meter", meter_id),
     ]
-
-
-def _meter_name(value: Any) -> str:
-    if not isinstance(value, str) or not value.strip() or len(value) > 64 or not value.isprintable():
-        raise FieldError("Enter a meter id of 1 to 64 printable characters.")
-    return value.strip()
 
 
 def reading_from_fields(data: dict[str, Any], tz: dt.tzinfo, default_meter: str) -> Reading:

@@ -12,7 +12,7 @@ from dsmr_ts.influx.store import Store
 from dsmr_ts.resources.errors import ValidationFailed
 from dsmr_ts.resources.formats import datetime_string
 from dsmr_ts.resources.forms import read_fields
-from dsmr_ts.resources.validation import Field, FieldError, IntegerSpec, collect_errors
+from dsmr_ts.resources.validation import Field, FieldError, IntegerSpec, collect_errors, meter_id
 from dsmr_ts.telegram import STATISTICS_FIELDS
 
 COUNTER = IntegerSpec(minimum=0, maximum=2**31 - 1)
@@ -47,11 +47,11 @@ class MeterStatisticsResource:
         data = read_fields(req)
         unknown = set(data) - set(FIELDS) - {"meter"}
         specs = [Field(name, _version if name == "dsmr_version" else COUNTER) for name in FIELDS]
-        clean, errors = collect_errors(data, specs)
+        clean, errors = collect_errors(data, [*specs, Field("meter", meter_id)])
         errors.update({name: ["Not a meter statistic you can set."] for name in sorted(unknown)})
         if errors:
             raise ValidationFailed(errors)
-        meter = str(data.get("meter") or self.store.default_meter())
+        meter = clean.pop("meter", None) or self.store.default_meter()
         if clean:
             self.store.write_meter_statistics(meter, dt.datetime.now(dt.timezone.utc), clean)
         resp.media = self._body(meter)

@@ -99,6 +99,13 @@ def parse_datetime(value: Any, tz: dt.tzinfo, allow_date: bool = False) -> dt.da
     return moment.astimezone(dt.timezone.utc)
 
 
+def meter_id(value: Any) -> str:
+    """A meter id given by a client: it becomes an InfluxDB tag, so printable text only."""
+    if not isinstance(value, str) or not value.strip() or len(value) > 64 or not value.isprintable():
+        raise FieldError("Enter a meter id of 1 to 64 printable characters.")
+    return value.strip()
+
+
 @dataclass(frozen=True)
 class Field:
     name: str
