@@ -3,18 +3,16 @@
 from __future__ import annotations
 
 import os
-import subprocess
 from pathlib import Path
 from typing import Iterator
 
 import pytest
-import requests
 
 from dsmr_ts.config import Config, load_config
 from dsmr_ts.influx.bootstrap import bootstrap
 from dsmr_ts.influx.build import ensure_influxd
 from dsmr_ts.influx.server import ManagedInfluxd, free_port
-from helpers import REPO, TEST_KEY, dsmr_ts_command, wait_for
+from helpers import TEST_KEY, start_api
 
 pytest_plugins = ["openapi_check"]
 
@@ -61,23 +59,7 @@ def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.fixture(scope="session")
 def api_server(session_config: Config, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """The real API: `dsmr-ts serve` (gunicorn, 2 workers) on a free port; yields its base URL."""
-    port = free_port()
-    log_path = tmp_path_factory.mktemp("gunicorn") / "serve.log"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DSMR_TS_")}
-    env.update(DSMR_TS_CONFIG=str(session_config.path), DSMR_TS_SERVER_BIND=f"127.0.0.1:{port}")
-    with open(log_path, "w") as log:
-        proc = subprocess.Popen(dsmr_ts_command("serve"), cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-
-    def healthy() -> bool:
-        if proc.poll() is not None:
-            pytest.fail(f"dsmr-ts serve exited:\n{log_path.read_text()}")
-        try:
-            return requests.get(url + "/health", timeout=2).status_code == 200
-        except requests.ConnectionError:
-            return False
-
-    wait_for(healthy, timeout=60, what="gunicorn to serve /health")
+    proc, url = start_api(session_config, tmp_path_factory.mktemp("gunicorn") / "serve.log")
     yield url
     proc.terminate()
     proc.wait(timeout=30)

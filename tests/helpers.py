@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import os
 import socket
+import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 from typing import Callable
 
 import pytest
+
+from dsmr_ts.influx.server import free_port
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED = REPO.parent / "shared"
@@ -36,6 +41,29 @@ def port_open(host: str, port: int) -> bool:
     with socket.socket() as sock:
         sock.settimeout(0.5)
         return sock.connect_ex((host, port)) == 0
+
+
+def start_api(config, log_path: Path, **env: str) -> tuple[subprocess.Popen, str]:
+    """`dsmr-ts serve` (gunicorn) on a free port with extra DSMR_TS_* overrides."""
+    port = free_port()
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("DSMR_TS_")}
+    environment.update(DSMR_TS_CONFIG=str(config.path), DSMR_TS_SERVER_BIND=f"127.0.0.1:{port}", **env)
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(dsmr_ts_command("serve"), cwd=REPO, env=environment, stdout=log,
+                                stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+
+    def healthy() -> bool:
+        assert proc.poll() is None, log_path.read_text()
+        try:
+            with urllib.request.urlopen(url + "/health", timeout=2) as response:
+                return response.status == 200
+        except OSError:
+            return False
+
+    wait_for(healthy, timeout=60, what="gunicorn to answer")
+    return proc, url
+
 
 
 class FakeSer2net:

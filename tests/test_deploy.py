@@ -22,33 +22,12 @@ from dsmr_ts import config as config_module
 from dsmr_ts.influx.server import free_port
 from dsmr_ts.influx.store import Store
 from dsmr_ts.telegram import build_telegram
-from helpers import REPO, TEST_KEY, dsmr_ts_command, port_open, wait_for
+from helpers import REPO, TEST_KEY, port_open, start_api, wait_for
 from test_api_ingest import a_reading, unique_moment
 
 KEY = {"X-AUTHKEY": TEST_KEY}
 V1 = "/api/v1/datalogger/dsmrreading"
 V2 = "/api/v2/datalogger/dsmrreading"
-
-
-def start_api(session_config, log_path: Path, **env: str) -> tuple[subprocess.Popen, str]:
-    """`dsmr-ts serve` (gunicorn) on a free port with extra DSMR_TS_* overrides."""
-    port = free_port()
-    environment = {k: v for k, v in os.environ.items() if not k.startswith("DSMR_TS_")}
-    environment.update(DSMR_TS_CONFIG=str(session_config.path), DSMR_TS_SERVER_BIND=f"127.0.0.1:{port}", **env)
-    with open(log_path, "w") as log:
-        proc = subprocess.Popen(dsmr_ts_command("serve"), cwd=REPO, env=environment, stdout=log,
-                                stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-
-    def healthy() -> bool:
-        assert proc.poll() is None, log_path.read_text()
-        try:
-            return requests.get(url + "/health", timeout=2).ok
-        except requests.ConnectionError:
-            return False
-
-    wait_for(healthy, timeout=60, what="gunicorn to answer")
-    return proc, url
 
 
 # --- nginx ---------------------------------------------------------------------------------------
