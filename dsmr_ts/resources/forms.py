@@ -30,6 +30,8 @@ def read_fields(req: falcon.Request) -> dict[str, Any]:
             return _multipart(req)
     except falcon.MediaMalformedError as exc:
         raise falcon.HTTPBadRequest(description=f"Malformed request body: {_reason(exc)}") from None
+    except RecursionError:  # [[[[... : Python's JSON parser gives up without a ValueError
+        raise falcon.HTTPBadRequest(description="Malformed request body: nested too deeply.") from None
     except falcon.MediaNotFoundError:
         return {}
     raise falcon.HTTPUnsupportedMediaType(description=f'Unsupported media type "{media_type}" in request.')
