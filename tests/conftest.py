@@ -42,6 +42,25 @@ def session_config(influxd: ManagedInfluxd, tmp_path_factory: pytest.TempPathFac
     return load_config(path, create=False)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def no_secret_in_any_log(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """After the whole run: no log any test produced (gunicorn, reader, dsmr-ts run, influxd, ...)
+    holds the API key or an InfluxDB token."""
+    secrets: set[str] = {TEST_KEY}
+    yield secrets
+    base = tmp_path_factory.getbasetemp()
+    for config_file in base.rglob("dsmr-ts.yaml"):
+        try:
+            token = (load_config(config_file, create=False).influxdb.token or "").strip()
+        except Exception:  # noqa: BLE001 - a test's deliberately broken config
+            continue
+        if len(token) >= 20:  # real tokens; some tests use short fake ones like "wrong", a common word
+            secrets.add(token)
+    leaks = [f"{path}: {secret[:6]}..." for path in base.rglob("*.log") if path.is_file()
+             for secret in secrets if secret in path.read_text(errors="replace")]
+    assert not leaks, f"secrets in logs: {leaks}"
+
+
 @pytest.fixture
 def config(session_config: Config) -> Config:
     """A fresh copy per test, so a test may change settings freely."""

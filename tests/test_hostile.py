@@ -1,0 +1,107 @@
+"""Hostile input: each gets a clear 4xx, nothing is stored half-way, and the service keeps serving."""
+
+from __future__ import annotations
+
+import socket
+import urllib.parse
+
+import pytest
+import requests
+from falcon import testing
+
+from dsmr_ts.app import create_app
+from dsmr_ts.telegram import crc16_arc
+from helpers import TEST_KEY
+
+KEY = {"X-AUTHKEY": TEST_KEY}
+V1 = "/api/v1/datalogger/dsmrreading"
+V2 = "/api/v2/datalogger/dsmrreading"
+
+
+def still_serving(url: str) -> None:
+    assert requests.get(url + "/health", timeout=10).status_code == 200
+
+
+def raw_request(url: str, data: bytes) -> bytes:
+    """Send bytes as they are (no client library tidying them up); return the status line."""
+    host, port = urllib.parse.urlsplit(url).netloc.split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(data)
+        return sock.recv(4096).split(b"\r\n", 1)[0]
+
+
+@pytest.mark.parametrize("size", [70_000, 5_000_000])
+def test_bodies_over_the_limit_are_413(api_server, size):
+    for path, data in ((V1, {"telegram": "x" * size}), (V2, {"timestamp": "x" * size})):
+        assert requests.post(api_server + path, headers=KEY, data=data, timeout=30).status_code == 413
+    still_serving(api_server)
+
+
+def test_deep_and_huge_json(api_server, config):
+    deep = "[" * 30_000 + "]" * 30_000  # under the 64 KB limit, far over any parser's nesting depth
+    response = requests.post(api_server + V2, headers={**KEY, "Content-Type": "application/json"}, data=deep)
+    assert response.status_code == 400 and "detail" in response.json()
+    wide = '{"timestamp": "2020-01-01T00:00:00Z", ' + ", ".join(f'"f{i}": {i}' for i in range(20_000)) + "}"
+    assert requests.post(api_server + V2, headers={**KEY, "Content-Type": "application/json"},
+                         data=wide).status_code in (400, 413)
+    # In-process too, where a RecursionError would surface as a 500.
+    client = testing.TestClient(create_app(config))
+    assert client.simulate_post(V2, headers={**KEY, "Content-Type": "application/json"}, body=deep).status_code == 400
+    still_serving(api_server)
+
+
+def test_latin1_telegrams_and_non_utf8_bodies(api_server):
+    # A header with a latin-1 character and a valid CRC over the latin-1 bytes: accepted.
+    body = ("/ISk5\xe9MT382\r\n\r\n1-3:0.2.8(50)\r\n0-0:1.0.0(200101120000W)\r\n0-0:96.1.1(E-LATIN1)\r\n"
+            "1-0:1.8.1(000001.000*kWh)\r\n1-0:1.7.0(00.100*kW)\r\n!")
+    telegram = f"{body}{crc16_arc(body.encode('latin-1')):04X}\r\n"
+    assert requests.post(api_server + V1, headers=KEY, data={"telegram": telegram}).status_code == 201
+    # Raw latin-1 bytes in a url-encoded body are not UTF-8: a clear 400, nothing stored.
+    raw = b"telegram=" + urllib.parse.quote_from_bytes(telegram.encode("latin-1")).encode()
+    response = requests.post(api_server + V1, headers={**KEY, "Content-Type": "application/x-www-form-urlencoded"},
+                             data=raw)
+    assert response.status_code == 400 and response.text
+    # Binary garbage as JSON.
+    response = requests.post(api_server + V2, headers={**KEY, "Content-Type": "application/json"},
+                             data=b"\xff\xfe\x00garbage")
+    assert response.status_code == 400
+    still_serving(api_server)
+
+
+@pytest.mark.parametrize("key", [b"\x00" + TEST_KEY.encode(), TEST_KEY.encode() + b"\xe9", b"a" * 8000,
+                                 TEST_KEY.encode() + b" X-Other: 1"])
+def test_odd_keys_are_refused_not_crashed(api_server, key):
+    request = (b"GET " + V2.encode() + b" HTTP/1.1\r\nHost: x\r\nX-AUTHKEY: " + key + b"\r\nConnection: close\r\n\r\n")
+    status = raw_request(api_server, request)
+    assert status.split(b" ")[1] in (b"400", b"403", b"431"), status
+    still_serving(api_server)
+
+
+def test_header_injection_is_refused_by_the_server(api_server):
+    request = (b"GET " + V2.encode() + b" HTTP/1.1\r\nHost: x\r\nX-AUTHKEY: nope\rX-Injected: 1\r\n"
+               b"Connection: close\r\n\r\n")
+    status = raw_request(api_server, request)
+    assert status.split(b" ")[1] in (b"400", b"403"), status
+    still_serving(api_server)
+
+
+@pytest.mark.parametrize(
+    "path, expected",
+    [("/api/v2/../../../../etc/passwd", b"4"), ("/%2e%2e/%2e%2e/etc/passwd", b"4"),
+     ("/api/v2/datalogger/dsmrreading/..%2f..%2fx", b"4"), ("/" + "a" * 9000, b"4"),
+     ("/api/v2/datalogger/dsmrreading?limit=1%00", b"4"), ("/api/v2/%00", b"4"),
+     # Harmless: the same resource, unknown parameters ignored. Never a 5xx.
+     ("//api/v2/datalogger/dsmrreading", b"2"), ("/api/v2/datalogger/dsmrreading?" + "a=1&" * 2000, b"2")],
+)
+def test_odd_urls(api_server, path, expected):
+    status = raw_request(api_server, f"GET {path} HTTP/1.1\r\nHost: x\r\nX-AUTHKEY: {TEST_KEY}\r\n"
+                                     "Connection: close\r\n\r\n".encode())
+    assert status.split(b" ")[1].startswith(expected), (path[:60], status)
+    still_serving(api_server)
+
+
+def test_thousands_of_wrong_keys(api_server):
+    session = requests.Session()
+    statuses = {session.get(api_server + V2, headers={"X-AUTHKEY": f"guess{i:05d}"}).status_code for i in range(2000)}
+    assert statuses == {403}
+    assert session.get(api_server + V2, headers=KEY).status_code == 200
