@@ -62,7 +62,10 @@ class InfluxConfig:
     org: str = "dsmr"
     bucket: str = "dsmr"
     stats_bucket: str = "dsmr_stats"
+    # Used by the API and the reader: read/write on the two buckets only (created by setup).
     token: str = ""
+    # All-access operator token, used by `dsmr-ts setup` alone (onboarding creates it).
+    admin_token: str = ""
 
 
 @dataclass

@@ -10,6 +10,7 @@ import pytest
 from falcon import testing
 from influxdb_client import InfluxDBClient, Point, WritePrecision
 from influxdb_client.client.write_api import SYNCHRONOUS
+from influxdb_client.rest import ApiException
 
 from dsmr_ts.app import create_app
 from dsmr_ts.config import load_config
@@ -51,7 +52,8 @@ def test_onboarding_then_second_setup_changes_nothing(private_influxd, tmp_path)
 
     second = bootstrap(config)
     assert (second.onboarded, second.created_buckets, second.token) == (False, [], first.token)
-    with InfluxDBClient(url=private_influxd.url, token=first.token, org="dsmr") as client:
+    assert load_config(path).influxdb.admin_token == config.influxdb.admin_token  # nothing new either
+    with InfluxDBClient(url=private_influxd.url, token=config.influxdb.admin_token, org="dsmr") as client:
         names = sorted(b.name for b in client.buckets_api().find_buckets().buckets if not b.name.startswith("_"))
     assert names == ["dsmr", "dsmr_stats"]
 
@@ -59,8 +61,41 @@ def test_onboarding_then_second_setup_changes_nothing(private_influxd, tmp_path)
 def test_setup_of_a_set_up_server_without_token_says_what_to_do(session_config, tmp_path):
     path = tmp_path / "dsmr-ts.yaml"
     path.write_text(f"influxdb:\n  managed: false\n  url: {session_config.influxdb.url}\n")
-    with pytest.raises(BootstrapError, match="already set up but influxdb.token is empty"):
+    with pytest.raises(BootstrapError, match="already set up but influxdb.admin_token is empty"):
         bootstrap(load_config(path))
+
+
+def test_api_token_reaches_its_two_buckets_and_nothing_else(session_config):
+    settings = session_config.influxdb
+    assert settings.token and settings.admin_token and settings.token != settings.admin_token
+    with InfluxDBClient(url=settings.url, token=settings.token, org=settings.org) as client:
+        names = {b.name for b in client.buckets_api().find_buckets().buckets}
+        assert names == {"dsmr", "dsmr_stats"}  # not even the system buckets
+        assert client.tasks_api().find_tasks() == []  # the two statistics tasks exist, unseen
+        org_id = bootstrap_result_org(settings)
+        with pytest.raises(ApiException) as denied:
+            client.buckets_api().create_bucket(bucket_name="intruder", org=org_id)
+        assert denied.value.status in (401, 403, 404)
+        with pytest.raises(ApiException) as denied:
+            client.authorizations_api().create_authorization(org_id=org_id, permissions=[])
+        assert denied.value.status in (400, 401, 403)
+
+
+def bootstrap_result_org(settings) -> str:
+    with InfluxDBClient(url=settings.url, token=settings.admin_token, org=settings.org) as admin:
+        return admin.organizations_api().find_organizations(org=settings.org)[0].id
+
+
+def test_older_config_with_the_all_access_token_is_migrated(private_influxd, tmp_path):
+    path = tmp_path / "dsmr-ts.yaml"
+    path.write_text(f"influxdb:\n  managed: false\n  url: {private_influxd.url}\n")
+    bootstrap(load_config(path))
+    admin = load_config(path).influxdb.admin_token
+    # As an earlier dsmr-ts wrote it: the all-access token as `token`, no admin_token.
+    path.write_text(f"influxdb:\n  managed: false\n  url: {private_influxd.url}\n  token: {admin}\n")
+    bootstrap(load_config(path))
+    migrated = load_config(path).influxdb
+    assert migrated.admin_token == admin and migrated.token and migrated.token != admin
 
 
 def test_setup_with_a_wrong_token_is_refused_clearly(session_config, tmp_path):

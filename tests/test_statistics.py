@@ -256,7 +256,7 @@ def _task(client: InfluxDBClient, name: str):
 
 def test_tasks_created_once_and_updated_idempotently(session_config):
     settings = session_config.influxdb
-    with InfluxDBClient(url=settings.url, token=settings.token, org=settings.org) as client:
+    with InfluxDBClient(url=settings.url, token=settings.admin_token, org=settings.org) as client:
         org_id = client.organizations_api().find_organizations(org=settings.org)[0].id
         assert ensure_tasks(client, session_config, org_id) == []  # setup made them already
         for spec in task_specs(session_config):
@@ -300,7 +300,7 @@ def test_influxdb_tasks_write_the_same_rows_as_regenerate(session_config, store)
     expected_day = _statistics_rows(store, "day", day_start, day_stop)
     assert expected_hours and expected_day
     settings = session_config.influxdb
-    with InfluxDBClient(url=settings.url, token=settings.token, org=settings.org) as client:
+    with InfluxDBClient(url=settings.url, token=settings.admin_token, org=settings.org) as client:  # tasks: admin
         for measurement, (a, b) in (("hour", (start, stop)), ("day", (day_start, day_stop))):
             client.delete_api().delete(a, b - dt.timedelta(seconds=1), f'_measurement="{measurement}" AND meter="{METER}"',
                                        bucket=settings.stats_bucket, org=settings.org)

@@ -10,7 +10,7 @@ import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
-from influxdb_client import InfluxDBClient
+from influxdb_client import Authorization, InfluxDBClient, Permission, PermissionResource
 from influxdb_client.domain.onboarding_request import OnboardingRequest
 from influxdb_client.rest import ApiException
 from influxdb_client.service.setup_service import SetupService
@@ -38,32 +38,66 @@ class BootstrapResult:
 
 
 def bootstrap(config: Config, *, ui_login_file: Path | None = None) -> BootstrapResult:
-    """Onboard (first time only), create missing buckets, create or update the tasks; persist a new token."""
+    """Onboard (first time only), create missing buckets, create or update the tasks, and make sure
+    influxdb.token is a token limited to the two buckets (the API and the reader use only that one).
+
+    The operator (all-access) token lives in influxdb.admin_token and is used by setup alone.
+    A config from before this split, with the all-access token in influxdb.token, is migrated."""
     settings = config.influxdb
     onboarded = False
+    admin_key = "influxdb.admin_token"
     try:
-        with InfluxDBClient(url=settings.url, token=settings.token or "-", timeout=30_000) as client:
+        with InfluxDBClient(url=settings.url, token=settings.admin_token or "-", timeout=30_000) as client:
             if SetupService(client.api_client).get_setup().allowed:
-                token = _onboard(client, config, ui_login_file)
+                admin = _onboard(client, config, ui_login_file)
                 onboarded = True
-            elif not settings.token:
-                raise BootstrapError(
-                    f"InfluxDB at {settings.url} is already set up but influxdb.token is empty"
-                    f"{_in_file(config)}: put a token of org {settings.org!r} there"
-                )
+            elif settings.admin_token:
+                admin = settings.admin_token
+            elif settings.token:
+                admin, admin_key = settings.token, "influxdb.token"  # an older config: try it as the admin
             else:
-                token = settings.token
-        with InfluxDBClient(url=settings.url, token=token, org=settings.org, timeout=30_000) as client:
+                raise BootstrapError(
+                    f"InfluxDB at {settings.url} is already set up but influxdb.admin_token is empty"
+                    f"{_in_file(config)}: put an all-access token of org {settings.org!r} there"
+                )
+        with InfluxDBClient(url=settings.url, token=admin, org=settings.org, timeout=30_000) as client:
             org_id = _org_id(client, settings.org, settings.url)
-            created = _ensure_buckets(client, org_id, [settings.bucket, settings.stats_bucket])
+            bucket_ids = _ensure_buckets(client, org_id, [settings.bucket, settings.stats_bucket])
             tasks = ensure_tasks(client, config, org_id)
+            if admin != settings.admin_token:
+                _save(config, "admin_token", admin)
+            if not settings.token or settings.token == admin:
+                _save(config, "token", _scoped_token(client, org_id, bucket_ids))
     except ApiException as exc:
         if exc.status in (401, 403):
-            raise BootstrapError(f"InfluxDB at {settings.url} refused influxdb.token{_in_file(config)}") from None
+            raise BootstrapError(f"InfluxDB at {settings.url} refused {admin_key}{_in_file(config)}") from None
         raise BootstrapError(f"InfluxDB at {settings.url} answered {exc.status}: {exc.reason}") from None
     except (HTTPError, OSError) as exc:
         raise BootstrapError(f"InfluxDB at {settings.url} is unreachable: {exc.__class__.__name__}") from None
-    return BootstrapResult(token=token, org_id=org_id, onboarded=onboarded, created_buckets=created, tasks=tasks)
+    created = [name for name, (_, new) in bucket_ids.items() if new]
+    return BootstrapResult(token=settings.token, org_id=org_id, onboarded=onboarded, created_buckets=created,
+                           tasks=tasks)
+
+
+SCOPED_TOKEN_DESCRIPTION = "dsmr-ts API and reader: read and write its two buckets, nothing else"
+
+
+def _scoped_token(client: InfluxDBClient, org_id: str, bucket_ids: dict[str, tuple[str, bool]]) -> str:
+    permissions = [
+        Permission(action=action, resource=PermissionResource(type="buckets", id=bucket_id, org_id=org_id))
+        for bucket_id, _ in bucket_ids.values() for action in ("read", "write")
+    ]
+    authorization = client.authorizations_api().create_authorization(authorization=Authorization(
+        org_id=org_id, permissions=permissions, description=SCOPED_TOKEN_DESCRIPTION))
+    log.info("created a token limited to the buckets %s", ", ".join(bucket_ids))
+    return authorization.token
+
+
+def _save(config: Config, key: str, value: str) -> None:
+    """Keep a token in the config (the file is 0600): influxd stores tokens hashed, so now or never."""
+    setattr(config.influxdb, key, value)
+    if config.path:
+        save_setting(config.path, "influxdb", key, value)
 
 
 def _in_file(config: Config) -> str:
@@ -77,10 +111,7 @@ def _onboard(client: InfluxDBClient, config: Config, ui_login_file: Path | None)
     SetupService(client.api_client).post_setup(
         OnboardingRequest(username=ADMIN_USER, password=password, org=settings.org, bucket=settings.bucket, token=token)
     )
-    # influxd keeps tokens hashed: this is the only moment we see it, so it goes to the config now.
-    settings.token = token
-    if config.path:
-        save_setting(config.path, "influxdb", "token", token)
+    _save(config, "admin_token", token)
     if ui_login_file:
         ui_login_file.parent.mkdir(parents=True, exist_ok=True)
         ui_login_file.touch(mode=0o600)
@@ -96,12 +127,16 @@ def _org_id(client: InfluxDBClient, org: str, url: str) -> str:
     return orgs[0].id
 
 
-def _ensure_buckets(client: InfluxDBClient, org_id: str, names: list[str]) -> list[str]:
+def _ensure_buckets(client: InfluxDBClient, org_id: str, names: list[str]) -> dict[str, tuple[str, bool]]:
+    """name -> (bucket id, created now)."""
     api = client.buckets_api()
-    created = []
+    found = {}
     for name in names:
-        if api.find_bucket_by_name(name) is None:
-            api.create_bucket(bucket_name=name, org=org_id)  # no retention rule: keep forever
-            created.append(name)
+        bucket = api.find_bucket_by_name(name)
+        if bucket is None:
+            bucket = api.create_bucket(bucket_name=name, org=org_id)  # no retention rule: keep forever
             log.info("created bucket %s", name)
-    return created
+            found[name] = (bucket.id, True)
+        else:
+            found[name] = (bucket.id, False)
+    return found
