@@ -8,6 +8,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import threading
 import urllib.parse
@@ -247,3 +248,22 @@ def test_docker_compose_structure():
 def test_config_key_check_catches_typos():
     assert config_key_for_env("DSMR_TS_READER_PORT") and config_key_for_env("DSMR_TS_TIMEZONE")
     assert not config_key_for_env("DSMR_TS_READER_PROT")
+
+
+def test_slow_clients_through_nginx_do_not_starve_the_api(behind_nginx):
+    """Slowloris: connections that send half a request and stall. nginx holds them, so gunicorn's
+    two sync workers stay free for real requests."""
+    host, port = urllib.parse.urlsplit(behind_nginx).netloc.split(":")
+    stalled = []
+    try:
+        for _ in range(30):
+            sock = socket.create_connection((host, int(port)), timeout=10)
+            sock.sendall(b"POST /api/v1/datalogger/dsmrreading HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n")
+            stalled.append(sock)
+        session = requests.Session()
+        for _ in range(20):
+            response = session.get(behind_nginx + V2, headers=KEY, params={"limit": 1}, timeout=10)
+            assert response.status_code == 200
+    finally:
+        for sock in stalled:
+            sock.close()

@@ -124,3 +124,50 @@ def test_every_acknowledged_reading_survives_kill_9_of_influxd_and_a_worker(syst
     assert len(load.refused) > 0  # the outage really happened under load
     assert lost == set()
     assert len(stored) == len(set(stored))  # exactly once: one point per meter and second
+
+
+def test_reader_killed_during_a_spool_replay_loses_nothing(influxd_binary, tmp_path):
+    from dsmr_ts.reader.spool import has_pending, waiting
+    from dsmr_ts.reader.simulator import MeterSimulator
+    from helpers import FakeSer2net
+    from test_reader import start_reader, stored
+
+    meter, count = "E-REPLAY", 300
+    influxd = ManagedInfluxd(influxd_binary, tmp_path / "influxd", port=free_port()).start()
+    ser2net = FakeSer2net()
+    config_path = tmp_path / "dsmr-ts.yaml"
+    config_path.write_text(f"influxdb:\n  managed: false\n  url: {influxd.url}\n"
+                           f"reader:\n  port: {ser2net.url}\n  spool_dir: ./spool\n")
+    bootstrap(load_config(config_path))
+    store = Store(load_config(config_path).influxdb)
+    spool = tmp_path / "spool"
+    offset_file = spool / "influxdb.offset"
+    reader = start_reader(config_path, tmp_path / "reader.log")
+    try:
+        influxd.stop()
+        simulator = MeterSimulator(meter=meter, seed=11)
+        start = dt.datetime(2025, 6, 1, 8, tzinfo=dt.timezone.utc)
+        for text in simulator.telegrams(start, dt.timedelta(seconds=10), count):
+            ser2net.send(text.encode("latin-1"))
+        wait_for(lambda: waiting(spool, "influxdb") >= count, what="all telegrams spooled")
+
+        influxd.start()  # the reader starts replaying within seconds
+        def replay_under_way() -> bool:
+            text = offset_file.read_text() if offset_file.exists() else ""
+            return bool(text) and int(text) > 0 and has_pending(spool, "influxdb")
+        wait_for(replay_under_way, what="the replay to be under way")
+        reader.send_signal(signal.SIGKILL)
+        reader.wait(10)
+        left = waiting(spool, "influxdb")
+        assert 0 < left < count  # killed in the middle of it
+
+        ser2net.drop()
+        reader = start_reader(config_path, tmp_path / "reader.log")
+        wait_for(lambda: not has_pending(spool, "influxdb"), timeout=120, what="the replay to finish")
+        assert stored(store, meter) == count  # all of them, each once (one point per meter and second)
+    finally:
+        reader.send_signal(signal.SIGTERM)
+        reader.wait(30)
+        ser2net.close()
+        store.close()
+        influxd.stop()
