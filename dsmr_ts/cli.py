@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import logging
 import os
@@ -12,9 +13,13 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING, Iterator, TextIO
 from urllib.parse import urlsplit
 
 from dsmr_ts.config import Config, ConfigError, load_config
+
+if TYPE_CHECKING:
+    from dsmr_ts.influx.store import Store
 
 log = logging.getLogger("dsmr_ts")
 
@@ -217,15 +222,12 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 def cmd_regenerate(args: argparse.Namespace) -> int:
     """Recompute statistics in chunks of whole local weeks, with the same Flux as the tasks."""
     from dsmr_ts.influx.readings import floor_hour
-    from dsmr_ts.influx.store import Store, StoreUnavailable
     from dsmr_ts.influx.tasks import local_midnight
     from dsmr_ts.progress import ProgressBar
 
     config = _config(args)
-    influxd = _start_managed_influxd(config) if config.influxdb.managed else None
-    store = Store(config.influxdb, timeout_ms=600_000, timezone=config.timezone)
     tz = config.tz
-    try:
+    with _store_session(config, "regenerate stopped") as store:
         span = store.reading_time_range()
         if span is None:
             print("no readings stored yet: nothing to regenerate")
@@ -251,66 +253,45 @@ def cmd_regenerate(args: argparse.Namespace) -> int:
             store.recompute_statistics(chunk_start, chunk_stop)
             bar.advance(length)
         log.info("statistics regenerated in %.1f s", time.monotonic() - began)
-    except StoreUnavailable as exc:
-        raise CliError(f"regenerate stopped: {exc}") from None
-    finally:
-        store.close()
-        if influxd:
-            influxd.stop()
     return 0
 
 
 def cmd_import_dsmr_reader(args: argparse.Namespace) -> int:
-    from dsmr_ts.influx.store import Store, StoreUnavailable
     from dsmr_ts.migrate import Source, SourceError, import_readings
 
     config = _config(args)
-    influxd = _start_managed_influxd(config) if config.influxdb.managed else None
-    store = Store(config.influxdb, timeout_ms=600_000, timezone=config.timezone)
-    try:
+    stopped = "import stopped (run it again to continue)"
+    with _store_session(config, stopped) as store:
         since = _local_midnight_of(args.since, config) if args.since else None
         meter = args.meter or store.default_meter()
-        count = import_readings(store, Source(args.url, args.key, args.source_meter), meter, config.timezone, since,
-                                progress=sys.stderr)
+        try:
+            count = import_readings(store, Source(args.url, args.key, args.source_meter), meter, config.timezone,
+                                    since, progress=sys.stderr)
+        except SourceError as exc:
+            raise CliError(f"{stopped}: {exc}") from None
         print(f"imported {count} readings as meter {meter}")
-    except (SourceError, StoreUnavailable) as exc:
-        raise CliError(f"import stopped (run it again to continue): {exc}") from None
-    finally:
-        store.close()
-        if influxd:
-            influxd.stop()
     return 0
 
 
 def cmd_import_csv(args: argparse.Namespace) -> int:
-    from dsmr_ts.influx.store import Store, StoreUnavailable
     from dsmr_ts.migrate import CsvError, import_statistics_csv
 
     config = _config(args)
-    influxd = _start_managed_influxd(config) if config.influxdb.managed else None
-    store = Store(config.influxdb, timeout_ms=600_000, timezone=config.timezone)
-    try:
+    with _store_session(config, "import stopped") as store:
         meter = args.meter or store.default_meter()
-        kind, rows = import_statistics_csv(store, args.file, meter, config.timezone)
+        try:
+            kind, rows = import_statistics_csv(store, args.file, meter, config.timezone)
+        except (CsvError, OSError) as exc:
+            raise CliError(f"import stopped: {exc}") from None
         print(f"imported {rows} {kind} statistics as meter {meter}")
-    except (CsvError, OSError, StoreUnavailable) as exc:
-        raise CliError(f"import stopped: {exc}") from None
-    finally:
-        store.close()
-        if influxd:
-            influxd.stop()
     return 0
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from dsmr_ts.influx.store import Store, StoreUnavailable
     from dsmr_ts.migrate import export_readings, export_statistics
 
     config = _config(args)
-    influxd = _start_managed_influxd(config) if config.influxdb.managed else None
-    store = Store(config.influxdb, timeout_ms=600_000, timezone=config.timezone)
-    out = sys.stdout if args.output == "-" else open(args.output, "w", newline="")
-    try:
+    with _store_session(config, "export stopped") as store, _output(args.output) as out:
         meter = args.meter or store.default_meter()
         span = store.reading_time_range()
         start = _local_midnight_of(args.since, config) if args.since else (span[0] if span else None)
@@ -323,15 +304,35 @@ def cmd_export(args: argparse.Namespace) -> int:
         else:
             rows = export_statistics(store, args.what, meter, start, stop, out)
         print(f"exported {rows} rows", file=sys.stderr)
+    return 0
+
+
+@contextlib.contextmanager
+def _store_session(config: Config, stopped: str) -> Iterator[Store]:
+    """A Store for a long command, with the managed influxd started first (when managed) and
+    stopped after; a store failure ends the command with one line starting with `stopped`."""
+    from dsmr_ts.influx.store import Store, StoreUnavailable
+
+    influxd = _start_managed_influxd(config) if config.influxdb.managed else None
+    store = Store(config.influxdb, timeout_ms=600_000, timezone=config.timezone)
+    try:
+        yield store
     except StoreUnavailable as exc:
-        raise CliError(f"export stopped: {exc}") from None
+        raise CliError(f"{stopped}: {exc}") from None
     finally:
-        if out is not sys.stdout:
-            out.close()
         store.close()
         if influxd:
             influxd.stop()
-    return 0
+
+
+@contextlib.contextmanager
+def _output(path: str) -> Iterator[TextIO]:
+    """Standard output for '-', else the file (closed afterwards)."""
+    if path == "-":
+        yield sys.stdout
+        return
+    with open(path, "w", newline="") as out:
+        yield out
 
 
 def _local_midnight_of(day: dt.date, config: Config, days: int = 0) -> dt.datetime:
