@@ -477,10 +477,10 @@ def _print_welcome(config: Config) -> None:
         f"  health:      {api_url}/health",
         f"  config:      {config.path}  (API key: api.key in this file)",
         f"  meter:       {_meter_description(config)}",
-        f"  InfluxDB UI: {config.influxdb.url}",
+        f"  InfluxDB:    {config.influxdb.url}  (for Grafana or the influx CLI; this build has no web UI)",
     ]
     if config.influxdb.managed:
-        lines.append(f"  UI login:    {_ui_login_file(config)}")
+        lines.append(f"  its login:   {_ui_login_file(config)}  (admin token: influxdb.admin_token in the config)")
     print("\n".join(lines) + "\n", flush=True)
 
 
