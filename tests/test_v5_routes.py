@@ -153,11 +153,12 @@ def test_monitoring_healthy_then_problems(client, config, store, tmp_path):
 
 
 def test_monitoring_no_recent_readings(config, session_config):
-    # A fresh org-less view: a meter whose newest reading is old.
+    # A meter whose newest reading is old, made the default meter (the session has many meters;
+    # pinning the cached choice keeps this test independent of which reported last).
     store = Store(session_config.influxdb)
     store.write_lines(["reading,meter=E-V5-OLD electricity_delivered_1=1.0,electricity_currently_delivered=0.1 "
                        f"{ns(dt.datetime(2020, 1, 1, tzinfo=UTC))}"])
-    store._default_meter = ("E-V5-OLD", float("inf"))  # as if it were the only meter
+    store._default_meter = ("E-V5-OLD", float("inf"))
     try:
         body = get(testing.TestClient(create_app(config, store)), "/api/v2/application/monitoring")
     finally:
