@@ -30,7 +30,7 @@ def test_schemathesis_finds_no_server_error_and_no_schema_mismatch(influxd_binar
             [str(Path(sys.executable).parent / "schemathesis"), "run", f"{url}/api/v2/schema?format=json",
              "-H", f"X-AUTHKEY: {TEST_KEY}", "--max-examples", "150", "--checks", CHECKS,
              "--seed", "20261125", "--no-color"],
-            capture_output=True, text=True, timeout=900,
+            capture_output=True, text=True, timeout=900, cwd=tmp_path,  # its cache stays out of the repo
         )
     finally:
         api.terminate()
