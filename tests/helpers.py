@@ -16,8 +16,22 @@ import pytest
 from dsmr_ts.influx.server import free_port
 
 REPO = Path(__file__).resolve().parent.parent
-SHARED = REPO.parent / "shared"
-TELEGRAMS = SHARED / "telegrams"
+# Real meter telegrams (latin-1, valid CRCs) and their expected values (telegrams/EXPECTED.md).
+TELEGRAMS = Path(__file__).resolve().parent / "telegrams"
+# Every sample the tests use, named here so that a missing file fails a test instead of
+# silently parametrizing over nothing.
+SAMPLE_TELEGRAMS = (
+    "dsmr22_nl_1.txt", "dsmr40_nl_1.txt", "dsmr42_nl_1.txt", "dsmr42_nl_2.txt", "dsmr42_nl_3.txt",
+    "dsmr50_nl_1.txt", "dsmr50_nl_2.txt", "dsmr50_nl_3.txt", "fluvius_be_1.txt", "fluvius_be_2.txt",
+    "fluvius_be_3.txt", "fluvius_be_4.txt", "fluvius_be_5.txt", "kamstrup_se_1.txt", "smarty_lu_1.txt",
+)
+
+
+def sample_telegram(name: str) -> bytes:
+    """The bytes of a sample telegram in tests/telegrams/ (a missing one fails the test)."""
+    path = TELEGRAMS / name
+    assert path.is_file(), f"test fixture {path} is missing"
+    return path.read_bytes()
 TEST_KEY = "TESTKEY0123456789TESTKEY0123456789TESTKEY0123456789TESTKEY012345"
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import requests
 
 from dsmr_ts.telegram import build_telegram
-from helpers import TELEGRAMS, TEST_KEY
+from helpers import TEST_KEY, sample_telegram
 from test_api_ingest import a_reading, stored_fields, unique_moment
 
 V1 = "/api/v1/datalogger/dsmrreading"
@@ -17,7 +17,7 @@ def test_datalogger_script_posts_telegrams(api_server, config):
     from dsmr_ts.influx.store import Store
 
     # Exactly what the documentation's client script sends: requests' form encoding, X-AUTHKEY.
-    telegram = (TELEGRAMS / "dsmr42_nl_2.txt").read_bytes().decode("latin-1")
+    telegram = sample_telegram("dsmr42_nl_2.txt").decode("latin-1")
     response = requests.post(api_server + V1, headers={"X-AUTHKEY": TEST_KEY}, data={"telegram": telegram})
     assert (response.status_code, response.text) == (201, "")
 

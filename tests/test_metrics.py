@@ -11,7 +11,7 @@ from falcon import testing
 from prometheus_client.parser import text_string_to_metric_families
 
 from dsmr_ts.app import create_app
-from helpers import TELEGRAMS, TEST_KEY
+from helpers import TEST_KEY, sample_telegram
 
 KEY = {"X-AUTHKEY": TEST_KEY}
 
@@ -30,7 +30,7 @@ def test_metrics_behind_the_key_by_default_and_public_when_configured(config):
 
 
 def test_metrics_through_gunicorn_count_requests_telegrams_and_latency(api_server, session_config):
-    telegram = (TELEGRAMS / "dsmr50_nl_3.txt").read_bytes().decode("latin-1")
+    telegram = sample_telegram("dsmr50_nl_3.txt").decode("latin-1")
     before = samples(requests.get(api_server + "/metrics", headers=KEY).text)
     for _ in range(4):  # spread over both workers
         assert requests.post(api_server + "/api/v1/datalogger/dsmrreading", headers=KEY,

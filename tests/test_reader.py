@@ -23,7 +23,7 @@ from dsmr_ts.reader.service import serial_settings
 from dsmr_ts.reader.simulator import MeterSimulator
 from dsmr_ts.reader.spool import Spool, has_pending, waiting
 from dsmr_ts.telegram import parse_telegram
-from helpers import REPO, TELEGRAMS, TEST_KEY, FakeSer2net, dsmr_ts_command, wait_for
+from helpers import REPO, TEST_KEY, sample_telegram, FakeSer2net, dsmr_ts_command, wait_for
 
 UTC = dt.timezone.utc
 
@@ -58,7 +58,7 @@ def test_framing_memory_is_bounded_without_telegrams():
 
 
 def test_framing_dsmr22_without_crc():
-    data = (TELEGRAMS / "dsmr22_nl_1.txt").read_bytes() + b"\r\n"  # the file stops at '!'; a meter sends the line end
+    data = sample_telegram("dsmr22_nl_1.txt") + b"\r\n"  # the file stops at '!'; a meter sends the line end
     framer = TelegramFramer()
     assert framer.feed(data[:-1]) == []  # '!' alone is not the end yet: its line must finish
     assert framer.feed(data[-1:]) == [data]

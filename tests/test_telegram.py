@@ -1,4 +1,4 @@
-"""Telegram parser: every sample in shared/telegrams against EXPECTED.md, and each rule."""
+"""Telegram parser: every sample in tests/telegrams against its EXPECTED.md, and each rule."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from dsmr_ts.telegram import (
     parse_p1_timestamp,
     parse_telegram,
 )
-from helpers import TELEGRAMS
+from helpers import SAMPLE_TELEGRAMS, TELEGRAMS, sample_telegram
 
 UTC = dt.timezone.utc
 NOW = dt.datetime(2026, 11, 25, 12, 0, 0, tzinfo=UTC)
@@ -30,7 +30,7 @@ def utc(*args: int) -> dt.datetime:
 
 
 def parse_file(name: str):
-    return parse_telegram((TELEGRAMS / name).read_bytes(), now=NOW)
+    return parse_telegram(sample_telegram(name), now=NOW)
 
 
 # file -> (timestamp, d1, d2, r1, r2, currently delivered, currently returned, gas, gas time)
@@ -64,7 +64,7 @@ EXPECTED = {
 
 
 def test_every_sample_file_has_an_expectation():
-    assert sorted(EXPECTED) == sorted(p.name for p in TELEGRAMS.glob("*.txt"))
+    assert sorted(EXPECTED) == sorted(SAMPLE_TELEGRAMS) == sorted(p.name for p in TELEGRAMS.glob("*.txt"))
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))
