@@ -7,7 +7,7 @@ Today is exact and live: the newest meter position minus the last one before loc
 from __future__ import annotations
 
 import datetime as dt
-from decimal import ROUND_HALF_UP, Decimal
+from decimal import Decimal
 from typing import Any
 
 import falcon
@@ -15,15 +15,11 @@ import falcon
 from dsmr_ts.config import PricePeriod
 from dsmr_ts.influx.store import Store
 from dsmr_ts.influx.tasks import ELECTRICITY_USAGE, local_midnight
-from dsmr_ts.resources.formats import datetime_string, decimal_string, exact
+from dsmr_ts.resources.formats import datetime_string, decimal_string, exact, money
 from dsmr_ts.resources.pagination import links, page_params
 from dsmr_ts.resources.statistics import day_costs, price_for
 
 TARIFF_NAMES = {1: "Low", 2: "Normal"}  # tariff 1 is the low (night/weekend) tariff in NL
-
-
-def _money(value: Decimal) -> str:
-    return str(value.quantize(Decimal("0.01"), rounding=ROUND_HALF_UP))
 
 
 class _ConsumptionResource:
@@ -52,7 +48,7 @@ class ElectricityLiveResource(_ConsumptionResource):
         cost = None
         price = self.today_prices()
         if price is not None and tariff in (1, 2):
-            cost = _money(delivered * exact(getattr(price, f"electricity_delivered_{tariff}"))
+            cost = money(delivered * exact(getattr(price, f"electricity_delivered_{tariff}"))
                           - returned * exact(getattr(price, f"electricity_returned_{tariff}")))
         now = dt.datetime.now(dt.timezone.utc)
         resp.media = {
@@ -77,7 +73,7 @@ class GasLiveResource(_ConsumptionResource):
                                 "currently_delivered": decimal_string(float(used), 3)}
         price = self.today_prices()
         if price is not None:
-            body["cost_per_interval"] = _money(used * exact(price.gas))
+            body["cost_per_interval"] = money(used * exact(price.gas))
         resp.media = body
 
 

@@ -38,11 +38,26 @@ def exact(value: float) -> Decimal:
     return Decimal(repr(float(value)))
 
 
+CENT = Decimal("0.01")
+
+
+def rounded(value: Decimal, places: int) -> Decimal:
+    """Half-up to `places` decimals, like DSMR-reader's DecimalField; never a negative zero
+    (-0.001 of a cost is 0.00, not -0.00)."""
+    result = value.quantize(Decimal(1).scaleb(-places), rounding=ROUND_HALF_UP)
+    return abs(result) if result.is_zero() else result
+
+
 def decimal_string(value: float | None, places: int) -> str | None:
-    """1.5 -> '1.500' (half-up like DSMR-reader's DecimalField); None stays None."""
+    """1.5 -> '1.500'; None stays None."""
     if value is None:
         return None
-    return str(exact(value).quantize(Decimal(1).scaleb(-places), rounding=ROUND_HALF_UP))
+    return str(rounded(exact(value), places))
+
+
+def money(value: Decimal) -> str:
+    """An amount of money: 2 decimals, half-up."""
+    return str(rounded(value, 2))
 
 
 def datetime_string(moment: dt.datetime | None, tz: dt.tzinfo | None = None) -> str | None:

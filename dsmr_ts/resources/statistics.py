@@ -10,7 +10,7 @@ Each is rounded half-up to 2 decimals; a day before every price period has null 
 from __future__ import annotations
 
 import datetime as dt
-from decimal import ROUND_HALF_UP, Decimal
+from decimal import Decimal
 from typing import Any
 
 import falcon
@@ -20,17 +20,10 @@ from dsmr_ts.influx.store import EARLIEST, LATEST, Store
 from dsmr_ts.influx.tasks import DAY_MEASUREMENT, HOUR_MEASUREMENT, local_midnight
 from dsmr_ts.resources.datalogger import filter_datetimes
 from dsmr_ts.resources.errors import ValidationFailed, all_valid
-from dsmr_ts.resources.formats import datetime_string, decimal_string, exact
+from dsmr_ts.resources.formats import datetime_string, decimal_string, exact, money, rounded
 from dsmr_ts.resources.pagination import links, page_params
 
 USAGE_OUTPUT = ("electricity1", "electricity2", "electricity1_returned", "electricity2_returned")
-CENT = Decimal("0.01")
-
-
-def _money(value: Decimal) -> str:
-    return str(value.quantize(CENT, rounding=ROUND_HALF_UP))
-
-
 def price_for(day: dt.date, prices: list[PricePeriod]) -> PricePeriod | None:
     applicable = [period for period in prices if period.start <= day]  # prices are sorted by start
     return applicable[-1] if applicable else None
@@ -43,14 +36,14 @@ def day_costs(row: dict[str, Any], price: PricePeriod | None) -> dict[str, str |
     def amount(field: str) -> Decimal:
         return exact(row.get(field) or 0.0)
 
-    e1 = (amount("electricity1") * exact(price.electricity_delivered_1)
-          - amount("electricity1_returned") * exact(price.electricity_returned_1)).quantize(CENT, ROUND_HALF_UP)
-    e2 = (amount("electricity2") * exact(price.electricity_delivered_2)
-          - amount("electricity2_returned") * exact(price.electricity_returned_2)).quantize(CENT, ROUND_HALF_UP)
-    gas = (amount("gas") * exact(price.gas)).quantize(CENT, ROUND_HALF_UP)
+    e1 = rounded(amount("electricity1") * exact(price.electricity_delivered_1)
+                 - amount("electricity1_returned") * exact(price.electricity_returned_1), 2)
+    e2 = rounded(amount("electricity2") * exact(price.electricity_delivered_2)
+                 - amount("electricity2_returned") * exact(price.electricity_returned_2), 2)
+    gas = rounded(amount("gas") * exact(price.gas), 2)
     total = e1 + e2 + gas + exact(price.fixed_daily_cost)
-    return {"total_cost": _money(total), "electricity1_cost": _money(e1), "electricity2_cost": _money(e2),
-            "gas_cost": _money(gas)}
+    return {"total_cost": money(total), "electricity1_cost": money(e1), "electricity2_cost": money(e2),
+            "gas_cost": money(gas)}
 
 
 class _StatisticsResource:
