@@ -19,6 +19,7 @@ import string
 import tempfile
 import types
 import typing
+import urllib.parse
 import zoneinfo
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,6 +53,8 @@ class ServerConfig:
     bind: str = "127.0.0.1:7777"
     workers: int = 2
     trust_forwarded_headers: bool = False
+    # gunicorn's control socket (gunicornc), kept with this install's data so two never share one.
+    control_socket: str = "./data/gunicorn.ctl"
 
 
 @dataclass
@@ -150,9 +153,11 @@ def load_config(path: str | os.PathLike | None = None, *, create: bool = True) -
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping of sections at the top level")
     _apply_env_overrides(raw, os.environ)
-    config = _build(Config, raw, str(path), "")
+    problems = _Problems(raw, str(path))
+    config = _build(Config, raw, problems, "")
     config.path = path.resolve()
-    _check_semantics(config, str(path))
+    _check_semantics(config, problems)
+    problems.raise_first()
     return config
 
 
@@ -162,7 +167,10 @@ def _apply_env_overrides(raw: dict, environ: os._Environ | dict) -> None:
         if not name.startswith(ENV_PREFIX) or name == "DSMR_TS_CONFIG":
             continue
         rest = name[len(ENV_PREFIX):].lower()
-        parsed = yaml.safe_load(value) if value != "" else ""
+        try:
+            parsed = yaml.safe_load(value) if value != "" else ""
+        except yaml.YAMLError:
+            parsed = value  # not YAML: the text as it is (a key may contain ': ')
         if rest in _SECTIONS and not _is_section(rest):
             raw[rest] = parsed
             continue
@@ -184,22 +192,66 @@ def _hints(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls)
 
 
-def _build(cls: type, raw: Any, file: str, prefix: str) -> Any:
+class _Problems:
+    """Every mistake found, each at the position of its key in the file, so that the one reported
+    is the first in file order: the same one every run, whatever order the checks run in."""
+
+    def __init__(self, raw: dict, file: str):
+        self.file = file
+        self.positions = {path: index for index, path in enumerate(_key_paths(raw))}
+        self.found: list[tuple[int, str]] = []
+
+    def add(self, key: str, message: str) -> None:
+        self.found.append((self._position(key), f"{self.file}: {key}: {message}"))
+
+    def _position(self, key: str) -> int:
+        while key:  # the key itself, else the nearest enclosing key that is in the file
+            if key in self.positions:
+                return self.positions[key]
+            key = re.sub(r"(\.[^.\[]*|\[\d+\])$", "", key) if re.search(r"[.\[]", key) else ""
+        return len(self.positions)
+
+    def raise_first(self) -> None:
+        if self.found:
+            raise ConfigError(min(self.found, key=lambda found: found[0])[1])
+
+
+def _key_paths(raw: Any, prefix: str = "") -> list[str]:
+    """Key paths in document order: 'server', 'server.bind', 'prices', 'prices[0]', 'prices[0].start'."""
+    paths: list[str] = []
+    if isinstance(raw, dict):
+        for key, value in raw.items():
+            path = f"{prefix}.{key}" if prefix else str(key)
+            paths += [path, *_key_paths(value, path)]
+    elif isinstance(raw, list):
+        for index, value in enumerate(raw):
+            path = f"{prefix}[{index}]"
+            paths += [path, *_key_paths(value, path)]
+    return paths
+
+
+class _Invalid(Exception):
+    """A value that could not be read (already recorded in _Problems)."""
+
+
+def _build(cls: type, raw: Any, problems: _Problems, prefix: str) -> Any:
     if not isinstance(raw, dict):
-        raise ConfigError(f"{file}: {prefix.rstrip('.')}: expected a mapping, got {_show(raw)}")
-    known = {f.name for f in dataclasses.fields(cls) if f.name != "path"}
-    for key in raw:
-        if key not in known:
-            hint = f" (known: {', '.join(sorted(known))})"
-            raise ConfigError(f"{file}: {prefix}{key}: unknown key{hint}")
+        problems.add(prefix.rstrip("."), f"expected a mapping, got {_show(raw)}")
+        raise _Invalid
+    known = [f.name for f in dataclasses.fields(cls) if f.name != "path"]
     values = {}
-    for name in known:
-        if name in raw:
-            values[name] = _coerce(_hints(cls)[name], raw[name], file, prefix + name)
+    for key, value in raw.items():  # file order
+        if key not in known:
+            problems.add(f"{prefix}{key}", f"unknown key (known: {', '.join(sorted(known))})")
+            continue
+        try:
+            values[key] = _coerce(_hints(cls)[key], value, problems, f"{prefix}{key}")
+        except _Invalid:
+            continue  # the default stays; the problem is reported
     return cls(**values)
 
 
-def _coerce(hint: Any, value: Any, file: str, key: str) -> Any:
+def _coerce(hint: Any, value: Any, problems: _Problems, key: str) -> Any:
     origin = typing.get_origin(hint)
     if origin in (typing.Union, types.UnionType):
         options = typing.get_args(hint)
@@ -208,32 +260,38 @@ def _coerce(hint: Any, value: Any, file: str, key: str) -> Any:
         hint = next(o for o in options if o is not type(None))
         origin = typing.get_origin(hint)
     if dataclasses.is_dataclass(hint):
-        return _build(hint, value, file, key + ".")
+        return _build(hint, value, problems, key + ".")
     if origin is list:
         if value is None:
             return []
         if not isinstance(value, list):
-            raise ConfigError(f"{file}: {key}: expected a list, got {_show(value)}")
+            return _invalid(problems, key, f"expected a list, got {_show(value)}")
         (item,) = typing.get_args(hint)
-        return [_coerce(item, v, file, f"{key}[{i}]") for i, v in enumerate(value)]
+        items = []
+        for i, v in enumerate(value):
+            try:
+                items.append(_coerce(item, v, problems, f"{key}[{i}]"))
+            except _Invalid:
+                pass
+        return items
     if origin is dict:
         if value is None:
             return {}
         if not isinstance(value, dict):
-            raise ConfigError(f"{file}: {key}: expected a mapping, got {_show(value)}")
+            return _invalid(problems, key, f"expected a mapping, got {_show(value)}")
         return dict(value)
     if hint is bool:
         if isinstance(value, bool):
             return value
-        raise ConfigError(f"{file}: {key}: expected true or false, got {_show(value)}")
+        return _invalid(problems, key, f"expected true or false, got {_show(value)}")
     if hint is int:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
-        raise ConfigError(f"{file}: {key}: expected a whole number, got {_show(value)}")
+        return _invalid(problems, key, f"expected a whole number, got {_show(value)}")
     if hint is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
-        raise ConfigError(f"{file}: {key}: expected a number, got {_show(value)}")
+        return _invalid(problems, key, f"expected a number, got {_show(value)}")
     if hint is dt.date:
         if isinstance(value, dt.date) and not isinstance(value, dt.datetime):
             return value
@@ -242,14 +300,19 @@ def _coerce(hint: Any, value: Any, file: str, key: str) -> Any:
                 return dt.date.fromisoformat(value)
             except ValueError:
                 pass
-        raise ConfigError(f"{file}: {key}: expected a date like 2024-01-01, got {_show(value)}")
+        return _invalid(problems, key, f"expected a date like 2024-01-01, got {_show(value)}")
     if hint is str:
         if value is None:
             return ""
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
             return str(value)
-        raise ConfigError(f"{file}: {key}: expected text, got {_show(value)}")
+        return _invalid(problems, key, f"expected text, got {_show(value)}")
     raise AssertionError(f"unsupported config type {hint!r}")  # a bug in the schema, not in the file
+
+
+def _invalid(problems: _Problems, key: str, message: str) -> Any:
+    problems.add(key, message)
+    raise _Invalid
 
 
 def _show(value: Any) -> str:
@@ -260,30 +323,84 @@ def _show(value: Any) -> str:
     return repr(value)
 
 
-def _check_semantics(config: Config, file: str) -> None:
-    """Checks that go beyond types."""
+def _check_semantics(config: Config, problems: _Problems) -> None:
+    """Checks that go beyond types; each adds a problem (see _Problems for which one is reported)."""
     try:
         config.tz
     except (zoneinfo.ZoneInfoNotFoundError, ValueError):
-        raise ConfigError(f"{file}: timezone: unknown time zone {config.timezone!r} (e.g. Europe/Amsterdam)") from None
+        problems.add("timezone", f"unknown time zone {config.timezone!r} (e.g. Europe/Amsterdam)")
     if config.api.key and not re.fullmatch(r"[\x21-\x7e]{8,256}", config.api.key):
-        raise ConfigError(f"{file}: api.key: use 8 to 256 printable characters without spaces")
+        problems.add("api.key", "use 8 to 256 printable characters without spaces")
     if config.server.workers < 1:
-        raise ConfigError(f"{file}: server.workers: must be at least 1, got {config.server.workers}")
-    if not re.fullmatch(r"(unix:.+|[^:\s]*:\d{1,5})", config.server.bind):
-        raise ConfigError(f"{file}: server.bind: expected host:port or unix:PATH, got {config.server.bind!r}")
+        problems.add("server.workers", f"must be at least 1, got {config.server.workers}")
+    bind_problem = _bind_problem(config.server.bind)
+    if bind_problem:
+        problems.add("server.bind", bind_problem)
+    url_problem = _url_problem(config.influxdb.url, config.influxdb.managed)
+    if url_problem:
+        problems.add("influxdb.url", url_problem)
+    if config.influxdb.managed:
+        _check_writable_dir(config, "influxdb.data_dir", config.influxdb.data_dir, problems)
+    if config.reader.enabled:
+        _check_writable_dir(config, "reader.spool_dir", config.reader.spool_dir, problems)
+    if config.reader.spool_max_bytes < 1024:
+        problems.add("reader.spool_max_bytes", f"must be at least 1024, got {config.reader.spool_max_bytes}")
     if config.reader.dsmr_version not in DSMR_VERSIONS:
-        raise ConfigError(
-            f"{file}: reader.dsmr_version: expected one of {', '.join(DSMR_VERSIONS)}, "
-            f"got {config.reader.dsmr_version!r}"
-        )
+        problems.add("reader.dsmr_version", f"expected one of {', '.join(DSMR_VERSIONS)}, "
+                                            f"got {config.reader.dsmr_version!r}")
     for i, target in enumerate(config.reader.forward):
-        if not target.url.startswith(("http://", "https://")):
-            raise ConfigError(f"{file}: reader.forward[{i}].url: expected an http(s) URL, got {target.url!r}")
-    starts = [p.start for p in config.prices]
-    if len(set(starts)) != len(starts):
-        raise ConfigError(f"{file}: prices: two periods have the same start date")
-    config.prices.sort(key=lambda p: p.start)
+        target_problem = _url_problem(target.url, managed=False)
+        if target_problem:
+            problems.add(f"reader.forward[{i}].url", target_problem)
+    for i in range(1, len(config.prices)):
+        previous, period = config.prices[i - 1].start, config.prices[i].start
+        if period == previous:
+            problems.add(f"prices[{i}].start", f"{period} is also the start of prices[{i - 1}]; each period starts"
+                                              " on its own day")
+        elif period < previous:
+            problems.add(f"prices[{i}].start", f"{period} comes before prices[{i - 1}].start ({previous});"
+                                              " list the periods oldest first")
+
+
+def _bind_problem(bind: str) -> str:
+    if bind.startswith("unix:"):
+        return "" if len(bind) > len("unix:") else "expected unix:PATH"
+    match = re.fullmatch(r"(\[[0-9A-Fa-f:.]+\]|[^:\s\[\]]*):(\d{1,5})", bind)
+    if not match:
+        return f"expected host:port (e.g. 127.0.0.1:7777) or unix:PATH, got {bind!r}"
+    port = int(match.group(2))
+    if not 1 <= port <= 65535:
+        return f"the port must be 1 to 65535, got {port}"
+    return ""
+
+
+def _url_problem(url: str, managed: bool) -> str:
+    """An http(s) URL with a host and, if given, a valid port."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return f"expected an http:// or https:// URL with a host, got {url!r}"
+    try:
+        port = parts.port
+    except ValueError:
+        return f"the port must be 1 to 65535 in {url!r}"
+    if port == 0:
+        return f"the port must be 1 to 65535 in {url!r}"
+    if managed and (parts.scheme != "http" or parts.hostname not in ("127.0.0.1", "localhost", "::1")):
+        return f"with influxdb.managed: true dsmr-ts starts influxd itself on this machine: use http://127.0.0.1:PORT, got {url!r}"
+    return ""
+
+
+def _check_writable_dir(config: Config, key: str, value: str, problems: _Problems) -> None:
+    """The folder exists and is writable, or can be created (its nearest existing parent is writable)."""
+    path = config.resolve_path(value)
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if existing.exists() and not existing.is_dir():
+        problems.add(key, f"{existing} is not a folder")
+    elif not os.access(existing, os.W_OK | os.X_OK):
+        problems.add(key, f"{'cannot write to' if existing == path else 'cannot create'} {path}"
+                          f" ({existing} is not writable for this user)")
 
 
 # --- persisting generated values -------------------------------------------------------------
