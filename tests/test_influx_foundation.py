@@ -42,13 +42,13 @@ def private_influxd(influxd_binary, tmp_path):
 def test_onboarding_then_second_setup_changes_nothing(private_influxd, tmp_path):
     path = tmp_path / "dsmr-ts.yaml"
     path.write_text(f"# mine\ninfluxdb:\n  managed: false\n  url: {private_influxd.url}\n  token: ''  # by setup\n")
-    first = bootstrap(load_config(path), ui_login_file=tmp_path / "ui-login.txt")
+    first = bootstrap(load_config(path), login_file=tmp_path / "influxdb-login.txt")
     assert first.onboarded is True
     assert first.created_buckets == ["dsmr_stats"]  # onboarding itself creates "dsmr"
     config = load_config(path)
     assert config.influxdb.token == first.token
     assert "# mine" in path.read_text() and "# by setup" in path.read_text()
-    assert stat.S_IMODE(os.stat(tmp_path / "ui-login.txt").st_mode) == 0o600
+    assert stat.S_IMODE(os.stat(tmp_path / "influxdb-login.txt").st_mode) == 0o600
 
     second = bootstrap(config)
     assert (second.onboarded, second.created_buckets, second.token) == (False, [], first.token)
@@ -140,4 +140,5 @@ def test_health_follows_influxd(private_influxd, tmp_path):
     assert not is_healthy(private_influxd.url)
     response = client.simulate_get("/health")
     assert response.status_code == 503
-    assert response.json == {"status": "error", "influxdb": "unreachable"}
+    assert response.json["status"] == "error" and response.json["influxdb"] == "unreachable"
+    assert private_influxd.url in response.json["detail"]

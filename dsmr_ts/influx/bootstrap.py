@@ -16,7 +16,7 @@ from influxdb_client.rest import ApiException
 from influxdb_client.service.setup_service import SetupService
 from urllib3.exceptions import HTTPError
 
-from dsmr_ts.config import Config, save_setting
+from dsmr_ts.config import Config, InfluxConfig, save_setting
 from dsmr_ts.influx.tasks import ensure_tasks
 
 log = logging.getLogger(__name__)
@@ -37,9 +37,11 @@ class BootstrapResult:
     tasks: list[str]  # InfluxDB tasks created or updated
 
 
-def bootstrap(config: Config, *, ui_login_file: Path | None = None) -> BootstrapResult:
+def bootstrap(config: Config, *, login_file: Path | None = None) -> BootstrapResult:
     """Onboard (first time only), create missing buckets, create or update the tasks, and make sure
-    influxdb.token is a token limited to the two buckets (the API and the reader use only that one).
+    influxdb.token is a token limited to the two buckets that influxd knows (the API and the reader
+    use only that one; a token influxd does not know, e.g. from a config reused with a fresh data
+    dir, is replaced).
 
     The operator (all-access) token lives in influxdb.admin_token and is used by setup alone.
     A config from before this split, with the all-access token in influxdb.token, is migrated."""
@@ -49,7 +51,7 @@ def bootstrap(config: Config, *, ui_login_file: Path | None = None) -> Bootstrap
     try:
         with InfluxDBClient(url=settings.url, token=settings.admin_token or "-", timeout=30_000) as client:
             if SetupService(client.api_client).get_setup().allowed:
-                admin = _onboard(client, config, ui_login_file)
+                admin = _onboard(client, config, login_file)
                 onboarded = True
             elif settings.admin_token:
                 admin = settings.admin_token
@@ -66,7 +68,7 @@ def bootstrap(config: Config, *, ui_login_file: Path | None = None) -> Bootstrap
             tasks = ensure_tasks(client, config, org_id)
             if admin != settings.admin_token:
                 _save(config, "admin_token", admin)
-            if not settings.token or settings.token == admin:
+            if onboarded or not settings.token or settings.token == admin or not token_works(settings):
                 _save(config, "token", _scoped_token(client, org_id, bucket_ids))
     except ApiException as exc:
         if exc.status in (401, 403):
@@ -104,7 +106,19 @@ def _in_file(config: Config) -> str:
     return f" in {config.path}" if config.path else ""
 
 
-def _onboard(client: InfluxDBClient, config: Config, ui_login_file: Path | None) -> str:
+def token_works(settings: InfluxConfig) -> bool:
+    """Does influxd know influxdb.token, and may it read the readings bucket? (False when
+    unreachable too: then setup says why.)"""
+    if not settings.token:
+        return False
+    try:
+        with InfluxDBClient(url=settings.url, token=settings.token, org=settings.org, timeout=10_000) as client:
+            return client.buckets_api().find_bucket_by_name(settings.bucket) is not None
+    except (ApiException, HTTPError, OSError):
+        return False
+
+
+def _onboard(client: InfluxDBClient, config: Config, login_file: Path | None) -> str:
     settings = config.influxdb
     token = secrets.token_urlsafe(48)
     password = secrets.token_urlsafe(18)
@@ -112,10 +126,11 @@ def _onboard(client: InfluxDBClient, config: Config, ui_login_file: Path | None)
         OnboardingRequest(username=ADMIN_USER, password=password, org=settings.org, bucket=settings.bucket, token=token)
     )
     _save(config, "admin_token", token)
-    if ui_login_file:
-        ui_login_file.parent.mkdir(parents=True, exist_ok=True)
-        ui_login_file.touch(mode=0o600)
-        ui_login_file.write_text(f"InfluxDB UI login for {settings.url}\nuser: {ADMIN_USER}\npassword: {password}\n")
+    if login_file:
+        login_file.parent.mkdir(parents=True, exist_ok=True)
+        login_file.touch(mode=0o600)
+        login_file.write_text(f"InfluxDB login for {settings.url} (influx CLI; this build has no web UI)\n"
+                              f"user: {ADMIN_USER}\npassword: {password}\n")
     log.info("onboarded InfluxDB at %s: org %s, bucket %s", settings.url, settings.org, settings.bucket)
     return token
 

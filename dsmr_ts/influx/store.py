@@ -61,6 +61,23 @@ class Store:
         except Exception:  # noqa: BLE001 - any failure means "not reachable" to a health check
             return False
 
+    def health(self) -> tuple[str, str]:
+        """("ok" | "unreachable" | "unauthorized", what an operator should know). An influxd that
+        answers but refuses the configured token is not healthy: every write would fail."""
+        if not self.ping():
+            return "unreachable", f"InfluxDB does not answer at {self.settings.url}"
+        try:
+            self.client.buckets_api().find_bucket_by_name(self.settings.bucket)
+        except InfluxDBError as exc:
+            status = getattr(exc, "status", None)
+            if status in (401, 403):
+                return "unauthorized", (f"InfluxDB refused influxdb.token (HTTP {status}); run `dsmr-ts setup`"
+                                        " to replace it")
+            return "unreachable", f"InfluxDB answered HTTP {status}"
+        except (HTTPError, OSError):
+            return "unreachable", f"InfluxDB does not answer at {self.settings.url}"
+        return "ok", ""
+
     # --- writes ------------------------------------------------------------------------------
 
     def write_lines(self, lines: list[str]) -> None:

@@ -1,4 +1,5 @@
-"""GET /health: is the service up, and does its store answer? Public, for load balancers."""
+"""GET /health: is the service up, and does its store answer and accept our token? Public, for
+load balancers and `dsmr-ts run`."""
 
 from __future__ import annotations
 
@@ -14,8 +15,9 @@ class HealthResource:
         self.store = store
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
-        if self.store.ping():
+        state, detail = self.store.health()
+        if state == "ok":
             resp.media = {"status": "ok", "influxdb": "ok"}
         else:
             resp.status = falcon.HTTP_503
-            resp.media = {"status": "error", "influxdb": "unreachable"}
+            resp.media = {"status": "error", "influxdb": state, "detail": detail}
