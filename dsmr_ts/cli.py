@@ -1,4 +1,4 @@
-"""`dsmr-ts` command line: run, serve, setup, influxd path/run."""
+"""`dsmr-ts` command line: run, serve, setup, reader, simulate, regenerate, import, export, influxd."""
 
 from __future__ import annotations
 
@@ -16,7 +16,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Iterator, TextIO
 from urllib.parse import urlsplit
 
+from dsmr_ts import __version__
 from dsmr_ts.config import Config, ConfigError, load_config
+from dsmr_ts.supervisor import stop_event
 
 if TYPE_CHECKING:
     from dsmr_ts.influx.store import Store
@@ -54,23 +56,23 @@ class CliError(Exception):
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dsmr-ts", description="DSMR-reader compatible API over InfluxDB 2")
-    parser.add_argument("--config", help="YAML config (default: $DSMR_TS_CONFIG or ./dsmr-ts.yaml)")
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--version", action="version", version=f"dsmr-ts {__version__}")
+    _common_options(parser, default=None)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("run", help="everything on this machine: influxd, setup, API, reader (Ctrl-C stops all)")
+    p = _command(sub, "run", "everything on this machine: influxd, setup, API, reader (Ctrl-C stops all)")
     p.set_defaults(func=cmd_run)
 
-    p = sub.add_parser("serve", help="the API under gunicorn")
+    p = _command(sub, "serve", "the API under gunicorn")
     p.set_defaults(func=cmd_serve)
 
-    p = sub.add_parser("setup", help="onboard InfluxDB, create buckets (idempotent)")
+    p = _command(sub, "setup", "onboard InfluxDB, create buckets, tokens and tasks (idempotent)")
     p.set_defaults(func=cmd_setup)
 
-    p = sub.add_parser("reader", help="read the meter (reader.port; a simulated meter when null)")
+    p = _command(sub, "reader", "read the meter (reader.port; a simulated meter when null)")
     p.set_defaults(func=cmd_reader)
 
-    p = sub.add_parser("simulate", help="an emulated DSMR 5 meter sending telegrams")
+    p = _command(sub, "simulate", "an emulated DSMR 5 meter sending telegrams")
     target = p.add_mutually_exclusive_group(required=True)
     target.add_argument("--url", help="POST to this v1 URL, e.g. http://127.0.0.1:7777/api/v1/datalogger/dsmrreading")
     target.add_argument("--serial", metavar="PATH", help="write to a serial device, pty or pyserial URL")
@@ -79,26 +81,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--count", type=int, help="stop after this many telegrams")
     p.set_defaults(func=cmd_simulate)
 
-    p = sub.add_parser("regenerate", help="recompute hour and day statistics (idempotent; safe while running)")
+    p = _command(sub, "regenerate", "recompute hour and day statistics (idempotent; safe while running)")
     p.add_argument("--since", type=_date_arg, help="first local day (default: the first reading)")
     p.add_argument("--until", type=_date_arg, help="last local day (default: today)")
     p.set_defaults(func=cmd_regenerate)
 
-    p = sub.add_parser("import", help="bring in history from another server")
+    p = _command(sub, "import", "bring in history from another server or a CSV file")
     import_sub = p.add_subparsers(dest="import_source", required=True, metavar="SOURCE")
-    q = import_sub.add_parser("dsmr-reader", help="readings (and older day statistics) from a running DSMR-reader")
+    q = _command(import_sub, "dsmr-reader", "readings (and older day statistics) from a running DSMR-reader")
     q.add_argument("--url", required=True, help="the DSMR-reader base URL, e.g. http://dsmr-host")
     q.add_argument("--key", required=True, help="its API key")
     q.add_argument("--since", type=_date_arg, help="only readings from this local day on (default: resume or all)")
     q.add_argument("--meter", help="store them as this meter (default: the meter this dsmr-ts knows)")
     q.add_argument("--source-meter", help="read this meter of a dsmr-ts source (DSMR-reader has one meter)")
     q.set_defaults(func=cmd_import_dsmr_reader)
-    q = import_sub.add_parser("csv", help="DSMR-reader's CSV export of day or hour statistics")
+    q = _command(import_sub, "csv", "DSMR-reader's CSV export of day or hour statistics")
     q.add_argument("file")
     q.add_argument("--meter", help="store them as this meter (default: the meter this dsmr-ts knows)")
     q.set_defaults(func=cmd_import_csv)
 
-    p = sub.add_parser("export", help="readings or statistics as CSV")
+    p = _command(sub, "export", "readings or statistics as CSV")
     p.add_argument("what", choices=["readings", "day", "hour"])
     p.add_argument("--since", type=_date_arg, help="first local day (default: the first reading)")
     p.add_argument("--until", type=_date_arg, help="last local day (default: today)")
@@ -106,15 +108,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", default="-", help="file to write (default: standard output)")
     p.set_defaults(func=cmd_export)
 
-    p = sub.add_parser("influxd", help="the InfluxDB server dsmr-ts builds and manages")
+    p = _command(sub, "influxd", "the InfluxDB server dsmr-ts builds and manages")
     influxd_sub = p.add_subparsers(dest="influxd_command", required=True, metavar="ACTION")
-    influxd_sub.add_parser("path", help="build influxd if it is not cached, then print its path").set_defaults(
-        func=cmd_influxd_path
-    )
-    influxd_sub.add_parser("run", help="run the managed influxd in the foreground").set_defaults(
-        func=cmd_influxd_run
-    )
+    _command(influxd_sub, "path", "build influxd if it is not cached, then print its path").set_defaults(
+        func=cmd_influxd_path)
+    _command(influxd_sub, "run", "run the managed influxd in the foreground (for a service manager)").set_defaults(
+        func=cmd_influxd_run)
     return parser
+
+
+def _command(sub: argparse._SubParsersAction, name: str, summary: str) -> argparse.ArgumentParser:
+    """A subcommand whose --help starts with its one-line summary, taking the common options too."""
+    parser = sub.add_parser(name, help=summary, description=summary)
+    _common_options(parser, default=argparse.SUPPRESS)
+    return parser
+
+
+def _common_options(parser: argparse.ArgumentParser, default: object) -> None:
+    """--config and -v, before the command or after it: a subcommand's copy has no default of its
+    own (SUPPRESS), so it never overwrites a value given before the command."""
+    parser.add_argument("--config", default=default,
+                        help="YAML config (default: $DSMR_TS_CONFIG or ./dsmr-ts.yaml)")
+    parser.add_argument("-v", "--verbose", action="store_true", default=default,
+                        help="debug logging")
 
 
 # --- commands ------------------------------------------------------------------------------
@@ -131,12 +147,22 @@ def cmd_influxd_path(args: argparse.Namespace) -> int:
 
 
 def cmd_influxd_run(args: argparse.Namespace) -> int:
+    """influxd in the foreground for a service manager; when one already runs for the data dir,
+    follow that one instead of starting a second (and end when it ends)."""
+    from dsmr_ts.influx.server import RunningInfluxd
+
     config = _config(args)
-    influxd = _start_managed_influxd(config)
-    stop = _stop_event()
+    if not config.influxdb.managed:
+        raise CliError("influxdb.managed is false in the config: there is no managed influxd to run")
+    influxd = _influxd_for(config)
+    stop = stop_event()
     try:
         while not stop.wait(1.0):
-            if influxd.process.poll() is not None:
+            if isinstance(influxd, RunningInfluxd):
+                if not influxd.alive():
+                    log.info("the influxd this command followed (pid %d) has stopped", influxd.pid)
+                    return 0
+            elif influxd.process.poll() is not None:
                 raise CliError(f"influxd exited with status {influxd.process.returncode}:\n{influxd.log_tail()}")
     finally:
         influxd.stop()
@@ -145,14 +171,12 @@ def cmd_influxd_run(args: argparse.Namespace) -> int:
 
 def cmd_setup(args: argparse.Namespace) -> int:
     config = _config(args)
-    if config.influxdb.managed:
-        influxd = _start_managed_influxd(config)
-        try:
-            _bootstrap(config)
-        finally:
-            influxd.stop()
-    else:
+    influxd = _influxd_for(config)
+    try:
         _bootstrap(config)
+    finally:
+        if influxd:
+            influxd.stop()
     return 0
 
 
@@ -185,7 +209,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     now = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
     start = now - dt.timedelta(seconds=(args.count or 1) - 1) if args.rate > 1 and args.count else now
     device = serial.serial_for_url(args.serial, baudrate=115200, timeout=1) if args.serial else None
-    stop = _stop_event()
+    stop = stop_event()
     sent = failed = 0
     try:
         for index, telegram in enumerate(MeterSimulator().telegrams(start, dt.timedelta(seconds=1), args.count)):
@@ -309,18 +333,22 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 @contextlib.contextmanager
 def _store_session(config: Config, stopped: str) -> Iterator[Store]:
-    """A Store for a long command, with the managed influxd started first (when managed) and
-    stopped after; a store failure ends the command with one line starting with `stopped`."""
+    """A Store for a long command: the managed influxd (the running one, or started for this
+    command and stopped after it), set up first when it needs it (a fresh data dir, or a token
+    influxd does not know); a store failure ends the command with one line starting with `stopped`."""
     from dsmr_ts.influx.store import Store, StoreUnavailable
 
-    influxd = _start_managed_influxd(config) if config.influxdb.managed else None
-    store = Store(config.influxdb, timeout_ms=600_000, timezone=config.timezone)
+    influxd = _influxd_for(config)
     try:
-        yield store
-    except StoreUnavailable as exc:
-        raise CliError(f"{stopped}: {exc}") from None
+        _ensure_setup(config)
+        store = Store(config.influxdb, timeout_ms=600_000, timezone=config.timezone)
+        try:
+            yield store
+        except StoreUnavailable as exc:
+            raise CliError(f"{stopped}: {exc}") from None
+        finally:
+            store.close()
     finally:
-        store.close()
         if influxd:
             influxd.stop()
 
@@ -354,34 +382,35 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    """Supervise influxd (when managed) and the API; stop all of them on Ctrl-C or SIGTERM."""
+    """influxd (when managed), setup, the API and the reader, supervised (dsmr_ts.supervisor)."""
+    from dsmr_ts.supervisor import Child, Command, Supervisor, SupervisorError
+
     config = _config(args)
-    stop = _stop_event()
-    influxd = _start_managed_influxd(config) if config.influxdb.managed else None
-    children: dict[str, subprocess.Popen] = {}
-    try:
-        _bootstrap(config)
-        children["api"] = subprocess.Popen(_gunicorn_command(), env=_child_env(config), start_new_session=True)
+    with _run_lock(config):
+        _check_ports(config)
+        stop = stop_event()
+        children = []
+        if config.influxdb.managed:
+            children.append(Child("influxd", _influxd_service(config)))
+        children.append(Child("api", Command(_gunicorn_command(), _child_env(config))))
         if config.reader.enabled:
-            children["reader"] = subprocess.Popen(
-                [sys.executable, "-m", "dsmr_ts.cli", "reader"], env=_child_env(config), start_new_session=True
-            )
-        _print_welcome(config)
-        failed = None
-        while not stop.wait(0.5) and not failed:
-            for name, child in children.items():
-                if child.poll() is not None:
-                    failed = f"{name} exited with status {child.returncode}"
-            if influxd and influxd.process.poll() is not None:
-                failed = f"influxd exited with status {influxd.process.returncode}:\n{influxd.log_tail()}"
-        if failed:
-            raise CliError(failed + "; stopping everything")
-        log.info("stopping")
-    finally:
-        for name, child in children.items():
-            _stop_child(name, child)
-        if influxd:
-            influxd.stop()
+            children.append(Child("reader", Command(_dsmr_ts_command("reader"), _child_env(config))))
+        after_start = {"api": lambda: _wait_for_api(config, stop)}
+        if config.influxdb.managed:
+            after_start["influxd"] = lambda: _bootstrap(config)
+        supervisor = Supervisor(children, stop, after_start)
+        try:
+            if not config.influxdb.managed:
+                _bootstrap(config)
+            supervisor.start_all()
+            if not stop.is_set():
+                _print_welcome(config)
+            supervisor.watch()
+        except SupervisorError as exc:
+            raise CliError(str(exc)) from None
+        finally:
+            log.info("stopping")
+            supervisor.stop_all()
     return 0
 
 
@@ -392,53 +421,141 @@ def _config(args: argparse.Namespace) -> Config:
     return load_config(args.config)  # None: $DSMR_TS_CONFIG, else ./dsmr-ts.yaml
 
 
-def _stop_event() -> threading.Event:
-    """An event set by SIGINT or SIGTERM, so the main loop can stop children in order."""
-    stop = threading.Event()
-
-    def handler(signum: int, frame: object) -> None:
-        stop.set()
-
-    signal.signal(signal.SIGINT, handler)
-    signal.signal(signal.SIGTERM, handler)
-    return stop
 
 
-def _start_managed_influxd(config: Config):
+
+def _influxd_for(config: Config):
+    """The managed influxd for this config, running (ours or another command's), or None when the
+    config points at an external InfluxDB."""
+    from dsmr_ts.influx.server import InfluxdError
+
+    if not config.influxdb.managed:
+        return None
+    service = _influxd_service(config)
+    try:
+        service.start()
+    except InfluxdError as exc:
+        raise CliError(str(exc)) from None
+    return service.current
+
+
+def _influxd_service(config: Config):
     from dsmr_ts.influx.build import BuildError, ensure_influxd
-    from dsmr_ts.influx.server import InfluxdError, ManagedInfluxd
+    from dsmr_ts.influx.server import InfluxdService
 
-    url = urlsplit(config.influxdb.url)
-    if url.scheme != "http" or url.hostname not in ("127.0.0.1", "localhost", "::1"):
-        raise CliError(
-            f"influxdb.managed is true, so influxdb.url must be a local http:// address, not {config.influxdb.url}"
-        )
+    url = urlsplit(config.influxdb.url)  # a local http:// URL when managed (checked by load_config)
     try:
         binary = ensure_influxd()
-        return ManagedInfluxd(
-            binary, config.resolve_path(config.influxdb.data_dir), host=url.hostname, port=url.port or 8086
-        ).start()
-    except (BuildError, InfluxdError) as exc:
+    except BuildError as exc:
         raise CliError(str(exc)) from None
+    return InfluxdService(binary, config.resolve_path(config.influxdb.data_dir), url.hostname, url.port or 8086)
+
+
+@contextlib.contextmanager
+def _run_lock(config: Config) -> Iterator[None]:
+    """One `dsmr-ts run` per data dir: a second one stops at once, naming the first."""
+    import fcntl
+
+    state = _state_dir(config)
+    state.mkdir(parents=True, exist_ok=True)
+    path = state / "run.lock"
+    fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        raise CliError(f"dsmr-ts run is already running for {state} (pid {holder}); stop that one first") from None
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _state_dir(config: Config) -> Path:
+    """Where `run` keeps its lock: the managed influxd's data dir, else the folder of the config."""
+    if config.influxdb.managed:
+        return config.resolve_path(config.influxdb.data_dir)
+    return config.path.parent if config.path else Path.cwd()
+
+
+def _check_ports(config: Config) -> None:
+    """Before anything starts: the API's port and (when we would start it) influxd's are free."""
+    from dsmr_ts.influx.server import influxd_running, port_is_free
+
+    bind = config.server.bind
+    if not bind.startswith("unix:"):
+        host, port = bind.rsplit(":", 1)
+        if not port_is_free(host or "0.0.0.0", int(port)):
+            raise CliError(f"server.bind {bind}: the port is in use (is dsmr-ts or another server running?)")
+    data_dir = config.resolve_path(config.influxdb.data_dir)
+    if config.influxdb.managed and not influxd_running(data_dir):
+        url = urlsplit(config.influxdb.url)
+        if not port_is_free(url.hostname, url.port or 8086):
+            raise CliError(f"influxdb.url {config.influxdb.url}: the port is in use; set influxdb.url to a free port")
+
+
+def _wait_for_api(config: Config, stop: threading.Event, timeout: float = 120.0) -> None:
+    """Until the API answers (so the welcome text never promises what does not work yet)."""
+    import urllib.error
+    import urllib.request
+
+    bind = config.server.bind
+    if bind.startswith("unix:"):
+        return
+    url = f"http://{_local_address(bind)}/health"
+    deadline = time.monotonic() + timeout
+    while not stop.is_set():
+        try:
+            with urllib.request.urlopen(url, timeout=2):
+                return
+        except urllib.error.HTTPError:
+            return  # it answers (a 503 means InfluxDB is not healthy, which /health then says)
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            raise CliError(f"the API did not answer at {url} within {timeout:.0f} s")
+        stop.wait(0.2)
+
+
+def _local_address(bind: str) -> str:
+    host, port = bind.rsplit(":", 1)
+    return f"{'127.0.0.1' if host in ('', '0.0.0.0', '::') else host}:{port}"
 
 
 def _bootstrap(config: Config) -> None:
     from dsmr_ts.influx.bootstrap import BootstrapError, bootstrap
 
     try:
-        result = bootstrap(config, ui_login_file=_ui_login_file(config))
+        result = bootstrap(config, login_file=_login_file(config))
     except BootstrapError as exc:
         raise CliError(str(exc)) from None
     state = "onboarded" if result.onboarded else "already set up"
     log.info("InfluxDB %s at %s (org %s)", state, config.influxdb.url, config.influxdb.org)
 
 
-def _ui_login_file(config: Config) -> Path:
-    return config.resolve_path(config.influxdb.data_dir) / "ui-login.txt"
+def _ensure_setup(config: Config) -> None:
+    """Setup first when the store needs it: a managed influxd always (idempotent: a fresh data dir
+    gets onboarded, a token it does not know is replaced); an external one when its token is refused."""
+    from dsmr_ts.influx.bootstrap import token_works
+
+    if config.influxdb.managed or not token_works(config.influxdb):
+        _bootstrap(config)
+
+
+def _login_file(config: Config) -> Path:
+    """The managed influxd's user and password (for the influx CLI; this build has no web UI)."""
+    return config.resolve_path(config.influxdb.data_dir) / "influxdb-login.txt"
 
 
 def _gunicorn_command() -> list[str]:
     return [sys.executable, "-m", "gunicorn", "-c", "python:dsmr_ts.gunicorn_conf", "dsmr_ts.app:create_app()"]
+
+
+def _dsmr_ts_command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "dsmr_ts.cli", *args]
 
 
 def _child_env(config: Config) -> dict[str, str]:
@@ -447,15 +564,7 @@ def _child_env(config: Config) -> dict[str, str]:
     return env
 
 
-def _stop_child(name: str, child: subprocess.Popen, timeout: float = 30.0) -> None:
-    if child.poll() is None:
-        child.terminate()
-        try:
-            child.wait(timeout)
-        except subprocess.TimeoutExpired:
-            log.warning("%s did not stop within %.0f s; killing it", name, timeout)
-            child.kill()
-            child.wait()
+
 
 
 def _meter_description(config: Config) -> str:
@@ -480,7 +589,7 @@ def _print_welcome(config: Config) -> None:
         f"  InfluxDB:    {config.influxdb.url}  (for Grafana or the influx CLI; this build has no web UI)",
     ]
     if config.influxdb.managed:
-        lines.append(f"  its login:   {_ui_login_file(config)}  (admin token: influxdb.admin_token in the config)")
+        lines.append(f"  its login:   {_login_file(config)}  (user and password for the influx CLI)")
     print("\n".join(lines) + "\n", flush=True)
 
 

@@ -33,6 +33,23 @@ errorlog = "-"
 loglevel = "info"
 proc_name = "dsmr-ts-api"
 
+# The control socket lives with this install's data (server.control_socket), so that two instances
+# on one machine never share gunicorn's default ~/.gunicorn/gunicorn.ctl. A Unix socket path has a
+# length limit; past it the control socket is off (said once in the log).
+_control_socket = _config.resolve_path(_config.server.control_socket)
+_CONTROL_SOCKET_MAX = 100
+if len(str(_control_socket)) <= _CONTROL_SOCKET_MAX:
+    _control_socket.parent.mkdir(parents=True, exist_ok=True)
+    control_socket = str(_control_socket)
+else:
+    control_socket_disable = True
+
+
+def on_starting(server):
+    if len(str(_control_socket)) > _CONTROL_SOCKET_MAX:
+        server.log.warning("control socket off: %s is longer than %d characters (server.control_socket)",
+                           _control_socket, _CONTROL_SOCKET_MAX)
+
 
 # Prometheus multiprocess mode: one fresh directory per gunicorn master, set before the workers
 # import dsmr_ts.metrics (see dsmr_ts/metrics.py).

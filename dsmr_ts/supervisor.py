@@ -1,0 +1,200 @@
+"""`dsmr-ts run`: start the children in order and keep them running.
+
+A child that exits unexpectedly (influxd, the gunicorn master, the reader) is restarted after a
+backoff (1 s, doubling to 30 s; back to 1 s once it has run for a minute), with one log line for
+the exit and one for the restart, while the other children keep running. Only Ctrl-C/SIGTERM
+stops everything, or a child that fails at once (within FAILED_AT_ONCE of its start) five times
+in a row: then one line says which child and why, and everything stops.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Protocol
+
+log = logging.getLogger("dsmr_ts.run")
+
+FIRST_BACKOFF = 1.0
+MAX_BACKOFF = 30.0
+HEALTHY_AFTER = 60.0  # seconds of running that reset the backoff
+FAILED_AT_ONCE = 10.0  # an exit this soon after a start counts towards giving up
+GIVE_UP_AFTER = 5  # failures at once in a row
+
+
+class SupervisorError(Exception):
+    """Everything stopped; str() says which child and why, in one line."""
+
+
+class Process(Protocol):
+    """What the supervisor needs of a child."""
+
+    def start(self) -> None: ...
+
+    def exit_status(self) -> int | None:
+        """None while it runs, else how it ended."""
+
+    def stop(self) -> None: ...
+
+    def describe_exit(self) -> str:
+        """A short reason for the last exit (e.g. the tail of a log), or ''."""
+
+
+class Command:
+    """A child process of our own (gunicorn, the reader), in its own session so that Ctrl-C in a
+    terminal reaches only us and we stop the children in order."""
+
+    def __init__(self, argv: list[str], env: dict[str, str], stop_timeout: float = 30.0):
+        self.argv = argv
+        self.env = env
+        self.stop_timeout = stop_timeout
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(self.argv, env=self.env, start_new_session=True)
+
+    def exit_status(self) -> int | None:
+        return self.process.poll() if self.process else None
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process else None
+
+    def stop(self) -> None:
+        child = self.process
+        if child is None or child.poll() is not None:
+            return
+        child.terminate()
+        try:
+            child.wait(self.stop_timeout)
+        except subprocess.TimeoutExpired:
+            log.warning("pid %d did not stop within %.0f s; killing it", child.pid, self.stop_timeout)
+            child.kill()
+            child.wait()
+
+    def describe_exit(self) -> str:
+        return ""
+
+
+@dataclass
+class Child:
+    name: str
+    process: Process
+    started: float = 0.0
+    running: bool = False
+    restart_at: float | None = None
+    backoff: float = FIRST_BACKOFF
+    failures_at_once: int = 0
+    last_reason: str = field(default="")
+
+
+def describe_status(status: int) -> str:
+    if status < 0:
+        try:
+            return f"killed by {signal.Signals(-status).name}"
+        except ValueError:
+            return f"killed by signal {-status}"
+    return f"exited with status {status}"
+
+
+class Supervisor:
+    """Starts `children` in order (after_start runs after each one, e.g. setup after influxd),
+    then keeps them running until `stop` is set."""
+
+    def __init__(self, children: list[Child], stop: threading.Event,
+                 after_start: dict[str, Callable[[], None]] | None = None, clock: Callable[[], float] = time.monotonic):
+        self.children = children
+        self.stop_event = stop
+        self.after_start = after_start or {}
+        self.clock = clock
+
+    def start_all(self) -> None:
+        for child in self.children:
+            if self.stop_event.is_set():
+                return
+            self._start(child)
+            hook = self.after_start.get(child.name)
+            if hook:
+                hook()
+
+    def _start(self, child: Child) -> None:
+        child.process.start()
+        child.started = self.clock()
+        child.running = True
+        child.restart_at = None
+
+    def watch(self, interval: float = 0.25) -> None:
+        """Until stop is set: notice exits, restart with backoff. Raises SupervisorError on giving up."""
+        while not self.stop_event.wait(interval):
+            self.check()
+
+    def check(self) -> None:
+        now = self.clock()
+        for child in self.children:
+            if child.running:
+                status = child.process.exit_status()
+                if status is None:
+                    if now - child.started >= HEALTHY_AFTER:
+                        child.backoff, child.failures_at_once = FIRST_BACKOFF, 0
+                    continue
+                self._exited(child, status, now)
+            if child.restart_at is not None and now >= child.restart_at:
+                log.info("restarting %s (after %s)", child.name, child.last_reason)
+                try:
+                    self._start(child)
+                except Exception as exc:  # noqa: BLE001 - a failed start is one more failure
+                    self._exited(child, None, self.clock(), reason=f"could not start: {exc}")
+
+    def _exited(self, child: Child, status: int | None, now: float, reason: str = "") -> None:
+        child.running = False
+        reason = reason or describe_status(status if status is not None else -1)
+        detail = child.process.describe_exit()
+        child.last_reason = reason
+        if now - child.started < FAILED_AT_ONCE:
+            child.failures_at_once += 1
+        else:
+            child.failures_at_once = 0
+        if child.failures_at_once >= GIVE_UP_AFTER:
+            raise SupervisorError(f"{child.name} failed {GIVE_UP_AFTER} times in a row right after starting"
+                                  f" (last: {reason}){': ' + detail if detail else ''}; stopping everything")
+        log.warning("%s %s; restarting it in %.0f s%s", child.name, reason, child.backoff,
+                    f" ({detail})" if detail else "")
+        child.restart_at = now + child.backoff
+        child.backoff = min(MAX_BACKOFF, child.backoff * 2)
+
+    def stop_all(self) -> None:
+        """Stop in reverse order of starting (the API and reader before the store they use)."""
+        for child in reversed(self.children):
+            child.restart_at = None
+            try:
+                child.process.stop()
+            except Exception:  # noqa: BLE001 - stop the others whatever happens
+                log.exception("stopping %s failed", child.name)
+            child.running = False
+
+
+def stop_event() -> threading.Event:
+    """An event set by SIGINT or SIGTERM, so the main loop can stop children in order."""
+    stop = threading.Event()
+
+    def handler(signum: int, frame: object) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGTERM, handler)
+    return stop
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    return True
