@@ -1,0 +1,105 @@
+"""The stack a benchmark measures: its own influxd and `dsmr-ts serve` on free loopback ports in a
+temp dir (never your data), plus CPU accounting of both from /proc."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from dsmr_ts.config import load_config  # noqa: E402
+from dsmr_ts.influx.bootstrap import bootstrap  # noqa: E402
+from dsmr_ts.influx.build import ensure_influxd  # noqa: E402
+from dsmr_ts.influx.server import ManagedInfluxd, free_port  # noqa: E402
+
+KEY = "BENCHMARKKEY0123456789BENCHMARKKEY0123456789"
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    """user + system CPU of a process and of its children that are still running."""
+    total = 0.0
+    for member in [pid, *descendants(pid)]:
+        try:
+            fields = Path(f"/proc/{member}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime, stime
+    return total
+
+
+def descendants(pid: int) -> list[int]:
+    found = []
+    try:
+        children = [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return found
+    for child in children:
+        found += [child, *descendants(child)]
+    return found
+
+
+class Stack:
+    """influxd + setup + `dsmr-ts serve` (gunicorn) with the API enabled; `extra_config` is YAML
+    appended to the config. Use as a context manager."""
+
+    def __init__(self, extra_config: str = "", env: dict[str, str] | None = None):
+        self.tmp = Path(tempfile.mkdtemp(prefix="dsmr-ts-bench-"))
+        self.extra_config = extra_config
+        self.env = env or {}
+        self.influxd: ManagedInfluxd | None = None
+        self.api: subprocess.Popen | None = None
+        self.url = ""
+
+    def __enter__(self) -> "Stack":
+        self.influxd = ManagedInfluxd(ensure_influxd(), self.tmp / "influxd", port=free_port()).start()
+        self.config_path = self.tmp / "dsmr-ts.yaml"
+        self.config_path.write_text(
+            f"api: {{enabled: true, key: {KEY}}}\ninfluxdb: {{managed: false, url: {self.influxd.url}}}\n"
+            "reader: {enabled: false}\n" + self.extra_config)
+        bootstrap(load_config(self.config_path))
+        self.config = load_config(self.config_path)
+        return self
+
+    def start_api(self) -> str:
+        port = free_port()
+        env = {**{k: v for k, v in os.environ.items() if not k.startswith("DSMR_TS_")},
+               "DSMR_TS_CONFIG": str(self.config_path), "DSMR_TS_SERVER_BIND": f"127.0.0.1:{port}", **self.env}
+        if os.environ.get("DSMR_TS_INFLUXD"):
+            env["DSMR_TS_INFLUXD"] = os.environ["DSMR_TS_INFLUXD"]
+        self.api_log = open(self.tmp / "api.log", "w")
+        self.api = subprocess.Popen([sys.executable, "-m", "dsmr_ts.cli", "serve"], env=env, cwd=self.tmp,
+                                    stdout=self.api_log, stderr=subprocess.STDOUT)
+        self.url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with urllib.request.urlopen(self.url + "/health", timeout=2) as response:
+                    if response.status == 200:
+                        return self.url
+            except OSError:
+                pass
+            if self.api.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit(f"the API did not start; see {self.tmp / 'api.log'}")
+            time.sleep(0.1)
+
+    def cpu(self) -> tuple[float, float]:
+        """(API CPU seconds, influxd CPU seconds) so far."""
+        api = cpu_seconds(self.api.pid) if self.api else 0.0
+        return api, cpu_seconds(self.influxd.process.pid)
+
+    def __exit__(self, *exc: object) -> None:
+        if self.api:
+            self.api.terminate()
+            self.api.wait(30)
+            self.api_log.close()
+        if self.influxd:
+            self.influxd.stop()
