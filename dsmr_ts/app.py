@@ -5,11 +5,11 @@ from __future__ import annotations
 import falcon
 
 from dsmr_ts.config import Config, load_config
+from dsmr_ts.fields import SCHEMA, ReadingSchema
 from dsmr_ts.influx.store import Store
 from dsmr_ts.ingest import Ingest
 from dsmr_ts.resources import errors
 from dsmr_ts.resources.access import ApiAccessMiddleware
-from dsmr_ts.resources.datalogger import ReadingResource, TelegramResource
 from dsmr_ts.resources.application import MonitoringResource, VersionResource
 from dsmr_ts.resources.consumption import (
     ElectricityLiveResource,
@@ -17,6 +17,8 @@ from dsmr_ts.resources.consumption import (
     GasLiveResource,
     TodayResource,
 )
+from dsmr_ts.resources.context import ApiContext
+from dsmr_ts.resources.datalogger import ReadingResource, TelegramResource
 from dsmr_ts.resources.health import HealthResource
 from dsmr_ts.resources.meter_statistics import MeterStatisticsResource
 from dsmr_ts.resources.metrics import MetricsResource, RequestMetricsMiddleware
@@ -24,36 +26,32 @@ from dsmr_ts.resources.openapi import SchemaResource
 from dsmr_ts.resources.statistics import DayStatisticsResource, HourStatisticsResource
 
 
-def create_app(config: Config | None = None, store: Store | None = None) -> falcon.App:
+def create_app(config: Config | None = None, store: Store | None = None, schema: ReadingSchema | None = None
+               ) -> falcon.App:
     """Build the app. gunicorn calls it with no arguments: the config then comes from
-    $DSMR_TS_CONFIG or ./dsmr-ts.yaml."""
+    $DSMR_TS_CONFIG or ./dsmr-ts.yaml. `schema` (the reading field table) defaults to the store's."""
     config = config or load_config()
-    store = store or Store(config.influxdb, timezone=config.timezone)
+    store = store or Store(config.influxdb, timezone=config.timezone, schema=schema or SCHEMA)
+    context = ApiContext(store=store, tz=config.tz, output_tz=config.tz if config.api.local_datetimes else None,
+                         trust_forwarded=config.server.trust_forwarded_headers, prices=config.prices)
     ingest = Ingest(store)
-    output_tz = config.tz if config.api.local_datetimes else None
+    spool_dir = config.resolve_path(config.reader.spool_dir)
 
     app = falcon.App(middleware=[RequestMetricsMiddleware(), ApiAccessMiddleware(config.api)])
     errors.install(app)
     app.add_route("/health", HealthResource(store))
-    app.add_route("/api/v2/schema", SchemaResource())
-    app.add_route("/metrics", MetricsResource(store, config.resolve_path(config.reader.spool_dir),
-                                              config.api.metrics_public))
+    app.add_route("/api/v2/schema", SchemaResource(store.schema))
+    app.add_route("/metrics", MetricsResource(store, spool_dir, config.api.metrics_public))
     app.add_route("/api/v1/datalogger/dsmrreading", TelegramResource(ingest))
-    app.add_route(
-        "/api/v2/datalogger/dsmrreading",
-        ReadingResource(ingest, store, config.tz, output_tz, config.server.trust_forwarded_headers),
-    )
-    statistics = (store, config.tz, output_tz, config.server.trust_forwarded_headers, config.prices)
-    app.add_route("/api/v2/statistics/day", DayStatisticsResource(*statistics))
-    app.add_route("/api/v2/statistics/hour", HourStatisticsResource(*statistics))
+    app.add_route("/api/v2/datalogger/dsmrreading", ReadingResource(context, ingest))
+    app.add_route("/api/v2/statistics/day", DayStatisticsResource(context))
+    app.add_route("/api/v2/statistics/hour", HourStatisticsResource(context))
     # The rest of DSMR-reader v5's v2 routes.
     app.add_route("/api/v2/application/version", VersionResource())
-    app.add_route("/api/v2/application/monitoring",
-                  MonitoringResource(store, config.resolve_path(config.reader.spool_dir), output_tz))
-    app.add_route("/api/v2/datalogger/meter-statistics", MeterStatisticsResource(store, output_tz))
-    consumption = (store, config.tz, output_tz, config.server.trust_forwarded_headers, config.prices)
-    app.add_route("/api/v2/consumption/electricity-live", ElectricityLiveResource(*consumption))
-    app.add_route("/api/v2/consumption/gas-live", GasLiveResource(*consumption))
-    app.add_route("/api/v2/consumption/today", TodayResource(*consumption))
-    app.add_route("/api/v2/consumption/energy-supplier-prices", EnergySupplierPricesResource(*consumption))
+    app.add_route("/api/v2/application/monitoring", MonitoringResource(context, spool_dir))
+    app.add_route("/api/v2/datalogger/meter-statistics", MeterStatisticsResource(context))
+    app.add_route("/api/v2/consumption/electricity-live", ElectricityLiveResource(context))
+    app.add_route("/api/v2/consumption/gas-live", GasLiveResource(context))
+    app.add_route("/api/v2/consumption/today", TodayResource(context))
+    app.add_route("/api/v2/consumption/energy-supplier-prices", EnergySupplierPricesResource(context))
     return app

@@ -69,7 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = _command(sub, "setup", "onboard InfluxDB, create buckets, tokens and tasks (idempotent)")
     p.set_defaults(func=cmd_setup)
 
-    p = _command(sub, "reader", "read the meter (reader.port; a simulated meter when null)")
+    p = _command(sub, "reader", "read the meter (reader.port; simulated when null) and keep the statistics")
     p.set_defaults(func=cmd_reader)
 
     p = _command(sub, "simulate", "an emulated DSMR 5 meter sending telegrams")
@@ -184,9 +184,7 @@ def cmd_reader(args: argparse.Namespace) -> int:
     from dsmr_ts.reader.service import run_reader
 
     config = _config(args)
-    if not config.reader.enabled:
-        raise CliError("reader.enabled is false in the config: there is no reader to run")
-    run_reader(config)
+    run_reader(config)  # with reader.enabled false: the housekeeping jobs only
     return 0
 
 
@@ -245,14 +243,13 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
 def cmd_regenerate(args: argparse.Namespace) -> int:
     """Recompute statistics in chunks of whole local weeks, with the same Flux as the tasks."""
-    from dsmr_ts.influx.readings import floor_hour
-    from dsmr_ts.influx.tasks import local_midnight
+    from dsmr_ts.influx.statistics import floor_hour, local_midnight
     from dsmr_ts.progress import ProgressBar
 
     config = _config(args)
     tz = config.tz
     with _store_session(config, "regenerate stopped") as store:
-        span = store.reading_time_range()
+        span = store.readings.time_range()
         if span is None:
             print("no readings stored yet: nothing to regenerate")
             return 0
@@ -261,21 +258,12 @@ def cmd_regenerate(args: argparse.Namespace) -> int:
         stop = min(_local_midnight_of(args.until, config, 1) if args.until else current_hour, current_hour)
         if stop <= start:
             raise CliError("--since is after --until: nothing to do")
-        chunks = []
-        chunk_start = start
-        while chunk_start < stop:
-            chunk_stop = min(local_midnight(chunk_start, tz, CHUNK_DAYS), stop)
-            chunks.append((chunk_start, chunk_stop))
-            chunk_start = chunk_stop
-        chunk_days = [max(1, round((b - a) / dt.timedelta(days=1))) for a, b in chunks]
-        log.info("regenerating statistics from %s to %s (%d chunks of up to %d days)",
-                 start.astimezone(tz).date(), (stop - dt.timedelta(seconds=1)).astimezone(tz).date(),
-                 len(chunks), CHUNK_DAYS)
-        bar = ProgressBar(sum(chunk_days), "days")
+        days = max(1, round((stop - start) / dt.timedelta(days=1)))
+        log.info("regenerating statistics from %s to %s, %d days at a time", start.astimezone(tz).date(),
+                 (stop - dt.timedelta(seconds=1)).astimezone(tz).date(), CHUNK_DAYS)
+        bar = ProgressBar(days, "days")
         began = time.monotonic()
-        for (chunk_start, chunk_stop), length in zip(chunks, chunk_days):
-            store.recompute_statistics(chunk_start, chunk_stop)
-            bar.advance(length)
+        store.statistics.regenerate(start, stop, CHUNK_DAYS, progress=bar.advance)
         log.info("statistics regenerated in %.1f s", time.monotonic() - began)
     return 0
 
@@ -287,7 +275,7 @@ def cmd_import_dsmr_reader(args: argparse.Namespace) -> int:
     stopped = "import stopped (run it again to continue)"
     with _store_session(config, stopped) as store:
         since = _local_midnight_of(args.since, config) if args.since else None
-        meter = args.meter or store.default_meter()
+        meter = args.meter or store.meters.default()
         try:
             count = import_readings(store, Source(args.url, args.key, args.source_meter), meter, config.timezone,
                                     since, progress=sys.stderr)
@@ -302,7 +290,7 @@ def cmd_import_csv(args: argparse.Namespace) -> int:
 
     config = _config(args)
     with _store_session(config, "import stopped") as store:
-        meter = args.meter or store.default_meter()
+        meter = args.meter or store.meters.default()
         try:
             kind, rows = import_statistics_csv(store, args.file, meter, config.timezone)
         except (CsvError, OSError) as exc:
@@ -316,8 +304,8 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     config = _config(args)
     with _store_session(config, "export stopped") as store, _output(args.output) as out:
-        meter = args.meter or store.default_meter()
-        span = store.reading_time_range()
+        meter = args.meter or store.meters.default()
+        span = store.readings.time_range()
         start = _local_midnight_of(args.since, config) if args.since else (span[0] if span else None)
         stop = (_local_midnight_of(args.until, config, 1) if args.until
                 else dt.datetime.now(dt.timezone.utc) + dt.timedelta(hours=1))
@@ -364,7 +352,7 @@ def _output(path: str) -> Iterator[TextIO]:
 
 
 def _local_midnight_of(day: dt.date, config: Config, days: int = 0) -> dt.datetime:
-    from dsmr_ts.influx.tasks import local_midnight
+    from dsmr_ts.influx.statistics import local_midnight
 
     return local_midnight(dt.datetime(day.year, day.month, day.day, 12, tzinfo=config.tz), config.tz, days)
 
@@ -393,8 +381,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         if config.influxdb.managed:
             children.append(Child("influxd", _influxd_service(config)))
         children.append(Child("api", Command(_gunicorn_command(), _child_env(config))))
-        if config.reader.enabled:
-            children.append(Child("reader", Command(_dsmr_ts_command("reader"), _child_env(config))))
+        # The reader process also keeps the statistics (repair, count index), meter or not.
+        children.append(Child("reader", Command(_dsmr_ts_command("reader"), _child_env(config))))
         after_start = {"api": lambda: _wait_for_api(config, stop)}
         if config.influxdb.managed:
             after_start["influxd"] = lambda: _bootstrap(config)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+from typing import Iterable
 
 from dsmr_ts import metrics
 from dsmr_ts.influx.store import Store, StoreUnavailable
@@ -15,27 +16,47 @@ log = logging.getLogger(__name__)
 class Ingest:
     def __init__(self, store: Store):
         self.store = store
+        self.schema = store.schema
 
-    def telegram(self, text: str | bytes, now: dt.datetime | None = None) -> Telegram:
-        """Parse and store a raw telegram. ParseError: nothing stored, the rejection is counted."""
+    def parse(self, text: str | bytes, now: dt.datetime | None = None) -> Telegram:
+        """A telegram that may be stored. ParseError: rejected, and the rejection is counted."""
         try:
-            telegram = parse_telegram(text, now=now)
+            telegram = parse_telegram(text, now=now, schema=self.schema)
             check_not_in_future(telegram.reading, now=now)
         except ParseError as exc:
             metrics.TELEGRAMS.labels("rejected").inc()
             log.info("telegram rejected: %s", exc)
             try:
-                self.store.count_rejected()
+                self.store.writer.count_rejected()
             except StoreUnavailable as unavailable:  # the rejection is what the caller must hear
                 log.warning("rejected telegram not counted: %s", unavailable)
             raise
+        return telegram
+
+    def telegram(self, text: str | bytes, now: dt.datetime | None = None) -> Telegram:
+        """Parse and store a raw telegram. ParseError: nothing stored, the rejection is counted."""
+        telegram = self.parse(text, now)
         with metrics.INGEST_SECONDS.time():
-            self.store.write_telegram(telegram)
+            self.store.writer.store_telegrams([telegram])
         metrics.TELEGRAMS.labels("accepted").inc()
         return telegram
+
+    def telegrams(self, items: Iterable[tuple[str, dt.datetime]]) -> tuple[int, int]:
+        """Many (telegram, received) at once, in one write (a spool replay): (stored, rejected).
+        StoreUnavailable: none of them is stored."""
+        parsed, rejected = [], 0
+        for text, received in items:
+            try:
+                parsed.append(self.parse(text, received))
+            except ParseError:
+                rejected += 1
+        if parsed:
+            self.store.writer.store_telegrams(parsed)
+            metrics.TELEGRAMS.labels("accepted").inc(len(parsed))
+        return len(parsed), rejected
 
     def reading(self, reading: Reading) -> Reading:
         """Store a reading given as values (v2 POST); it replaces one at the same meter+timestamp."""
         with metrics.INGEST_SECONDS.time():
-            self.store.replace_reading(reading)
+            self.store.writer.store_reading(reading)
         return reading

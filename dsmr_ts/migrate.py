@@ -19,19 +19,19 @@ import urllib.request
 import zoneinfo
 from typing import Any, Iterator, TextIO
 
-from dsmr_ts.influx import schema
-from dsmr_ts.influx.readings import floor_hour
+from dsmr_ts.datetimes import FieldError, parse_datetime
+from dsmr_ts.fields import Kind
+from dsmr_ts.influx import lineprotocol
+from dsmr_ts.influx.statistics import DAY_MEASUREMENT, HOUR_MEASUREMENT, USAGE_FIELDS, local_midnight
 from dsmr_ts.influx.store import Store
-from dsmr_ts.influx.tasks import DAY_MEASUREMENT, USAGE_FIELDS, local_midnight
+from dsmr_ts.influx.writer import hour_of, write_in_bulk
 from dsmr_ts.progress import ProgressBar
-from dsmr_ts.resources.formats import READING_OUTPUT
 from dsmr_ts.telegram import Reading
 
 log = logging.getLogger(__name__)
 
 PAGE = 1000
 BATCH = 5000
-READING_FIELDS = [name for name, _ in READING_OUTPUT]
 
 
 class SourceError(Exception):
@@ -72,25 +72,47 @@ def _datetime(value: str) -> dt.datetime:
     return dt.datetime.fromisoformat(value.replace("Z", "+00:00")).astimezone(dt.timezone.utc)
 
 
-def reading_from_api(row: dict[str, Any], meter: str) -> Reading:
+def reading_from_api(row: dict[str, Any], meter: str, store: Store) -> Reading:
     """A reading as the v2 API shows it -> Reading (the inverse of resources.formats.reading_json)."""
-    values = {}
-    for name, places in READING_OUTPUT:
-        if places is None or name == "extra_device_delivered" or row.get(name) is None:
+    values: dict[str, Any] = {}
+    for spec in store.schema.api_fields:
+        raw = row.get(spec.name)
+        if raw in (None, ""):
             continue
-        values[name] = int(row[name]) if places == 0 else _decimal(row[name])
-    reading = Reading(timestamp=_datetime(row["timestamp"]), meter=meter, values=values)
-    if row.get("extra_device_timestamp") and row.get("extra_device_delivered") is not None:
-        reading.extra_device_timestamp = _datetime(row["extra_device_timestamp"])
-        reading.extra_device_delivered = _decimal(row["extra_device_delivered"])
-    return reading
+        if spec.kind is Kind.DATETIME:
+            values[spec.name] = _datetime(raw)
+        elif spec.kind is Kind.INTEGER:
+            values[spec.name] = int(raw)
+        else:
+            values[spec.name] = float(raw)
+    for pair in store.schema.mbus_pairs:  # half a pair (a position without its time) is dropped
+        if sum(name in values for name in pair) == 1:
+            for name in pair:
+                values.pop(name, None)
+    return Reading(timestamp=_datetime(row["timestamp"]), meter=meter, values=values)
+
+
+def reading_lines(readings: list[Reading], store: Store, now: dt.datetime) -> list[str]:
+    """Lines for imported readings, with the repair marks of the hours they fill in (so counts
+    stay right while the import runs; its own recompute at the end repairs them)."""
+    lines, late = [], set()
+    current = hour_of(now)
+    for reading in readings:
+        lines.append(lineprotocol.reading_line(reading, store.schema))
+        gas = lineprotocol.gas_line(reading, hourly=False)
+        if gas:
+            lines.append(gas)
+        if hour_of(reading.timestamp) < current:
+            late.add((reading.meter, hour_of(reading.timestamp)))
+    return lines + lineprotocol.repair_lines(late, now)
 
 
 def import_readings(store: Store, source: Source, meter: str, timezone: str, since: dt.datetime | None = None,
                     progress: TextIO | None = None) -> int:
     """Import readings (and older day statistics); returns how many readings were written."""
+    began = dt.datetime.now(dt.timezone.utc)
     cursor_name = source.base + (f"#{source.meter}" if source.meter else "")
-    start = since or store.import_cursor(cursor_name)
+    start = since or store.meters.import_cursor(cursor_name)
     params: dict[str, Any] = {"ordering": "timestamp", "limit": PAGE}
     if start:
         params["timestamp__gte"] = start.strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -98,19 +120,19 @@ def import_readings(store: Store, source: Source, meter: str, timezone: str, sin
     total = int(page["count"])
     log.info("importing %d readings from %s%s", total, source.base, f" since {start:%Y-%m-%d %H:%M}" if start else "")
     bar = ProgressBar(total, "readings", stream=progress)
-    written, lines, first, last = 0, [], None, None
+    written, readings, first, last = 0, [], None, None
     while True:
         for row in page["results"]:
-            reading = reading_from_api(row, meter)
+            reading = reading_from_api(row, meter, store)
             first = first or reading.timestamp
             last = reading.timestamp
-            lines += [line for line in (schema.reading_line(reading), schema.gas_line(reading, False)) if line]
+            readings.append(reading)
         written += len(page["results"])
-        if len(lines) >= BATCH or not page["next"]:
-            if lines:
-                store.write_lines(lines)
-                lines = []
-                store.save_import_cursor(cursor_name, last)  # resumable from here
+        if len(readings) >= BATCH or not page["next"]:
+            if readings:
+                write_in_bulk(store.client, reading_lines(readings, store, dt.datetime.now(dt.timezone.utc)))
+                readings = []
+                store.meters.save_import_cursor(cursor_name, last)  # resumable from here
         bar.advance(len(page["results"]))
         if not page["next"]:
             break
@@ -119,8 +141,17 @@ def import_readings(store: Store, source: Source, meter: str, timezone: str, sin
         _import_older_day_statistics(store, source, meter, first, timezone)
     if first is not None:
         log.info("regenerating statistics for %s .. %s", first.date(), last.date())
-        store.recompute_statistics(floor_hour(first), floor_hour(last) + dt.timedelta(hours=1), meter)
+        regenerate_range(store, first, last, meter, began)
     return written
+
+
+def regenerate_range(store: Store, first: dt.datetime, last: dt.datetime, meter: str, began: dt.datetime) -> None:
+    """After an import: the statistics of the hours it filled in, and their repair marks done."""
+    from dsmr_ts.influx.statistics import floor_hour
+
+    start, stop = floor_hour(first), floor_hour(last) + dt.timedelta(hours=1)
+    store.statistics.recompute(start, stop, meter)
+    store.statistics.mark_repaired_before(began, start, stop, meter)
 
 
 def _import_older_day_statistics(store: Store, source: Source, meter: str, first: dt.datetime, timezone: str) -> None:
@@ -134,15 +165,14 @@ def _import_older_day_statistics(store: Store, source: Source, meter: str, first
         for row in page["results"]:
             day = dt.date.fromisoformat(row["day"])
             midnight = local_midnight(dt.datetime(day.year, day.month, day.day, 12, tzinfo=tz), tz)
-            fields = ",".join(f"{name}={float(row[name])!r}" for name in USAGE_FIELDS if row.get(name) is not None)
+            fields = {name: float(row[name]) for name in USAGE_FIELDS if row.get(name) is not None}
             if fields:
-                lines.append(f"{DAY_MEASUREMENT},meter={schema.escape_tag(meter)} {fields} "
-                             f"{int(midnight.timestamp()) * 10**9}")
+                lines.append(lineprotocol.line(DAY_MEASUREMENT, meter, fields, int(midnight.timestamp())))
         if not page["next"]:
             break
         page = source.get(page["next"])
     if lines:
-        store.write_stats_lines(lines)
+        write_in_bulk(store.client, lines, store.settings.stats_bucket)
         log.info("imported day statistics of %d days before the first reading", len(lines))
 
 
@@ -150,13 +180,15 @@ def _import_older_day_statistics(store: Store, source: Source, meter: str, first
 
 
 def export_readings(store: Store, meter: str, start: dt.datetime, stop: dt.datetime, out: TextIO) -> int:
-    """CSV of every reading in [start, stop), a day per query (bounded memory); returns the rows."""
+    """CSV of every reading in [start, stop), a day per query (bounded memory); returns the rows.
+    Columns: timestamp and every field of the table (water and heat too)."""
+    fields = [spec.name for spec in store.schema.fields]
     writer = csv.writer(out)
-    writer.writerow(["timestamp", *READING_FIELDS])
+    writer.writerow(["timestamp", *fields])
     rows = 0
     for chunk_start, chunk_stop in _days(start, stop):
-        for row in store.readings_between(meter, chunk_start, chunk_stop):
-            writer.writerow([row["_time"].strftime("%Y-%m-%dT%H:%M:%SZ"), *(_cell(row, f) for f in READING_FIELDS)])
+        for row in store.readings.between(meter, chunk_start, chunk_stop):
+            writer.writerow([_cell(row["_time"]), *(_cell(row.get(f)) for f in fields)])
             rows += 1
     return rows
 
@@ -166,18 +198,17 @@ def export_statistics(store: Store, measurement: str, meter: str, start: dt.date
     writer = csv.writer(out)
     fields = list(USAGE_FIELDS) + ["reading_count"]
     writer.writerow(["day" if measurement == DAY_MEASUREMENT else "hour_start", *fields])
-    _, rows = store.statistics_page(measurement, meter, start, stop, 0, 10**9, False)
+    _, rows = store.statistics.page(measurement, meter, start, stop, 0, 10**9, False)
     for row in rows:
-        writer.writerow([row["_time"].strftime("%Y-%m-%dT%H:%M:%SZ"), *(_cell(row, f) for f in fields)])
+        writer.writerow([_cell(row["_time"]), *(_cell(row.get(f)) for f in fields)])
     return len(rows)
 
 
-def _cell(row: dict[str, Any], field: str) -> str:
-    value = row.get(field)
+def _cell(value: Any) -> str:
     if value is None:
         return ""
-    if field == "extra_device_timestamp":
-        return dt.datetime.fromtimestamp(int(value), dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    if isinstance(value, dt.datetime):
+        return value.strftime("%Y-%m-%dT%H:%M:%SZ")
     return repr(value) if isinstance(value, float) else str(value)
 
 
@@ -200,8 +231,6 @@ def import_statistics_csv(store: Store, path: str, meter: str, timezone: str) ->
     """DSMR-reader's CSV export of day or hour statistics (columns named as in its API: `day` or
     `hour_start`, electricity1, electricity2, electricity1_returned, electricity2_returned, gas;
     other columns are ignored). Returns (day|hour, rows written)."""
-    from dsmr_ts.resources.validation import FieldError, parse_datetime
-
     tz = zoneinfo.ZoneInfo(timezone)
     with open(path, newline="", encoding="utf-8-sig") as fh:
         sample = fh.read(4096)
@@ -212,7 +241,7 @@ def import_statistics_csv(store: Store, path: str, meter: str, timezone: str) ->
         if "day" in columns:
             kind = DAY_MEASUREMENT
         elif "hour_start" in columns:
-            kind = "hour"
+            kind = HOUR_MEASUREMENT
         else:
             raise CsvError(f"{path}: no `day` or `hour_start` column (found: {', '.join(sorted(columns)) or 'none'})")
         usage = [name for name in USAGE_FIELDS if name in columns]
@@ -230,8 +259,6 @@ def import_statistics_csv(store: Store, path: str, meter: str, timezone: str) ->
             except (ValueError, FieldError, AttributeError):
                 raise CsvError(f"{path}, line {number}: cannot read {dict(row)}") from None
             if values:
-                fields = ",".join(f"{name}={value!r}" for name, value in values.items())
-                lines.append(f"{kind},meter={schema.escape_tag(meter)} {fields} {int(moment.timestamp()) * 10**9}")
-    for first in range(0, len(lines), BATCH):
-        store.write_stats_lines(lines[first:first + BATCH])
+                lines.append(lineprotocol.line(kind, meter, values, int(moment.timestamp())))
+    write_in_bulk(store.client, lines, store.settings.stats_bucket)
     return kind, len(lines)

@@ -1,29 +1,38 @@
 """DSMR P1 telegram -> Reading.
 
 Covers DSMR 2.2/3 (no CRC), 4.x, 5.x, Belgian Fluvius (e-MUCS) and Luxembourg Smarty
-(plaintext) telegrams. The OBIS codes are tables below (specification as data); the code
-only knows how to split a line into an OBIS code and its parenthesised values.
+(plaintext) telegrams. Which OBIS code feeds which field is data (dsmr_ts.fields); the code here
+only splits lines into an OBIS code and its parenthesised values and applies the general rules.
 
 Rules (see API-NOTES.md):
 - CRC-16/ARC over the bytes from '/' through '!', 4 upper-case hex digits after '!'.
   Required unless the telegram is DSMR 2.2/3 (no version line, nothing after '!').
 - Timestamps are Europe/Amsterdam local time; the S/W flag decides the ambiguous autumn hour.
 - A line that cannot be parsed is skipped; for a repeated OBIS code the last line wins.
-- Gas: every M-Bus channel is a candidate; invalid timestamps are dropped, a reading above 0
-  beats a 0 (an unused channel), and otherwise the last line wins.
+- Values in another unit than the field's are converted (Wh -> kWh, W -> kW).
+- M-Bus devices (channels 1-4) are told apart by their device type (0-n:24.1.0: 3 gas, 7 water,
+  4 heat, ...); a channel without one is taken for gas (DSMR 2.2/3). Per medium: invalid or
+  far-future timestamps are dropped, a value above 0 beats a 0 (an unused channel), otherwise the
+  last channel wins.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import re
+import sys
 import zoneinfo
 from dataclasses import dataclass, field
-from typing import Callable
+from decimal import Decimal, InvalidOperation
+
+from dsmr_ts.fields import MBUS_MEDIA, SCHEMA, Kind, ReadingField, ReadingSchema
 
 METER_TZ = zoneinfo.ZoneInfo("Europe/Amsterdam")
-DEFAULT_METER = "default"
+DEFAULT_METER = "default"  # readings without an equipment id
+SIMULATED_METER = "simulated"  # the simulated meter's id: real meters never mix with it
 MAX_FUTURE = dt.timedelta(hours=24)
+
+Value = float | int | dt.datetime
 
 
 class ParseError(ValueError):
@@ -46,79 +55,19 @@ class EncodingError(ParseError):
     pass
 
 
-# --- value parsers -------------------------------------------------------------------------
-
-
-def _number(raw: str) -> float:
-    """'001073.079*kWh' -> 1073.079 (the unit is dropped; all units here are fixed by the spec)."""
-    return float(raw.split("*", 1)[0])
-
-
-def _int_truncated(raw: str) -> int:
-    """Currents: '001.60*A' -> 1 (DSMR-reader truncates; Fluvius sends decimals)."""
-    return int(_number(raw))
-
-
-def _int(raw: str) -> int:
-    return int(raw.split("*", 1)[0])
-
-
-def _text(raw: str) -> str:
-    return raw
-
-
-# OBIS code -> (Reading field, parser). Values always in the first parentheses.
-READING_FIELDS: dict[str, tuple[str, Callable[[str], float | int]]] = {
-    "1-0:1.8.1": ("electricity_delivered_1", _number),
-    "1-0:1.8.2": ("electricity_delivered_2", _number),
-    "1-0:2.8.1": ("electricity_returned_1", _number),
-    "1-0:2.8.2": ("electricity_returned_2", _number),
-    # Smarty / Kamstrup single-register meters.
-    "1-0:1.8.0": ("electricity_delivered_1", _number),
-    "1-0:2.8.0": ("electricity_returned_1", _number),
-    "1-0:1.7.0": ("electricity_currently_delivered", _number),
-    "1-0:2.7.0": ("electricity_currently_returned", _number),
-    "1-0:21.7.0": ("phase_currently_delivered_l1", _number),
-    "1-0:41.7.0": ("phase_currently_delivered_l2", _number),
-    "1-0:61.7.0": ("phase_currently_delivered_l3", _number),
-    "1-0:22.7.0": ("phase_currently_returned_l1", _number),
-    "1-0:42.7.0": ("phase_currently_returned_l2", _number),
-    "1-0:62.7.0": ("phase_currently_returned_l3", _number),
-    "1-0:32.7.0": ("phase_voltage_l1", _number),
-    "1-0:52.7.0": ("phase_voltage_l2", _number),
-    "1-0:72.7.0": ("phase_voltage_l3", _number),
-    "1-0:31.7.0": ("phase_power_current_l1", _int_truncated),
-    "1-0:51.7.0": ("phase_power_current_l2", _int_truncated),
-    "1-0:71.7.0": ("phase_power_current_l3", _int_truncated),
-}
-
-# Registers a meter always has; a meter without the tariff-2 register reads 0 there.
-ZERO_WHEN_MISSING = ("electricity_delivered_2", "electricity_returned_2")
-REQUIRED = ("electricity_delivered_1", "electricity_currently_delivered")
-
-# OBIS code -> (meter statistics field, parser): kept from the latest telegram.
-STATISTICS_FIELDS: dict[str, tuple[str, Callable[[str], str | int]]] = {
-    "1-3:0.2.8": ("dsmr_version", _text),
-    "0-0:96.1.4": ("dsmr_version", _text),  # Fluvius: version of the e-MUCS spec
-    "0-0:96.14.0": ("electricity_tariff", _int),
-    "0-0:96.7.21": ("power_failure_count", _int),
-    "0-0:96.7.9": ("long_power_failure_count", _int),
-    "1-0:32.32.0": ("voltage_sag_count_l1", _int),
-    "1-0:52.32.0": ("voltage_sag_count_l2", _int),
-    "1-0:72.32.0": ("voltage_sag_count_l3", _int),
-    "1-0:32.36.0": ("voltage_swell_count_l1", _int),
-    "1-0:52.36.0": ("voltage_swell_count_l2", _int),
-    "1-0:72.36.0": ("voltage_swell_count_l3", _int),
-}
-
 # Equipment identifiers that name the meter (first found wins, in this order).
 METER_ID_CODES = ("0-0:96.1.1", "0-0:42.0.0")
 TIMESTAMP_CODE = "0-0:1.0.0"
 VERSION_CODES = ("1-3:0.2.8", "0-0:96.1.4")
-# Gas: 24.2.1 (DSMR 4/5), 24.2.3 (Fluvius), on any M-Bus channel n; value + own timestamp.
-GAS_CODE = re.compile(r"^0-\d:24\.2\.[13]$")
-# DSMR 2.2/3 gas: 0-n:24.3.0(timestamp)(..)(..)(..)(0-n:24.2.1)(m3) then the value on the next line.
-GAS_DSMR22_CODE = re.compile(r"^0-\d:24\.3\.0$")
+# M-Bus: the device type, and its reading with its own timestamp (24.2.1; Fluvius gas 24.2.3;
+# DSMR 2.2/3: 24.3.0 with the value on the next line).
+MBUS_TYPE = re.compile(r"^0-(\d):24\.1\.0$")
+MBUS_READING = re.compile(r"^0-(\d):24\.2\.[13]$")
+MBUS_READING_DSMR22 = re.compile(r"^0-(\d):24\.3\.0$")
+# (unit sent, unit stored) -> factor; a value in an unknown other unit is skipped.
+UNIT_FACTORS = {("Wh", "kWh"): Decimal("0.001"), ("W", "kW"): Decimal("0.001"), ("MWh", "kWh"): Decimal(1000),
+                ("kWh", "GJ"): Decimal("0.0036"), ("MWh", "GJ"): Decimal("3.6"), ("MJ", "GJ"): Decimal("0.001"),
+                ("dm3", "m3"): Decimal("0.001"), ("l", "m3"): Decimal("0.001")}
 
 _LINE = re.compile(r"^(\d+-\d+:\d+\.\d+\.\d+)((?:\([^()]*\))+)$")
 _VALUES = re.compile(r"\(([^()]*)\)")
@@ -128,13 +77,18 @@ _CRC_TAIL = re.compile(r"^!([0-9A-Fa-f]{4})\s*$")
 
 @dataclass
 class Reading:
-    """One reading as stored: a point in measurement `reading`, tag `meter`."""
+    """One reading as stored: a point in measurement `reading`, tag `meter`. values holds the
+    fields of the schema that the reading has (DATETIME fields as aware UTC datetimes)."""
 
     timestamp: dt.datetime  # UTC, whole seconds
     meter: str = DEFAULT_METER
-    values: dict[str, float | int] = field(default_factory=dict)
-    extra_device_timestamp: dt.datetime | None = None  # UTC
-    extra_device_delivered: float | None = None
+    values: dict[str, Value] = field(default_factory=dict)
+
+    @property
+    def gas(self) -> tuple[dt.datetime, float] | None:
+        """(when, m3) of the gas meter, if the reading has one."""
+        when, value = self.values.get("extra_device_timestamp"), self.values.get("extra_device_delivered")
+        return (when, value) if isinstance(when, dt.datetime) and value is not None else None
 
 
 @dataclass
@@ -152,17 +106,47 @@ class Telegram:
         return version == "" or (version.startswith("4") and len(version) == 2)
 
 
+# --- CRC-16/ARC ------------------------------------------------------------------------------
+
+
+def _crc_table() -> tuple[list[int], list[int]]:
+    """Byte table, and a 16-bit table: XORing two message bytes into the 16-bit register and
+    shifting 16 times depends on the register alone, so two bytes cost one lookup."""
+    table = []
+    for byte in range(256):
+        crc = byte
+        for _ in range(8):
+            crc = (crc >> 1) ^ 0xA001 if crc & 1 else crc >> 1
+        table.append(crc)
+    words = []
+    for register in range(65536):
+        crc = (register >> 8) ^ table[register & 0xFF]
+        words.append((crc >> 8) ^ table[crc & 0xFF])
+    return table, words
+
+
+_CRC_BYTES, _CRC_WORDS = _crc_table()
+
+
 def crc16_arc(data: bytes) -> int:
     """CRC-16/ARC: polynomial 0x8005 reflected (0xA001), initial value 0, no final xor."""
     crc = 0
-    for byte in data:
-        crc ^= byte
-        for _ in range(8):
-            crc = (crc >> 1) ^ 0xA001 if crc & 1 else crc >> 1
+    even = len(data) & ~1
+    if sys.byteorder == "little":
+        for word in memoryview(data[:even]).cast("H"):  # little-endian: first byte in the low half
+            crc = _CRC_WORDS[crc ^ word]
+    else:
+        for index in range(0, even, 2):
+            crc = _CRC_WORDS[crc ^ data[index] ^ (data[index + 1] << 8)]
+    if len(data) & 1:
+        crc = (crc >> 8) ^ _CRC_BYTES[(crc ^ data[-1]) & 0xFF]
     return crc
 
 
-def parse_telegram(text: str | bytes, now: dt.datetime | None = None) -> Telegram:
+# --- parsing -----------------------------------------------------------------------------------
+
+
+def parse_telegram(text: str | bytes, now: dt.datetime | None = None, schema: ReadingSchema = SCHEMA) -> Telegram:
     """Parse one telegram. `now` (UTC) stands in for a missing or unusable P1 timestamp."""
     now = (now or dt.datetime.now(dt.timezone.utc)).replace(microsecond=0)
     raw = _to_bytes(text).strip(b"\x00")
@@ -178,53 +162,94 @@ def parse_telegram(text: str | bytes, now: dt.datetime | None = None) -> Telegra
     _check_crc(body, tail, lines)
 
     codes: dict[str, tuple[str, ...]] = {}
-    gas_candidates: list[tuple[dt.datetime, float]] = []
+    devices: dict[str, str] = {}  # M-Bus channel -> its device type
+    mbus: list[tuple[str, str, str]] = []  # (channel, raw timestamp, raw value) in line order
     for index, line in enumerate(lines[1:], start=1):
-        line = line.strip()
-        match = _LINE.match(line)
+        match = _LINE.match(line.strip())
         if not match:
             continue  # blank, '!', or a garbled line: skipped, the rest is kept
         code, values = match.group(1), tuple(_VALUES.findall(match.group(2)))
         codes[code] = values  # last line wins
-        if GAS_CODE.match(code):
-            raw_value = values[1] if len(values) > 1 else ""
-        elif GAS_DSMR22_CODE.match(code) and index + 1 < len(lines):
-            raw_value = lines[index + 1].strip().strip("()")  # DSMR 2.2: the value is on the next line
-        else:
-            continue
-        gas = _gas_value(values[0] if values else "", raw_value)
-        if gas:
-            gas_candidates.append(gas)
+        if (device := MBUS_TYPE.match(code)) and values:
+            devices[device.group(1)] = values[0]
+        elif (reading := MBUS_READING.match(code)) and len(values) > 1:
+            mbus.append((reading.group(1), values[0], values[1]))
+        elif (reading := MBUS_READING_DSMR22.match(code)) and values and index + 1 < len(lines):
+            mbus.append((reading.group(1), values[0], lines[index + 1].strip().strip("()")))
 
-    reading = Reading(
-        timestamp=_reading_timestamp(codes, now), meter=_meter_id(codes), values=_read_table(codes, READING_FIELDS)
-    )
-    for name in ZERO_WHEN_MISSING:
-        reading.values.setdefault(name, 0.0)
-    missing = [name for name in REQUIRED if name not in reading.values]
+    timestamp = _reading_timestamp(codes, now)
+    values: dict[str, Value] = {}
+    for code, fields in schema.by_obis.items():
+        found = codes.get(code)
+        for spec in fields:
+            if found and spec.name not in values and len(found) > spec.value_index:
+                value = _field_value(spec, found[spec.value_index])
+                if value is not None:
+                    values[spec.name] = value
+    for name in schema.zero_when_missing:
+        values.setdefault(name, 0.0)
+    missing = [name for name in ("electricity_delivered_1", "electricity_currently_delivered")
+               if name in schema.by_name and name not in values]
     if missing:
         raise ParseError(f"telegram has no {' or '.join(missing)} (not a DSMR electricity telegram?)")
-    # 700101010000W (= 2070) and the like: an empty M-Bus channel, not a reading.
-    gas_candidates = [g for g in gas_candidates if g[0] - reading.timestamp <= MAX_FUTURE]
-    if gas_candidates:
-        positive = [g for g in gas_candidates if g[1] > 0]
-        reading.extra_device_timestamp, reading.extra_device_delivered = (positive or gas_candidates)[-1]
+    values.update(_mbus_values(mbus, devices, timestamp, schema))
 
-    statistics = _read_table(codes, STATISTICS_FIELDS)
+    statistics: dict[str, str | int] = {}
+    for code, statistic in schema.statistics_by_obis.items():
+        found = codes.get(code)
+        if found and statistic.name not in statistics:
+            try:
+                statistics[statistic.name] = found[0] if statistic.kind is Kind.TEXT else int(found[0].split("*")[0])
+            except ValueError:
+                continue
+    reading = Reading(timestamp=timestamp, meter=_meter_id(codes), values=values)
     return Telegram(reading=reading, statistics=statistics, header=lines[0][1:].strip())
 
 
-def _read_table(codes: dict[str, tuple[str, ...]], table: dict[str, tuple[str, Callable]]) -> dict:
-    """Values for the OBIS codes of a table; a value that does not parse is skipped like a bad line."""
-    result = {}
-    for code, (name, parse) in table.items():
-        values = codes.get(code)
-        if values:
-            try:
-                result[name] = parse(values[0])
-            except ValueError:
-                continue
-    return result
+def _field_value(spec: ReadingField, raw: str) -> Value | None:
+    """One telegram value as the field stores it; None when it does not parse (skipped like a bad line)."""
+    if spec.kind is Kind.DATETIME:
+        return parse_p1_timestamp(raw)
+    number_text, _, unit = raw.partition("*")
+    try:
+        number = Decimal(number_text)
+    except InvalidOperation:
+        return None
+    if not number.is_finite():
+        return None
+    if unit and spec.unit and unit != spec.unit:
+        factor = UNIT_FACTORS.get((unit, spec.unit))
+        if factor is None:
+            return None  # a unit we cannot convert: better absent than wrong
+        number *= factor
+    return int(number) if spec.kind is Kind.INTEGER else float(number)  # currents: truncated, as DSMR-reader
+
+
+def _mbus_values(readings: list[tuple[str, str, str]], devices: dict[str, str], timestamp: dt.datetime,
+                 schema: ReadingSchema) -> dict[str, Value]:
+    """The value and time of each medium's device (see the module doc for which channel wins)."""
+    candidates: dict[str, list[tuple[dt.datetime, Value]]] = {}
+    for channel, raw_time, raw_value in readings:
+        try:
+            medium = MBUS_MEDIA.get(int(devices[channel])) if channel in devices else "gas"
+        except ValueError:
+            medium = None
+        value_field = schema.by_mbus.get((medium, "value"))
+        when = parse_p1_timestamp(raw_time)
+        if value_field is None or when is None or when - timestamp > MAX_FUTURE:  # 700101010000W = 2070
+            continue
+        value = _field_value(value_field, raw_value)
+        if value is not None:
+            candidates.setdefault(medium, []).append((when, value))
+    values: dict[str, Value] = {}
+    for medium, found in candidates.items():
+        positive = [c for c in found if c[1] > 0]
+        when, value = (positive or found)[-1]
+        values[schema.by_mbus[(medium, "value")].name] = value
+        time_field = schema.by_mbus.get((medium, "time"))
+        if time_field:
+            values[time_field.name] = when
+    return values
 
 
 def check_not_in_future(reading: Reading, now: dt.datetime | None = None) -> None:
@@ -288,11 +313,11 @@ def _meter_id(codes: dict[str, tuple[str, ...]]) -> str:
     for code in METER_ID_CODES:
         values = codes.get(code)
         if values and values[0].strip():
-            return _decode_equipment_id(values[0].strip())
+            return decode_equipment_id(values[0].strip())
     return DEFAULT_METER
 
 
-def _decode_equipment_id(raw: str) -> str:
+def decode_equipment_id(raw: str) -> str:
     """Equipment ids are usually hex-encoded ASCII ('4B38...' -> 'K8...'); otherwise kept as sent,
     or as hex when that has control characters (the id becomes an InfluxDB tag)."""
     if len(raw) % 2 == 0 and re.fullmatch(r"[0-9A-Fa-f]+", raw):
@@ -302,32 +327,12 @@ def _decode_equipment_id(raw: str) -> str:
     return raw if raw.isprintable() else raw.encode("latin-1").hex().upper()
 
 
-def _gas_value(raw_timestamp: str, raw_value: str) -> tuple[dt.datetime, float] | None:
-    stamp = parse_p1_timestamp(raw_timestamp)
-    if stamp is None:
-        return None
-    try:
-        return stamp, _number(raw_value)
-    except ValueError:
-        return None
-
-
 # --- writing telegrams (the simulator and tests) ---------------------------------------------
 
-# OBIS code to write each reading field with, and its value format (the inverse of READING_FIELDS).
-_WRITE_CODES = {name: code for code, (name, _) in READING_FIELDS.items() if not code.endswith(".8.0")}
-_WRITE_FORMATS = {
-    "electricity_delivered_1": "{:010.3f}*kWh",
-    "electricity_delivered_2": "{:010.3f}*kWh",
-    "electricity_returned_1": "{:010.3f}*kWh",
-    "electricity_returned_2": "{:010.3f}*kWh",
-    "phase_voltage_l1": "{:05.1f}*V",
-    "phase_voltage_l2": "{:05.1f}*V",
-    "phase_voltage_l3": "{:05.1f}*V",
-    "phase_power_current_l1": "{:03d}*A",
-    "phase_power_current_l2": "{:03d}*A",
-    "phase_power_current_l3": "{:03d}*A",
-}
+# How a DSMR 5 meter writes a value of each unit (the inverse of the parsing).
+UNIT_FORMATS = {"kWh": "{:010.3f}*kWh", "kW": "{:06.3f}*kW", "V": "{:05.1f}*V", "A": "{:03d}*A", "m3": "{:09.3f}*m3",
+                "GJ": "{:08.3f}*GJ"}
+MBUS_CHANNELS = {"gas": (1, 3), "water": (2, 7), "heat": (3, 4)}  # medium -> (channel, device type) written
 
 
 def p1_timestamp(moment: dt.datetime) -> str:
@@ -337,9 +342,8 @@ def p1_timestamp(moment: dt.datetime) -> str:
     return local.strftime("%y%m%d%H%M%S") + flag
 
 
-def build_telegram(
-    reading: Reading, statistics: dict[str, str | int] | None = None, header: str = "XDSMR-TS-SIMULATOR"
-) -> str:
+def build_telegram(reading: Reading, statistics: dict[str, str | int] | None = None,
+                   header: str = "XDSMR-TS-SIMULATOR", schema: ReadingSchema = SCHEMA) -> str:
     """A DSMR 5 telegram for a reading, with a valid CRC ('\\r\\n' line ends)."""
     statistics = {"dsmr_version": "50", **(statistics or {})}
     lines = [f"/{header}", ""]
@@ -347,18 +351,27 @@ def build_telegram(
     lines.append(f"0-0:1.0.0({p1_timestamp(reading.timestamp)})")
     if reading.meter != DEFAULT_METER:
         lines.append(f"0-0:96.1.1({reading.meter.encode('latin-1').hex().upper()})")
-    stat_codes = {name: code for code, (name, _) in STATISTICS_FIELDS.items() if code not in VERSION_CODES}
-    for name, code in stat_codes.items():
-        if name in statistics:
-            width = 4 if name == "electricity_tariff" else 5
-            lines.append(f"{code}({int(statistics[name]):0{width}d})")
-    for name, code in _WRITE_CODES.items():
-        if name in reading.values:
-            value = reading.values[name]
-            lines.append(f"{code}({_WRITE_FORMATS.get(name, '{:06.3f}*kW').format(value)})")
-    if reading.extra_device_timestamp is not None and reading.extra_device_delivered is not None:
-        lines.append("0-1:24.1.0(003)")
-        gas_time = p1_timestamp(reading.extra_device_timestamp)
-        lines.append(f"0-1:24.2.1({gas_time})({reading.extra_device_delivered:09.3f}*m3)")
+    for statistic in schema.statistics:
+        if statistic.kind is not Kind.TEXT and statistic.name in statistics:
+            width = 4 if statistic.name == "electricity_tariff" else 5
+            lines.append(f"{statistic.obis[0]}({int(statistics[statistic.name]):0{width}d})")
+    pairs: dict[str, list[str]] = {}  # OBIS code -> its parenthesised values (a code may carry two)
+    for spec in schema.fields:
+        value = reading.values.get(spec.name)
+        if value is None or not spec.obis:
+            continue
+        text = p1_timestamp(value) if isinstance(value, dt.datetime) else UNIT_FORMATS.get(
+            spec.unit, "{:06.3f}").format(value)
+        slots = pairs.setdefault(spec.obis[0], [])
+        slots.extend([""] * (spec.value_index + 1 - len(slots)))
+        slots[spec.value_index] = text
+    lines += [f"{code}{''.join(f'({v})' for v in values)}" for code, values in pairs.items()]
+    for medium, (channel, device_type) in MBUS_CHANNELS.items():
+        value_field, time_field = schema.by_mbus.get((medium, "value")), schema.by_mbus.get((medium, "time"))
+        value = reading.values.get(value_field.name) if value_field else None
+        when = reading.values.get(time_field.name) if time_field else None
+        if value is not None and isinstance(when, dt.datetime):
+            lines.append(f"0-{channel}:24.1.0({device_type:03d})")
+            lines.append(f"0-{channel}:24.2.1({p1_timestamp(when)})({UNIT_FORMATS[value_field.unit].format(value)})")
     body = "\r\n".join(lines) + "\r\n!"
     return f"{body}{crc16_arc(body.encode('latin-1')):04X}\r\n"

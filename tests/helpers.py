@@ -35,6 +35,29 @@ def sample_telegram(name: str) -> bytes:
 TEST_KEY = "TESTKEY0123456789TESTKEY0123456789TESTKEY0123456789TESTKEY012345"
 
 
+def stored_reading(store, meter: str, moment) -> dict:
+    """The reading stored at meter+moment as dsmr-ts reads it back (the fields its `present` mask
+    names; datetimes as datetimes), without `_time`; {} when there is none."""
+    from dsmr_ts.influx.client import ident, ns, quote
+
+    (series,) = store.client.influxql([f"SELECT * FROM reading WHERE meter = {quote(meter)} AND time = {ns(moment)}"])
+    rows = [store.readings.reading_row(row) for found in series for row in found.rows()]
+    if not rows:
+        return {}
+    rows[0].pop("_time")
+    return rows[0]
+
+
+def flux(store, query: str, params: dict | None = None) -> list[dict]:
+    """Rows of a Flux query against the store (`bucket` and `stats` are set)."""
+    return store.client.flux(query, params or {})
+
+
+def write_lines(store, lines: list[str], bucket: str | None = None) -> None:
+    """Raw line protocol straight into InfluxDB (for data shapes the ingest path never writes)."""
+    store.client.write("\n".join(lines), bucket)
+
+
 def wait_for(condition: Callable[[], object], timeout: float = 30.0, what: str = "condition") -> object:
     """Poll until condition() is truthy; fail the test naming `what` after timeout."""
     deadline = time.monotonic() + timeout

@@ -4,6 +4,7 @@ shutdown of gunicorn under load, and a docker-compose file that matches the conf
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import os
 import re
 import shutil
@@ -22,7 +23,7 @@ import yaml
 from dsmr_ts import config as config_module
 from dsmr_ts.influx.server import free_port
 from dsmr_ts.influx.store import Store
-from dsmr_ts.telegram import build_telegram
+from dsmr_ts.telegram import Reading, build_telegram
 from helpers import REPO, TEST_KEY, port_open, start_api, wait_for
 from test_api_ingest import a_reading, unique_moment
 
@@ -118,11 +119,12 @@ def workers_of(pid: int) -> set[int]:
 @pytest.fixture(scope="module")
 def many_readings(session_config):
     store = Store(session_config.influxdb)
-    start = 1_700_000_000
-    lines = [f"reading,meter=E-GRACEFUL electricity_delivered_1={i}.0,electricity_currently_delivered=0.1 "
-             f"{(start + i) * 10**9}" for i in range(30_000)]
-    for first in range(0, len(lines), 5000):
-        store.write_lines(lines[first:first + 5000])
+    start = dt.datetime.fromtimestamp(1_700_000_000, dt.timezone.utc)
+    readings = [Reading(start + dt.timedelta(seconds=i), "E-GRACEFUL",
+                        {"electricity_delivered_1": float(i), "electricity_currently_delivered": 0.1})
+                for i in range(30_000)]
+    for first in range(0, len(readings), 5000):
+        store.writer.store_readings(readings[first:first + 5000])
     store.close()
     return "E-GRACEFUL"
 

@@ -19,7 +19,7 @@ from dsmr_ts.influx.bootstrap import bootstrap
 from dsmr_ts.influx.server import ManagedInfluxd, free_port
 from dsmr_ts.influx.store import Store
 from dsmr_ts.telegram import Reading, build_telegram
-from helpers import TEST_KEY, start_api, wait_for
+from helpers import TEST_KEY, flux, start_api, wait_for
 
 METER = "E-KILL"
 START = dt.datetime(2025, 2, 3, 4, 0, 0, tzinfo=dt.timezone.utc)
@@ -109,7 +109,7 @@ def test_every_acknowledged_reading_survives_kill_9_of_influxd_and_a_worker(syst
     load.join()
 
     store = Store(config.influxdb)
-    rows = store._query(
+    rows = flux(store,
         'from(bucket: bucket) |> range(start: 2025-02-01T00:00:00Z, stop: 2025-02-05T00:00:00Z)'
         ' |> filter(fn: (r) => r._measurement == "reading" and r.meter == meter'
         ' and r._field == "electricity_delivered_1")', {"meter": METER})
@@ -132,7 +132,7 @@ def test_reader_killed_during_a_spool_replay_loses_nothing(influxd_binary, tmp_p
     from helpers import FakeSer2net
     from test_reader import start_reader, stored
 
-    meter, count = "E-REPLAY", 300
+    meter, count = "E-REPLAY", 3000  # the replay writes 500 a time: several writes to be killed between
     influxd = ManagedInfluxd(influxd_binary, tmp_path / "influxd", port=free_port()).start()
     ser2net = FakeSer2net()
     config_path = tmp_path / "dsmr-ts.yaml"

@@ -10,10 +10,9 @@ import re
 import pytest
 import yaml
 
-from dsmr_ts.influx import schema
 from dsmr_ts.influx.store import Store
 from dsmr_ts.reader.simulator import MeterSimulator
-from helpers import REPO
+from helpers import REPO, flux
 
 GRAFANA = REPO / "grafana"
 DASHBOARDS = sorted((GRAFANA / "dashboards").glob("*.json"))
@@ -27,16 +26,15 @@ def week_store(session_config):
     store = Store(session_config.influxdb, timeout_ms=120_000)
     now = dt.datetime.now(UTC).replace(microsecond=0)
     simulator = MeterSimulator(meter="E-GRAFANA", seed=3)
-    lines = []
+    readings = []
     moment = now - WEEK
     while moment <= now:
-        reading = simulator.reading(moment)
-        lines += [line for line in (schema.reading_line(reading), schema.gas_line(reading, False)) if line]
+        readings.append(simulator.reading(moment))
         moment += dt.timedelta(minutes=1)
-    for first in range(0, len(lines), 5000):
-        store.write_lines(lines[first:first + 5000])
+    for first in range(0, len(readings), 5000):
+        store.writer.store_readings(readings[first:first + 5000])
     hour = now.replace(minute=0, second=0)
-    store.recompute_statistics(hour - WEEK - dt.timedelta(hours=1), hour + dt.timedelta(hours=1), "E-GRAFANA")
+    store.statistics.recompute(hour - WEEK - dt.timedelta(hours=1), hour + dt.timedelta(hours=1), "E-GRAFANA")
     yield store, now
     store.close()
 
@@ -75,8 +73,8 @@ def grafana_substitute(query: str, variables: dict, start: dt.datetime, stop: dt
 @pytest.mark.parametrize("dashboard, title, query, variables", QUERIES, ids=[q[1] for q in QUERIES])
 def test_panel_query_runs_and_returns_rows(week_store, dashboard, title, query, variables):
     store, now = week_store
-    flux = grafana_substitute(query, variables, now - WEEK, now + dt.timedelta(minutes=1))
-    rows = store._query(flux, {})
+    text = grafana_substitute(query, variables, now - WEEK, now + dt.timedelta(minutes=1))
+    rows = flux(store, text, {})
     assert rows, f"{dashboard}: panel {title!r} returned no rows"
     values = [v for row in rows for k, v in row.items() if k in ("_value", "cost", "kWh")]
     assert values and all(isinstance(v, (int, float)) for v in values)

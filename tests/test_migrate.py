@@ -14,7 +14,8 @@ from dsmr_ts.config import load_config
 from dsmr_ts.influx.bootstrap import bootstrap
 from dsmr_ts.influx.server import ManagedInfluxd, free_port
 from dsmr_ts.influx.store import Store
-from helpers import REPO, TEST_KEY, dsmr_ts_command
+from dsmr_ts.telegram import Reading
+from helpers import REPO, TEST_KEY, dsmr_ts_command, flux, write_lines
 
 UTC = dt.timezone.utc
 SOURCE_METER = "E-SOURCE"
@@ -26,18 +27,17 @@ COUNT = 2500  # readings, one per 10 s: about 7 hours
 def source(session_config):
     """History in the source: readings, and day statistics of two older days whose readings are gone."""
     store = Store(session_config.influxdb)
-    lines = []
-    for i in range(COUNT):
-        t = int((FIRST + dt.timedelta(seconds=10 * i)).timestamp()) * 10**9
-        lines.append(f"reading,meter={SOURCE_METER} electricity_delivered_1={100 + i * 0.001!r},"
-                     f"electricity_delivered_2=50.0,electricity_returned_1=0.0,electricity_returned_2=0.0,"
-                     f"electricity_currently_delivered=0.36,electricity_currently_returned=0.0 {t}")
-    for first in range(0, len(lines), 5000):
-        store.write_lines(lines[first:first + 5000])
+    store.writer.store_readings([
+        Reading(FIRST + dt.timedelta(seconds=10 * i), SOURCE_METER, {
+            "electricity_delivered_1": 100 + i * 0.001, "electricity_delivered_2": 50.0, "electricity_returned_1": 0.0,
+            "electricity_returned_2": 0.0, "electricity_currently_delivered": 0.36,
+            "electricity_currently_returned": 0.0})
+        for i in range(COUNT)])
+    # Day statistics as DSMR-reader keeps them after its readings are gone (no readings here).
     older = [f"day,meter={SOURCE_METER} electricity1={e1!r},electricity2=1.0,electricity1_returned=0.0,"
-             f"electricity2_returned=0.0,gas=2.5,reading_count=0i {int(day.timestamp()) * 10**9}"
+             f"electricity2_returned=0.0,gas=2.5 {int(day.timestamp()) * 10**9}"
              for day, e1 in ((dt.datetime(2024, 3, 2, 23, tzinfo=UTC), 7.5), (dt.datetime(2024, 3, 3, 23, tzinfo=UTC), 8.25))]
-    store.write_stats_lines(older)
+    write_lines(store, older, session_config.influxdb.stats_bucket)
     store.close()
     return SOURCE_METER
 
@@ -67,12 +67,12 @@ def test_import_from_a_running_server_then_resume_then_export(source, target, ap
     assert f"{COUNT}/{COUNT} readings" in first.stderr and "ETA" in first.stderr
     assert store.readings.brute_force_count("E-TARGET", None, None) == COUNT
     # Statistics of the imported range were regenerated (0.001 kWh per 10-second step).
-    hours = store._query('from(bucket: stats) |> range(start: 2024-03-05T10:00:00Z, stop: 2024-03-05T11:00:00Z)'
+    hours = flux(store, 'from(bucket: stats) |> range(start: 2024-03-05T10:00:00Z, stop: 2024-03-05T11:00:00Z)'
                          ' |> filter(fn: (r) => r._measurement == "hour" and r.meter == "E-TARGET"'
                          ' and r._field == "electricity1")', {})
     assert round(hours[0]["_value"], 3) == 0.359  # 359 steps of 0.001 kWh within the first hour
     # Day statistics of the days before the first reading came along.
-    older = store._query('from(bucket: stats) |> range(start: 2024-03-01T00:00:00Z, stop: 2024-03-04T23:00:00Z)'
+    older = flux(store, 'from(bucket: stats) |> range(start: 2024-03-01T00:00:00Z, stop: 2024-03-04T23:00:00Z)'
                          ' |> filter(fn: (r) => r._measurement == "day" and r.meter == "E-TARGET"'
                          ' and r._field == "electricity1")', {})
     assert sorted(round(r["_value"], 3) for r in older) == [7.5, 8.25]
@@ -118,7 +118,7 @@ def test_import_csv_of_day_statistics(target, tmp_path):
     result = run("--config", str(config_path), "import", "csv", str(path), "--meter", "E-CSV")
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "imported 2 day statistics as meter E-CSV"
-    rows = store._query('from(bucket: stats) |> range(start: 2019-05-31T00:00:00Z, stop: 2019-06-03T00:00:00Z)'
+    rows = flux(store, 'from(bucket: stats) |> range(start: 2019-05-31T00:00:00Z, stop: 2019-06-03T00:00:00Z)'
                         ' |> filter(fn: (r) => r._measurement == "day" and r.meter == "E-CSV")', {})
     found = {(r["_time"].isoformat(), r["_field"]): r["_value"] for r in rows}
     assert found[("2019-05-31T22:00:00+00:00", "electricity2")] == 4.25  # local midnight, summer time

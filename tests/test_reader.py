@@ -23,7 +23,7 @@ from dsmr_ts.reader.service import serial_settings
 from dsmr_ts.reader.simulator import MeterSimulator
 from dsmr_ts.reader.spool import Spool, has_pending, waiting
 from dsmr_ts.telegram import parse_telegram
-from helpers import REPO, TEST_KEY, sample_telegram, FakeSer2net, dsmr_ts_command, wait_for
+from helpers import REPO, TEST_KEY, flux, sample_telegram, FakeSer2net, dsmr_ts_command, wait_for
 
 UTC = dt.timezone.utc
 
@@ -184,7 +184,7 @@ def test_reader_through_drop_outage_and_kill_9(private_influxd, tmp_path):
         wait_for(lambda: stored(store, meter) == 13, timeout=60, what="all 13 readings after the outage")
         wait_for(lambda: not has_pending(tmp_path / "spool", "influxdb"), what="the spool to drain")
         expected = [parse_telegram(t).reading.timestamp for t in batch]
-        rows = store._query('from(bucket: bucket) |> range(start: 0) |> filter(fn: (r) => r._measurement == "reading"'
+        rows = flux(store, 'from(bucket: bucket) |> range(start: 0) |> filter(fn: (r) => r._measurement == "reading"'
                             ' and r.meter == meter and r._field == "electricity_delivered_1")', {"meter": meter})
         assert sorted(r["_time"] for r in rows) == expected
     finally:
@@ -239,7 +239,7 @@ def test_forwarding_to_a_remote_and_a_dead_remote_never_blocks(api_server, sessi
 def test_simulate_posts_valid_telegrams(api_server, session_config):
     before = Store(session_config.influxdb)
     try:
-        start = stored(before, "E0099SIMULATED")
+        start = stored(before, "simulated")
         result = subprocess.run(
             dsmr_ts_command("--config", str(session_config.path), "simulate", "--url",
                             f"{api_server}/api/v1/datalogger/dsmrreading", "--rate", "50", "--count", "20"),
@@ -247,6 +247,6 @@ def test_simulate_posts_valid_telegrams(api_server, session_config):
         )
         assert result.returncode == 0, result.stderr
         assert result.stdout.strip() == "sent 20 telegrams"
-        wait_for(lambda: stored(before, "E0099SIMULATED") >= start + 20, what="20 simulated readings")
+        wait_for(lambda: stored(before, "simulated") >= start + 20, what="20 simulated readings")
     finally:
         before.close()

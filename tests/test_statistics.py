@@ -24,11 +24,10 @@ from influxdb_client.rest import ApiException
 
 from dsmr_ts.app import create_app
 from dsmr_ts.config import PricePeriod
-from dsmr_ts.influx import schema
+from dsmr_ts.influx.statistics import DAY_TASK, HOUR_TASK, ensure_tasks, task_specs
 from dsmr_ts.influx.store import Store
-from dsmr_ts.influx.tasks import DAY_TASK, HOUR_TASK, ensure_tasks, task_specs
 from dsmr_ts.telegram import Reading, build_telegram
-from helpers import REPO, TEST_KEY, dsmr_ts_command, wait_for
+from helpers import REPO, TEST_KEY, dsmr_ts_command, flux, wait_for
 
 UTC = dt.timezone.utc
 KEY = {"X-AUTHKEY": TEST_KEY}
@@ -44,10 +43,9 @@ def reading(at: str, d1: float, d2: float, r2: float = 0.0, gas: tuple[str, floa
     values = {"electricity_delivered_1": d1, "electricity_delivered_2": d2, "electricity_returned_1": 0.0,
               "electricity_returned_2": r2, "electricity_currently_delivered": 0.1,
               "electricity_currently_returned": 0.0}
-    result = Reading(timestamp=z(at), meter=meter, values=values)
     if gas:
-        result.extra_device_timestamp, result.extra_device_delivered = z(gas[0]), gas[1]
-    return result
+        values.update(extra_device_timestamp=z(gas[0]), extra_device_delivered=gas[1])
+    return Reading(timestamp=z(at), meter=meter, values=values)
 
 
 SCENARIO = [
@@ -62,15 +60,14 @@ SCENARIO = [
 
 
 def write(store: Store, readings: list[Reading], hourly_gas: bool = False) -> None:
-    lines = [line for r in readings for line in (schema.reading_line(r), schema.gas_line(r, hourly_gas)) if line]
-    store.write_lines(lines)
+    store.writer.store_readings(readings, hourly_gas)
 
 
 @pytest.fixture(scope="module")
 def store(session_config):
     store = Store(session_config.influxdb)
     write(store, SCENARIO)
-    store.recompute_statistics(z("2026-01-13T00:00:00Z"), z("2026-01-16T00:00:00Z"), METER)
+    store.statistics.recompute(z("2026-01-13T00:00:00Z"), z("2026-01-16T00:00:00Z"), METER)
     yield store
     store.close()
 
@@ -149,7 +146,7 @@ def test_day_rows_hand_computed_with_costs_and_price_change(client):
 def test_day_without_a_price_period_has_null_costs(client, store):
     write(store, [reading("2025-06-01T10:00:00Z", 1.0, 1.0, meter="E-NOPRICE"),
                   reading("2025-06-01T11:00:00Z", 2.0, 1.0, meter="E-NOPRICE")])
-    store.recompute_statistics(z("2025-06-01T00:00:00Z"), z("2025-06-02T00:00:00Z"), "E-NOPRICE")
+    store.statistics.recompute(z("2025-06-01T00:00:00Z"), z("2025-06-02T00:00:00Z"), "E-NOPRICE")
     day = get(client, "/api/v2/statistics/day", meter="E-NOPRICE")["results"][0]
     assert (day["electricity1"], day["total_cost"], day["electricity1_cost"], day["gas_cost"]) == (
         "1.000", None, None, None)
@@ -165,7 +162,7 @@ def test_dst_days_have_23_and_25_hours(client, store, meter, first, day, hours_i
     readings = [reading((z(first) + dt.timedelta(hours=i)).isoformat(), 10.0 + i, 0.0, meter=meter)
                 for i in range(30)]
     write(store, readings)
-    store.recompute_statistics(z(first) - dt.timedelta(minutes=30), z(first) + dt.timedelta(hours=30), meter)
+    store.statistics.recompute(z(first) - dt.timedelta(minutes=30), z(first) + dt.timedelta(hours=30), meter)
     row = get(client, "/api/v2/statistics/day", meter=meter, day__gte=day, day__lte=day)["results"][0]
     assert row["day"] == day
     assert row["electricity1"] == f"{hours_in_day}.000"
@@ -191,6 +188,7 @@ def test_gas_dsmr4_is_booked_one_hour_earlier_dsmr5_as_stamped(client, store):
         response = client.simulate_post(v1, headers={**KEY, "Content-Type": "application/x-www-form-urlencoded"},
                                         body=urllib.parse.urlencode({"telegram": text}))
         assert response.status_code == 201, response.text
+    store.statistics.repair()  # the reader's housekeeping job: these hours ended long ago
     gas4 = {h: r["gas"] for h, r in hours(client, meter="E-GAS4").items()}
     assert gas4["2026-02-02T10:00:00Z"] == "0.800"  # 10.8 at 11:00 minus 10.0 at 10:00: used 10:00-11:00
     assert gas4["2026-02-02T11:00:00Z"] == "0.200"
@@ -203,20 +201,23 @@ def test_meter_replacement_never_gives_negative_usage(client, store):
                   reading("2026-04-01T11:10:00Z", 5001.0, 0.0, meter="E-SWAP"),
                   reading("2026-04-01T12:10:00Z", 0.2, 0.0, meter="E-SWAP"),  # new meter
                   reading("2026-04-01T13:10:00Z", 0.9, 0.0, meter="E-SWAP")])
-    store.recompute_statistics(z("2026-04-01T00:00:00Z"), z("2026-04-02T00:00:00Z"), "E-SWAP")
+    store.statistics.recompute(z("2026-04-01T00:00:00Z"), z("2026-04-02T00:00:00Z"), "E-SWAP")
     rows = hours(client, meter="E-SWAP")
     assert [rows[f"2026-04-01T{h}:00:00Z"]["electricity1"] for h in (11, 12, 13)] == ["1.000", "0.000", "0.700"]
 
 
-def test_late_insert_repairs_hours_and_day_at_once(client, store):
+def test_late_insert_is_repaired_by_the_repair_job(client, store):
     # A v2 POST of history into the gap: hour 10 appears, hour 14 now counts from it, the day keeps
-    # its total and counts one reading more.
+    # its total and counts one reading more (once the reader's housekeeping job has run the repair).
     response = client.simulate_post("/api/v2/datalogger/dsmrreading", headers=KEY, json={
         "timestamp": "2026-01-14T10:00:00Z", "meter": METER, "electricity_delivered_1": 101.2,
         "electricity_delivered_2": 201.0, "electricity_returned_1": 0, "electricity_returned_2": 0.5,
         "electricity_currently_delivered": 0.1, "electricity_currently_returned": 0,
     })
     assert response.status_code == 201
+    assert store.readings.count(METER, z("2026-01-13T23:00:00Z"), z("2026-01-14T22:59:59Z")) == 6  # before the repair
+    assert "2026-01-14T10:00:00Z" not in hours(client)  # the request did not recompute anything
+    assert store.statistics.repair() >= 5  # hour 10 up to the next hour with readings (14)
     rows = hours(client, hour_start__gte="2026-01-14T00:00:00Z", hour_start__lte="2026-01-14T23:00:00Z")
     assert rows["2026-01-14T10:00:00Z"]["electricity2"] == "0.600"
     assert rows["2026-01-14T10:00:00Z"]["electricity2_returned"] == "0.500"
@@ -284,7 +285,7 @@ def _run_task(client: InfluxDBClient, name: str, scheduled_for: dt.datetime) -> 
 
 
 def _statistics_rows(store: Store, measurement: str, start: dt.datetime, stop: dt.datetime) -> list[tuple]:
-    rows = store._query(
+    rows = flux(store, 
         f'from(bucket: stats) |> range(start: start, stop: stop)'
         f' |> filter(fn: (r) => r._measurement == "{measurement}" and r.meter == meter)',
         {"start": start, "stop": stop, "meter": METER},
@@ -295,7 +296,7 @@ def _statistics_rows(store: Store, measurement: str, start: dt.datetime, stop: d
 def test_influxdb_tasks_write_the_same_rows_as_regenerate(session_config, store):
     start, stop = z("2026-01-14T12:00:00Z"), z("2026-01-15T00:00:00Z")
     day_start, day_stop = z("2026-01-13T23:00:00Z"), z("2026-01-14T23:00:00Z")
-    store.recompute_statistics(start, stop, METER)
+    store.statistics.recompute(start, stop, METER)
     expected_hours = _statistics_rows(store, "hour", start, stop)
     expected_day = _statistics_rows(store, "day", day_start, day_stop)
     assert expected_hours and expected_day
@@ -316,7 +317,7 @@ def test_influxdb_tasks_write_the_same_rows_as_regenerate(session_config, store)
 def test_regenerate_command_with_progress(session_config, store, tmp_path):
     # Remove the day, then let the command bring it back exactly.
     settings = session_config.influxdb
-    store.recompute_statistics(z("2026-01-13T00:00:00Z"), z("2026-01-16T00:00:00Z"), METER)
+    store.statistics.recompute(z("2026-01-13T00:00:00Z"), z("2026-01-16T00:00:00Z"), METER)
     expected = _statistics_rows(store, "day", z("2026-01-13T23:00:00Z"), z("2026-01-14T23:00:00Z"))
     with InfluxDBClient(url=settings.url, token=settings.token, org=settings.org) as client:
         client.delete_api().delete(z("2026-01-13T23:00:00Z"), z("2026-01-14T22:59:59Z"),

@@ -20,8 +20,8 @@ from dsmr_ts.app import create_app
 from dsmr_ts.config import PricePeriod
 from dsmr_ts.influx.server import free_port
 from dsmr_ts.influx.store import Store
-from dsmr_ts.influx.tasks import local_midnight
-from helpers import TEST_KEY
+from dsmr_ts.influx.statistics import local_midnight
+from helpers import TEST_KEY, write_lines
 
 UTC = dt.timezone.utc
 KEY = {"X-AUTHKEY": TEST_KEY}
@@ -44,7 +44,7 @@ def store(session_config):
     now = dt.datetime.now(UTC).replace(microsecond=0)
     before_midnight = local_midnight(now, session_config.tz) - dt.timedelta(hours=1)
     newest = now - dt.timedelta(seconds=10)
-    store.write_lines([
+    write_lines(store, [
         f"reading,meter={METER} electricity_delivered_1=100.0,electricity_delivered_2=50.0,electricity_returned_1=0.0,"
         f"electricity_returned_2=1.0,electricity_currently_delivered=0.1,electricity_currently_returned=0.0 "
         f"{ns(before_midnight)}",
@@ -117,7 +117,7 @@ def test_energy_supplier_prices(client):
 def test_meter_statistics_get_and_patch(client, store):
     body = get(client, "/api/v2/datalogger/meter-statistics", meter=METER)
     assert (body["electricity_tariff"], body["power_failure_count"], body["latest_telegram"]) == (2, 3, None)
-    assert body["rejected_telegrams"] == store.rejected_count()
+    assert body["rejected_telegrams"] == store.meters.rejected_count()
     response = client.simulate_patch("/api/v2/datalogger/meter-statistics", headers=KEY,
                                      json={"meter": METER, "electricity_tariff": 1, "power_failure_count": "7",
                                            "dsmr_version": "50"})
@@ -135,7 +135,8 @@ def test_meter_statistics_get_and_patch(client, store):
 def test_monitoring_healthy_then_problems(client, config, store, tmp_path):
     now = dt.datetime.now(UTC)
     hour = now.replace(minute=0, second=0, microsecond=0)
-    store.recompute_statistics(hour - dt.timedelta(hours=1), hour + dt.timedelta(hours=1), METER)
+    store.statistics.recompute(hour - dt.timedelta(hours=1), hour + dt.timedelta(hours=1), METER)
+    store.statistics.repair()  # what the reader's housekeeping job does every 15 s
     # The default meter is the one that reported last: E-V5, 10 s ago.
     assert get(client, "/api/v2/application/monitoring") == {"problems": 0, "details": []}
 
@@ -156,9 +157,9 @@ def test_monitoring_no_recent_readings(config, session_config):
     # A meter whose newest reading is old, made the default meter (the session has many meters;
     # pinning the cached choice keeps this test independent of which reported last).
     store = Store(session_config.influxdb)
-    store.write_lines(["reading,meter=E-V5-OLD electricity_delivered_1=1.0,electricity_currently_delivered=0.1 "
+    write_lines(store, ["reading,meter=E-V5-OLD electricity_delivered_1=1.0,electricity_currently_delivered=0.1 "
                        f"{ns(dt.datetime(2020, 1, 1, tzinfo=UTC))}"])
-    store._default_meter = ("E-V5-OLD", float("inf"))
+    store.meters._default = ("E-V5-OLD", float("inf"))
     try:
         body = get(testing.TestClient(create_app(config, store)), "/api/v2/application/monitoring")
     finally:

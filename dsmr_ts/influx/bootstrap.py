@@ -17,7 +17,8 @@ from influxdb_client.service.setup_service import SetupService
 from urllib3.exceptions import HTTPError
 
 from dsmr_ts.config import Config, InfluxConfig, save_setting
-from dsmr_ts.influx.tasks import ensure_tasks
+from dsmr_ts.influx.client import InfluxClient, StoreUnavailable
+from dsmr_ts.influx.statistics import HOUR_TASK, Statistics, ensure_tasks
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +71,7 @@ def bootstrap(config: Config, *, login_file: Path | None = None) -> BootstrapRes
                 _save(config, "admin_token", admin)
             if onboarded or not settings.token or settings.token == admin or not token_works(settings):
                 _save(config, "token", _scoped_token(client, org_id, bucket_ids))
+        _start_index(config)
     except ApiException as exc:
         if exc.status in (401, 403):
             raise BootstrapError(f"InfluxDB at {settings.url} refused {admin_key}{_in_file(config)}") from None
@@ -81,14 +83,27 @@ def bootstrap(config: Config, *, login_file: Path | None = None) -> BootstrapRes
                            tasks=tasks)
 
 
+def _start_index(config: Config) -> None:
+    """The statistics count index's watermark (statistics.py), with the API's own token."""
+    client = InfluxClient(config.influxdb, timeout_ms=600_000)
+    try:
+        Statistics(client, config.timezone).start_index()
+    except StoreUnavailable as exc:
+        raise BootstrapError(f"InfluxDB at {config.influxdb.url}: {exc}") from None
+    finally:
+        client.close()
+
+
 SCOPED_TOKEN_DESCRIPTION = "dsmr-ts API and reader: read and write its two buckets, nothing else"
 
 
 def _scoped_token(client: InfluxDBClient, org_id: str, bucket_ids: dict[str, tuple[str, bool]]) -> str:
+    """Read and write on the two buckets; read on the org's tasks (the housekeeping job follows the
+    hour task's runs). Nothing else: no other bucket, no users, no tokens, no task changes."""
     permissions = [
         Permission(action=action, resource=PermissionResource(type="buckets", id=bucket_id, org_id=org_id))
         for bucket_id, _ in bucket_ids.values() for action in ("read", "write")
-    ]
+    ] + [Permission(action="read", resource=PermissionResource(type="tasks", org_id=org_id))]
     authorization = client.authorizations_api().create_authorization(authorization=Authorization(
         org_id=org_id, permissions=permissions, description=SCOPED_TOKEN_DESCRIPTION))
     log.info("created a token limited to the buckets %s", ", ".join(bucket_ids))
@@ -107,13 +122,17 @@ def _in_file(config: Config) -> str:
 
 
 def token_works(settings: InfluxConfig) -> bool:
-    """Does influxd know influxdb.token, and may it read the readings bucket? (False when
-    unreachable too: then setup says why.)"""
+    """Does influxd know influxdb.token, may it read the readings bucket and the tasks (tokens made
+    before the housekeeping job followed the hour task could not)? False when unreachable too:
+    then setup says why."""
     if not settings.token:
         return False
     try:
         with InfluxDBClient(url=settings.url, token=settings.token, org=settings.org, timeout=10_000) as client:
-            return client.buckets_api().find_bucket_by_name(settings.bucket) is not None
+            if client.buckets_api().find_bucket_by_name(settings.bucket) is None:
+                return False
+            client.tasks_api().find_tasks(name=HOUR_TASK)
+            return True
     except (ApiException, HTTPError, OSError):
         return False
 

@@ -1,41 +1,34 @@
-"""Reading queries that stay fast at any size: exact counts and pages without scanning history.
+"""Reading queries that stay fast at any size: exact counts and pages in one request to influxd.
 
-The count index: for every complete UTC hour with readings, the hour statistics row in
-`dsmr_stats` carries `reading_count` (see tasks.py, which writes it). It is kept exact by:
-- the hourly InfluxDB task;
-- refresh_counts(): before answering, hours completed since the newest index row are computed
-  (one pushed-down pass over those hours only), in case the task has not run (yet);
-- Store.repair_statistics(): a write into an already complete hour recomputes it at once.
+A range [gte, lte] splits into a head (before its first whole hour), whole hours that the count
+index proves (below the watermark, see statistics.py), and a tail (from there to the end). The
+head and tail are counted from raw points (at most an hour, and the hour or two the task has not
+reached yet); the proven hours by summing their `reading_count` rows. Hours with a pending repair
+mark are not proven: their raw counts replace their index rows (a second request, only then).
 
-A range [gte, lte] then splits into a partial head hour, whole indexed hours, and a tail (partial
-last hour and the current hour). Only head and tail are counted from raw points; a page is
-located through the index, so its query reads the page's rows plus at most two edge hours.
+A page near either end of the range (offset below DIRECT_OFFSET from that end) is read in the same
+request as the counts (InfluxQL stops at LIMIT). A deep page is located through the index: day
+sums, then the hours of that day, then a small OFFSET inside one hour.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import threading
+import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Iterator
+from typing import Iterator
 
-from dsmr_ts.influx import schema
-from dsmr_ts.influx.tasks import COUNT_FIELD, COUNTED_FIELD, HOUR_MEASUREMENT
-
-if TYPE_CHECKING:
-    from dsmr_ts.influx.store import Store
+from dsmr_ts.fields import SCHEMA, Kind, ReadingSchema
+from dsmr_ts.influx import lineprotocol
+from dsmr_ts.influx.client import EARLIEST, LATEST, InfluxClient, Series, ident, ns, quote
+from dsmr_ts.influx.statistics import COUNT_FIELD, COUNTED_FIELD, HOUR_MEASUREMENT, Statistics, floor_hour, pending_from
 
 HOUR = dt.timedelta(hours=1)
 SECOND = dt.timedelta(seconds=1)
-EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
-
-_READINGS = f'r._measurement == "{schema.READING}" and r.meter == meter'
-_COUNTED = f'{_READINGS} and r._field == "{COUNTED_FIELD}"'
-_INDEX = f'r._measurement == "{HOUR_MEASUREMENT}" and r._field == "{COUNT_FIELD}" and r.meter == meter'
-
-
-def floor_hour(moment: dt.datetime) -> dt.datetime:
-    return moment.replace(minute=0, second=0, microsecond=0)
+DIRECT_OFFSET = 3600  # rows InfluxQL may skip itself (about 2 ms per thousand)
+WATERMARK_TTL = 60.0  # seconds: a stale watermark only means more raw counting, never a wrong count
+Row = dict[str, object]
 
 
 def ceil_hour(moment: dt.datetime) -> dt.datetime:
@@ -44,209 +37,232 @@ def ceil_hour(moment: dt.datetime) -> dt.datetime:
 
 
 @dataclass
-class Span:
-    """[start, stop) of a time range, and how many readings it holds."""
+class _Plan:
+    """The parts of a range and what is known about them."""
 
     start: dt.datetime
     stop: dt.datetime
-    count: int
-    indexed: bool  # True: whole hours counted by the index; False: raw points
+    indexed_start: dt.datetime  # [indexed_start, indexed_stop): whole hours proven by the index
+    indexed_stop: dt.datetime
+    head: int = 0  # raw count of [start, indexed_start), or of the whole range when nothing is indexed
+    indexed: int = 0
+    tail: int = 0  # raw count of [indexed_stop, stop)
+    corrections: dict[int, int] | None = None  # hour (Unix s) -> raw minus index, for pending hours
+
+    @property
+    def has_index(self) -> bool:
+        return self.indexed_start < self.indexed_stop
+
+    @property
+    def total(self) -> int:
+        return self.head + self.indexed + self.tail
 
 
 class ReadingQueries:
-    """Used through Store; `query` runs Flux with extern params and returns rows as dicts."""
-
-    def __init__(self, store: "Store"):
-        self.store = store
-        self._fresh_until: dict[str, dt.datetime] = {}
+    def __init__(self, client: InfluxClient, statistics: Statistics, schema: ReadingSchema = SCHEMA):
+        self.client = client
+        self.statistics = statistics
+        self.schema = schema
+        self._watermark: tuple[dt.datetime | None, float] | None = None
         self._lock = threading.Lock()
+        self._stats_hour = client.in_stats(HOUR_MEASUREMENT)
+        self.direct_offset = DIRECT_OFFSET
 
-    # --- the count index ---------------------------------------------------------------------
+    # --- what the index proves ----------------------------------------------------------------
 
-    def refresh_counts(self, meter: str, now: dt.datetime | None = None) -> None:
-        """Index every complete hour up to now's hour (skipped when this process already did)."""
-        boundary = floor_hour(now or dt.datetime.now(dt.timezone.utc))
-        if self._fresh_until.get(meter, EPOCH) >= boundary:
-            return
-        rows = self.store._query(
-            f"from(bucket: stats) |> range(start: 0, stop: boundary) |> filter(fn: (r) => {_INDEX}) |> last()",
-            {"meter": meter, "boundary": boundary},
-        )
-        if rows:
-            # Recount the newest indexed hour too: cheap, and it heals a count cut short by a crash.
-            start = rows[0]["_time"]
-        else:
-            first = self.store._query(
-                f"from(bucket: bucket) |> range(start: 0, stop: boundary) |> filter(fn: (r) => {_COUNTED}) |> first()",
-                {"meter": meter, "boundary": boundary},
-            )
-            start = floor_hour(first[0]["_time"]) if first else boundary
-        if start < boundary:
-            self._write_counts(meter, start, boundary)
+    def watermark(self) -> dt.datetime | None:
+        """Cached briefly: it only moves forward, so an old value costs speed, never correctness."""
         with self._lock:
-            self._fresh_until[meter] = boundary
+            cached = self._watermark
+        if cached and time.monotonic() - cached[1] < WATERMARK_TTL:
+            return cached[0]
+        value = self.statistics.watermark()
+        with self._lock:
+            self._watermark = (value, time.monotonic())
+        return value
 
-    def _write_counts(self, meter: str, start: dt.datetime, stop: dt.datetime) -> None:
-        # The hour statistics carry reading_count: one writer for the index and the statistics.
-        self.store.recompute_statistics(start, stop, meter)
+    def _plan(self, gte: dt.datetime | None, lte: dt.datetime | None) -> _Plan:
+        start = max(gte, EARLIEST) if gte else EARLIEST
+        stop = min(lte + SECOND, LATEST) if lte else LATEST
+        watermark = self.watermark() or EARLIEST
+        indexed_start = ceil_hour(start)
+        indexed_stop = min(floor_hour(stop), watermark)
+        if indexed_stop <= indexed_start:
+            indexed_start = indexed_stop = start
+        return _Plan(start, stop, indexed_start, indexed_stop)
 
-    # --- counting ------------------------------------------------------------------------------
+    def _raw_where(self, meter: str, start: dt.datetime, stop: dt.datetime) -> str:
+        return f"WHERE meter = {quote(meter)} AND time >= {ns(start)} AND time < {ns(stop)}"
 
-    def spans(
-        self, meter: str, gte: dt.datetime | None, lte: dt.datetime | None, now: dt.datetime | None = None
-    ) -> list[Span]:
-        """Head (raw), whole hours (index), tail (raw) covering [gte, lte]; empty spans left out."""
-        now = now or dt.datetime.now(dt.timezone.utc)
-        self.refresh_counts(meter, now)
-        start = gte or EPOCH
-        stop = (lte + SECOND) if lte else max(now, floor_hour(now) + HOUR) + dt.timedelta(days=2)
-        if stop <= start:
-            return []
-        first_whole = ceil_hour(start)
-        end_whole = min(floor_hour(stop), floor_hour(now))
-        if first_whole >= end_whole:
-            spans = [Span(start, stop, 0, False)]
-        else:
-            spans = [
-                Span(start, first_whole, 0, False),
-                Span(first_whole, end_whole, 0, True),
-                Span(end_whole, stop, 0, False),
-            ]
-        spans = [span for span in spans if span.stop > span.start]
-        for span, count in zip(spans, self._span_counts(meter, spans)):
-            span.count = count
-        return [span for span in spans if span.count > 0]
+    def _count_statements(self, meter: str, plan: _Plan) -> list[str]:
+        reading, counted = ident(lineprotocol.READING), ident(COUNTED_FIELD)
+        if not plan.has_index:
+            return [f"SELECT count({counted}) FROM {reading} {self._raw_where(meter, plan.start, plan.stop)}"]
+        index_where = self._raw_where(meter, plan.indexed_start, plan.indexed_stop)
+        return [
+            f"SELECT count({counted}) FROM {reading} {self._raw_where(meter, plan.start, plan.indexed_start)}",
+            f"SELECT sum({COUNT_FIELD}) FROM {self._stats_hour} {index_where}",
+            f"SELECT count({counted}) FROM {reading} {self._raw_where(meter, plan.indexed_stop, plan.stop)}",
+            f"SELECT marked, repaired FROM {ident(lineprotocol.REPAIR)} {index_where}",
+        ]
 
-    def _span_counts(self, meter: str, spans: list[Span]) -> list[int]:
-        """Count every span in one Flux script: raw spans with a pushed-down count, indexed spans
-        by summing their hour rows."""
-        if not spans:
-            return []
-        parts, params = [], {"meter": meter}
-        for i, span in enumerate(spans):
-            source, predicate, aggregate = ("stats", _INDEX, "sum") if span.indexed else ("bucket", _COUNTED, "count")
-            parts.append(
-                f"p{i} = from(bucket: {source}) |> range(start: start{i}, stop: stop{i})"
-                f" |> filter(fn: (r) => {predicate}) |> {aggregate}()"
-                f' |> keep(columns: ["_value"]) |> set(key: "part", value: "{i}")'
-            )
-            params[f"start{i}"], params[f"stop{i}"] = span.start, span.stop
-        names = [f"p{i}" for i in range(len(spans))]
-        result = f"union(tables: [{', '.join(names)}])" if len(names) > 1 else names[0]  # union needs two
-        flux = "\n".join(parts) + "\n" + result
-        counts = [0] * len(spans)
-        for row in self.store._query(flux, params):
-            counts[int(row["part"])] = int(row["_value"])
-        return counts
+    def _take_counts(self, meter: str, plan: _Plan, results: list[list[Series]]) -> None:
+        if not plan.has_index:
+            plan.head = _number(results[0])
+            return
+        plan.head, plan.indexed, plan.tail = _number(results[0]), _number(results[1]), _number(results[2])
+        pending = pending_from(results[3])
+        if pending:
+            plan.corrections = self._corrections(meter, sorted(pending))
+            plan.indexed += sum(plan.corrections.values())
+
+    def _corrections(self, meter: str, hours: list[int]) -> dict[int, int]:
+        """Raw count minus index count of each pending hour (hours waiting for the repair job)."""
+        start = dt.datetime.fromtimestamp(hours[0], dt.timezone.utc)
+        stop = dt.datetime.fromtimestamp(hours[-1], dt.timezone.utc) + HOUR
+        where = self._raw_where(meter, start, stop)
+        raw, index = self.client.influxql([
+            f"SELECT count({ident(COUNTED_FIELD)}) FROM {ident(lineprotocol.READING)} {where} GROUP BY time(1h) fill(0)",
+            f"SELECT {COUNT_FIELD} FROM {self._stats_hour} {where}",
+        ])
+        raw_counts = {int(row["time"]): int(row["count"] or 0) for found in raw for row in found.rows()}
+        index_counts = {int(row["time"]): int(row[COUNT_FIELD] or 0) for found in index for row in found.rows()}
+        return {hour: raw_counts.get(hour, 0) - index_counts.get(hour, 0) for hour in hours}
 
     def count(self, meter: str, gte: dt.datetime | None, lte: dt.datetime | None) -> int:
-        return sum(span.count for span in self.spans(meter, gte, lte))
-
-    def _raw_count(self, meter: str, start: dt.datetime, stop: dt.datetime) -> int:
-        if stop <= start:
-            return 0
-        rows = self.store._query(
-            f"from(bucket: bucket) |> range(start: start, stop: stop) |> filter(fn: (r) => {_COUNTED}) |> count()",
-            {"meter": meter, "start": start, "stop": stop},
-        )
-        return int(rows[0]["_value"]) if rows else 0
+        plan = self._plan(gte, lte)
+        self._take_counts(meter, plan, self.client.influxql(self._count_statements(meter, plan)))
+        return plan.total
 
     def brute_force_count(self, meter: str, gte: dt.datetime | None, lte: dt.datetime | None) -> int:
         """Count every raw point in range (for tests and checks, never on a request)."""
-        stop = (lte + SECOND) if lte else dt.datetime(2200, 1, 1, tzinfo=dt.timezone.utc)
-        return self._raw_count(meter, gte or EPOCH, stop)
+        start, stop = gte or EARLIEST, (lte + SECOND) if lte else LATEST
+        (series,) = self.client.influxql([
+            f"SELECT count({ident(COUNTED_FIELD)}) FROM {ident(lineprotocol.READING)} {self._raw_where(meter, start, stop)}"])
+        return _number(series)
 
-    # --- paging --------------------------------------------------------------------------------
+    # --- pages --------------------------------------------------------------------------------
 
-    def _locate(self, meter: str, spans: list[Span], index: int) -> tuple[dt.datetime, dt.datetime, int]:
-        """Row number `index` (0-based, ascending) -> (start, stop) of a small range holding it,
-        and how many rows of that range come before it."""
-        for span in spans:
-            if index < span.count:
-                if not span.indexed:
-                    return span.start, span.stop, index
-                rows = self.store._query(
-                    f"""
-from(bucket: stats)
-  |> range(start: start, stop: stop)
-  |> filter(fn: (r) => {_INDEX})
-  |> keep(columns: ["_time", "_value"])
-  |> group()
-  |> sort(columns: ["_time"])
-  |> duplicate(column: "_value", as: "hour_count")
-  |> cumulativeSum()
-  |> filter(fn: (r) => r._value > target)
-  |> first()
-""",
-                    {"meter": meter, "start": span.start, "stop": span.stop, "target": index},
-                )
-                row = rows[0]
-                before = int(row["_value"]) - int(row["hour_count"])
-                return row["_time"], row["_time"] + HOUR, index - before
-            index -= span.count
-        raise IndexError(index)
-
-    def page(
-        self,
-        meter: str,
-        gte: dt.datetime | None,
-        lte: dt.datetime | None,
-        offset: int,
-        limit: int,
-        descending: bool,
-    ) -> tuple[int, Iterator[dict]]:
-        """(exact count, rows of the page as dicts with _time and the fields, in the order asked)."""
-        spans = self.spans(meter, gte, lte)
-        total = sum(span.count for span in spans)
+    def page(self, meter: str, gte: dt.datetime | None, lte: dt.datetime | None, offset: int, limit: int,
+             descending: bool) -> tuple[int, Iterator[Row]]:
+        """(exact count, the page's rows as {_time, field: value}, in the order asked)."""
+        plan = self._plan(gte, lte)
+        statements = self._count_statements(meter, plan)
+        direct = offset < self.direct_offset
+        if direct:  # the page comes with the counts
+            statements.append(self._select(meter, plan.start, plan.stop, descending, limit, offset))
+        elif plan.has_index:  # where to look comes with the counts
+            statements.append(self._day_sums(meter, plan))
+        results = self.client.influxql(statements)
+        counted = len(self._count_statements(meter, plan))
+        self._take_counts(meter, plan, results[:counted])
+        total = plan.total
+        if direct:
+            return total, self._rows(results[-1])
         if offset >= total:
             return total, iter(())
-        # Translate to ascending row numbers [first, last].
-        if descending:
-            first, last = max(0, total - offset - limit), total - 1 - offset
-        else:
-            first, last = offset, min(total, offset + limit) - 1
-        first_start, first_stop, first_skip = self._locate(meter, spans, first)
-        last_start, last_stop, last_skip = self._locate(meter, spans, last)
-        # The page's first and last timestamps, each found inside its own small range (one hour, or
-        # an edge span) on one field, without a pivot; group() + sort() make the order explicit.
-        # (Not with findRecord in the page query: with sort |> limit(offset:) it returns null here.)
-        locate = f"""from(bucket: bucket)
-  |> range(start: {{start}}, stop: {{stop}})
-  |> filter(fn: (r) => {_COUNTED})
-  |> keep(columns: ["_time"])
-  |> group()
-  |> sort(columns: ["_time"])
-  |> limit(n: 1, offset: {{skip}})
-  |> set(key: "edge", value: "{{edge}}")"""
-        bounds_flux = (
-            f"first = {locate.format(start='firstStart', stop='firstStop', skip='firstSkip', edge='first')}\n"
-            f"last = {locate.format(start='lastStart', stop='lastStop', skip='lastSkip', edge='last')}\n"
-            "union(tables: [first, last])"
-        )
-        bounds = {
-            row["edge"]: row["_time"]
-            for row in self.store._query(
-                bounds_flux,
-                {
-                    "meter": meter,
-                    "firstStart": max(first_start, gte) if gte else first_start,
-                    "firstStop": first_stop,
-                    "firstSkip": first_skip,
-                    "lastStart": max(last_start, gte) if gte else last_start,
-                    "lastStop": min(last_stop, lte + SECOND) if lte else last_stop,
-                    "lastSkip": last_skip,
-                },
-            )
-        }
-        if len(bounds) < 2:  # the data changed between counting and reading: nothing to page
+        first = max(0, total - offset - limit) if descending else offset  # ascending row numbers
+        last = total - 1 - offset if descending else min(total, offset + limit) - 1
+        try:
+            start, skip = self._locate(meter, plan, results[counted] if len(results) > counted else [], first)
+        except LookupError:  # a write raced the count: the next request sees the new count
             return total, iter(())
-        flux = f"""
-from(bucket: bucket)
-  |> range(start: start, stop: stop)
-  |> filter(fn: (r) => {_READINGS})
-  |> pivot(rowKey: ["_time"], columnKey: ["_field"], valueColumn: "_value")
-  |> group()
-  |> sort(columns: ["_time"], desc: {"true" if descending else "false"})
-"""
-        params = {"meter": meter, "start": bounds["first"], "stop": bounds["last"] + SECOND}
-        return total, self.store._stream(flux, params)
+        (rows,) = self.client.influxql([self._select(meter, start, plan.stop, False, last - first + 1, skip)])
+        found = list(self._rows(rows))
+        return total, iter(found[::-1] if descending else found)
+
+    def _select(self, meter: str, start: dt.datetime, stop: dt.datetime, descending: bool, limit: int,
+                offset: int) -> str:
+        return (f"SELECT * FROM {ident(lineprotocol.READING)} {self._raw_where(meter, start, stop)}"
+                f" ORDER BY time {'DESC' if descending else 'ASC'} LIMIT {max(limit, 1)} OFFSET {offset}")
+
+    def _day_sums(self, meter: str, plan: _Plan) -> str:
+        return (f"SELECT sum({COUNT_FIELD}) FROM {self._stats_hour} "
+                f"{self._raw_where(meter, plan.indexed_start, plan.indexed_stop)} GROUP BY time(1d) fill(none)")
+
+    def _locate(self, meter: str, plan: _Plan, day_sums: list[Series], row: int) -> tuple[dt.datetime, int]:
+        """Row number `row` (0-based, ascending) -> (a time, how many rows from there to skip)."""
+        if row < plan.head or not plan.has_index:
+            return plan.start, row
+        row -= plan.head
+        if row >= plan.indexed:
+            return plan.indexed_stop, row - plan.indexed
+        corrections = plan.corrections or {}
+        for day in day_sums[0].rows() if day_sums else ():
+            day_start = dt.datetime.fromtimestamp(int(day["time"]), dt.timezone.utc)
+            day_s = int(day_start.timestamp())
+            count = int(day["sum"] or 0) + sum(c for h, c in corrections.items() if day_s <= h < day_s + 86400)
+            if row < count:
+                return self._locate_hour(meter, plan, day_start, row, corrections)
+            row -= count
+        raise LookupError("the index changed while a page was located")  # a write raced the count
+
+    def _locate_hour(self, meter: str, plan: _Plan, day: dt.datetime, row: int,
+                     corrections: dict[int, int]) -> tuple[dt.datetime, int]:
+        start, stop = max(day, plan.indexed_start), min(day + dt.timedelta(days=1), plan.indexed_stop)
+        (hours,) = self.client.influxql([f"SELECT {COUNT_FIELD} FROM {self._stats_hour} "
+                                         f"{self._raw_where(meter, start, stop)}"])
+        counts = {int(r["time"]): int(r[COUNT_FIELD] or 0) for found in hours for r in found.rows()}
+        for hour, correction in corrections.items():
+            if int(start.timestamp()) <= hour < int(stop.timestamp()):
+                counts[hour] = counts.get(hour, 0) + correction
+        for hour in sorted(counts):
+            if row < counts[hour]:
+                return dt.datetime.fromtimestamp(hour, dt.timezone.utc), row
+            row -= counts[hour]
+        raise LookupError("the index changed while a page was located")
+
+    def _rows(self, series: list[Series]) -> Iterator[Row]:
+        for found in series:
+            for row in found.rows():
+                yield self.reading_row(row)
+
+    def reading_row(self, row: dict[str, object]) -> Row:
+        """An InfluxQL row as {_time, field: value}: only the fields the reading's `present` mask
+        names (a point written before the mask existed has all of its fields)."""
+        present = row.get(lineprotocol.PRESENT_FIELD)
+        out: Row = {"_time": dt.datetime.fromtimestamp(int(row["time"]), dt.timezone.utc)}
+        for spec in self.schema.fields:
+            value = row.get(spec.name)
+            if value is None or (present is not None and not int(present) & self.schema.bits[spec.name]):
+                continue
+            if spec.kind is Kind.DATETIME:
+                value = dt.datetime.fromtimestamp(int(value), dt.timezone.utc)
+            out[spec.name] = value
+        return out
+
+    # --- single readings --------------------------------------------------------------------------
+
+    def latest(self, meter: str, before: dt.datetime | None = None, after: dt.datetime | None = None,
+               first: bool = False) -> Row | None:
+        """The newest (or with first=True the oldest) reading of a meter in [after, before)."""
+        (series,) = self.client.influxql([self._select(meter, after or EARLIEST, before or LATEST, not first, 1, 0)])
+        return next(self._rows(series), None)
+
+    def between(self, meter: str, start: dt.datetime, stop: dt.datetime) -> Iterator[Row]:
+        """Every reading of a meter in [start, stop), oldest first (export; callers chunk by day)."""
+        (series,) = self.client.influxql([f"SELECT * FROM {ident(lineprotocol.READING)} "
+                                          f"{self._raw_where(meter, start, stop)} ORDER BY time ASC"])
+        return self._rows(series)
+
+    def latest_gas(self, meter: str, count: int = 2, before: dt.datetime | None = None) -> list[tuple[dt.datetime, float]]:
+        """The newest gas positions (time booked, m3) before `before`, newest first."""
+        (series,) = self.client.influxql([
+            f"SELECT {ident(lineprotocol.GAS_FIELD)} FROM {ident(lineprotocol.GAS)} "
+            f"{self._raw_where(meter, EARLIEST, before or LATEST)} ORDER BY time DESC LIMIT {count}"])
+        return [(dt.datetime.fromtimestamp(int(row["time"]), dt.timezone.utc), float(row[lineprotocol.GAS_FIELD]))
+                for found in series for row in found.rows()]
+
+    def time_range(self) -> tuple[dt.datetime, dt.datetime] | None:
+        """Time of the first and the last reading of any meter."""
+        first, last = self.statistics.first_reading_time(), self.statistics.last_reading_time()
+        return (first, last) if first and last else None
+
+
+def _number(series: list[Series]) -> int:
+    for found in series:
+        for row in found.rows():
+            for key, value in row.items():
+                if key != "time":
+                    return int(value or 0)
+    return 0

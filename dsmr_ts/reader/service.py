@@ -2,11 +2,14 @@
 
 - read meter (every second, reading for 0.8 s of it): read what the meter sent, cut it into telegrams, store each one
   through the same Ingest as the API; InfluxDB unreachable -> the disk spool;
-- flush spool (every 5 s): deliver spooled telegrams in order once InfluxDB answers;
+- flush spool (every 5 s): deliver spooled telegrams in order once InfluxDB answers, 500 per write;
 - forward to <url> (every 2 s, one per target): POST spooled telegrams to remote
   DSMR-reader-compatible APIs (v1, with the key header), each from its own spool, so a slow or
   dead remote never delays local storage;
-- telegram counters (every 60 s): one log line with what happened in the last minute.
+- telegram counters (every 60 s): one log line with what happened in the last minute;
+- keep statistics (every 15 s, housekeeping): recompute the hours late readings touched, from
+  every path (API, spool, imports), and move the count index's watermark behind the hour task.
+  It runs with reader.enabled false too (then it is the only job).
 
 Nothing is lost while the process runs, and a telegram is on disk (InfluxDB's WAL or the spool,
 both fsync'd) before the next one is read, so a crash loses at most the telegram being read.
@@ -16,6 +19,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import http.client
 import logging
 import os
 import signal
@@ -23,10 +27,9 @@ import sys
 import threading
 import time
 import tty
-import urllib.error
 import urllib.parse
-import urllib.request
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import serial
@@ -50,6 +53,7 @@ SERIAL_PRESETS: dict[str, dict[str, Any]] = {
        for version in ("4", "5", "fluvius", "smarty")},
 }
 READ_TIMEOUT = 0.2  # seconds a read waits for bytes
+REPAIR_EVERY = 15  # seconds between runs of the statistics repair
 MAX_BACKOFF = 30.0
 
 
@@ -122,55 +126,95 @@ class MeterConnection:
             self.serial = None
 
 
+class ForwardError(Exception):
+    """A forward target did not take a telegram (it will be sent again)."""
+
+
 class Forwarder:
-    """POSTs telegrams to one remote API (v1) from its own spool, in order, with retry."""
+    """POSTs telegrams to one remote API (v1) from its own spool, with retry: batches in order,
+    the telegrams of a batch over a few keep-alive connections at once (the remote stores each by
+    its own timestamp, so the order inside a batch does not matter; a failed batch is sent again)."""
+
+    CONNECTIONS = 8
+    BATCH = 256
 
     def __init__(self, target: ForwardTarget, spool: Spool, timeout: float = 10.0):
         self.target = target
         self.spool = spool
         self.timeout = timeout
+        url = urllib.parse.urlsplit(target.url)
         # Named by host only: a URL may hold credentials, and the key is never logged.
-        self.host = urllib.parse.urlsplit(target.url).hostname or "?"
+        self.host = url.hostname or "?"
+        self._https = url.scheme == "https"
+        self._port = url.port or (443 if self._https else 80)
+        self._path = (url.path or "/") + (f"?{url.query}" if url.query else "")
         self.backoff = Backoff(f"forwarding to {self.host}")
+        self.pool = ThreadPoolExecutor(self.CONNECTIONS, thread_name_prefix=f"forward {self.host}")
+        self._local = threading.local()
 
-    def post(self, record: SpooledTelegram) -> None:
-        body = urllib.parse.urlencode({"telegram": record.telegram}).encode()
-        request = urllib.request.Request(self.target.url, data=body, method="POST",
-                                         headers={"X-AUTHKEY": self.target.key})
+    def _connection(self) -> http.client.HTTPConnection:
+        connection = getattr(self._local, "connection", None)
+        if connection is None:
+            cls = http.client.HTTPSConnection if self._https else http.client.HTTPConnection
+            connection = self._local.connection = cls(self.host, self._port, timeout=self.timeout)
+        return connection
+
+    def post(self, telegram: str) -> str | None:
+        """One telegram; returns the remote's reason when it rejects it (400: sending it again
+        would not change that), raises ForwardError when it should be sent again."""
+        body = urllib.parse.urlencode({"telegram": telegram}).encode()
+        headers = {"X-AUTHKEY": self.target.key, "Content-Type": "application/x-www-form-urlencoded"}
+        connection = self._connection()
         try:
-            with urllib.request.urlopen(request, timeout=self.timeout) as response:
-                response.read()
-        except urllib.error.HTTPError as exc:
-            if exc.code == 400:  # the remote rejects this telegram; retrying will not change that
-                log.warning("forwarding: %s rejected a telegram: %s", self.backoff.what,
-                            exc.read(200).decode("latin-1", "replace"))
-                return
-            raise
+            connection.request("POST", self._path, body=body, headers=headers)
+            response = connection.getresponse()
+            answer = response.read(4096)
+        except (OSError, http.client.HTTPException) as exc:
+            connection.close()
+            self._local.connection = None
+            raise ForwardError(str(exc) or exc.__class__.__name__) from None
+        if 200 <= response.status < 300:
+            return None
+        if response.status == 400:
+            return answer[:200].decode("latin-1", "replace")
+        raise ForwardError(f"HTTP {response.status}")
+
+    def post_batch(self, batch: list[SpooledTelegram]) -> None:
+        rejected = [reason for reason in self.pool.map(lambda record: self.post(record.telegram), batch) if reason]
+        if rejected:
+            log.warning("forwarding: %s rejected %d telegram(s), e.g.: %s", self.host, len(rejected), rejected[0])
 
     def run(self) -> None:
         if not self.backoff.ready() or not self.spool.has_pending():
             return
         try:
-            self.spool.drain(self.post)
+            self.spool.drain_batches(self.post_batch, batch_size=self.BATCH)
             self.backoff.succeeded()
-        except (urllib.error.URLError, OSError) as exc:
-            self.backoff.failed(str(getattr(exc, "reason", exc)))
+        except ForwardError as exc:
+            self.backoff.failed(str(exc))
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True)
 
 
 class ReaderService:
-    def __init__(self, config: Config, store: Store, port: str):
+    """The meter (when reader.enabled), its spool and forwarders, and the housekeeping jobs."""
+
+    def __init__(self, config: Config, store: Store, port: str | None):
         self.config = config
+        self.store = store
         self.ingest = Ingest(store)
         spool_dir = config.resolve_path(config.reader.spool_dir)
         self.spool = Spool(spool_dir, "influxdb", config.reader.spool_max_bytes)
         self.forwarders = [
             Forwarder(target, Spool(spool_dir, "forward-" + hashlib.sha256(target.url.encode()).hexdigest()[:12],
                                     config.reader.spool_max_bytes))
-            for target in config.reader.forward
+            for target in (config.reader.forward if port else [])
         ]
-        self.connection = MeterConnection(port, serial_settings(config))
+        self.connection = MeterConnection(port, serial_settings(config)) if port else None
         self.framer = TelegramFramer()
         self.store_backoff = Backoff("storing in InfluxDB")
+        self.statistics_backoff = Backoff("keeping the statistics")
         self.counters: Counter[str] = Counter()
 
     # --- jobs ----------------------------------------------------------------------------------
@@ -205,21 +249,32 @@ class ReaderService:
         self.counters["spooled" if self.spool.append(telegram, received) else "dropped (spool full)"] += 1
 
     def flush_spool(self) -> None:
+        """Spooled telegrams into InfluxDB, a batch per write (a long outage replays fast)."""
         if not self.spool.has_pending() or not self.store_backoff.ready():
             return
 
-        def deliver(record: SpooledTelegram) -> None:
-            try:
-                self.ingest.telegram(record.telegram, now=record.received)
-                self.counters["stored from spool"] += 1
-            except ParseError:
-                self.counters["rejected"] += 1
+        def deliver(batch: list[SpooledTelegram]) -> None:
+            stored, rejected = self.ingest.telegrams([(record.telegram, record.received) for record in batch])
+            self.counters["stored from spool"] += stored
+            self.counters["rejected"] += rejected
 
         try:
-            self.spool.drain(deliver)
+            self.spool.drain_batches(deliver)
             self.store_backoff.succeeded()
         except StoreUnavailable as exc:
             self.store_backoff.failed(str(exc))
+
+    def keep_statistics(self) -> None:
+        """Housekeeping (see influx/statistics.py): recompute the hours that late readings touched,
+        and move the count index's watermark behind the hour task."""
+        if not self.statistics_backoff.ready():
+            return
+        try:
+            self.store.statistics.repair()
+            self.store.statistics.follow_hour_task()
+            self.statistics_backoff.succeeded()
+        except StoreUnavailable as exc:
+            self.statistics_backoff.failed(str(exc))
 
     def log_counters(self) -> None:
         counts, self.counters = self.counters, Counter()
@@ -232,15 +287,21 @@ class ReaderService:
 
     def scheduler(self) -> BlockingScheduler:
         scheduler = BlockingScheduler(job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": 30})
-        scheduler.add_job(self.read_meter, "interval", seconds=1, id="read meter")
+        if self.connection:
+            scheduler.add_job(self.read_meter, "interval", seconds=1, id="read meter")
+            scheduler.add_job(self.log_counters, "interval", seconds=60, id="telegram counters")
         scheduler.add_job(self.flush_spool, "interval", seconds=5, id="flush spool")
         for index, forwarder in enumerate(self.forwarders):
             scheduler.add_job(forwarder.run, "interval", seconds=2, id=f"forward to {forwarder.host} ({index})")
-        scheduler.add_job(self.log_counters, "interval", seconds=60, id="telegram counters")
+        scheduler.add_job(self.keep_statistics, "interval", seconds=REPAIR_EVERY, id="keep statistics",
+                          next_run_time=dt.datetime.now(dt.timezone.utc))
         return scheduler
 
     def close(self) -> None:
-        self.connection.close()
+        if self.connection:
+            self.connection.close()
+        for forwarder in self.forwarders:
+            forwarder.close()
 
 
 def start_simulated_meter(rate: float = 1.0) -> tuple[str, threading.Event]:
@@ -262,16 +323,20 @@ def start_simulated_meter(rate: float = 1.0) -> tuple[str, threading.Event]:
 
 
 def run_reader(config: Config) -> None:
-    """The `dsmr-ts reader` process: runs until SIGINT/SIGTERM."""
+    """The `dsmr-ts reader` process: runs until SIGINT/SIGTERM. With reader.enabled false it reads
+    no meter and runs the housekeeping jobs only."""
     port = config.reader.port
-    if port is None:
+    if config.reader.enabled and port is None:
         port, _ = start_simulated_meter()
     store = Store(config.influxdb, timezone=config.timezone)
-    service = ReaderService(config, store, port)
+    service = ReaderService(config, store, port if config.reader.enabled else None)
     scheduler = service.scheduler()
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
-    log.info("reader started on %s (%s); %d forward target(s)", port,
-             " ".join(f"{k}={v}" for k, v in serial_settings(config).items()), len(service.forwarders))
+    if service.connection:
+        log.info("reader started on %s (%s); %d forward target(s)", port,
+                 " ".join(f"{k}={v}" for k, v in serial_settings(config).items()), len(service.forwarders))
+    else:
+        log.info("housekeeping started (reader.enabled is false: no meter to read)")
     try:
         scheduler.start()
     except (KeyboardInterrupt, SystemExit):

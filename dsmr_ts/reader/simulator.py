@@ -8,9 +8,8 @@ import math
 import random
 from typing import Iterator
 
-from dsmr_ts.telegram import METER_TZ, Reading, build_telegram
+from dsmr_ts.telegram import METER_TZ, SIMULATED_METER, Reading, build_telegram
 
-SIMULATED_METER = "E0099SIMULATED"
 
 
 class MeterSimulator:
@@ -52,8 +51,8 @@ class MeterSimulator:
             if self.gas_time is not None:
                 self.gas += self.gas_flow * (gas_time - self.gas_time).total_seconds() / 3600
             self.gas_time = gas_time
-        return Reading(timestamp=moment, meter=self.meter, values=values,
-                       extra_device_timestamp=gas_time, extra_device_delivered=round(self.gas, 3))
+        values.update(extra_device_timestamp=gas_time, extra_device_delivered=round(self.gas, 3))
+        return Reading(timestamp=moment, meter=self.meter, values=values)
 
     def telegram(self, moment: dt.datetime) -> str:
         tariff = 1 if self.low_tariff(moment) else 2

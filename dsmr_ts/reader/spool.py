@@ -28,6 +28,53 @@ class SpooledTelegram:
     received: dt.datetime  # UTC; stands in for a missing P1 timestamp when it is parsed later
 
 
+@dataclass(frozen=True)
+class SpoolState:
+    """What waits in one spool, for monitoring and metrics (read-only, safe from any process)."""
+
+    name: str
+    waiting: int
+    oldest: dt.datetime | None  # when the oldest waiting telegram was received
+
+
+def spool_states(directory: Path) -> list[SpoolState]:
+    """The state of every spool in a reader's spool_dir: the one interface other processes (the
+    API's monitoring and metrics) use; nothing outside dsmr_ts.reader opens the spool files."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    states = []
+    for path in sorted(directory.glob("*.spool")):
+        count, oldest = _waiting(directory, path.stem)
+        states.append(SpoolState(path.stem, count, oldest))
+    return states
+
+
+def waiting(directory: Path, name: str) -> int:
+    """How many complete records wait in spool `name` (read-only, safe from any process)."""
+    return _waiting(directory, name)[0]
+
+
+def _waiting(directory: Path, name: str) -> tuple[int, dt.datetime | None]:
+    """(complete records waiting, when the first of them was received)."""
+    if not has_pending(directory, name):
+        return 0, None
+    offset = _read_offset(Path(directory) / f"{name}.offset")
+    count, oldest = 0, None
+    try:
+        with open(Path(directory) / f"{name}.spool", "rb") as fh:
+            fh.seek(offset)
+            for line in fh:
+                if not line.endswith(b"\n"):
+                    break
+                if oldest is None:
+                    oldest = dt.datetime.fromisoformat(json.loads(line)["received"])
+                count += 1
+    except (OSError, ValueError, KeyError):
+        pass
+    return count, oldest
+
+
 def has_pending(directory: Path, name: str) -> bool:
     """Is anything waiting in spool `name`? Reads two sizes, changes nothing (safe from any process)."""
     path = Path(directory) / f"{name}.spool"
@@ -36,17 +83,6 @@ def has_pending(directory: Path, name: str) -> bool:
     except FileNotFoundError:
         return False
     return size > _read_offset(Path(directory) / f"{name}.offset")
-
-
-def waiting(directory: Path, name: str) -> int:
-    """How many complete records wait in spool `name` (read-only, safe from any process)."""
-    path = Path(directory) / f"{name}.spool"
-    if not has_pending(directory, name):
-        return 0
-    offset = _read_offset(Path(directory) / f"{name}.offset")
-    with open(path, "rb") as fh:
-        fh.seek(offset)
-        return sum(1 for line in fh if line.endswith(b"\n"))
 
 
 def _read_offset(path: Path) -> int:
@@ -97,19 +133,36 @@ class Spool:
 
     def __len__(self) -> int:
         """Telegrams waiting."""
-        return waiting(self.directory, self.path.stem)
+        return _waiting(self.directory, self.path.stem)[0]
 
     def drain(self, deliver: Callable[[SpooledTelegram], None], limit: int = 1000) -> int:
-        """Deliver waiting telegrams in order until one fails (its exception propagates) or
-        `limit` were delivered. Progress is saved after each delivery. Returns how many went."""
+        """Deliver waiting telegrams one by one, in order, until one fails (its exception
+        propagates) or `limit` were delivered. Progress is saved after each. Returns how many went."""
+        return self.drain_batches(lambda batch: deliver(batch[0]), batch_size=1, limit=limit)
+
+    def drain_batches(self, deliver: Callable[[list[SpooledTelegram]], None], batch_size: int = 500,
+                      limit: int = 100_000) -> int:
+        """Deliver waiting telegrams in order, `batch_size` at a time, until a batch fails (its
+        exception propagates; that batch stays waiting) or `limit` were delivered. Progress is
+        saved after each batch (one fsync per batch). Returns how many went."""
         delivered = 0
         with self.lock:
-            for end, record in self._pending():
-                if delivered >= limit:
+            batch: list[SpooledTelegram] = []
+            end = 0
+            for end_of_record, record in self._pending():
+                if delivered + len(batch) >= limit:
                     break
-                deliver(record)
+                batch.append(record)
+                end = end_of_record
+                if len(batch) >= batch_size:
+                    deliver(batch)
+                    self._save_offset(end)
+                    delivered += len(batch)
+                    batch = []
+            if batch:
+                deliver(batch)
                 self._save_offset(end)
-                delivered += 1
+                delivered += len(batch)
             if delivered and self._offset() >= (self.path.stat().st_size if self.path.exists() else 0):
                 self._reset()
         return delivered

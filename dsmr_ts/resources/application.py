@@ -8,12 +8,14 @@ from pathlib import Path
 import falcon
 
 from dsmr_ts import __version__
-from dsmr_ts.influx.store import Store, StoreUnavailable
-from dsmr_ts.reader.spool import has_pending
+from dsmr_ts.influx.store import StoreUnavailable
+from dsmr_ts.reader.spool import spool_states
+from dsmr_ts.resources.context import ApiContext
 from dsmr_ts.resources.formats import datetime_string
 
 NO_READINGS_AFTER = dt.timedelta(minutes=60)
-STATISTICS_LAG = dt.timedelta(hours=3)  # the hour task runs every hour; three missed runs is a problem
+STATISTICS_LAG = dt.timedelta(hours=3)  # the hour task runs every hour; two missed runs is a problem
+REPAIR_LAG = dt.timedelta(minutes=5)  # the repair job runs every 15 s
 
 
 class VersionResource:
@@ -24,34 +26,47 @@ class VersionResource:
 class MonitoringResource:
     """{"problems": N, "details": [{"source", "description", "since"}]}: what an operator should look at."""
 
-    def __init__(self, store: Store, spool_dir: Path, output_tz: dt.tzinfo | None):
-        self.store = store
+    def __init__(self, context: ApiContext, spool_dir: Path):
+        self.context = context
+        self.store = context.store
         self.spool_dir = spool_dir
-        self.output_tz = output_tz
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         now = dt.datetime.now(dt.timezone.utc)
         problems: list[tuple[str, str, dt.datetime | None]] = []
         try:
-            meter = self.store.default_meter()
-            latest = self.store.latest_reading(meter)
+            latest = self.store.readings.latest(self.store.meters.default())
             if latest is None:
                 problems.append(("datalogger", "No readings received yet", None))
             elif now - latest["_time"] > NO_READINGS_AFTER:
                 problems.append(("datalogger", "No readings received for over 60 minutes", latest["_time"]))
-            else:
-                statistics = self.store.latest_statistics_time()
-                if statistics is None or now - statistics > STATISTICS_LAG:
-                    problems.append(("statistics", "Statistics are lagging behind (are the InfluxDB tasks running?)",
-                                     statistics))
+            problems += self._statistics_problems(now)
         except StoreUnavailable as exc:
             problems.append(("influxdb", f"InfluxDB is unreachable: {exc.summary}", None))
-        for spool_file in sorted(self.spool_dir.glob("*.spool")) if self.spool_dir.is_dir() else []:
-            if has_pending(self.spool_dir, spool_file.stem):
-                since = dt.datetime.fromtimestamp(spool_file.stat().st_ctime, dt.timezone.utc)
-                problems.append(("reader", f"Telegrams are waiting in the spool {spool_file.name}", since))
+        for spool in spool_states(self.spool_dir):
+            if spool.waiting:
+                problems.append(("reader", f"Telegrams are waiting in the spool {spool.name}: {spool.waiting}",
+                                 spool.oldest))
         resp.media = {
             "problems": len(problems),
             "details": [{"source": source, "description": description,
-                         "since": datetime_string(since, self.output_tz)} for source, description, since in problems],
+                         "since": datetime_string(since, self.context.output_tz)}
+                        for source, description, since in problems],
         }
+
+    def _statistics_problems(self, now: dt.datetime) -> list[tuple[str, str, dt.datetime | None]]:
+        """The hour task keeps the watermark within two hours of now (setup starts it at now, so a
+        fresh install has no problem before the first task run); the repair job works off late
+        readings within a minute."""
+        statistics = self.store.statistics
+        watermark = statistics.watermark()
+        found = []
+        if watermark is None:
+            found.append(("statistics", "The statistics index was never built: run `dsmr-ts setup`", None))
+        elif now - watermark > STATISTICS_LAG:
+            found.append(("statistics", "Statistics are lagging behind (are the InfluxDB tasks running?)", watermark))
+        waiting = statistics.repair_backlog()
+        if waiting is not None and now - waiting > REPAIR_LAG:
+            found.append(("statistics", "Late readings wait for their statistics repair (is `dsmr-ts reader` running?)",
+                          waiting))
+        return found

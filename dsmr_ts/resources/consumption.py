@@ -13,8 +13,8 @@ from typing import Any
 import falcon
 
 from dsmr_ts.config import PricePeriod
-from dsmr_ts.influx.store import Store
-from dsmr_ts.influx.tasks import ELECTRICITY_USAGE, local_midnight
+from dsmr_ts.influx.statistics import local_midnight, usage_fields
+from dsmr_ts.resources.context import ApiContext
 from dsmr_ts.resources.formats import datetime_string, decimal_string, exact, money
 from dsmr_ts.resources.pagination import links, page_params
 from dsmr_ts.resources.statistics import day_costs, price_for
@@ -23,13 +23,12 @@ TARIFF_NAMES = {1: "Low", 2: "Normal"}  # tariff 1 is the low (night/weekend) ta
 
 
 class _ConsumptionResource:
-    def __init__(self, store: Store, tz: dt.tzinfo, output_tz: dt.tzinfo | None, trust_forwarded: bool,
-                 prices: list[PricePeriod]):
-        self.store = store
-        self.tz = tz
-        self.output_tz = output_tz
-        self.trust_forwarded = trust_forwarded
-        self.prices = prices
+    def __init__(self, context: ApiContext):
+        self.context = context
+        self.store = context.store
+        self.tz = context.tz
+        self.output_tz = context.output_tz
+        self.prices = context.prices
 
     def today_prices(self) -> PricePeriod | None:
         return price_for(dt.datetime.now(self.tz).date(), self.prices)
@@ -37,14 +36,14 @@ class _ConsumptionResource:
 
 class ElectricityLiveResource(_ConsumptionResource):
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
-        meter = req.get_param("meter") or self.store.default_meter()
-        latest = self.store.latest_reading(meter)
+        meter = self.context.meter(req)
+        latest = self.store.readings.latest(meter)
         if latest is None:
             resp.media = {}
             return
         delivered = exact(latest.get("electricity_currently_delivered") or 0.0)
         returned = exact(latest.get("electricity_currently_returned") or 0.0)
-        tariff = self.store.latest_meter_statistics(meter).get("electricity_tariff")
+        tariff = self.store.meters.statistics(meter).get("electricity_tariff")
         cost = None
         price = self.today_prices()
         if price is not None and tariff in (1, 2):
@@ -62,8 +61,8 @@ class ElectricityLiveResource(_ConsumptionResource):
 
 class GasLiveResource(_ConsumptionResource):
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
-        meter = req.get_param("meter") or self.store.default_meter()
-        gas = self.store.latest_gas(meter, count=2)
+        meter = self.context.meter(req)
+        gas = self.store.readings.latest_gas(meter, count=2)
         if len(gas) < 2:
             resp.media = {}
             return
@@ -79,23 +78,23 @@ class GasLiveResource(_ConsumptionResource):
 
 class TodayResource(_ConsumptionResource):
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
-        meter = req.get_param("meter") or self.store.default_meter()
+        meter = self.context.meter(req)
         now = dt.datetime.now(dt.timezone.utc)
         today = now.astimezone(self.tz).date()
         midnight = local_midnight(now, self.tz)
-        latest = self.store.latest_reading(meter)
+        latest = self.store.readings.latest(meter)
         if latest is None or latest["_time"] < midnight:
             resp.media = f"No electricity readings found for: {today.isoformat()}"  # as DSMR-reader says it
             return
         # Baseline: the last position before midnight, or (a meter's first day) its first reading today.
-        base = self.store.latest_reading(meter, before=midnight) or self.store.latest_reading(
+        base = self.store.readings.latest(meter, before=midnight) or self.store.readings.latest(
             meter, after=midnight, first=True)
         usage: dict[str, float] = {}
-        for position, name in ELECTRICITY_USAGE.items():
+        for position, name in usage_fields(self.store.schema)[0].items():
             used = exact(latest.get(position) or 0.0) - exact(base.get(position) or 0.0)
             usage[name] = float(max(used, Decimal(0)))
-        gas_now = self.store.latest_gas(meter, count=1)
-        gas_before = self.store.latest_gas(meter, count=1, before=midnight)
+        gas_now = self.store.readings.latest_gas(meter, count=1)
+        gas_before = self.store.readings.latest_gas(meter, count=1, before=midnight)
         gas = exact(gas_now[0][1]) - exact(gas_before[0][1]) if gas_now and gas_before else Decimal(0)
         usage["gas"] = float(max(gas, Decimal(0)))
         costs = day_costs(usage, price_for(today, self.prices))
@@ -128,6 +127,6 @@ class EnergySupplierPricesResource(_ConsumptionResource):
                                 "electricity_returned_2", "gas")},
                 "fixed_daily_cost": decimal_string(period.fixed_daily_cost, 5),
             })
-        next_url, previous_url = links(req, page, len(periods), self.trust_forwarded)
+        next_url, previous_url = links(req, page, len(periods), self.context.trust_forwarded)
         resp.media = {"count": len(periods), "next": next_url, "previous": previous_url,
                       "results": periods[page.offset:page.offset + page.limit]}

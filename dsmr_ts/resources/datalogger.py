@@ -7,9 +7,10 @@ from typing import Any
 
 import falcon
 
-from dsmr_ts.influx import schema
-from dsmr_ts.influx.store import EARLIEST, LATEST, Store
+from dsmr_ts.fields import SCHEMA, Kind, Post, ReadingField, ReadingSchema
+from dsmr_ts.influx.store import EARLIEST, LATEST
 from dsmr_ts.ingest import Ingest
+from dsmr_ts.resources.context import ApiContext
 from dsmr_ts.resources.errors import ValidationFailed, all_valid
 from dsmr_ts.resources.forms import read_fields
 from dsmr_ts.resources.formats import reading_json
@@ -45,52 +46,44 @@ class TelegramResource:
         resp.text = ""
 
 
-ENERGY = DecimalSpec(max_digits=9, places=3)
-VOLTAGE = DecimalSpec(max_digits=4, places=1)
-CURRENT = IntegerSpec(minimum=0, maximum=999)
+def _datetime_check(tz: dt.tzinfo):
+    return lambda value: parse_datetime(value, tz).replace(microsecond=0)  # readings are per whole second
 
 
-def reading_fields(tz: dt.tzinfo) -> list[Field]:
-    """The v2 POST fields: required as documented, optional ones as DSMR-reader v5 accepts."""
-    # Readings are kept per whole second.
-    timestamp = lambda value: parse_datetime(value, tz).replace(microsecond=0)  # noqa: E731
+def field_check(spec: ReadingField, tz: dt.tzinfo):
+    """How a v2 POST value of this field is checked, from its row in the field table."""
+    if spec.kind is Kind.DATETIME:
+        return _datetime_check(tz)
+    if spec.kind is Kind.INTEGER:
+        return IntegerSpec(minimum=spec.minimum if spec.minimum is not None else -(2**31),
+                           maximum=spec.maximum if spec.maximum is not None else 2**31 - 1)
+    return DecimalSpec(max_digits=spec.max_digits, places=spec.places)
+
+
+def reading_fields(tz: dt.tzinfo, schema: ReadingSchema = SCHEMA) -> list[Field]:
+    """The v2 POST fields: timestamp, the table's fields a POST may set (required as documented),
+    and dsmr-ts' `meter`."""
     return [
-        Field("timestamp", timestamp, required=True),
-        Field("electricity_currently_delivered", ENERGY, required=True),
-        Field("electricity_currently_returned", ENERGY, required=True),
-        Field("electricity_delivered_1", ENERGY, required=True),
-        Field("electricity_delivered_2", ENERGY, required=True),
-        Field("electricity_returned_1", ENERGY, required=True),
-        Field("electricity_returned_2", ENERGY, required=True),
-        *(Field(f"phase_currently_delivered_l{n}", ENERGY) for n in (1, 2, 3)),
-        *(Field(f"phase_currently_returned_l{n}", ENERGY) for n in (1, 2, 3)),
-        *(Field(f"phase_voltage_l{n}", VOLTAGE) for n in (1, 2, 3)),
-        *(Field(f"phase_power_current_l{n}", CURRENT) for n in (1, 2, 3)),
-        Field("extra_device_timestamp", timestamp),
-        Field("extra_device_delivered", ENERGY),
+        Field("timestamp", _datetime_check(tz), required=True),
+        *(Field(spec.name, field_check(spec, tz), required=spec.post is Post.REQUIRED) for spec in schema.post_fields),
         Field("meter", meter_id),
     ]
 
 
-def reading_from_fields(data: dict[str, Any], tz: dt.tzinfo, default_meter: str) -> Reading:
+def reading_from_fields(data: dict[str, Any], tz: dt.tzinfo, default_meter: str,
+                        schema: ReadingSchema = SCHEMA) -> Reading:
     """Validated v2 fields -> Reading; falcon.HTTPBadRequest with {"field": [message]} otherwise."""
-    clean, errors = collect_errors(data, reading_fields(tz))
+    clean, errors = collect_errors(data, reading_fields(tz, schema))
     timestamp = clean.get("timestamp")
     if timestamp and timestamp - dt.datetime.now(dt.timezone.utc) > MAX_FUTURE:
         errors["timestamp"] = ["Ensure this datetime is not more than 24 hours in the future."]
-    if ("extra_device_timestamp" in clean) != ("extra_device_delivered" in clean):
-        missing = "extra_device_delivered" if "extra_device_timestamp" in clean else "extra_device_timestamp"
-        errors.setdefault(missing, ["Required together with the other extra_device field."])
+    for value_name, time_name in schema.mbus_pairs:  # a meter position and its time go together
+        if (value_name in clean) != (time_name in clean):
+            missing = value_name if time_name in clean else time_name
+            errors.setdefault(missing, [f"Required together with {time_name if missing == value_name else value_name}."])
     if errors:
         raise ValidationFailed(errors)
-    reading = Reading(
-        timestamp=clean.pop("timestamp"),
-        meter=clean.pop("meter", default_meter),
-        extra_device_timestamp=clean.pop("extra_device_timestamp", None),
-        extra_device_delivered=clean.pop("extra_device_delivered", None),
-    )
-    reading.values = clean
-    return reading
+    return Reading(timestamp=clean.pop("timestamp"), meter=clean.pop("meter", default_meter), values=clean)
 
 
 def filter_datetimes(req: falcon.Request, field: str, tz: dt.tzinfo) -> tuple[dt.datetime | None, dt.datetime | None]:
@@ -112,33 +105,25 @@ def filter_datetimes(req: falcon.Request, field: str, tz: dt.tzinfo) -> tuple[dt
 class ReadingResource:
     """POST (and GET, see readings.py) /api/v2/datalogger/dsmrreading."""
 
-    def __init__(
-        self,
-        ingest: Ingest,
-        store: Store,
-        tz: dt.tzinfo,
-        output_tz: dt.tzinfo | None = None,
-        trust_forwarded: bool = False,
-    ):
+    def __init__(self, context: ApiContext, ingest: Ingest):
+        self.context = context
         self.ingest = ingest
-        self.store = store
-        self.tz = tz
-        self.output_tz = output_tz
-        self.trust_forwarded = trust_forwarded
+        self.store = context.store
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
-        page, (gte, lte) = all_valid(lambda: page_params(req), lambda: filter_datetimes(req, "timestamp", self.tz))
-        meter = req.get_param("meter") or self.store.default_meter()
+        tz, output_tz, schema = self.context.tz, self.context.output_tz, self.store.schema
+        page, (gte, lte), meter = all_valid(lambda: page_params(req), lambda: filter_datetimes(req, "timestamp", tz),
+                                            lambda: self.context.meter(req))
         descending = req.get_param("ordering") == "-timestamp"  # anything else: ascending
         count, rows = self.store.readings.page(meter, gte, lte, page.offset, page.limit, descending)
-        next_url, previous_url = links(req, page, count, self.trust_forwarded)
-        results = (reading_json(row["_time"], row, self.output_tz) for row in rows)
+        next_url, previous_url = links(req, page, count, self.context.trust_forwarded)
+        results = (reading_json(row["_time"], row, output_tz, schema) for row in rows)
         resp.content_type = falcon.MEDIA_JSON
         resp.stream = stream_envelope(count, next_url, previous_url, results)
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         data = read_fields(req)
-        default_meter = "" if data.get("meter") else self.store.default_meter()
-        reading = self.ingest.reading(reading_from_fields(data, self.tz, default_meter))
+        default_meter = "" if data.get("meter") else self.store.meters.default()
+        reading = self.ingest.reading(reading_from_fields(data, self.context.tz, default_meter, self.store.schema))
         resp.status = falcon.HTTP_201
-        resp.media = reading_json(reading.timestamp, schema.reading_fields(reading), self.output_tz)
+        resp.media = reading_json(reading.timestamp, reading.values, self.context.output_tz, self.store.schema)

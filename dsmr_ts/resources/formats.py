@@ -1,4 +1,4 @@
-"""How values look on the wire: decimal strings, UTC 'Z' datetimes, field order, ids."""
+"""How values look on the wire: decimal strings, UTC 'Z' datetimes, field order (the field table's), ids."""
 
 from __future__ import annotations
 
@@ -6,39 +6,13 @@ import datetime as dt
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
-# Reading fields in the order the documentation shows, then the ones DSMR-reader v5 added.
-# (name, decimal places; 0 = integer, None = datetime)
-READING_OUTPUT: tuple[tuple[str, int | None], ...] = (
-    ("electricity_delivered_1", 3),
-    ("electricity_returned_1", 3),
-    ("electricity_delivered_2", 3),
-    ("electricity_returned_2", 3),
-    ("electricity_currently_delivered", 3),
-    ("electricity_currently_returned", 3),
-    ("phase_currently_delivered_l1", 3),
-    ("phase_currently_delivered_l2", 3),
-    ("phase_currently_delivered_l3", 3),
-    ("extra_device_timestamp", None),
-    ("extra_device_delivered", 3),
-    ("phase_currently_returned_l1", 3),
-    ("phase_currently_returned_l2", 3),
-    ("phase_currently_returned_l3", 3),
-    ("phase_voltage_l1", 1),
-    ("phase_voltage_l2", 1),
-    ("phase_voltage_l3", 1),
-    ("phase_power_current_l1", 0),
-    ("phase_power_current_l2", 0),
-    ("phase_power_current_l3", 0),
-)
+from dsmr_ts.fields import SCHEMA, Kind, ReadingField, ReadingSchema
 
 
 def exact(value: float) -> Decimal:
     """A stored value as the decimal it was written as, for arithmetic that is then rounded
     (0.75 x 0.30 must be 0.225 and round to 0.23, not 0.22499... and 0.22)."""
     return Decimal(repr(float(value)))
-
-
-CENT = Decimal("0.01")
 
 
 def rounded(value: Decimal, places: int) -> Decimal:
@@ -69,17 +43,22 @@ def datetime_string(moment: dt.datetime | None, tz: dt.tzinfo | None = None) -> 
     return moment.astimezone(tz).isoformat(timespec="seconds")
 
 
-def reading_json(timestamp: dt.datetime, values: dict[str, Any], tz: dt.tzinfo | None = None) -> dict[str, Any]:
-    """A stored reading as the API shows it. id = Unix seconds of its timestamp."""
+def field_json(spec: ReadingField, value: Any, tz: dt.tzinfo | None = None) -> Any:
+    """One reading field as the API shows it (null when absent)."""
+    if value is None:
+        return None
+    if spec.kind is Kind.DATETIME:
+        return datetime_string(value if isinstance(value, dt.datetime)
+                               else dt.datetime.fromtimestamp(int(value), dt.timezone.utc), tz)
+    if spec.kind is Kind.INTEGER:
+        return int(value)
+    return decimal_string(value, spec.places)
+
+
+def reading_json(timestamp: dt.datetime, values: dict[str, Any], tz: dt.tzinfo | None = None,
+                 schema: ReadingSchema = SCHEMA) -> dict[str, Any]:
+    """A stored reading as the API shows it, its fields in the table's order. id = Unix seconds."""
     out: dict[str, Any] = {"id": int(timestamp.timestamp()), "timestamp": datetime_string(timestamp, tz)}
-    for name, places in READING_OUTPUT:
-        value = values.get(name)
-        if places is None:
-            out[name] = (
-                datetime_string(dt.datetime.fromtimestamp(int(value), dt.timezone.utc), tz) if value is not None else None
-            )
-        elif places == 0:
-            out[name] = int(value) if value is not None else None
-        else:
-            out[name] = decimal_string(value, places)
+    for spec in schema.api_fields:
+        out[spec.name] = field_json(spec, values.get(spec.name), tz)
     return out

@@ -8,16 +8,14 @@ from typing import Any
 
 import falcon
 
-from dsmr_ts.influx.store import Store
+from dsmr_ts.fields import Kind
+from dsmr_ts.resources.context import ApiContext
 from dsmr_ts.resources.errors import ValidationFailed
 from dsmr_ts.resources.formats import datetime_string
 from dsmr_ts.resources.forms import read_fields
 from dsmr_ts.resources.validation import Field, FieldError, IntegerSpec, collect_errors, meter_id
-from dsmr_ts.telegram import STATISTICS_FIELDS
 
 COUNTER = IntegerSpec(minimum=0, maximum=2**31 - 1)
-# The writable fields, from the telegram parser's table (spec as data): the version is text.
-FIELDS = list(dict.fromkeys(name for name, _ in STATISTICS_FIELDS.values()))
 
 
 def _version(value: Any) -> str:
@@ -27,31 +25,34 @@ def _version(value: Any) -> str:
 
 
 class MeterStatisticsResource:
-    def __init__(self, store: Store, output_tz: dt.tzinfo | None):
-        self.store = store
-        self.output_tz = output_tz
+    def __init__(self, context: ApiContext):
+        self.context = context
+        self.store = context.store
+        # The writable fields, from the meter statistics table (spec as data).
+        self.statistics = context.store.schema.statistics
 
     def _body(self, meter: str) -> dict[str, Any]:
-        latest = self.store.latest_meter_statistics(meter)
-        body: dict[str, Any] = {"id": 1, "timestamp": datetime_string(latest.get("_time"), self.output_tz)}
-        for name in FIELDS:
-            body[name] = latest.get(name)
-        body["rejected_telegrams"] = self.store.rejected_count()
+        latest = self.store.meters.statistics(meter)
+        body: dict[str, Any] = {"id": 1, "timestamp": datetime_string(latest.get("_time"), self.context.output_tz)}
+        for statistic in self.statistics:
+            body[statistic.name] = latest.get(statistic.name)
+        body["rejected_telegrams"] = self.store.meters.rejected_count()
         body["latest_telegram"] = None  # telegrams are not kept; the readings are
         return body
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
-        resp.media = self._body(req.get_param("meter") or self.store.default_meter())
+        resp.media = self._body(self.context.meter(req))
 
     def on_patch(self, req: falcon.Request, resp: falcon.Response) -> None:
         data = read_fields(req)
-        unknown = set(data) - set(FIELDS) - {"meter"}
-        specs = [Field(name, _version if name == "dsmr_version" else COUNTER) for name in FIELDS]
+        names = {statistic.name for statistic in self.statistics}
+        unknown = set(data) - names - {"meter"}
+        specs = [Field(s.name, _version if s.kind is Kind.TEXT else COUNTER) for s in self.statistics]
         clean, errors = collect_errors(data, [*specs, Field("meter", meter_id)])
         errors.update({name: ["Not a meter statistic you can set."] for name in sorted(unknown)})
         if errors:
             raise ValidationFailed(errors)
-        meter = clean.pop("meter", None) or self.store.default_meter()
+        meter = clean.pop("meter", None) or self.store.meters.default()
         if clean:
-            self.store.write_meter_statistics(meter, dt.datetime.now(dt.timezone.utc), clean)
+            self.store.writer.store_meter_statistics(meter, dt.datetime.now(dt.timezone.utc), clean)
         resp.media = self._body(meter)

@@ -11,7 +11,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, 
 
 from dsmr_ts.influx.store import Store, StoreUnavailable
 from dsmr_ts.metrics import REQUESTS
-from dsmr_ts.reader.spool import waiting
+from dsmr_ts.reader.spool import spool_states
 
 
 class RequestMetricsMiddleware:
@@ -39,12 +39,12 @@ class MetricsResource:
 
     def _measured_now(self) -> str:
         """Gauges measured at scrape time, from the spool files and InfluxDB."""
-        spools = sorted(self.spool_dir.glob("*.spool")) if self.spool_dir.is_dir() else []
         lines = ["# HELP dsmr_ts_spool_telegrams Telegrams waiting in a reader spool",
                  "# TYPE dsmr_ts_spool_telegrams gauge"]
-        lines += [f'dsmr_ts_spool_telegrams{{spool="{p.stem}"}} {waiting(self.spool_dir, p.stem)}' for p in spools]
+        lines += [f'dsmr_ts_spool_telegrams{{spool="{spool.name}"}} {spool.waiting}'
+                  for spool in spool_states(self.spool_dir)]
         try:
-            latest = self.store.latest_reading(self.store.default_meter())
+            latest = self.store.readings.latest(self.store.meters.default())
         except StoreUnavailable:
             latest = None
         if latest is not None:

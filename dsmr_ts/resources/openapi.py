@@ -8,7 +8,6 @@ Accept: application/json.
 
 from __future__ import annotations
 
-import datetime as dt
 import functools
 import json
 from typing import Any
@@ -17,9 +16,7 @@ import falcon
 import yaml
 
 from dsmr_ts import __version__
-from dsmr_ts.resources.datalogger import reading_fields
-from dsmr_ts.resources.formats import READING_OUTPUT
-from dsmr_ts.resources.meter_statistics import FIELDS as METER_STATISTICS_FIELDS
+from dsmr_ts.fields import SCHEMA, Kind, Post, ReadingField, ReadingSchema
 from dsmr_ts.resources.statistics import USAGE_OUTPUT
 
 JSON = "application/json"
@@ -30,21 +27,40 @@ def _nullable(schema: dict[str, Any]) -> dict[str, Any]:
 
 
 DECIMAL_3 = {"type": "string", "pattern": r"^-?\d+\.\d{3}$"}
-DECIMAL_1 = {"type": "string", "pattern": r"^-?\d+\.\d$"}
 MONEY = {"type": "string", "pattern": r"^-?\d+\.\d{2}$"}
 DATETIME = {"type": "string", "format": "date-time"}
 
 
-def _reading_schema() -> dict[str, Any]:
+def _decimal(places: int) -> dict[str, Any]:
+    return {"type": "string", "pattern": rf"^-?\d+\.\d{{{places}}}$"}
+
+
+def _output_schema(spec: ReadingField) -> dict[str, Any]:
+    """How a field looks in a reading (from its row in the field table); null when absent."""
+    if spec.kind is Kind.DATETIME:
+        schema = _nullable(DATETIME)
+    elif spec.kind is Kind.INTEGER:
+        schema = {"type": ["integer", "null"]}
+    else:
+        schema = _nullable(_decimal(spec.places))
+    description = " ".join(part for part in (spec.description, f"({spec.unit})" if spec.unit else "") if part)
+    return {**schema, "description": description} if description else schema
+
+
+def _input_schema(spec: ReadingField) -> dict[str, Any]:
+    """What a v2 POST may send for a field."""
+    if spec.kind is Kind.DATETIME:
+        return {"type": "string", "description": "ISO 8601, offset or Z; naive = local"}
+    if spec.kind is Kind.INTEGER:
+        return {"type": ["integer", "string"], "minimum": spec.minimum, "maximum": spec.maximum}
+    return {"type": ["number", "string"],
+            "description": f"at most {spec.max_digits} digits, {spec.places} after the point"}
+
+
+def _reading_schema(schema: ReadingSchema) -> dict[str, Any]:
     properties: dict[str, Any] = {"id": {"type": "integer", "description": "Unix seconds of the timestamp"},
                                   "timestamp": DATETIME}
-    for name, places in READING_OUTPUT:
-        if places is None:
-            properties[name] = _nullable(DATETIME)
-        elif places == 0:
-            properties[name] = {"type": ["integer", "null"]}
-        else:
-            properties[name] = _nullable(DECIMAL_1 if places == 1 else DECIMAL_3)
+    properties.update({spec.name: _output_schema(spec) for spec in schema.api_fields})
     return {"type": "object", "properties": properties, "required": list(properties),
             "additionalProperties": False}
 
@@ -75,10 +91,10 @@ def _object(properties: dict[str, Any], required: bool = True) -> dict[str, Any]
             "additionalProperties": False}
 
 
-def _v5_schemas() -> dict[str, Any]:
+def _v5_schemas(schema: ReadingSchema) -> dict[str, Any]:
     counter = {"type": ["integer", "null"], "minimum": 0}
-    statistics = {name: ({"type": ["string", "null"]} if name == "dsmr_version" else counter)
-                  for name in METER_STATISTICS_FIELDS}
+    statistics = {s.name: ({"type": ["string", "null"]} if s.kind is Kind.TEXT else counter)
+                  for s in schema.statistics}
     usage = {n: DECIMAL_3 for n in USAGE_OUTPUT}
     return {
         "Version": _object({"version": {"type": "string"}}),
@@ -88,8 +104,8 @@ def _v5_schemas() -> dict[str, Any]:
                                     "rejected_telegrams": {"type": "integer", "minimum": 0},
                                     "latest_telegram": {"type": "null"}}),
         "MeterStatisticsInput": {"type": "object", "properties": {**{
-            name: ({"type": "string"} if name == "dsmr_version" else {"type": ["integer", "string"], "minimum": 0})
-            for name in METER_STATISTICS_FIELDS}, "meter": {"type": "string"}}},
+            s.name: ({"type": "string"} if s.kind is Kind.TEXT else {"type": ["integer", "string"], "minimum": 0})
+            for s in schema.statistics}, "meter": {"type": "string"}}},
         "ElectricityLive": _object({"timestamp": DATETIME, "currently_delivered": {"type": "integer"},
                                     "currently_returned": {"type": "integer"}, "cost_per_hour": _nullable(MONEY),
                                     "tariff_name": {"type": ["string", "null"]}}, required=False),
@@ -111,9 +127,10 @@ def _v5_schemas() -> dict[str, Any]:
 
 
 def _simple_get(schema: str, summary: str, meter: bool = True) -> dict[str, Any]:
+    errors = {name: V2_ERRORS[name] for name in (("400", "403", "503") if meter else ("403", "503"))}
     return {"get": {"summary": summary, "security": KEY_SECURITY,
                     "parameters": [PAGING[2]] if meter else [],
-                    "responses": {"200": _json(schema, summary), "403": V2_ERRORS["403"], "503": V2_ERRORS["503"]}}}
+                    "responses": {"200": _json(schema, summary), **errors}}}
 
 
 def _page(item: str) -> dict[str, Any]:
@@ -166,18 +183,14 @@ def _list_operation(item: str, field: str, time_schema: dict[str, Any], summary:
 
 
 @functools.cache
-def openapi_document() -> dict[str, Any]:
-    post_properties: dict[str, Any] = {}
-    for field in reading_fields(dt.timezone.utc):
-        if field.name in ("timestamp", "extra_device_timestamp"):
-            post_properties[field.name] = {"type": "string", "description": "ISO 8601, offset or Z; naive = local"}
-        elif field.name == "meter":
-            post_properties[field.name] = {"type": "string", "maxLength": 64}
-        elif field.name.startswith("phase_power_current"):
-            post_properties[field.name] = {"type": ["integer", "string"], "minimum": 0, "maximum": 999}
-        else:
-            post_properties[field.name] = {"type": ["number", "string"]}
-    post_required = [f.name for f in reading_fields(dt.timezone.utc) if f.required]
+def openapi_document(schema: ReadingSchema = SCHEMA) -> dict[str, Any]:
+    """The document for a field table (cached per table)."""
+    post_properties: dict[str, Any] = {
+        "timestamp": {"type": "string", "description": "ISO 8601, offset or Z; naive = local"},
+        **{spec.name: _input_schema(spec) for spec in schema.post_fields},
+        "meter": {"type": "string", "maxLength": 64, "description": "dsmr-ts: the meter (default: the default meter)"},
+    }
+    post_required = ["timestamp", *(spec.name for spec in schema.post_fields if spec.post is Post.REQUIRED)]
     post_schema = {"type": "object", "properties": post_properties, "required": post_required}
 
     datetime_filter = {"type": "string", "description": "ISO 8601 datetime"}
@@ -192,7 +205,7 @@ def openapi_document() -> dict[str, Any]:
                               "description": "`Token <key>`"},
             },
             "schemas": {
-                "Reading": _reading_schema(),
+                "Reading": _reading_schema(schema),
                 "ReadingPage": _page("Reading"),
                 "ReadingInput": post_schema,
                 "HourStatistics": _hour_schema(),
@@ -202,7 +215,7 @@ def openapi_document() -> dict[str, Any]:
                 "Detail": {"type": "object", "required": ["detail"], "properties": {"detail": {"type": "string"}}},
                 "FieldErrors": {"type": "object", "minProperties": 1,
                                 "additionalProperties": {"type": "array", "items": {"type": "string"}, "minItems": 1}},
-                **_v5_schemas(),
+                **_v5_schemas(schema),
                 "Health": {"type": "object", "required": ["status", "influxdb"], "additionalProperties": False,
                            "properties": {"status": {"enum": ["ok", "error"]},
                                           "influxdb": {"enum": ["ok", "unreachable", "unauthorized"]},
@@ -276,8 +289,11 @@ def openapi_document() -> dict[str, Any]:
 class SchemaResource:
     auth_exempt = True
 
+    def __init__(self, schema: ReadingSchema = SCHEMA):
+        self.schema = schema
+
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
-        document = openapi_document()
+        document = openapi_document(self.schema)
         wants_json = req.get_param("format") == "json" or (
             req.get_param("format") is None and JSON in (req.accept or "") and "yaml" not in (req.accept or ""))
         if wants_json:

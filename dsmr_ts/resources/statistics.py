@@ -16,8 +16,9 @@ from typing import Any
 import falcon
 
 from dsmr_ts.config import PricePeriod
-from dsmr_ts.influx.store import EARLIEST, LATEST, Store
-from dsmr_ts.influx.tasks import DAY_MEASUREMENT, HOUR_MEASUREMENT, local_midnight
+from dsmr_ts.influx.statistics import DAY_MEASUREMENT, HOUR_MEASUREMENT, local_midnight
+from dsmr_ts.influx.store import EARLIEST, LATEST
+from dsmr_ts.resources.context import ApiContext
 from dsmr_ts.resources.datalogger import filter_datetimes
 from dsmr_ts.resources.errors import ValidationFailed, all_valid
 from dsmr_ts.resources.formats import datetime_string, decimal_string, exact, money, rounded
@@ -50,13 +51,11 @@ class _StatisticsResource:
     measurement = ""
     time_field = ""
 
-    def __init__(self, store: Store, tz: dt.tzinfo, output_tz: dt.tzinfo | None, trust_forwarded: bool,
-                 prices: list[PricePeriod]):
-        self.store = store
-        self.tz = tz
-        self.output_tz = output_tz
-        self.trust_forwarded = trust_forwarded
-        self.prices = prices
+    def __init__(self, context: ApiContext):
+        self.context = context
+        self.tz = context.tz
+        self.output_tz = context.output_tz
+        self.prices = context.prices
 
     def bounds(self, req: falcon.Request) -> tuple[dt.datetime | None, dt.datetime | None]:
         raise NotImplementedError
@@ -65,13 +64,12 @@ class _StatisticsResource:
         raise NotImplementedError
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
-        page, (start, stop) = all_valid(lambda: page_params(req), lambda: self.bounds(req))
-        meter = req.get_param("meter") or self.store.default_meter()
+        page, (start, stop), meter = all_valid(lambda: page_params(req), lambda: self.bounds(req),
+                                               lambda: self.context.meter(req))
         descending = req.get_param("ordering") == f"-{self.time_field}"
-        count, rows = self.store.statistics_page(
-            self.measurement, meter, start, stop, page.offset, page.limit, descending
-        )
-        next_url, previous_url = links(req, page, count, self.trust_forwarded)
+        count, rows = self.context.store.statistics.page(
+            self.measurement, meter, start, stop, page.offset, page.limit, descending)
+        next_url, previous_url = links(req, page, count, self.context.trust_forwarded)
         resp.media = {"count": count, "next": next_url, "previous": previous_url,
                       "results": [self.row_json(row) for row in rows]}
 

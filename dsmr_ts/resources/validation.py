@@ -6,19 +6,16 @@ checks into the 400 body {"field": ["message"], ...}.
 
 from __future__ import annotations
 
-import datetime as dt
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from typing import Any, Callable
 
+from dsmr_ts.datetimes import FieldError, parse_datetime
+
+__all__ = ["FieldError", "parse_datetime", "DecimalSpec", "IntegerSpec", "Field", "collect_errors", "meter_id"]
+
 REQUIRED = "This field is required."
 NOT_NULL = "This field may not be null."
-DATETIME_FORMAT = "YYYY-MM-DDThh:mm[:ss[.uuuuuu]][+HH:MM|-HH:MM|Z]"
-BAD_DATETIME = f"Datetime has wrong format. Use one of these formats instead: {DATETIME_FORMAT}."
-
-
-class FieldError(ValueError):
-    pass
 
 
 def _decimal(value: Any, message: str) -> Decimal:
@@ -78,25 +75,6 @@ class IntegerSpec:
         if result > self.maximum:
             raise FieldError(f"Ensure this value is less than or equal to {self.maximum}.")
         return result
-
-
-def parse_datetime(value: Any, tz: dt.tzinfo, allow_date: bool = False) -> dt.datetime:
-    """ISO 8601 with offset ('+02', '+02:00'), 'Z', or naive (read in tz); a space may replace 'T'.
-
-    Returns an aware UTC datetime. Raises FieldError with DRF's message.
-    """
-    if not isinstance(value, str) or not value.strip():
-        raise FieldError(BAD_DATETIME)
-    text = value.strip()
-    try:
-        moment = dt.datetime.fromisoformat(text)
-    except ValueError:
-        raise FieldError(BAD_DATETIME) from None
-    if len(text) <= 10 and not allow_date:  # a bare date is not a datetime (filters accept it: midnight)
-        raise FieldError(BAD_DATETIME)
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=tz)
-    return moment.astimezone(dt.timezone.utc)
 
 
 def meter_id(value: Any) -> str:

@@ -1,0 +1,140 @@
+"""The points dsmr-ts stores, and the one place that writes InfluxDB line protocol.
+
+Bucket `dsmr` (readings):
+- `reading,meter=M <fields> <time>`: one point per reading; field types from the ReadingSchema
+  (DECIMAL float, INTEGER and DATETIME integer, the latter Unix seconds), and `present`: a bit
+  mask of the schema's fields this reading has. A write of the same meter+time merges fields with
+  an earlier one, so the mask is what says which fields belong to the reading (a corrected reading
+  without phases replaces one with phases without a query or a delete on the request path).
+- `gas,meter=M extra_device_delivered=<m3> <booked>`: the gas position at the time it counts in
+  (DSMR 4/2.2 hourly values one hour earlier), for the statistics.
+- `meter_statistics,meter=M <counters> <time>`; `rejected_telegrams=1i` per rejected telegram.
+- `statistics_repair,meter=M marked=<ms>i <hour>` and `repair_request,meter=M hour=<s>i <now>`:
+  a write into an hour that has already ended marks it, in the same write (see statistics.py).
+
+Field types are fixed here once (InfluxDB fixes a field's type per shard on first write).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Iterable, Mapping
+
+from dsmr_ts.fields import SCHEMA, Kind, ReadingSchema
+from dsmr_ts.telegram import Reading
+
+READING = "reading"
+GAS = "gas"
+GAS_FIELD = "extra_device_delivered"
+PRESENT_FIELD = "present"
+METER_STATISTICS = "meter_statistics"
+REJECTED_FIELD = "rejected_telegrams"
+REPAIR = "statistics_repair"  # per (meter, hour): marked / repaired (ms of the mark)
+REPAIR_REQUEST = "repair_request"  # per mark, at the time it was made: the log the repair job reads
+IMPORT = "import"  # stats bucket: how far an import from a source got
+NS = 1_000_000_000
+
+
+def escape_tag(value: str) -> str:
+    return value.replace("\\", "\\\\").replace(",", "\\,").replace("=", "\\=").replace(" ", "\\ ")
+
+
+def _string_field(value: str) -> str:
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _field(name: str, value: object) -> str:
+    if isinstance(value, str):
+        return f"{name}={_string_field(value)}"
+    if isinstance(value, bool):
+        raise TypeError(f"{name}: booleans are not stored")
+    if isinstance(value, int):
+        return f"{name}={value}i"
+    return f"{name}={float(value)!r}"
+
+
+def line(measurement: str, meter: str | None, fields: Mapping[str, object], seconds: int | None = None,
+         ns: int | None = None) -> str:
+    """One point, tagged with its meter (None: untagged, for the few bookkeeping points); time in
+    whole seconds (or ns for the few points that need finer times)."""
+    stamp = ns if ns is not None else seconds * NS
+    tags = f",meter={escape_tag(meter)}" if meter is not None else ""
+    return f"{measurement}{tags} {','.join(_field(k, v) for k, v in fields.items())} {stamp}"
+
+
+def _unix(moment: dt.datetime) -> int:
+    return int(moment.timestamp())
+
+
+def reading_fields(reading: Reading, schema: ReadingSchema = SCHEMA) -> dict[str, float | int]:
+    """The stored fields of a reading, typed as the schema says, with its `present` mask."""
+    fields: dict[str, float | int] = {}
+    present = 0
+    for name, value in reading.values.items():
+        spec = schema.by_name.get(name)
+        if spec is None or value is None:
+            continue
+        if spec.kind is Kind.DATETIME:
+            fields[name] = _unix(value)
+        elif spec.kind is Kind.INTEGER:
+            fields[name] = int(value)
+        else:
+            fields[name] = float(value)
+        present |= schema.bits[name]
+    fields[PRESENT_FIELD] = present
+    return fields
+
+
+def reading_line(reading: Reading, schema: ReadingSchema = SCHEMA) -> str:
+    return line(READING, reading.meter, reading_fields(reading, schema), _unix(reading.timestamp))
+
+
+def gas_booked_at(reading: Reading, hourly: bool) -> dt.datetime | None:
+    """When the reading's gas position counts: meters that report gas hourly (DSMR 4, DSMR 2.2) stamp
+    the value at the end of the hour it covers; like DSMR-reader it is booked one hour earlier."""
+    gas = reading.gas
+    if gas is None:
+        return None
+    return gas[0] - dt.timedelta(hours=1 if hourly else 0)
+
+
+def gas_line(reading: Reading, hourly: bool) -> str | None:
+    booked = gas_booked_at(reading, hourly)
+    if booked is None:
+        return None
+    return line(GAS, reading.meter, {GAS_FIELD: float(reading.gas[1])}, _unix(booked))
+
+
+def statistics_line(meter: str, timestamp: dt.datetime, statistics: Mapping[str, str | int],
+                    schema: ReadingSchema = SCHEMA) -> str | None:
+    kinds = {s.name: s.kind for s in schema.statistics}
+    fields = {name: (str(value) if kinds.get(name) is Kind.TEXT else int(value)) for name, value in statistics.items()}
+    return line(METER_STATISTICS, meter, fields, _unix(timestamp)) if fields else None
+
+
+def rejected_line(meter: str, when: dt.datetime) -> str:
+    """One rejected telegram. Microsecond timestamps keep simultaneous rejections apart, and a
+    count is the sum over points, so concurrent workers never lose an increment."""
+    return line(METER_STATISTICS, meter, {REJECTED_FIELD: 1}, ns=int(when.timestamp() * 1_000_000) * 1000)
+
+
+def repair_lines(hours: Iterable[tuple[str, int]], now: dt.datetime) -> list[str]:
+    """Marks for (meter, hour start in Unix seconds) pairs that a write touched after they ended:
+    the hour's state point, and an entry in the log the repair job reads (one ns apart each, so
+    two marks of one meter in one write stay two points)."""
+    marked_ms = int(now.timestamp() * 1000)
+    base_ns = marked_ms * 1_000_000
+    lines = []
+    for index, (meter, hour) in enumerate(sorted(hours)):
+        lines.append(line(REPAIR, meter, {"marked": marked_ms}, hour))
+        lines.append(line(REPAIR_REQUEST, meter, {"hour": hour}, ns=base_ns + index))
+    return lines
+
+
+def repaired_line(meter: str, hour: int, marked_ms: int) -> str:
+    """The repair of (meter, hour) covered every mark up to marked_ms."""
+    return line(REPAIR, meter, {"repaired": marked_ms}, hour)
+
+
+def import_cursor_line(source: str, reached: dt.datetime) -> str:
+    return f"{IMPORT},source={escape_tag(source)} reached={_unix(reached)}i 0"

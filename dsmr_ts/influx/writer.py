@@ -1,0 +1,196 @@
+"""Writing points: group commit for the request path, bulk writes for imports and benchmarks.
+
+Group commit: a request hands its lines to the process's committer and waits. The committer
+thread writes whatever has queued up meanwhile in one request to influxd and then answers every
+waiting request: each returns only once influxd acknowledged the write (its points are in the
+WAL), or raises StoreUnavailable when that write failed (then none of the batch is stored: a
+line-protocol write is all or nothing). One client sees one write per request; 32 clients see a
+few requests per write, so throughput grows with load while each answer still means "stored".
+
+Marks for the statistics repair (lineprotocol.repair_lines) travel with the readings in the same
+write, one per (meter, hour) per batch, so a crash can never keep a reading and lose its repair.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Callable, Iterable
+
+from dsmr_ts.influx import lineprotocol
+from dsmr_ts.influx.client import InfluxClient, StoreUnavailable
+
+log = logging.getLogger(__name__)
+
+MAX_BATCH_LINES = 5000  # influxd's sweet spot for one write
+BULK_BATCH_LINES = 5000
+BULK_THREADS = 4
+
+
+@dataclass
+class _Pending:
+    lines: list[str]
+    late_hours: frozenset[tuple[str, int]]
+    done: threading.Event = field(default_factory=threading.Event)
+    error: StoreUnavailable | None = None
+
+
+class GroupCommitWriter:
+    """Writes of one process to one bucket, grouped (see the module doc)."""
+
+    def __init__(self, client: InfluxClient, bucket: str | None = None, clock: Callable[[], dt.datetime] | None = None):
+        self.client = client
+        self.bucket = bucket
+        self.clock = clock or (lambda: dt.datetime.now(dt.timezone.utc))
+        self._queue: list[_Pending] = []
+        self._condition = threading.Condition()
+        self._thread: threading.Thread | None = None
+        self._pid = 0
+
+    def write(self, lines: list[str], late_hours: Iterable[tuple[str, int]] = ()) -> None:
+        """Store the lines (and marks for the (meter, hour start) pairs that already ended);
+        returns once they are in influxd's WAL. StoreUnavailable: nothing of them is stored."""
+        pending = _Pending(lines, frozenset(late_hours))
+        with self._condition:
+            self._ensure_thread()
+            self._queue.append(pending)
+            self._condition.notify()
+        pending.done.wait()
+        if pending.error is not None:
+            raise pending.error
+
+    def _ensure_thread(self) -> None:
+        # Started on first use in the process that writes (gunicorn forks workers after import).
+        if self._thread is None or self._pid != os.getpid() or not self._thread.is_alive():
+            self._pid = os.getpid()
+            self._thread = threading.Thread(target=self._run, name="group commit", daemon=True)
+            self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            with self._condition:
+                while not self._queue:
+                    self._condition.wait()
+                batch, size = [], 0
+                while self._queue and (not batch or size + len(self._queue[0].lines) <= MAX_BATCH_LINES):
+                    pending = self._queue.pop(0)
+                    batch.append(pending)
+                    size += len(pending.lines)
+            self._commit(batch)
+
+    def _commit(self, batch: list[_Pending]) -> None:
+        lines = [line for pending in batch for line in pending.lines]
+        late = set().union(*(pending.late_hours for pending in batch))
+        if late:
+            lines += lineprotocol.repair_lines(late, self.clock())
+        error = None
+        try:
+            self.client.write("\n".join(lines), self.bucket)
+        except StoreUnavailable as exc:
+            error = exc
+        except Exception as exc:  # noqa: BLE001 - a waiting request must never hang
+            log.exception("group commit failed")
+            error = StoreUnavailable("write failed", exc.__class__.__name__)
+        for pending in batch:
+            pending.error = error
+            pending.done.set()
+
+
+def write_in_bulk(client: InfluxClient, lines: Iterable[str], bucket: str | None = None,
+                  batch_lines: int = BULK_BATCH_LINES, threads: int = BULK_THREADS) -> int:
+    """Many lines in batches, several writes at once (imports, benchmarks); returns the lines
+    written. Raises StoreUnavailable on the first failed batch (earlier batches stay written)."""
+    def batches() -> Iterable[list[str]]:
+        batch: list[str] = []
+        for item in lines:
+            batch.append(item)
+            if len(batch) >= batch_lines:
+                yield batch
+                batch = []
+        if batch:
+            yield batch
+
+    written = 0
+    with ThreadPoolExecutor(threads) as pool:
+        in_flight = []
+        for batch in batches():
+            in_flight.append((len(batch), pool.submit(client.write, "\n".join(batch), bucket)))
+            if len(in_flight) >= threads * 2:  # bounded memory: wait for the oldest
+                count, future = in_flight.pop(0)
+                future.result()
+                written += count
+        for count, future in in_flight:
+            future.result()
+            written += count
+    return written
+
+
+def hour_of(moment: dt.datetime) -> int:
+    """Unix seconds of the UTC hour a moment is in."""
+    return int(moment.timestamp()) // 3600 * 3600
+
+
+class ReadingWriter:
+    """What the ingest path stores: telegrams (reading, gas booking, meter statistics), v2
+    readings, rejections and meter statistics, through one group committer per process. A point
+    in an hour that has already ended carries a repair mark for that hour."""
+
+    def __init__(self, client: InfluxClient, schema=None, clock: Callable[[], dt.datetime] | None = None):
+        from dsmr_ts.fields import SCHEMA
+
+        self.schema = schema or SCHEMA
+        self.clock = clock or (lambda: dt.datetime.now(dt.timezone.utc))
+        self.commit = GroupCommitWriter(client, clock=self.clock)
+
+    def store_telegrams(self, telegrams: list) -> None:
+        """Telegrams (dsmr_ts.telegram.Telegram), in one write."""
+        lines: list[str] = []
+        late: set[tuple[str, int]] = set()
+        now_hour = hour_of(self.clock())
+        for telegram in telegrams:
+            reading = telegram.reading
+            lines.append(lineprotocol.reading_line(reading, self.schema))
+            booked = lineprotocol.gas_booked_at(reading, telegram.hourly_gas)
+            if booked is not None:
+                lines.append(lineprotocol.gas_line(reading, telegram.hourly_gas))
+            statistics = lineprotocol.statistics_line(reading.meter, reading.timestamp, telegram.statistics,
+                                                      self.schema)
+            if statistics:
+                lines.append(statistics)
+            late |= _late(reading.meter, (reading.timestamp, booked), now_hour)
+        self.commit.write(lines, late)
+
+    def store_reading(self, reading) -> None:
+        """A v2 reading: it replaces one at the same meter+time (its `present` mask says which
+        fields are its own), and its gas position is booked as stamped."""
+        self.store_readings([reading])
+
+    def store_readings(self, readings: list, hourly_gas: bool = False) -> None:
+        """Readings (dsmr_ts.telegram.Reading) in one write; gas booked one hour early for meters
+        that report it hourly."""
+        lines: list[str] = []
+        late: set[tuple[str, int]] = set()
+        now_hour = hour_of(self.clock())
+        for reading in readings:
+            lines.append(lineprotocol.reading_line(reading, self.schema))
+            booked = lineprotocol.gas_booked_at(reading, hourly_gas)
+            if booked is not None:
+                lines.append(lineprotocol.gas_line(reading, hourly_gas))
+            late |= _late(reading.meter, (reading.timestamp, booked), now_hour)
+        self.commit.write(lines, late)
+
+    def store_meter_statistics(self, meter: str, when: dt.datetime, statistics: dict) -> None:
+        line = lineprotocol.statistics_line(meter, when, statistics, self.schema)
+        if line:
+            self.commit.write([line])
+
+    def count_rejected(self, meter: str = "unknown") -> None:
+        self.commit.write([lineprotocol.rejected_line(meter, self.clock())])
+
+
+def _late(meter: str, moments: Iterable[dt.datetime | None], now_hour: int) -> set[tuple[str, int]]:
+    return {(meter, hour_of(m)) for m in moments if m is not None and hour_of(m) < now_hour}
