@@ -13,6 +13,7 @@ setup(
     install_requires=[
         "falcon>=4.0,<5",
         "gunicorn>=23,<28",
+        "gevent>=24,<27",
         "influxdb-client>=1.40,<2",
         "pyserial>=3.5,<4",
         "apscheduler>=3.10,<4",

@@ -17,6 +17,7 @@ import re
 import shutil
 import subprocess
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -47,11 +48,112 @@ def run_wrk(url: str, version: str, clients: int, seconds: int, ts_base: int, me
     return figures
 
 
+def telegrams(count: int, meter: str, start: int) -> list[str]:
+    """Realistic DSMR 5 telegrams (the wrk template), one second apart from `start` (Unix s)."""
+    from dsmr_ts.telegram import crc16_arc
+
+    template = (WRK / "telegram.txt").read_text(encoding="latin-1").replace("@ID@", meter.encode().hex().upper())
+    out = []
+    for i in range(count):
+        t = start + i
+        text = (template.replace("@TS@", time.strftime("%y%m%d%H%M%S", time.gmtime(t + 3600)) + "W")
+                .replace("@GTS@", time.strftime("%y%m%d%H%M", time.gmtime(t + 3600 - t % 300)) + "00W")
+                .replace("@E1@", f"{1000 + i * 0.001:010.3f}").replace("@E2@", f"{2000 + i * 0.0005:010.3f}")
+                .replace("@R1@", "000010.000").replace("@R2@", "000020.000")
+                .replace("@CD@", f"{1 + (i % 1000) / 1000:06.3f}"))
+        out.append(text + f"{crc16_arc(text.encode('latin-1')):04X}\r\n")
+    return out
+
+
+def _nginx_answering_201(folder: Path) -> tuple[subprocess.Popen, str] | None:
+    """nginx (if installed) on a free port, answering every POST with 201 like a remote API would."""
+    from dsmr_ts.influx.server import free_port
+
+    binary = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None)
+    if not binary:
+        print("(nginx is not installed: no forwarding figure without the remote's own cost)")
+        return None
+    port = free_port()
+    conf = folder / "nginx-201.conf"
+    conf.write_text(f"""daemon off; worker_processes 1; pid {folder}/nginx-201.pid; error_log {folder}/nginx-201.log;
+{"user root;" if os.geteuid() == 0 else ""}
+events {{ worker_connections 256; }}
+http {{ access_log off; client_body_temp_path {folder}/nginx-body;
+  server {{ listen 127.0.0.1:{port}; location / {{ return 201; }} }} }}
+""")
+    process = subprocess.Popen([binary, "-p", str(folder), "-c", str(conf)], stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    for _ in range(100):
+        try:
+            urllib.request.urlopen(urllib.request.Request(f"http://127.0.0.1:{port}/", method="POST", data=b"x"),
+                                   timeout=1)
+        except urllib.error.HTTPError as exc:
+            if exc.code == 201:
+                return process, f"http://127.0.0.1:{port}"
+        except OSError:
+            pass
+        else:
+            return process, f"http://127.0.0.1:{port}"
+        time.sleep(0.05)
+    process.terminate()
+    return None
+
+
+def reader_paths(stack: Stack, count: int) -> None:
+    """The reader's two bulk paths, in this process as the reader runs them: replaying its spool
+    into InfluxDB after an outage, and forwarding spooled telegrams to a remote API (this stack's)."""
+    import datetime as dt
+
+    from dsmr_ts.config import ForwardTarget
+    from dsmr_ts.influx.store import Store
+    from dsmr_ts.reader.service import Forwarder, ReaderService
+    from dsmr_ts.reader.spool import Spool
+
+    received = dt.datetime.now(dt.timezone.utc)
+    store = Store(stack.config.influxdb)
+    try:
+        service = ReaderService(stack.config, store, None)
+        history = telegrams(count, "BENCH-REPLAY", int(time.time()) - DAY)  # an outage a day ago
+        for text in history:
+            service.spool.append(text, received)
+        began, cpu = time.perf_counter(), stack.cpu()
+        while service.spool.has_pending():
+            service.flush_spool()
+        elapsed = time.perf_counter() - began
+        influx_cpu = (stack.cpu()[1] - cpu[1]) / count * 1000
+        print(f"reader: spool replay of {count:,} telegrams {count / elapsed:,.0f}/s"
+              f"  (influxd {influx_cpu:.2f} cpu-s/1k)")
+        remotes = [("this stack's API (on the same 2 cores)", stack.url)]
+        nginx = _nginx_answering_201(stack.tmp)
+        if nginx:
+            remotes.append(("nginx answering 201 (a remote elsewhere: only the forwarder's own cost)", nginx[1]))
+        for index, (what, base) in enumerate(remotes):
+            forwarder = Forwarder(ForwardTarget(url=base + "/api/v1/datalogger/dsmrreading", key=KEY),
+                                  Spool(stack.tmp / "spool", f"forward-bench-{index}", 1 << 30))
+            for text in telegrams(count, f"BENCH-FORWARD-{index}", int(time.time()) - DAY):
+                forwarder.spool.append(text, received)
+            began, own_cpu = time.perf_counter(), time.process_time()
+            while forwarder.spool.has_pending():
+                forwarder.run()
+                if forwarder.backoff.down_since is not None:
+                    raise SystemExit("forwarding failed")
+            elapsed, own_cpu = time.perf_counter() - began, time.process_time() - own_cpu
+            forwarder.close()
+            print(f"reader: forwarding {count:,} telegrams {count / elapsed:,.0f}/s to {what};"
+                  f" {Forwarder.CONNECTIONS} connections, the forwarder {own_cpu / count * 1000:.2f} cpu-s/1k")
+        if nginx:
+            nginx[0].terminate()
+            nginx[0].wait(30)
+    finally:
+        store.close()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=int, default=20, help="length of each run (default 20)")
     parser.add_argument("--clients", default="1,8,32", help="client counts to sweep (default 1,8,32)")
     parser.add_argument("--only", choices=["v1", "v2"], help="only one API version")
+    parser.add_argument("--spooled", type=int, default=20_000, help="telegrams for the reader's replay and forwarding")
     args = parser.parse_args()
     if not shutil.which("wrk"):
         raise SystemExit("wrk is not installed (Debian: apt-get install wrk)")
@@ -81,6 +183,8 @@ def main() -> None:
                     print(f"{version} {timing:<8} {count:>2} clients {rate:>11,.0f} {figures['p50_ms']:>7.1f}"
                           f" {figures['p99_ms']:>7.1f} {int(figures['failed']):>6} {api_cpu:>12.2f}"
                           f" {influx_cpu:>16.2f}   {reference}", flush=True)
+        print()
+        reader_paths(stack, args.spooled)
         with urllib.request.urlopen(urllib.request.Request(
                 url + "/metrics", headers={"X-AUTHKEY": KEY})) as response:
             rejected = [line for line in response.read().decode().splitlines()

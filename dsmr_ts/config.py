@@ -55,6 +55,9 @@ class ServerConfig:
     trust_forwarded_headers: bool = False
     # gunicorn's control socket (gunicornc), kept with this install's data so two never share one.
     control_socket: str = "./data/gunicorn.ctl"
+    # One log line per request (gunicorn's access log). Off: at thousands of telegrams a second it
+    # costs CPU and says little that /metrics does not (nginx logs requests anyway).
+    access_log: bool = False
 
 
 @dataclass

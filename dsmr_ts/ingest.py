@@ -24,7 +24,7 @@ class Ingest:
             telegram = parse_telegram(text, now=now, schema=self.schema)
             check_not_in_future(telegram.reading, now=now)
         except ParseError as exc:
-            metrics.TELEGRAMS.labels("rejected").inc()
+            metrics.REJECTED.inc()
             log.info("telegram rejected: %s", exc)
             try:
                 self.store.writer.count_rejected()
@@ -38,7 +38,7 @@ class Ingest:
         telegram = self.parse(text, now)
         with metrics.INGEST_SECONDS.time():
             self.store.writer.store_telegrams([telegram])
-        metrics.TELEGRAMS.labels("accepted").inc()
+        metrics.ACCEPTED.inc()
         return telegram
 
     def telegrams(self, items: Iterable[tuple[str, dt.datetime]]) -> tuple[int, int]:
@@ -52,7 +52,7 @@ class Ingest:
                 rejected += 1
         if parsed:
             self.store.writer.store_telegrams(parsed)
-            metrics.TELEGRAMS.labels("accepted").inc(len(parsed))
+            metrics.ACCEPTED.inc(len(parsed))
         return len(parsed), rejected
 
     def reading(self, reading: Reading) -> Reading:

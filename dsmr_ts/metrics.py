@@ -15,3 +15,4 @@ INGEST_SECONDS = Histogram(
     buckets=(0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0),
 )
 TELEGRAMS = Counter("dsmr_ts_telegrams", "Telegrams received, by result", ["result"])
+ACCEPTED, REJECTED = TELEGRAMS.labels("accepted"), TELEGRAMS.labels("rejected")  # looked up once, not per request

@@ -70,7 +70,7 @@ UNIT_FACTORS = {("Wh", "kWh"): Decimal("0.001"), ("W", "kW"): Decimal("0.001"), 
                 ("dm3", "m3"): Decimal("0.001"), ("l", "m3"): Decimal("0.001")}
 
 _LINE = re.compile(r"^(\d+-\d+:\d+\.\d+\.\d+)((?:\([^()]*\))+)$")
-_VALUES = re.compile(r"\(([^()]*)\)")
+_INF = float("inf")
 _TIMESTAMP = re.compile(r"^(\d{2})(\d{2})(\d{2})(\d{2})(\d{2})(\d{2})([SWsw]?)$")
 _CRC_TAIL = re.compile(r"^!([0-9A-Fa-f]{4})\s*$")
 
@@ -161,21 +161,23 @@ def parse_telegram(text: str | bytes, now: dt.datetime | None = None, schema: Re
     tail = raw[end:].decode("latin-1").strip()
     _check_crc(body, tail, lines)
 
-    codes: dict[str, tuple[str, ...]] = {}
+    codes: dict[str, list[str]] = {}
     devices: dict[str, str] = {}  # M-Bus channel -> its device type
     mbus: list[tuple[str, str, str]] = []  # (channel, raw timestamp, raw value) in line order
     for index, line in enumerate(lines[1:], start=1):
         match = _LINE.match(line.strip())
         if not match:
             continue  # blank, '!', or a garbled line: skipped, the rest is kept
-        code, values = match.group(1), tuple(_VALUES.findall(match.group(2)))
+        code = match.group(1)
+        values = match.group(2)[1:-1].split(")(")
         codes[code] = values  # last line wins
-        if (device := MBUS_TYPE.match(code)) and values:
-            devices[device.group(1)] = values[0]
-        elif (reading := MBUS_READING.match(code)) and len(values) > 1:
-            mbus.append((reading.group(1), values[0], values[1]))
-        elif (reading := MBUS_READING_DSMR22.match(code)) and values and index + 1 < len(lines):
-            mbus.append((reading.group(1), values[0], lines[index + 1].strip().strip("()")))
+        if code[1] == "-" and ":24." in code:  # an M-Bus device (cheap test first: most lines are not)
+            if (device := MBUS_TYPE.match(code)) and values:
+                devices[device.group(1)] = values[0]
+            elif (reading := MBUS_READING.match(code)) and len(values) > 1:
+                mbus.append((reading.group(1), values[0], values[1]))
+            elif (reading := MBUS_READING_DSMR22.match(code)) and index + 1 < len(lines):
+                mbus.append((reading.group(1), values[0], lines[index + 1].strip().strip("()")))
 
     timestamp = _reading_timestamp(codes, now)
     values: dict[str, Value] = {}
@@ -211,18 +213,22 @@ def _field_value(spec: ReadingField, raw: str) -> Value | None:
     if spec.kind is Kind.DATETIME:
         return parse_p1_timestamp(raw)
     number_text, _, unit = raw.partition("*")
-    try:
-        number = Decimal(number_text)
-    except InvalidOperation:
-        return None
-    if not number.is_finite():
-        return None
     if unit and spec.unit and unit != spec.unit:
         factor = UNIT_FACTORS.get((unit, spec.unit))
         if factor is None:
             return None  # a unit we cannot convert: better absent than wrong
-        number *= factor
-    return int(number) if spec.kind is Kind.INTEGER else float(number)  # currents: truncated, as DSMR-reader
+        try:
+            number = float(Decimal(number_text) * factor)  # exact: 5017120 Wh is 5017.12 kWh
+        except InvalidOperation:
+            return None
+    else:
+        try:
+            number = float(number_text)
+        except ValueError:
+            return None
+    if number != number or number in (_INF, -_INF):  # nan, inf: not a meter value
+        return None
+    return int(number) if spec.kind is Kind.INTEGER else number  # currents: truncated, as DSMR-reader
 
 
 def _mbus_values(readings: list[tuple[str, str, str]], devices: dict[str, str], timestamp: dt.datetime,

@@ -24,7 +24,8 @@ def test_schemathesis_finds_no_server_error_and_no_schema_mismatch(influxd_binar
     config_path.write_text(f"api:\n  enabled: true\n  key: {TEST_KEY}\n"
                            f"influxdb:\n  managed: false\n  url: {influxd.url}\n")
     bootstrap(load_config(config_path))
-    api, url = start_api(load_config(config_path), tmp_path / "api.log")
+    # The access log (off by default) shows every status the fuzzer got.
+    api, url = start_api(load_config(config_path), tmp_path / "api.log", DSMR_TS_SERVER_ACCESS_LOG="true")
     try:
         result = subprocess.run(
             [str(Path(sys.executable).parent / "schemathesis"), "run", f"{url}/api/v2/schema?format=json",

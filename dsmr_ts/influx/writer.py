@@ -1,11 +1,11 @@
 """Writing points: group commit for the request path, bulk writes for imports and benchmarks.
 
-Group commit: a request hands its lines to the process's committer and waits. The committer
-thread writes whatever has queued up meanwhile in one request to influxd and then answers every
-waiting request: each returns only once influxd acknowledged the write (its points are in the
-WAL), or raises StoreUnavailable when that write failed (then none of the batch is stored: a
-line-protocol write is all or nothing). One client sees one write per request; 32 clients see a
-few requests per write, so throughput grows with load while each answer still means "stored".
+Group commit: requests that arrive while a write is in flight queue up, and the next write takes
+all of them in one request to influxd; every request returns only once influxd acknowledged the
+write that held its lines (they are in the WAL), or raises StoreUnavailable when that write failed
+(then none of the batch is stored: a line-protocol write is all or nothing). One client sees one
+write per request; 32 clients see a few requests per write, so throughput grows with load while
+each answer still means "stored".
 
 Marks for the statistics repair (lineprotocol.repair_lines) travel with the readings in the same
 write, one per (meter, hour) per batch, so a crash can never keep a reading and lose its repair.
@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -35,52 +34,51 @@ BULK_THREADS = 4
 class _Pending:
     lines: list[str]
     late_hours: frozenset[tuple[str, int]]
-    done: threading.Event = field(default_factory=threading.Event)
+    woken: threading.Event = field(default_factory=threading.Event)  # done, or its turn to lead
+    done: bool = False
     error: StoreUnavailable | None = None
 
 
 class GroupCommitWriter:
-    """Writes of one process to one bucket, grouped (see the module doc)."""
+    """Writes of one process to one bucket, grouped (see the module doc). No thread of its own:
+    the request that finds no write in flight leads, writing everything queued by then; the others
+    wait, and when the write is answered the leader hands the lead to the first of those that came
+    meanwhile. A lone client never waits for a thread switch."""
 
     def __init__(self, client: InfluxClient, bucket: str | None = None, clock: Callable[[], dt.datetime] | None = None):
         self.client = client
         self.bucket = bucket
         self.clock = clock or (lambda: dt.datetime.now(dt.timezone.utc))
         self._queue: list[_Pending] = []
-        self._condition = threading.Condition()
-        self._thread: threading.Thread | None = None
-        self._pid = 0
+        self._lock = threading.Lock()
+        self._writing = False
 
     def write(self, lines: list[str], late_hours: Iterable[tuple[str, int]] = ()) -> None:
         """Store the lines (and marks for the (meter, hour start) pairs that already ended);
         returns once they are in influxd's WAL. StoreUnavailable: nothing of them is stored."""
         pending = _Pending(lines, frozenset(late_hours))
-        with self._condition:
-            self._ensure_thread()
+        with self._lock:
             self._queue.append(pending)
-            self._condition.notify()
-        pending.done.wait()
+            lead, self._writing = not self._writing, True
+        if not lead:
+            pending.woken.wait()
+        if not pending.done:
+            self._lead()
         if pending.error is not None:
             raise pending.error
 
-    def _ensure_thread(self) -> None:
-        # Started on first use in the process that writes (gunicorn forks workers after import).
-        if self._thread is None or self._pid != os.getpid() or not self._thread.is_alive():
-            self._pid = os.getpid()
-            self._thread = threading.Thread(target=self._run, name="group commit", daemon=True)
-            self._thread.start()
-
-    def _run(self) -> None:
-        while True:
-            with self._condition:
-                while not self._queue:
-                    self._condition.wait()
-                batch, size = [], 0
-                while self._queue and (not batch or size + len(self._queue[0].lines) <= MAX_BATCH_LINES):
-                    pending = self._queue.pop(0)
-                    batch.append(pending)
-                    size += len(pending.lines)
-            self._commit(batch)
+    def _lead(self) -> None:
+        with self._lock:
+            batch, size = [], 0
+            while self._queue and (not batch or size + len(self._queue[0].lines) <= MAX_BATCH_LINES):
+                batch.append(self._queue.pop(0))
+                size += len(batch[-1].lines)
+        self._commit(batch)
+        with self._lock:
+            if self._queue:
+                self._queue[0].woken.set()  # its turn: it writes what queued meanwhile
+            else:
+                self._writing = False
 
     def _commit(self, batch: list[_Pending]) -> None:
         lines = [line for pending in batch for line in pending.lines]
@@ -96,8 +94,8 @@ class GroupCommitWriter:
             log.exception("group commit failed")
             error = StoreUnavailable("write failed", exc.__class__.__name__)
         for pending in batch:
-            pending.error = error
-            pending.done.set()
+            pending.error, pending.done = error, True
+            pending.woken.set()
 
 
 def write_in_bulk(client: InfluxClient, lines: Iterable[str], bucket: str | None = None,

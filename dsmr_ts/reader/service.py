@@ -130,13 +130,24 @@ class ForwardError(Exception):
     """A forward target did not take a telegram (it will be sent again)."""
 
 
+# application/x-www-form-urlencoded for a latin-1 telegram in one str.translate (urlencode's
+# per-byte loop costs more than the rest of a forward).
+_FORM_SAFE = set(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-~")
+_FORM_TABLE = {byte: chr(byte) if byte in _FORM_SAFE else f"%{byte:02X}" for byte in range(256)}
+
+
+def telegram_form(telegram: str) -> bytes:
+    """The v1 API's request body for one telegram: `telegram=<urlencoded>`."""
+    return ("telegram=" + telegram.translate(_FORM_TABLE)).encode("ascii")
+
+
 class Forwarder:
     """POSTs telegrams to one remote API (v1) from its own spool, with retry: batches in order,
     the telegrams of a batch over a few keep-alive connections at once (the remote stores each by
     its own timestamp, so the order inside a batch does not matter; a failed batch is sent again)."""
 
-    CONNECTIONS = 8
-    BATCH = 256
+    CONNECTIONS = 16
+    BATCH = 512
 
     def __init__(self, target: ForwardTarget, spool: Spool, timeout: float = 10.0):
         self.target = target
@@ -162,7 +173,7 @@ class Forwarder:
     def post(self, telegram: str) -> str | None:
         """One telegram; returns the remote's reason when it rejects it (400: sending it again
         would not change that), raises ForwardError when it should be sent again."""
-        body = urllib.parse.urlencode({"telegram": telegram}).encode()
+        body = telegram_form(telegram)
         headers = {"X-AUTHKEY": self.target.key, "Content-Type": "application/x-www-form-urlencoded"}
         connection = self._connection()
         try:
