@@ -1,65 +1,71 @@
-"""Readings API at size: ingest rate (v1 over HTTP) and GET latency at N stored readings.
+"""Reads at size: N one-second DSMR 5 readings (all fields: phases, voltages, currents, gas every
+five minutes) loaded through the bulk write path, statistics built as an import builds them, then
+the API requests people make most, each with p50 and p99 over sequential requests after warm-ups,
+and every count checked against the number of readings loaded.
 
-Starts its own influxd and `dsmr-ts serve` (gunicorn) on free ports in a temp dir, so it
-never touches your data. Prints figures beside DSMR-reader's, measured on this machine kind.
+    .venv/bin/python benchmarks/readings_api.py [--readings 1000000] [--repeat 50]
 
-    .venv/bin/python benchmarks/readings_api.py [--readings 1000000] [--telegrams 2000]
+Starts its own influxd and API (gunicorn, 2 workers) in a temp dir, so it never touches your data.
+Prints the load rate, influxd's disk use per million readings, and DSMR-reader's figures for the
+same requests beside ours, labelled as measured separately (not in this run).
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime as dt
-import os
-import statistics
+import json
 import subprocess
-import sys
-import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
+import urllib.parse
+import urllib.request
+from typing import Iterator
 
-import requests
+from stack import KEY, Stack
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from dsmr_ts.influx.statistics import floor_hour, local_midnight
+from dsmr_ts.influx.store import Store
+from dsmr_ts.telegram import Reading
 
-from dsmr_ts.config import load_config  # noqa: E402
-from dsmr_ts.influx.bootstrap import bootstrap  # noqa: E402
-from dsmr_ts.influx.build import ensure_influxd  # noqa: E402
-from dsmr_ts.influx.server import ManagedInfluxd, free_port  # noqa: E402
-from dsmr_ts.influx.store import Store  # noqa: E402
-from dsmr_ts.telegram import Reading, build_telegram  # noqa: E402
-
-KEY = "BENCHMARKKEY0123456789"
 METER = "BENCH"
 UTC = dt.timezone.utc
+PATH = "/api/v2/datalogger/dsmrreading"
+# Measured separately on this machine kind (DSMR-reader v5.11, PostgreSQL 15, 4 workers; p50):
+# at 1 M readings side by side, at 10 M with 1-second readings.
+DSMR_READER = {"latest": "48 ms at 1 M, 240 ms at 10 M", "first page": "54 ms at 1 M, 248 ms at 10 M",
+               "one day": "127 ms at 1 M, 98 ms at 10 M", "deep page": "172 ms at 1 M, 1,376 ms at 10 M",
+               "statistics/day, a year": "26 ms at 1 M"}
 
 
-def bulk_load(store: Store, count: int, start: dt.datetime) -> float:
-    """Write `count` one-second readings in 5000-line batches; returns points/s."""
-    began = time.perf_counter()
+def readings(count: int, start: dt.datetime) -> Iterator[Reading]:
+    """A household's day, one reading a second: positions only go up, power moves with the hour."""
     base = int(start.timestamp())
-    batch = 5000
-    def write(first: int) -> None:
-        lines = [
-            f"reading,meter={METER} electricity_delivered_1={1000 + i / 3600:.3f},electricity_delivered_2=500.0,"
-            f"electricity_returned_1=0.0,electricity_returned_2=0.0,electricity_currently_delivered=0.4,"
-            f"electricity_currently_returned=0.0 {(base + i) * 10**9}"
-            for i in range(first, min(first + batch, count))
-        ]
-        store.write_lines(lines)
-    with ThreadPoolExecutor(4) as pool:
-        list(pool.map(write, range(0, count, batch)))
-    return count / (time.perf_counter() - began)
+    for i in range(count):
+        t = base + i
+        hour = t % 86400 / 3600
+        power = 0.3 + (0.9 if 17 <= hour < 22 else 0.2) + (i % 61) / 1000
+        gas_time = t - t % 300
+        yield Reading(dt.datetime.fromtimestamp(t, UTC), METER, {
+            "electricity_delivered_1": round(1000 + i * 0.00011, 3), "electricity_delivered_2": round(2000 + i * 0.00012, 3),
+            "electricity_returned_1": 12.345, "electricity_returned_2": round(23.456 + i * 0.00001, 3),
+            "electricity_currently_delivered": round(power, 3), "electricity_currently_returned": 0.0,
+            "phase_currently_delivered_l1": round(power / 3, 3), "phase_currently_delivered_l2": round(power / 3, 3),
+            "phase_currently_delivered_l3": round(power / 3, 3), "phase_currently_returned_l1": 0.0,
+            "phase_currently_returned_l2": 0.0, "phase_currently_returned_l3": 0.0,
+            "phase_voltage_l1": 230.1 + i % 7 / 10, "phase_voltage_l2": 231.0, "phase_voltage_l3": 229.4,
+            "phase_power_current_l1": int(power * 1000 / 3 / 230), "phase_power_current_l2": 1,
+            "phase_power_current_l3": 1, "extra_device_timestamp": dt.datetime.fromtimestamp(gas_time, UTC),
+            "extra_device_delivered": round(500 + gas_time / 300 * 0.002 - base / 300 * 0.002, 3)})
 
 
 def cache_bytes(influx_url: str) -> float:
-    text = requests.get(influx_url + "/metrics", timeout=5).text
+    with urllib.request.urlopen(influx_url + "/metrics", timeout=5) as response:
+        text = response.read().decode()
     return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
                if line.startswith("storage_cache_inuse_bytes"))
 
 
-def wait_for_cache_snapshot(influx_url: str, timeout: float = 180) -> float:
+def wait_for_cache_snapshot(influx_url: str, timeout: float = 300) -> float:
     """A bulk load leaves data in influxd's write cache; a live meter's data is mostly in TSM
     files. Wait until the cache has been snapshotted so figures show the steady state."""
     began = time.monotonic()
@@ -68,91 +74,87 @@ def wait_for_cache_snapshot(influx_url: str, timeout: float = 180) -> float:
     return time.monotonic() - began
 
 
-def timed_get(url: str, params: dict, repeat: int) -> list[float]:
-    session = requests.Session()
+def disk_bytes(folder) -> int:
+    """Allocated bytes (du): series files are sparse, apparent sizes would overstate them."""
+    return int(subprocess.run(["du", "-s", "--block-size=1", str(folder)], capture_output=True, text=True,
+                              check=True).stdout.split()[0])
+
+
+def timed_get(url: str, params: dict, repeat: int, expect_count: int | None = None,
+              warmups: int = 3) -> list[float]:
+    request = urllib.request.Request(url + "?" + urllib.parse.urlencode(params), headers={"X-AUTHKEY": KEY})
     times = []
-    for _ in range(repeat):
+    for index in range(warmups + repeat):
         began = time.perf_counter()
-        response = session.get(url, params=params, headers={"X-AUTHKEY": KEY})
-        response.raise_for_status()
-        response.json()
-        times.append((time.perf_counter() - began) * 1000)
+        with urllib.request.urlopen(request, timeout=120) as response:
+            body = json.loads(response.read())
+        elapsed = (time.perf_counter() - began) * 1000
+        if expect_count is not None and body["count"] != expect_count:
+            raise SystemExit(f"wrong count for {params}: {body['count']} instead of {expect_count}")
+        if index >= warmups:
+            times.append(elapsed)
     return times
 
 
+def percentile(times: list[float], fraction: float) -> float:
+    ordered = sorted(times)
+    return ordered[min(len(ordered) - 1, int(len(ordered) * fraction))]
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser()
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--readings", type=int, default=1_000_000)
-    parser.add_argument("--telegrams", type=int, default=2000)
+    parser.add_argument("--repeat", type=int, default=50, help="timed requests per figure")
     args = parser.parse_args()
-    tmp = Path(tempfile.mkdtemp(prefix="dsmr-ts-bench-"))
-    with ManagedInfluxd(ensure_influxd(), tmp / "influxd", port=free_port()) as influxd:
-        config_path = tmp / "dsmr-ts.yaml"
-        config_path.write_text(f"api: {{enabled: true, key: {KEY}}}\ninfluxdb: {{managed: false, url: {influxd.url}}}\n")
-        config = load_config(config_path)
-        bootstrap(config)
-        config = load_config(config_path)
-        store = Store(config.influxdb, timeout_ms=600_000)
-        start = dt.datetime.now(UTC).replace(microsecond=0) - dt.timedelta(seconds=args.readings + 3600)
-        rate = bulk_load(store, args.readings, start)
-        print(f"bulk load: {args.readings:,} readings at {rate:,.0f} readings/s")
-        waited = wait_for_cache_snapshot(influxd.url)
-        print(f"write cache snapshotted after {waited:.0f} s (influxd snapshots a cold cache after 1 min)")
-
-        port = free_port()
-        env = {**os.environ, "DSMR_TS_CONFIG": str(config_path), "DSMR_TS_SERVER_BIND": f"127.0.0.1:{port}",
-               "DSMR_TS_SERVER_WORKERS": "2"}
-        api = subprocess.Popen([sys.executable, "-m", "dsmr_ts.cli", "serve"], env=env,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        base = f"http://127.0.0.1:{port}"
-        try:
-            for _ in range(600):
-                try:
-                    if requests.get(base + "/health", timeout=1).ok:
-                        break
-                except requests.ConnectionError:
-                    time.sleep(0.1)
-            url = base + "/api/v2/datalogger/dsmrreading"
-            first = timed_get(url, {"ordering": "-timestamp", "limit": 1}, 1)[0]
-            print(f"first GET (builds the hour index for {args.readings:,} readings): {first:.0f} ms")
-            cases = [
-                ("latest reading  ?ordering=-timestamp&limit=1", {"ordering": "-timestamp", "limit": 1}, 50),
-                ("first page      ?limit=25", {"limit": 25}, 50),
-                ("deep page       ?offset=N/2&limit=25", {"offset": args.readings // 2, "limit": 25}, 20),
-                ("one month       ?timestamp__gte..lte (count)", {
-                    "timestamp__gte": (start + dt.timedelta(days=2, minutes=17)).isoformat(),
-                    "timestamp__lte": (start + dt.timedelta(days=9, minutes=3)).isoformat(), "limit": 1}, 20),
-                ("big page        ?limit=10000", {"limit": 10000}, 3),
-            ]
-            for name, params, repeat in cases:
-                times = timed_get(url, params, repeat)
-                print(f"{name}: median {statistics.median(times):6.1f} ms  (p90 {sorted(times)[int(len(times) * .9) - 1]:.1f})")
-            print("  baseline DSMR-reader at 1 M readings: ~50 ms for the latest reading (it counts every row)")
-
-            # v1 ingest over HTTP, 4 concurrent dataloggers.
-            telegrams = []
-            t0 = start + dt.timedelta(seconds=args.readings + 10)
-            for i in range(args.telegrams):
-                reading = Reading(timestamp=t0 + dt.timedelta(seconds=i), meter=METER, values={
-                    "electricity_delivered_1": 2000 + i / 1000, "electricity_delivered_2": 1.0,
-                    "electricity_returned_1": 0.0, "electricity_returned_2": 0.0,
-                    "electricity_currently_delivered": 0.3, "electricity_currently_returned": 0.0})
-                telegrams.append(build_telegram(reading))
-            session = requests.Session()
-            def post(telegram: str) -> int:
-                return session.post(base + "/api/v1/datalogger/dsmrreading", data={"telegram": telegram},
-                                    headers={"X-AUTHKEY": KEY}).status_code
-            began = time.perf_counter()
-            with ThreadPoolExecutor(4) as pool:
-                codes = list(pool.map(post, telegrams))
-            elapsed = time.perf_counter() - began
-            assert codes.count(201) == len(codes), set(codes)
-            print(f"v1 ingest: {len(codes) / elapsed:,.0f} telegrams/s over HTTP (4 clients, 2 workers)"
-                  "  baseline DSMR-reader: 90-180 telegrams/s")
-        finally:
-            api.terminate()
-            api.wait()
-            store.close()
+    count = args.readings
+    with Stack() as stack:
+        store = Store(stack.config.influxdb, timeout_ms=3_600_000)
+        start = floor_hour(dt.datetime.now(UTC)) - dt.timedelta(seconds=count) - dt.timedelta(hours=2)
+        began, cpu = time.perf_counter(), stack.cpu()
+        written = store.writer.bulk(readings(count, start))
+        elapsed = time.perf_counter() - began
+        influx_cpu = stack.cpu()[1] - cpu[1]
+        print(f"bulk load: {written:,} readings ({count / 86400 / 30.4:.1f} months of 1-second readings, all DSMR 5"
+              f" fields) in {elapsed:.0f} s = {written / elapsed:,.0f} readings/s (influxd {influx_cpu:.0f} cpu-s)")
+        tz = stack.config.tz
+        began = time.perf_counter()
+        store.statistics.regenerate(local_midnight(start, tz), floor_hour(dt.datetime.now(UTC)) + dt.timedelta(hours=1))
+        elapsed = time.perf_counter() - began
+        print(f"statistics (hours, days, count index) for them: {elapsed:.0f} s = {count / elapsed:,.0f} readings/s")
+        print(f"write cache snapshotted after {wait_for_cache_snapshot(stack.influxd.url):.0f} s")
+        disk = disk_bytes(stack.influxd.data_dir / "engine")
+        print(f"influxd disk use: {disk / 2**30:.2f} GiB = {disk / count * 1e6 / 2**20:.0f} MiB per million readings")
+        url = stack.start_api() + PATH
+        day = local_midnight(start + dt.timedelta(seconds=count // 2), tz)
+        day_end = local_midnight(day, tz, 1) - dt.timedelta(seconds=1)
+        in_day = min(86400, max(0, int((min(day_end, start + dt.timedelta(seconds=count - 1)) - max(day, start))
+                                      .total_seconds()) + 1))
+        cases = [
+            ("latest", "?ordering=-timestamp&limit=1", {"ordering": "-timestamp", "limit": 1}, count),
+            ("first page", "?limit=25", {"limit": 25}, count),
+            ("one day", "?timestamp__gte..lte (a day), limit 1000",
+             {"timestamp__gte": day.isoformat(), "timestamp__lte": day_end.isoformat(), "limit": 1000}, in_day),
+            ("deep page", "?offset=N/2&limit=25", {"offset": count // 2, "limit": 25}, count),
+        ]
+        if count > 5_000_000:
+            cases.append(("offset 5,000,000", "?offset=5000000&limit=25", {"offset": 5_000_000, "limit": 25}, count))
+        print(f"{'request':<52} {'p50 ms':>8} {'p99 ms':>8}   DSMR-reader p50 (measured separately)")
+        for name, shown, params, expected in cases:
+            times = timed_get(url, params, args.repeat, expected)
+            print(f"{name + ' ' + shown:<52} {percentile(times, 0.5):8.1f} {percentile(times, 0.99):8.1f}"
+                  f"   {DSMR_READER.get(name, '-')}")
+        base = url.rsplit(PATH, 1)[0]
+        now = dt.datetime.now(UTC)
+        month = floor_hour(now) - dt.timedelta(days=31)
+        for name, path, params in (
+                ("statistics/day, a year (limit 366)", "/api/v2/statistics/day",
+                 {"limit": 366, "day__gte": (now - dt.timedelta(days=365)).date().isoformat()}),
+                ("statistics/hour, a month (limit 744)", "/api/v2/statistics/hour",
+                 {"limit": 744, "hour_start__gte": month.isoformat(), "hour_start__lte": now.isoformat()})):
+            times = timed_get(base + path, params, args.repeat)
+            print(f"{name:<52} {percentile(times, 0.5):8.1f} {percentile(times, 0.99):8.1f}"
+                  f"   {DSMR_READER.get(name.split(' (')[0], '-')}")
+        store.close()
 
 
 if __name__ == "__main__":

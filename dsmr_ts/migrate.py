@@ -24,7 +24,7 @@ from dsmr_ts.fields import Kind
 from dsmr_ts.influx import lineprotocol
 from dsmr_ts.influx.statistics import DAY_MEASUREMENT, HOUR_MEASUREMENT, USAGE_FIELDS, local_midnight
 from dsmr_ts.influx.store import Store
-from dsmr_ts.influx.writer import hour_of, write_in_bulk
+from dsmr_ts.influx.writer import write_in_bulk
 from dsmr_ts.progress import ProgressBar
 from dsmr_ts.telegram import Reading
 
@@ -92,21 +92,6 @@ def reading_from_api(row: dict[str, Any], meter: str, store: Store) -> Reading:
     return Reading(timestamp=_datetime(row["timestamp"]), meter=meter, values=values)
 
 
-def reading_lines(readings: list[Reading], store: Store, now: dt.datetime) -> list[str]:
-    """Lines for imported readings, with the repair marks of the hours they fill in (so counts
-    stay right while the import runs; its own recompute at the end repairs them)."""
-    lines, late = [], set()
-    current = hour_of(now)
-    for reading in readings:
-        lines.append(lineprotocol.reading_line(reading, store.schema))
-        gas = lineprotocol.gas_line(reading, hourly=False)
-        if gas:
-            lines.append(gas)
-        if hour_of(reading.timestamp) < current:
-            late.add((reading.meter, hour_of(reading.timestamp)))
-    return lines + lineprotocol.repair_lines(late, now)
-
-
 def import_readings(store: Store, source: Source, meter: str, timezone: str, since: dt.datetime | None = None,
                     progress: TextIO | None = None) -> int:
     """Import readings (and older day statistics); returns how many readings were written."""
@@ -130,7 +115,7 @@ def import_readings(store: Store, source: Source, meter: str, timezone: str, sin
         written += len(page["results"])
         if len(readings) >= BATCH or not page["next"]:
             if readings:
-                write_in_bulk(store.client, reading_lines(readings, store, dt.datetime.now(dt.timezone.utc)))
+                store.writer.bulk(readings)
                 readings = []
                 store.meters.save_import_cursor(cursor_name, last)  # resumable from here
         bar.advance(len(page["results"]))

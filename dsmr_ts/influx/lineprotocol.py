@@ -18,6 +18,7 @@ Field types are fixed here once (InfluxDB fixes a field's type per shard on firs
 from __future__ import annotations
 
 import datetime as dt
+import functools
 from typing import Iterable, Mapping
 
 from dsmr_ts.fields import SCHEMA, Kind, ReadingSchema
@@ -35,6 +36,7 @@ IMPORT = "import"  # stats bucket: how far an import from a source got
 NS = 1_000_000_000
 
 
+@functools.lru_cache(maxsize=4096)  # a handful of meters, escaped once each
 def escape_tag(value: str) -> str:
     return value.replace("\\", "\\\\").replace(",", "\\,").replace("=", "\\=").replace(" ", "\\ ")
 
@@ -66,27 +68,26 @@ def _unix(moment: dt.datetime) -> int:
     return int(moment.timestamp())
 
 
-def reading_fields(reading: Reading, schema: ReadingSchema = SCHEMA) -> dict[str, float | int]:
-    """The stored fields of a reading, typed as the schema says, with its `present` mask."""
-    fields: dict[str, float | int] = {}
+def reading_line(reading: Reading, schema: ReadingSchema = SCHEMA) -> str:
+    """One reading: its fields typed as the schema says (the bulk path writes millions of these,
+    so this is the one place formatting is done inline), and its `present` mask."""
+    parts = []
     present = 0
+    by_name, bits = schema.by_name, schema.bits
     for name, value in reading.values.items():
-        spec = schema.by_name.get(name)
+        spec = by_name.get(name)
         if spec is None or value is None:
             continue
-        if spec.kind is Kind.DATETIME:
-            fields[name] = _unix(value)
-        elif spec.kind is Kind.INTEGER:
-            fields[name] = int(value)
+        kind = spec.kind
+        if kind is Kind.DECIMAL:
+            parts.append(f"{name}={float(value)!r}")
+        elif kind is Kind.INTEGER:
+            parts.append(f"{name}={int(value)}i")
         else:
-            fields[name] = float(value)
-        present |= schema.bits[name]
-    fields[PRESENT_FIELD] = present
-    return fields
-
-
-def reading_line(reading: Reading, schema: ReadingSchema = SCHEMA) -> str:
-    return line(READING, reading.meter, reading_fields(reading, schema), _unix(reading.timestamp))
+            parts.append(f"{name}={int(value.timestamp())}i")
+        present |= bits[name]
+    parts.append(f"{PRESENT_FIELD}={present}i")
+    return f"{READING},meter={escape_tag(reading.meter)} {','.join(parts)} {int(reading.timestamp.timestamp()) * NS}"
 
 
 def gas_booked_at(reading: Reading, hourly: bool) -> dt.datetime | None:

@@ -67,6 +67,7 @@ class ReadingQueries:
         self._lock = threading.Lock()
         self._stats_hour = client.in_stats(HOUR_MEASUREMENT)
         self.direct_offset = DIRECT_OFFSET
+        self._columns = [(spec.name, schema.bits[spec.name], spec.kind is Kind.DATETIME) for spec in schema.fields]
 
     # --- what the index proves ----------------------------------------------------------------
 
@@ -221,14 +222,13 @@ class ReadingQueries:
         """An InfluxQL row as {_time, field: value}: only the fields the reading's `present` mask
         names (a point written before the mask existed has all of its fields)."""
         present = row.get(lineprotocol.PRESENT_FIELD)
-        out: Row = {"_time": dt.datetime.fromtimestamp(int(row["time"]), dt.timezone.utc)}
-        for spec in self.schema.fields:
-            value = row.get(spec.name)
-            if value is None or (present is not None and not int(present) & self.schema.bits[spec.name]):
-                continue
-            if spec.kind is Kind.DATETIME:
-                value = dt.datetime.fromtimestamp(int(value), dt.timezone.utc)
-            out[spec.name] = value
+        mask = -1 if present is None else int(present)
+        utc = dt.timezone.utc
+        out: Row = {"_time": dt.datetime.fromtimestamp(int(row["time"]), utc)}
+        for name, bit, is_datetime in self._columns:
+            value = row.get(name)
+            if value is not None and mask & bit:
+                out[name] = dt.datetime.fromtimestamp(int(value), utc) if is_datetime else value
         return out
 
     # --- single readings --------------------------------------------------------------------------

@@ -100,24 +100,21 @@ class GroupCommitWriter:
 
 def write_in_bulk(client: InfluxClient, lines: Iterable[str], bucket: str | None = None,
                   batch_lines: int = BULK_BATCH_LINES, threads: int = BULK_THREADS) -> int:
-    """Many lines in batches, several writes at once (imports, benchmarks); returns the lines
-    written. Raises StoreUnavailable on the first failed batch (earlier batches stay written)."""
-    def batches() -> Iterable[list[str]]:
-        batch: list[str] = []
-        for item in lines:
-            batch.append(item)
-            if len(batch) >= batch_lines:
-                yield batch
-                batch = []
-        if batch:
-            yield batch
+    """Many lines in batches, several writes at once; returns the lines written. Raises
+    StoreUnavailable on the first failed batch (earlier batches stay written)."""
+    return write_batches(client, _batched(lines, batch_lines), bucket, threads)
 
+
+def write_batches(client: InfluxClient, batches: Iterable[list[str]], bucket: str | None = None,
+                  threads: int = BULK_THREADS) -> int:
+    """Each batch in one write (all or nothing), several batches at once, memory bounded;
+    returns the lines written. Raises StoreUnavailable on the first failed batch."""
     written = 0
     with ThreadPoolExecutor(threads) as pool:
         in_flight = []
-        for batch in batches():
+        for batch in batches:
             in_flight.append((len(batch), pool.submit(client.write, "\n".join(batch), bucket)))
-            if len(in_flight) >= threads * 2:  # bounded memory: wait for the oldest
+            if len(in_flight) >= threads * 2:  # wait for the oldest
                 count, future = in_flight.pop(0)
                 future.result()
                 written += count
@@ -125,6 +122,17 @@ def write_in_bulk(client: InfluxClient, lines: Iterable[str], bucket: str | None
             future.result()
             written += count
     return written
+
+
+def _batched(items: Iterable[str], size: int) -> Iterable[list[str]]:
+    batch: list[str] = []
+    for item in items:
+        batch.append(item)
+        if len(batch) >= size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
 
 
 def hour_of(moment: dt.datetime) -> int:
@@ -140,26 +148,22 @@ class ReadingWriter:
     def __init__(self, client: InfluxClient, schema=None, clock: Callable[[], dt.datetime] | None = None):
         from dsmr_ts.fields import SCHEMA
 
+        self.client = client
         self.schema = schema or SCHEMA
         self.clock = clock or (lambda: dt.datetime.now(dt.timezone.utc))
         self.commit = GroupCommitWriter(client, clock=self.clock)
 
     def store_telegrams(self, telegrams: list) -> None:
-        """Telegrams (dsmr_ts.telegram.Telegram), in one write."""
+        """Telegrams (dsmr_ts.telegram.Telegram), in one write through the group commit."""
         lines: list[str] = []
         late: set[tuple[str, int]] = set()
         now_hour = hour_of(self.clock())
         for telegram in telegrams:
-            reading = telegram.reading
-            lines.append(lineprotocol.reading_line(reading, self.schema))
-            booked = lineprotocol.gas_booked_at(reading, telegram.hourly_gas)
-            if booked is not None:
-                lines.append(lineprotocol.gas_line(reading, telegram.hourly_gas))
-            statistics = lineprotocol.statistics_line(reading.meter, reading.timestamp, telegram.statistics,
-                                                      self.schema)
+            self._add(telegram.reading, telegram.hourly_gas, lines, late, now_hour)
+            statistics = lineprotocol.statistics_line(telegram.reading.meter, telegram.reading.timestamp,
+                                                      telegram.statistics, self.schema)
             if statistics:
                 lines.append(statistics)
-            late |= _late(reading.meter, (reading.timestamp, booked), now_hour)
         self.commit.write(lines, late)
 
     def store_reading(self, reading) -> None:
@@ -168,18 +172,49 @@ class ReadingWriter:
         self.store_readings([reading])
 
     def store_readings(self, readings: list, hourly_gas: bool = False) -> None:
-        """Readings (dsmr_ts.telegram.Reading) in one write; gas booked one hour early for meters
-        that report it hourly."""
+        """Readings (dsmr_ts.telegram.Reading) in one write through the group commit; gas booked
+        one hour early for meters that report it hourly."""
         lines: list[str] = []
         late: set[tuple[str, int]] = set()
         now_hour = hour_of(self.clock())
         for reading in readings:
-            lines.append(lineprotocol.reading_line(reading, self.schema))
-            booked = lineprotocol.gas_booked_at(reading, hourly_gas)
-            if booked is not None:
-                lines.append(lineprotocol.gas_line(reading, hourly_gas))
-            late |= _late(reading.meter, (reading.timestamp, booked), now_hour)
+            self._add(reading, hourly_gas, lines, late, now_hour)
         self.commit.write(lines, late)
+
+    def bulk(self, readings: Iterable, hourly_gas: bool = False, batch: int = BULK_BATCH_LINES,
+             threads: int = BULK_THREADS) -> int:
+        """Many readings at once (imports, benchmarks), several writes in flight: each write holds a
+        batch of readings, their gas bookings and the repair marks of the ended hours they fill (so
+        counts stay right while it runs). Returns the readings written."""
+        written = 0
+
+        def batches() -> Iterable[list[str]]:
+            nonlocal written
+            lines: list[str] = []
+            late: set[tuple[str, int]] = set()
+            count = 0
+            now = self.clock()
+            for reading in readings:
+                self._add(reading, hourly_gas, lines, late, hour_of(now))
+                count += 1
+                if count == batch:
+                    yield lines + lineprotocol.repair_lines(late, now)
+                    written += count
+                    lines, late, count, now = [], set(), 0, self.clock()
+            if count:
+                yield lines + lineprotocol.repair_lines(late, now)
+                written += count
+
+        write_batches(self.client, batches(), threads=threads)
+        return written
+
+    def _add(self, reading, hourly_gas: bool, lines: list[str], late: set[tuple[str, int]], now_hour: int) -> None:
+        """A reading's lines (and its gas booking), and the ended hours it touches."""
+        lines.append(lineprotocol.reading_line(reading, self.schema))
+        booked = lineprotocol.gas_booked_at(reading, hourly_gas)
+        if booked is not None:
+            lines.append(lineprotocol.gas_line(reading, hourly_gas))
+        late |= _late(reading.meter, (reading.timestamp, booked), now_hour)
 
     def store_meter_statistics(self, meter: str, when: dt.datetime, statistics: dict) -> None:
         line = lineprotocol.statistics_line(meter, when, statistics, self.schema)
