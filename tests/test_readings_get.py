@@ -264,3 +264,21 @@ def test_dense_hours_across_shard_groups(client, loaded):
         assert (count, served) == (len(ids), expected)
     body = get(client, meter=meter, limit=25, offset=150).json
     assert [r["id"] for r in body["results"]] == ids[150:175]
+
+
+def test_first_page_sees_readings_older_than_the_remembered_first(client, loaded):
+    """The first page is read within a day of the meter's first reading, which the API remembers for
+    a minute; a reading imported meanwhile before it is still served first."""
+    meter = "E-EARLIER"
+    start = dt.datetime(2025, 9, 1, 12, tzinfo=UTC)
+    loaded.writer.store_readings([Reading(start + dt.timedelta(minutes=i), meter, {
+        "electricity_delivered_1": float(i), "electricity_currently_delivered": 0.1}) for i in range(30)])
+    assert [r["id"] for r in get(client, meter=meter, limit=3).json["results"]] == [
+        int((start + dt.timedelta(minutes=i)).timestamp()) for i in range(3)]
+    older = start - dt.timedelta(days=40)
+    loaded.writer.store_readings([Reading(older, meter, {"electricity_delivered_1": 0.5,
+                                                         "electricity_currently_delivered": 0.1})])
+    body = get(client, meter=meter, limit=3).json
+    assert body["count"] == 31
+    assert [r["id"] for r in body["results"]] == [int(older.timestamp())] + [
+        int((start + dt.timedelta(minutes=i)).timestamp()) for i in range(2)]

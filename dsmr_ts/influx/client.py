@@ -55,8 +55,8 @@ def clamp(value: Any) -> Any:
 
 
 def ns(moment: dt.datetime) -> int:
-    """A time as InfluxQL wants it in a WHERE clause: integer nanoseconds."""
-    return int(clamp(moment).timestamp()) * 1_000_000_000
+    """A time as InfluxQL wants it in a WHERE clause: integer nanoseconds (exact to the microsecond)."""
+    return (clamp(moment) - EARLIEST) // dt.timedelta(microseconds=1) * 1000
 
 
 def quote(value: str) -> str:

@@ -22,11 +22,13 @@ from typing import Iterator
 from dsmr_ts.fields import SCHEMA, Kind, ReadingSchema
 from dsmr_ts.influx import lineprotocol
 from dsmr_ts.influx.client import EARLIEST, LATEST, InfluxClient, Series, ident, ns, quote
-from dsmr_ts.influx.statistics import COUNT_FIELD, COUNTED_FIELD, HOUR_MEASUREMENT, Statistics, floor_hour, pending_from
+from dsmr_ts.influx.statistics import (COUNT_FIELD, COUNTED_FIELD, HOUR_MEASUREMENT, REPAIR_SLACK, Statistics,
+                                      floor_hour, pending_from)
 
 HOUR = dt.timedelta(hours=1)
 SECOND = dt.timedelta(seconds=1)
 DIRECT_OFFSET = 3600  # rows InfluxQL may skip itself (about 2 ms per thousand)
+EDGE = dt.timedelta(days=1)  # a page near an end of the range is first looked for within a day of it
 WATERMARK_TTL = 60.0  # seconds: a stale watermark only means more raw counting, never a wrong count
 Row = dict[str, object]
 
@@ -47,6 +49,7 @@ class _Plan:
     head: int = 0  # raw count of [start, indexed_start), or of the whole range when nothing is indexed
     indexed: int = 0
     tail: int = 0  # raw count of [indexed_stop, stop)
+    marks_since: dt.datetime = EARLIEST  # marks made since then may not be repaired yet
     corrections: dict[int, int] | None = None  # hour (Unix s) -> raw minus index, for pending hours
 
     @property
@@ -63,34 +66,39 @@ class ReadingQueries:
         self.client = client
         self.statistics = statistics
         self.schema = schema
-        self._watermark: tuple[dt.datetime | None, float] | None = None
+        self._proof: tuple[tuple[dt.datetime | None, dt.datetime | None], float] | None = None
         self._lock = threading.Lock()
         self._stats_hour = client.in_stats(HOUR_MEASUREMENT)
         self.direct_offset = DIRECT_OFFSET
+        self._first: dict[str, tuple[dt.datetime, float]] = {}
         self._columns = [(spec.name, schema.bits[spec.name], spec.kind is Kind.DATETIME) for spec in schema.fields]
 
     # --- what the index proves ----------------------------------------------------------------
 
-    def watermark(self) -> dt.datetime | None:
-        """Cached briefly: it only moves forward, so an old value costs speed, never correctness."""
+    def proof(self) -> tuple[dt.datetime | None, dt.datetime | None]:
+        """(watermark, repair cursor), cached briefly: both only move forward, so old values cost
+        speed (more raw counting, more marks to look at), never correctness."""
         with self._lock:
-            cached = self._watermark
+            cached = self._proof
         if cached and time.monotonic() - cached[1] < WATERMARK_TTL:
             return cached[0]
-        value = self.statistics.watermark()
+        value = self.statistics.proof()
         with self._lock:
-            self._watermark = (value, time.monotonic())
+            self._proof = (value, time.monotonic())
         return value
+
+    def watermark(self) -> dt.datetime | None:
+        return self.proof()[0]
 
     def _plan(self, gte: dt.datetime | None, lte: dt.datetime | None) -> _Plan:
         start = max(gte, EARLIEST) if gte else EARLIEST
         stop = min(lte + SECOND, LATEST) if lte else LATEST
-        watermark = self.watermark() or EARLIEST
+        watermark, cursor = self.proof()
         indexed_start = ceil_hour(start)
-        indexed_stop = min(floor_hour(stop), watermark)
+        indexed_stop = min(floor_hour(stop), watermark or EARLIEST)
         if indexed_stop <= indexed_start:
             indexed_start = indexed_stop = start
-        return _Plan(start, stop, indexed_start, indexed_stop)
+        return _Plan(start, stop, indexed_start, indexed_stop, marks_since=(cursor - REPAIR_SLACK) if cursor else EARLIEST)
 
     def _raw_where(self, meter: str, start: dt.datetime, stop: dt.datetime) -> str:
         return f"WHERE meter = {quote(meter)} AND time >= {ns(start)} AND time < {ns(stop)}"
@@ -104,7 +112,10 @@ class ReadingQueries:
             f"SELECT count({counted}) FROM {reading} {self._raw_where(meter, plan.start, plan.indexed_start)}",
             f"SELECT sum({COUNT_FIELD}) FROM {self._stats_hour} {index_where}",
             f"SELECT count({counted}) FROM {reading} {self._raw_where(meter, plan.indexed_stop, plan.stop)}",
-            f"SELECT marked, repaired FROM {ident(lineprotocol.REPAIR)} {index_where}",
+            # Marks the repair job may not have taken up yet: those made since its cursor (read by
+            # when they were made, so the query reads minutes, not all history).
+            f"SELECT \"hour\" FROM {ident(lineprotocol.REPAIR_REQUEST)} WHERE meter = {quote(meter)}"
+            f" AND time > {ns(plan.marks_since)}",
         ]
 
     def _take_counts(self, meter: str, plan: _Plan, results: list[list[Series]]) -> None:
@@ -112,10 +123,21 @@ class ReadingQueries:
             plan.head = _number(results[0])
             return
         plan.head, plan.indexed, plan.tail = _number(results[0]), _number(results[1]), _number(results[2])
-        pending = pending_from(results[3])
+        start, stop = int(plan.indexed_start.timestamp()), int(plan.indexed_stop.timestamp())
+        candidates = {int(row["hour"]) for found in results[3] for row in found.rows()}
+        candidates = sorted(hour for hour in candidates if start <= hour < stop)
+        pending = self._still_pending(meter, candidates) if candidates else []
         if pending:
-            plan.corrections = self._corrections(meter, sorted(pending))
+            plan.corrections = self._corrections(meter, pending)
             plan.indexed += sum(plan.corrections.values())
+
+    def _still_pending(self, meter: str, hours: list[int]) -> list[int]:
+        """Of the hours marked lately, those whose repair has not been written yet."""
+        (series,) = self.client.influxql([
+            f"SELECT marked, repaired FROM {ident(lineprotocol.REPAIR)} WHERE meter = {quote(meter)}"
+            f" AND time >= {hours[0] * 10**9} AND time <= {hours[-1] * 10**9}"])
+        pending = pending_from(series)
+        return [hour for hour in hours if hour in pending]
 
     def _corrections(self, meter: str, hours: list[int]) -> dict[int, int]:
         """Raw count minus index count of each pending hour (hours waiting for the repair job)."""
@@ -149,17 +171,33 @@ class ReadingQueries:
         """(exact count, the page's rows as {_time, field: value}, in the order asked)."""
         plan = self._plan(gte, lte)
         statements = self._count_statements(meter, plan)
+        counted = len(statements)
         direct = offset < self.direct_offset
-        if direct:  # the page comes with the counts
-            statements.append(self._select(meter, plan.start, plan.stop, descending, limit, offset))
+        edge = self._edge(meter, plan, descending) if direct else None
+        if direct:
+            # The page comes with the counts, read within a day of the end it starts from: a range
+            # over all of history costs a cursor per field per shard, even for LIMIT 1.
+            start, stop = edge or (plan.start, plan.stop)
+            statements.append(self._select(meter, start, stop, descending, limit, offset))
+            if edge and not descending and gte is None:  # the meter's first reading, as remembered
+                statements.append(f"SELECT {ident(COUNTED_FIELD)} FROM {ident(lineprotocol.READING)}"
+                                  f" {self._raw_where(meter, plan.start, edge[0])} LIMIT 1")
         elif plan.has_index:  # where to look comes with the counts
             statements.append(self._day_sums(meter, plan))
         results = self.client.influxql(statements)
-        counted = len(self._count_statements(meter, plan))
         self._take_counts(meter, plan, results[:counted])
         total = plan.total
         if direct:
-            return total, self._rows(results[-1])
+            rows = list(self._rows(results[counted]))
+            earlier = len(results) > counted + 1 and any(found.values for found in results[counted + 1])
+            if edge and (len(rows) < min(limit, total - offset) or earlier):
+                # The day near the edge did not hold the page (sparse readings, an import of older
+                # ones since the first reading was remembered): the whole range, once more.
+                self._first.pop(meter, None)
+                (series,) = self.client.influxql([self._select(meter, plan.start, plan.stop, descending, limit,
+                                                               offset)])
+                rows = list(self._rows(series))
+            return total, iter(rows)
         if offset >= total:
             return total, iter(())
         first = max(0, total - offset - limit) if descending else offset  # ascending row numbers
@@ -171,6 +209,29 @@ class ReadingQueries:
         (rows,) = self.client.influxql([self._select(meter, start, plan.stop, False, last - first + 1, skip)])
         found = list(self._rows(rows))
         return total, iter(found[::-1] if descending else found)
+
+    def _edge(self, meter: str, plan: _Plan, descending: bool) -> tuple[dt.datetime, dt.datetime] | None:
+        """The day at the end of the range a page starts from, or None when the range is no wider."""
+        if plan.stop - plan.start <= EDGE:
+            return None
+        if descending:  # an open end: the day before now, and whatever a fast meter clock wrote after it
+            end = plan.stop if plan.stop < LATEST else dt.datetime.now(dt.timezone.utc)
+            return max(plan.start, end - EDGE), plan.stop
+        begin = plan.start if plan.start > EARLIEST else self._first_reading(meter)
+        return (begin, min(plan.stop, begin + EDGE)) if begin else None
+
+    def _first_reading(self, meter: str) -> dt.datetime | None:
+        """When a meter's first reading is, remembered a minute (each use checks nothing is earlier)."""
+        cached = self._first.get(meter)
+        if cached and time.monotonic() - cached[1] < WATERMARK_TTL:
+            return cached[0]
+        (series,) = self.client.influxql([f"SELECT {ident(COUNTED_FIELD)} FROM {ident(lineprotocol.READING)}"
+                                          f" WHERE meter = {quote(meter)} ORDER BY time ASC LIMIT 1"])
+        first = next((dt.datetime.fromtimestamp(int(row["time"]), dt.timezone.utc)
+                      for found in series for row in found.rows()), None)
+        if first:
+            self._first[meter] = (first, time.monotonic())
+        return first
 
     def _select(self, meter: str, start: dt.datetime, stop: dt.datetime, descending: bool, limit: int,
                 offset: int) -> str:

@@ -58,6 +58,9 @@ REPAIR_CURSOR = "repair_cursor"
 LOOKBACK = "31d"  # how far back an hour looks for the meter position before it
 CATCH_UP = "31d"  # how far back one run of the hour task catches up after missed runs
 CATCH_UP_DELTA = dt.timedelta(days=31)
+# The repair job reads the marks made since its last run began, and this much before: a write
+# still in flight then is seen next time (readers of the marks look back as far).
+REPAIR_SLACK = dt.timedelta(seconds=120)
 HOUR = dt.timedelta(hours=1)
 EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
 
@@ -310,15 +313,27 @@ class Statistics:
         self.mark_repaired_before(began, start, stop)
         if contiguous:
             self.advance_watermark(min(floor_hour(stop), floor_hour(began)))
+            first = self.first_reading_time()
+            if first is None or start <= first:
+                # Everything was recomputed after every mark made before it began: the repair
+                # job need not look at those again.
+                self._save_repair_cursor(max(began, self._repair_cursor() or began))
 
     # --- the watermark ------------------------------------------------------------------------
 
     def watermark(self) -> dt.datetime | None:
-        (series,) = self.client.influxql([f"SELECT last({WATERMARK_FIELD}) FROM {self.client.in_stats(INDEX_MEASUREMENT)}"])
-        for found in series:
-            for row in found.rows():
-                return dt.datetime.fromtimestamp(int(row["last"]), dt.timezone.utc)
-        return None
+        return self.proof()[0]
+
+    def proof(self) -> tuple[dt.datetime | None, dt.datetime | None]:
+        """(the watermark, the repair job's cursor), in one request."""
+        watermark, cursor = self.client.influxql([
+            f"SELECT last({WATERMARK_FIELD}) FROM {self.client.in_stats(INDEX_MEASUREMENT)}",
+            f"SELECT last(until_ms) FROM {self.client.in_stats(REPAIR_CURSOR)}"])
+        found_watermark = next((dt.datetime.fromtimestamp(int(row["last"]), dt.timezone.utc)
+                                for series in watermark for row in series.rows()), None)
+        found_cursor = next((dt.datetime.fromtimestamp(int(row["last"]) / 1000, dt.timezone.utc)
+                             for series in cursor for row in series.rows()), None)
+        return found_watermark, found_cursor
 
     def follow_hour_task(self) -> dt.datetime | None:
         """Housekeeping: move the watermark to the scheduled time of the hour task's latest
@@ -391,13 +406,13 @@ class Statistics:
 
     # --- the repair of late data ----------------------------------------------------------------
 
-    def repair(self, slack_s: int = 120) -> int:
+    def repair(self, slack: dt.timedelta = REPAIR_SLACK) -> int:
         """One run of the repair job: the hours marked since the last run (and a little before, for
         writes still in flight then), recomputed per meter in contiguous runs, then marked repaired.
         Returns how many hours it recomputed."""
         began = self.clock()
         cursor = self._repair_cursor()
-        since = (cursor - dt.timedelta(seconds=slack_s)) if cursor else EPOCH
+        since = (cursor - slack) if cursor else EPOCH
         (requests,) = self.client.influxql([
             f"SELECT \"hour\" FROM {ident(lineprotocol.REPAIR_REQUEST)} WHERE time > {ns(since)} GROUP BY meter"])
         hours_by_meter = {found.tags["meter"]: {int(row["hour"]) for row in found.rows()} for found in requests}
@@ -472,11 +487,7 @@ class Statistics:
         return _first_time(series)
 
     def _repair_cursor(self) -> dt.datetime | None:
-        (series,) = self.client.influxql([f"SELECT last(until_ms) FROM {self.client.in_stats(REPAIR_CURSOR)}"])
-        for found in series:
-            for row in found.rows():
-                return dt.datetime.fromtimestamp(int(row["last"]) / 1000, dt.timezone.utc)
-        return None
+        return self.proof()[1]
 
     def _save_repair_cursor(self, moment: dt.datetime) -> None:
         self.client.write(lineprotocol.line(REPAIR_CURSOR, None, {"until_ms": int(moment.timestamp() * 1000)}, 0),
@@ -485,9 +496,10 @@ class Statistics:
     # --- pages for the API --------------------------------------------------------------------------
 
     def page(self, measurement: str, meter: str, start: dt.datetime | None, stop: dt.datetime | None,
-             offset: int, limit: int, descending: bool) -> tuple[int, list[dict[str, object]]]:
+             offset: int, limit: int, descending: bool,
+             fields: Iterable[str] | None = None) -> tuple[int, list[dict[str, object]]]:
         """(count, rows) of `hour` or `day` statistics with time in [start, stop), one request.
-        Rows carry `_time` (aware UTC) and their fields."""
+        Rows carry `_time` (aware UTC) and the fields asked for (all when None)."""
         assert measurement in (HOUR_MEASUREMENT, DAY_MEASUREMENT)
         start, stop = start or EPOCH, stop or dt.datetime(2200, 1, 1, tzinfo=dt.timezone.utc)
         if stop <= start:
@@ -499,8 +511,8 @@ class Statistics:
         source = self.client.in_stats(measurement)
         counted, rows = self.client.influxql([
             f"SELECT count(electricity1) FROM {source} {where}",
-            f"SELECT * FROM {source} {where} ORDER BY time {'DESC' if descending else 'ASC'}"
-            f" LIMIT {max(limit, 1)} OFFSET {min(offset, 2**62)}",
+            f"SELECT {', '.join(ident(f) for f in fields) if fields else '*'} FROM {source} {where}"
+            f" ORDER BY time {'DESC' if descending else 'ASC'} LIMIT {max(limit, 1)} OFFSET {min(offset, 2**62)}",
         ])
         count = next((int(row["count"]) for found in counted for row in found.rows()), 0)
         return count, [_with_time(row) for found in rows for row in found.rows()]

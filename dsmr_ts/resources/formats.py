@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import math
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
@@ -26,11 +27,12 @@ def decimal_string(value: float | None, places: int) -> str | None:
     """1.5 -> '1.500'; None stays None. Half-up from the value as written (0.0005 -> '0.001')."""
     if value is None:
         return None
-    # Fast path (pages of readings format tens of thousands of these): a value that has no more
-    # decimals than shown formats exactly as it is; only others go through Decimal's half-up.
-    text = f"{value:.{places}f}"
-    if float(text) == value and text[0] != "-":
-        return text
+    # Fast path (pages format tens of thousands of these): unless the value sits on a tie at this
+    # precision, every rounding agrees with half-up; only ties go through Decimal.
+    scaled = value * 10**places
+    if abs(scaled - math.floor(scaled) - 0.5) > 1e-6:
+        text = f"{value:.{places}f}"
+        return text[1:] if text[0] == "-" and float(text) == 0 else text
     return str(rounded(exact(value), places))
 
 

@@ -50,6 +50,7 @@ def day_costs(row: dict[str, Any], price: PricePeriod | None) -> dict[str, str |
 class _StatisticsResource:
     measurement = ""
     time_field = ""
+    fields: tuple[str, ...] = (*USAGE_OUTPUT, "gas")  # what row_json shows
 
     def __init__(self, context: ApiContext):
         self.context = context
@@ -68,7 +69,7 @@ class _StatisticsResource:
                                                lambda: self.context.meter(req))
         descending = req.get_param("ordering") == f"-{self.time_field}"
         count, rows = self.context.store.statistics.page(
-            self.measurement, meter, start, stop, page.offset, page.limit, descending)
+            self.measurement, meter, start, stop, page.offset, page.limit, descending, self.fields)
         next_url, previous_url = links(req, page, count, self.context.trust_forwarded)
         resp.media = {"count": count, "next": next_url, "previous": previous_url,
                       "results": [self.row_json(row) for row in rows]}
