@@ -55,8 +55,12 @@ def test_onboarding_then_second_setup_changes_nothing(private_influxd, tmp_path)
     assert (second.onboarded, second.created_buckets, second.token) == (False, [], first.token)
     assert load_config(path).influxdb.admin_token == config.influxdb.admin_token  # nothing new either
     with InfluxDBClient(url=private_influxd.url, token=config.influxdb.admin_token, org="dsmr") as client:
-        names = sorted(b.name for b in client.buckets_api().find_buckets().buckets if not b.name.startswith("_"))
-    assert names == ["dsmr", "dsmr_stats"]
+        buckets = {b.name: b for b in client.buckets_api().find_buckets().buckets if not b.name.startswith("_")}
+    assert sorted(buckets) == ["dsmr", "dsmr_stats"]
+    # Both keep everything; statistics in shard groups of a year (counts sum hour rows of all of history).
+    assert [(r.every_seconds, r.shard_group_duration_seconds) for r in buckets["dsmr_stats"].retention_rules] == [
+        (0, 52 * 7 * 86400)]
+    assert [r.every_seconds for r in buckets["dsmr"].retention_rules] == [0]
 
 
 def test_setup_of_a_set_up_server_without_token_says_what_to_do(session_config, tmp_path):

@@ -10,7 +10,7 @@ import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
-from influxdb_client import Authorization, InfluxDBClient, Permission, PermissionResource
+from influxdb_client import Authorization, BucketRetentionRules, InfluxDBClient, Permission, PermissionResource
 from influxdb_client.domain.onboarding_request import OnboardingRequest
 from influxdb_client.rest import ApiException
 from influxdb_client.service.setup_service import SetupService
@@ -65,7 +65,8 @@ def bootstrap(config: Config, *, login_file: Path | None = None) -> BootstrapRes
                 )
         with InfluxDBClient(url=settings.url, token=admin, org=settings.org, timeout=30_000) as client:
             org_id = _org_id(client, settings.org, settings.url)
-            bucket_ids = _ensure_buckets(client, org_id, [settings.bucket, settings.stats_bucket])
+            bucket_ids = _ensure_buckets(client, org_id, [settings.bucket, settings.stats_bucket],
+                                         {settings.stats_bucket: STATS_SHARD_SECONDS})
             tasks = ensure_tasks(client, config, org_id)
             if admin != settings.admin_token:
                 _save(config, "admin_token", admin)
@@ -161,16 +162,32 @@ def _org_id(client: InfluxDBClient, org: str, url: str) -> str:
     return orgs[0].id
 
 
-def _ensure_buckets(client: InfluxDBClient, org_id: str, names: list[str]) -> dict[str, tuple[str, bool]]:
-    """name -> (bucket id, created now)."""
+# Shard group length per bucket (both keep everything). The readings get InfluxDB's default for
+# infinite retention (7 days). Statistics are small (an hour row per meter and hour), and every
+# count sums hour rows over all of history, which costs per shard: a year per shard keeps three
+# years of counting at three shards instead of 156.
+STATS_SHARD_SECONDS = 52 * 7 * 86400
+
+
+def _ensure_buckets(client: InfluxDBClient, org_id: str, names: list[str],
+                    shard_seconds: dict[str, int] | None = None) -> dict[str, tuple[str, bool]]:
+    """name -> (bucket id, created now); a bucket whose shard length differs from `shard_seconds`
+    gets it (for shards made from then on)."""
     api = client.buckets_api()
     found = {}
     for name in names:
+        wanted = (shard_seconds or {}).get(name)
+        rules = [BucketRetentionRules(type="expire", every_seconds=0, shard_group_duration_seconds=wanted)] if wanted else None
         bucket = api.find_bucket_by_name(name)
         if bucket is None:
-            bucket = api.create_bucket(bucket_name=name, org=org_id)  # no retention rule: keep forever
+            bucket = api.create_bucket(bucket_name=name, org=org_id, retention_rules=rules)  # kept forever
             log.info("created bucket %s", name)
             found[name] = (bucket.id, True)
-        else:
-            found[name] = (bucket.id, False)
+            continue
+        current = [r.shard_group_duration_seconds for r in bucket.retention_rules or []]
+        if wanted and current != [wanted]:
+            bucket.retention_rules = rules
+            api.update_bucket(bucket)
+            log.info("bucket %s: shard groups of %d days from now on", name, wanted // 86400)
+        found[name] = (bucket.id, False)
     return found
