@@ -1,7 +1,8 @@
 """Reads at size: N one-second DSMR 5 readings (all fields: phases, voltages, currents, gas every
 five minutes) loaded through the bulk write path, statistics built as an import builds them, then
-the API requests people make most, each with p50 and p99 over sequential requests after warm-ups,
-and every count checked against the number of readings loaded.
+the API requests people make most (readings, statistics, per-minute electricity, gas values,
+quarter-hour peaks), each with p50 and p99 over sequential requests after warm-ups, and every
+count checked against the number of readings loaded.
 
     .venv/bin/python benchmarks/readings_api.py [--readings 1000000] [--repeat 50]
 
@@ -16,6 +17,7 @@ import argparse
 import datetime as dt
 import json
 import subprocess
+import sys
 import time
 import urllib.parse
 import urllib.request
@@ -106,6 +108,7 @@ def main() -> None:
     parser.add_argument("--readings", type=int, default=1_000_000)
     parser.add_argument("--repeat", type=int, default=50, help="timed requests per figure")
     args = parser.parse_args()
+    sys.stdout.reconfigure(line_buffering=True)  # figures as they come, also into a file
     count = args.readings
     with Stack() as stack:
         store = Store(stack.config.influxdb, timeout_ms=3_600_000)
@@ -120,7 +123,8 @@ def main() -> None:
         began = time.perf_counter()
         store.statistics.regenerate(local_midnight(start, tz), floor_hour(dt.datetime.now(UTC)) + dt.timedelta(hours=1))
         elapsed = time.perf_counter() - began
-        print(f"statistics (hours, days, count index) for them: {elapsed:.0f} s = {count / elapsed:,.0f} readings/s")
+        print(f"statistics (hours, days, quarter-hour peaks, count index) for them: {elapsed:.0f} s"
+              f" = {count / elapsed:,.0f} readings/s")
         print(f"write cache snapshotted after {wait_for_cache_snapshot(stack.influxd.url):.0f} s")
         disk = disk_bytes(stack.influxd.data_dir / "engine")
         print(f"influxd disk use: {disk / 2**30:.2f} GiB = {disk / count * 1e6 / 2**20:.0f} MiB per million readings")
@@ -146,12 +150,31 @@ def main() -> None:
         base = url.rsplit(PATH, 1)[0]
         now = dt.datetime.now(UTC)
         month = floor_hour(now) - dt.timedelta(days=31)
-        for name, path, params in (
+        first, last = int(start.timestamp()), int(start.timestamp()) + count - 1
+        minutes, gas_values = last // 60 - first // 60 + 1, last // 300 - first // 300 + 1
+        quarters = sum(1 for q in range(first // 900, last // 900 + 1)
+                       if min(last, q * 900 + 899) - max(first, q * 900) >= 1)  # at least 2 readings
+        day_minutes = in_day // 60 if in_day % 60 == 0 else None
+        for name, path, params, expected in (
                 ("statistics/day, a year (limit 366)", "/api/v2/statistics/day",
-                 {"limit": 366, "day__gte": (now - dt.timedelta(days=365)).date().isoformat()}),
+                 {"limit": 366, "day__gte": (now - dt.timedelta(days=365)).date().isoformat()}, None),
                 ("statistics/hour, a month (limit 744)", "/api/v2/statistics/hour",
-                 {"limit": 744, "hour_start__gte": month.isoformat(), "hour_start__lte": now.isoformat()})):
-            times = timed_get(base + path, params, args.repeat)
+                 {"limit": 744, "hour_start__gte": month.isoformat(), "hour_start__lte": now.isoformat()}, None),
+                ("electricity per minute, latest 25", "/api/v2/consumption/electricity",
+                 {"ordering": "-read_at", "limit": 25}, minutes),
+                ("electricity per minute, a day (limit 1440)", "/api/v2/consumption/electricity",
+                 {"read_at__gte": (day + dt.timedelta(minutes=1)).isoformat(),
+                  "read_at__lte": (day_end + dt.timedelta(seconds=1)).isoformat(), "limit": 1440}, day_minutes),
+                ("electricity per minute, deep page (offset N/2)", "/api/v2/consumption/electricity",
+                 {"offset": minutes // 2, "limit": 25}, minutes),
+                ("gas, latest 25", "/api/v2/consumption/gas", {"ordering": "-read_at", "limit": 25}, gas_values),
+                ("gas, deep page (offset N/2)", "/api/v2/consumption/gas",
+                 {"offset": gas_values // 2, "limit": 25}, gas_values),
+                ("quarter-hour peaks, a month's highest 25", "/api/v2/consumption/quarter-hour-peak-electricity",
+                 {"ordering": "-average_delivered", "limit": 25, "read_at_start__gte": month.isoformat()}, None),
+                ("quarter-hour peaks, deep page (offset N/2)", "/api/v2/consumption/quarter-hour-peak-electricity",
+                 {"offset": quarters // 2, "limit": 25}, quarters)):
+            times = timed_get(base + path, params, args.repeat, expected)
             print(f"{name:<52} {percentile(times, 0.5):8.1f} {percentile(times, 0.99):8.1f}"
                   f"   {DSMR_READER.get(name.split(' (')[0], '-')}")
         store.close()

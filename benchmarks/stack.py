@@ -4,6 +4,7 @@ temp dir (never your data), plus CPU accounting of both from /proc."""
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -60,6 +61,8 @@ class Stack:
         self.url = ""
 
     def __enter__(self) -> "Stack":
+        # A benchmark stopped with SIGTERM (kill, timeout) still stops its influxd and API.
+        signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(f"stopped by signal {signum}"))
         self.influxd = ManagedInfluxd(ensure_influxd(), self.tmp / "influxd", port=free_port()).start()
         self.config_path = self.tmp / "dsmr-ts.yaml"
         self.config_path.write_text(

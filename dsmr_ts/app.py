@@ -12,9 +12,12 @@ from dsmr_ts.resources import errors
 from dsmr_ts.resources.access import ApiAccessMiddleware
 from dsmr_ts.resources.application import MonitoringResource, VersionResource
 from dsmr_ts.resources.consumption import (
+    ElectricityConsumptionResource,
     ElectricityLiveResource,
     EnergySupplierPricesResource,
+    GasConsumptionResource,
     GasLiveResource,
+    QuarterHourPeakResource,
     TodayResource,
 )
 from dsmr_ts.resources.context import ApiContext
@@ -54,4 +57,7 @@ def create_app(config: Config | None = None, store: Store | None = None, schema:
     app.add_route("/api/v2/consumption/gas-live", GasLiveResource(context))
     app.add_route("/api/v2/consumption/today", TodayResource(context))
     app.add_route("/api/v2/consumption/energy-supplier-prices", EnergySupplierPricesResource(context))
+    app.add_route("/api/v2/consumption/electricity", ElectricityConsumptionResource(context))
+    app.add_route("/api/v2/consumption/gas", GasConsumptionResource(context))
+    app.add_route("/api/v2/consumption/quarter-hour-peak-electricity", QuarterHourPeakResource(context))
     return app

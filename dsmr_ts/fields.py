@@ -48,6 +48,9 @@ class ReadingField:
     in_api: bool = True  # part of the v2 reading (GET, POST answer, MQTT json)
     zero_when_missing: bool = False  # a telegram without it reads 0 (the tariff-2 registers)
     usage: str | None = None  # the statistics field whose usage this meter position gives
+    # consumption/electricity (one row per minute): (its name there, "last" for a meter position or
+    # "mean" for power, voltage and current over the minute's readings)
+    per_minute: tuple[str, str] | None = None
     description: str = ""
 
     @property
@@ -57,21 +60,29 @@ class ReadingField:
 
 
 def _phases(template: str, codes: tuple[str, str, str], **options) -> list[ReadingField]:
-    return [ReadingField(template.format(n=n), obis=(code,), **options) for n, code in zip((1, 2, 3), codes)]
+    """Three rows, one per phase; each averaged per minute under its own name."""
+    return [ReadingField(template.format(n=n), obis=(code,), per_minute=(template.format(n=n), "mean"), **options)
+            for n, code in zip((1, 2, 3), codes)]
 
 
 KW = {"unit": "kW"}
 READING_FIELDS: tuple[ReadingField, ...] = (
     ReadingField("electricity_delivered_1", "kWh", obis=("1-0:1.8.1", "1-0:1.8.0"), post=Post.REQUIRED,
-                 usage="electricity1", description="meter position delivered to you, tariff 1 (low)"),
+                 usage="electricity1", per_minute=("delivered_1", "last"),
+                 description="meter position delivered to you, tariff 1 (low)"),
     ReadingField("electricity_returned_1", "kWh", obis=("1-0:2.8.1", "1-0:2.8.0"), post=Post.REQUIRED,
-                 usage="electricity1_returned", description="meter position returned by you, tariff 1"),
+                 usage="electricity1_returned", per_minute=("returned_1", "last"),
+                 description="meter position returned by you, tariff 1"),
     ReadingField("electricity_delivered_2", "kWh", obis=("1-0:1.8.2",), post=Post.REQUIRED, zero_when_missing=True,
-                 usage="electricity2", description="meter position delivered to you, tariff 2 (normal)"),
+                 usage="electricity2", per_minute=("delivered_2", "last"),
+                 description="meter position delivered to you, tariff 2 (normal)"),
     ReadingField("electricity_returned_2", "kWh", obis=("1-0:2.8.2",), post=Post.REQUIRED, zero_when_missing=True,
-                 usage="electricity2_returned", description="meter position returned by you, tariff 2"),
-    ReadingField("electricity_currently_delivered", obis=("1-0:1.7.0",), post=Post.REQUIRED, **KW),
-    ReadingField("electricity_currently_returned", obis=("1-0:2.7.0",), post=Post.REQUIRED, **KW),
+                 usage="electricity2_returned", per_minute=("returned_2", "last"),
+                 description="meter position returned by you, tariff 2"),
+    ReadingField("electricity_currently_delivered", obis=("1-0:1.7.0",), post=Post.REQUIRED,
+                 per_minute=("currently_delivered", "mean"), **KW),
+    ReadingField("electricity_currently_returned", obis=("1-0:2.7.0",), post=Post.REQUIRED,
+                 per_minute=("currently_returned", "mean"), **KW),
     *_phases("phase_currently_delivered_l{n}", ("1-0:21.7.0", "1-0:41.7.0", "1-0:61.7.0"), **KW),
     ReadingField("extra_device_timestamp", kind=Kind.DATETIME, mbus=("gas", "time"),
                  description="when the gas meter took extra_device_delivered"),
@@ -146,6 +157,7 @@ class ReadingSchema:
         self.mbus_pairs = tuple((self.by_mbus[(medium, "value")].name, self.by_mbus[(medium, "time")].name)
                                 for medium, part in self.by_mbus if part == "value" and (medium, "time") in self.by_mbus)
         self.api_fields = tuple(f for f in self.fields if f.in_api)
+        self.minute_fields = tuple(f for f in self.fields if f.per_minute)  # consumption/electricity
         self.post_fields = tuple(f for f in self.fields if f.post is not Post.REFUSED)
         self.required = tuple(f.name for f in self.fields if f.post is Post.REQUIRED)
         self.zero_when_missing = tuple(f.name for f in self.fields if f.zero_when_missing)

@@ -38,7 +38,7 @@ TEST_KEY = "TESTKEY0123456789TESTKEY0123456789TESTKEY0123456789TESTKEY012345"
 def stored_reading(store, meter: str, moment) -> dict:
     """The reading stored at meter+moment as dsmr-ts reads it back (the fields its `present` mask
     names; datetimes as datetimes), without `_time`; {} when there is none."""
-    from dsmr_ts.influx.client import ident, ns, quote
+    from dsmr_ts.influx.client import ns, quote
 
     (series,) = store.client.influxql([f"SELECT * FROM reading WHERE meter = {quote(meter)} AND time = {ns(moment)}"])
     rows = [store.readings.reading_row(row) for found in series for row in found.rows()]
@@ -149,3 +149,27 @@ class FakeSer2net:
     def close(self) -> None:
         self.drop()
         self.server.close()
+
+
+def run_task(config, name: str, scheduled_for) -> None:
+    """Run an InfluxDB task once as if scheduled for that time (now() in its Flux), and wait
+    until the run succeeded (a failed run fails the test with its log)."""
+    from influxdb_client import InfluxDBClient
+    from influxdb_client.rest import ApiException
+
+    settings = config.influxdb
+    with InfluxDBClient(url=settings.url, token=settings.admin_token, org=settings.org) as client:  # tasks: admin
+        task = next(t for t in client.tasks_api().find_tasks(name=name) if t.name == name)
+        run = client.tasks_api().run_manually(task.id, scheduled_for=scheduled_for)
+
+        def finished() -> bool:
+            try:
+                status = client.tasks_api().get_run(task.id, run.id).status
+            except ApiException as exc:
+                if exc.status != 404:  # queued manual runs are briefly "not found"
+                    raise
+                return False
+            assert status != "failed", client.tasks_api().get_run_logs(task.id, run.id)
+            return status == "success"
+
+        wait_for(finished, timeout=60, what=f"task {name!r} run for {scheduled_for}")

@@ -14,16 +14,15 @@ import urllib.parse
 import pytest
 from falcon import testing
 from influxdb_client import InfluxDBClient
-from influxdb_client.rest import ApiException
 
 from dsmr_ts.app import create_app
 from dsmr_ts.config import load_config
 from dsmr_ts.influx.bootstrap import bootstrap
 from dsmr_ts.influx.server import ManagedInfluxd, free_port
-from dsmr_ts.influx.statistics import HOUR_TASK, INDEX_MEASUREMENT, floor_hour
+from dsmr_ts.influx.statistics import HOUR_TASK, INDEX_MEASUREMENT, INDEX_VERSION, floor_hour
 from dsmr_ts.influx.store import Store
 from dsmr_ts.telegram import Reading
-from helpers import REPO, TEST_KEY, dsmr_ts_command, flux, wait_for, write_lines
+from helpers import REPO, TEST_KEY, dsmr_ts_command, flux, run_task, wait_for, write_lines
 
 UTC = dt.timezone.utc
 KEY = {"X-AUTHKEY": TEST_KEY}
@@ -101,7 +100,7 @@ def test_raw_points_in_a_proven_hour_would_be_miscounted_so_every_path_marks(pri
     hour = floor_hour(store.statistics.watermark()) - dt.timedelta(hours=5)
     store.writer.store_readings(history("E-MARK", hour + dt.timedelta(minutes=1), 10, dt.timedelta(minutes=1)))
     store.statistics.repair()
-    store.readings._proof = None  # the cursor it just moved, not the one remembered a minute
+    store.readings.proof.forget()  # the cursor it just moved, not the one remembered a minute
     assert store.readings.count("E-MARK", None, None) == 10
     write_lines(store, [f"reading,meter=E-MARK electricity_delivered_1=1.0 {int((hour + dt.timedelta(minutes=30)).timestamp())}"
                         "000000000"])  # behind dsmr-ts' back: no mark
@@ -213,19 +212,24 @@ def test_the_reader_repairs_a_day_of_history_posted_out_of_order(private, tmp_pa
 
 
 def _run_hour_task(config, scheduled_for: dt.datetime) -> None:
-    settings = config.influxdb
-    with InfluxDBClient(url=settings.url, token=settings.admin_token, org=settings.org) as client:
-        task = next(t for t in client.tasks_api().find_tasks(name=HOUR_TASK) if t.name == HOUR_TASK)
-        run = client.tasks_api().run_manually(task.id, scheduled_for=scheduled_for)
+    run_task(config, HOUR_TASK, scheduled_for)
 
-        def finished() -> bool:
-            try:
-                status = client.tasks_api().get_run(task.id, run.id).status
-            except ApiException as exc:
-                if exc.status != 404:  # queued manual runs are briefly "not found"
-                    raise
-                return False
-            assert status != "failed", client.tasks_api().get_run_logs(task.id, run.id)
-            return status == "success"
 
-        wait_for(finished, timeout=60, what=f"the hour task run for {scheduled_for}")
+def test_setup_rebuilds_a_store_indexed_by_an_older_version(private):
+    """Hour rows of dsmr-ts before minute and gas counts: setup regenerates them once."""
+    config, store = private
+    hour = dt.datetime(2025, 3, 1, 11, tzinfo=UTC)
+    with InfluxDBClient(url=config.influxdb.url, token=config.influxdb.token, org=config.influxdb.org) as client:
+        client.delete_api().delete(hour, hour + dt.timedelta(hours=1), '_measurement="hour" AND meter="E-BULK"',
+                                   bucket=config.influxdb.stats_bucket, org=config.influxdb.org)
+    write_lines(store, [f"{INDEX_MEASUREMENT} version=1i 0"], config.influxdb.stats_bucket)
+    assert store.statistics.index_version() == 1
+    bootstrap(config)
+    assert store.statistics.index_version() == INDEX_VERSION
+    minutes = flux(store, 'from(bucket: stats) |> range(start: start, stop: stop) |> filter(fn: (r) =>'
+                          ' r._measurement == "hour" and r.meter == "E-BULK" and r._field == "minute_count")',
+                   {"start": hour, "stop": hour + dt.timedelta(hours=1)})
+    assert [row["_value"] for row in minutes] == [60]  # a reading every 30 s
+    assert store.minutes.brute_force_count("E-BULK", hour, hour + dt.timedelta(minutes=59, seconds=59)) == 60
+    bootstrap(config)  # once
+    assert store.statistics.index_version() == INDEX_VERSION

@@ -22,10 +22,11 @@ WEEK = dt.timedelta(days=7)
 
 @pytest.fixture(scope="module")
 def week_store(session_config):
-    """A week of one-minute simulated readings up to now, and their statistics."""
+    """A week of one-minute simulated readings (with a water meter) up to now, and their statistics
+    and quarter-hour peaks."""
     store = Store(session_config.influxdb, timeout_ms=120_000)
     now = dt.datetime.now(UTC).replace(microsecond=0)
-    simulator = MeterSimulator(meter="E-GRAFANA", seed=3)
+    simulator = MeterSimulator(meter="E-GRAFANA", seed=3, water=True)
     readings = []
     moment = now - WEEK
     while moment <= now:
@@ -56,7 +57,7 @@ QUERIES = panel_queries()
 def test_there_are_dashboards_with_the_panels_users_expect():
     titles = " | ".join(title for _, title, _, _ in QUERIES).lower()
     for wanted in ("live power", "phase", "voltage", "today", "this month", "daily usage", "daily cost", "gas",
-                   "heat map"):
+                   "heat map", "quarter-hour peaks", "month peak", "water"):
         assert wanted in titles
 
 

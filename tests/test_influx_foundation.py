@@ -78,7 +78,7 @@ def test_api_token_reaches_its_two_buckets_and_nothing_else(session_config):
         assert names == {"dsmr", "dsmr_stats"}  # not even the system buckets
         # The tasks can be read (the housekeeping job follows the hour task's runs), never changed.
         tasks = client.tasks_api().find_tasks()
-        assert sorted(t.name for t in tasks) == ["dsmr-ts day statistics", "dsmr-ts hour statistics"]
+        assert sorted(t.name for t in tasks) == ["dsmr-ts day statistics", "dsmr-ts hour statistics", "dsmr-ts quarter-hour peaks"]
         with pytest.raises(ApiException) as denied:
             client.tasks_api().update_task_request(tasks[0].id, TaskUpdateRequest(status="inactive"))
         assert "unauthorized" in str(denied.value)  # influxd 2.9 says so with a 500

@@ -20,14 +20,13 @@ import urllib.parse
 import pytest
 from falcon import testing
 from influxdb_client import InfluxDBClient
-from influxdb_client.rest import ApiException
 
 from dsmr_ts.app import create_app
 from dsmr_ts.config import PricePeriod
-from dsmr_ts.influx.statistics import DAY_TASK, HOUR_TASK, ensure_tasks, task_specs
+from dsmr_ts.influx.statistics import DAY_TASK, HOUR_TASK, QUARTER_TASK, ensure_tasks, task_specs
 from dsmr_ts.influx.store import Store
 from dsmr_ts.telegram import Reading, build_telegram
-from helpers import REPO, TEST_KEY, dsmr_ts_command, flux, wait_for
+from helpers import REPO, TEST_KEY, dsmr_ts_command, flux, run_task
 
 UTC = dt.timezone.utc
 KEY = {"X-AUTHKEY": TEST_KEY}
@@ -251,37 +250,17 @@ def test_ordering_and_pagination(client):
     assert second["results"][0]["hour_start"] < body["results"][1]["hour_start"]
 
 
-def _task(client: InfluxDBClient, name: str):
-    return next(t for t in client.tasks_api().find_tasks(name=name) if t.name == name)
-
-
 def test_tasks_created_once_and_updated_idempotently(session_config):
     settings = session_config.influxdb
     with InfluxDBClient(url=settings.url, token=settings.admin_token, org=settings.org) as client:
         org_id = client.organizations_api().find_organizations(org=settings.org)[0].id
         assert ensure_tasks(client, session_config, org_id) == []  # setup made them already
+        schedules = {HOUR_TASK: "every: 1h", DAY_TASK: "every: 1h", QUARTER_TASK: "every: 15m"}
+        assert [spec.name for spec in task_specs(session_config)] == list(schedules)
         for spec in task_specs(session_config):
             found = [t for t in client.tasks_api().find_tasks(name=spec.name) if t.name == spec.name]
             assert len(found) == 1 and found[0].status == "active"
-            assert "every: 1h" in found[0].flux
-
-
-def _run_task(client: InfluxDBClient, name: str, scheduled_for: dt.datetime) -> None:
-    task = _task(client, name)
-    run = client.tasks_api().run_manually(task.id, scheduled_for=scheduled_for)
-
-    def finished():
-        try:
-            status = client.tasks_api().get_run(task.id, run.id).status
-        except ApiException as exc:
-            # Between the queue of manual runs and the run log a run is briefly "not found".
-            if exc.status != 404:
-                raise
-            return False
-        assert status != "failed", client.tasks_api().get_run_logs(task.id, run.id)
-        return status == "success"
-
-    wait_for(finished, timeout=60, what=f"task {name!r} run for {scheduled_for}")
+            assert schedules[spec.name] in found[0].flux
 
 
 def _statistics_rows(store: Store, measurement: str, start: dt.datetime, stop: dt.datetime) -> list[tuple]:
@@ -306,10 +285,10 @@ def test_influxdb_tasks_write_the_same_rows_as_regenerate(session_config, store)
             client.delete_api().delete(a, b - dt.timedelta(seconds=1), f'_measurement="{measurement}" AND meter="{METER}"',
                                        bucket=settings.stats_bucket, org=settings.org)
         assert _statistics_rows(store, "hour", start, stop) == []
-        # Each hour task run covers the two hours before its scheduled time.
-        for hour in range(14, 25, 2):
-            _run_task(client, HOUR_TASK, start + dt.timedelta(hours=hour - 12))
-        _run_task(client, DAY_TASK, z("2026-01-14T23:00:00Z"))  # just after local midnight
+    # Each hour task run covers the two hours before its scheduled time.
+    for hour in range(14, 25, 2):
+        run_task(session_config, HOUR_TASK, start + dt.timedelta(hours=hour - 12))
+    run_task(session_config, DAY_TASK, z("2026-01-14T23:00:00Z"))  # just after local midnight
     assert _statistics_rows(store, "hour", start, stop) == expected_hours
     assert _statistics_rows(store, "day", day_start, day_stop) == expected_day
 

@@ -1,14 +1,16 @@
-"""Reading queries that stay fast at any size: exact counts and pages in one request to influxd.
+"""Rows that stay fast at any size: exact counts and pages in one request to influxd, for the
+readings, the readings' minutes (consumption/electricity) and the gas values (consumption/gas).
 
 A range [gte, lte] splits into a head (before its first whole hour), whole hours that the count
 index proves (below the watermark, see statistics.py), and a tail (from there to the end). The
 head and tail are counted from raw points (at most an hour, and the hour or two the task has not
-reached yet); the proven hours by summing their `reading_count` rows. Hours with a pending repair
-mark are not proven: their raw counts replace their index rows (a second request, only then).
+reached yet); the proven hours by summing their count field in the hour rows (reading_count,
+minute_count, gas_count). Hours with a pending repair mark are not proven: their raw counts replace
+their index rows (another request, only then).
 
 A page near either end of the range (offset below DIRECT_OFFSET from that end) is read in the same
-request as the counts (InfluxQL stops at LIMIT). A deep page is located through the index: day
-sums, then the hours of that day, then a small OFFSET inside one hour.
+request as the counts (InfluxQL stops at LIMIT), within a day of that end. A deep page is located
+through the index: day sums, then the hours of that day, then a small OFFSET inside one hour.
 """
 
 from __future__ import annotations
@@ -17,15 +19,16 @@ import datetime as dt
 import threading
 import time
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Callable, Iterator
 
 from dsmr_ts.fields import SCHEMA, Kind, ReadingSchema
 from dsmr_ts.influx import lineprotocol
 from dsmr_ts.influx.client import EARLIEST, LATEST, InfluxClient, Series, ident, ns, quote
-from dsmr_ts.influx.statistics import (COUNT_FIELD, COUNTED_FIELD, HOUR_MEASUREMENT, REPAIR_SLACK, Statistics,
-                                      floor_hour, pending_from)
+from dsmr_ts.influx.statistics import (COUNT_FIELD, COUNTED_FIELD, GAS_COUNT_FIELD, HOUR_MEASUREMENT, LOOKBACK_DELTA,
+                                      MINUTE_COUNT_FIELD, REPAIR_SLACK, Statistics, floor_hour, pending_from)
 
 HOUR = dt.timedelta(hours=1)
+MINUTE = dt.timedelta(minutes=1)
 SECOND = dt.timedelta(seconds=1)
 DIRECT_OFFSET = 3600  # rows InfluxQL may skip itself (about 2 ms per thousand)
 EDGE = dt.timedelta(days=1)  # a page near an end of the range is first looked for within a day of it
@@ -36,6 +39,85 @@ Row = dict[str, object]
 def ceil_hour(moment: dt.datetime) -> dt.datetime:
     floor = floor_hour(moment)
     return floor if floor == moment else floor + HOUR
+
+
+@dataclass(frozen=True)
+class RowKind:
+    """What a page holds: points of one field of a measurement, or minutes of them."""
+
+    measurement: str
+    counted: str  # the field whose points (or minutes with points) are the rows
+    index_field: str  # its count per hour in the hour statistics
+    select: str = "*"  # the columns of a page
+    # Minute rows (GROUP BY time(1m), time = the minute's start), and the column of the counted field
+    # there. InfluxQL applies LIMIT and OFFSET to each aggregate on its own, so a column of a field
+    # some readings lack would be offset past its minutes: minute pages are read from OFFSET 0, and
+    # only rows with the counted column (which every minute has) are kept, then skipped in Python.
+    per_minute: bool = False
+    counted_column: str = ""
+    direct_offset: int = DIRECT_OFFSET  # deeper pages are located through the index
+
+    def count(self, where: str, group: str = "") -> str:
+        if self.per_minute:
+            return (f"SELECT count(c) FROM (SELECT count({ident(self.counted)}) AS c FROM {ident(self.measurement)}"
+                    f" {where} GROUP BY time(1m) fill(none)){group}")
+        return f"SELECT count({ident(self.counted)}) FROM {ident(self.measurement)} {where}{group}"
+
+    def page(self, where: str, descending: bool, limit: int, offset: int) -> str:
+        group = " GROUP BY time(1m) fill(none)" if self.per_minute else ""
+        limit, offset = (limit + offset, 0) if self.per_minute else (limit, offset)
+        return (f"SELECT {self.select} FROM {ident(self.measurement)} {where}{group}"
+                f" ORDER BY time {'DESC' if descending else 'ASC'} LIMIT {max(limit, 1)} OFFSET {offset}")
+
+    def rows(self, series: list[Series], limit: int | None, offset: int) -> Iterator[dict[str, object]]:
+        """The rows of a page read with page(limit, offset) (None: all of them)."""
+        found = (row for part in series for row in part.rows())
+        if not self.per_minute:
+            return found
+        complete = [row for row in found if row.get(self.counted_column) is not None]
+        return iter(complete[offset:None if limit is None else offset + limit])
+
+    def align(self, moment: dt.datetime) -> dt.datetime:
+        """A bound of a range of rows: whole minutes for minute rows."""
+        return moment.replace(second=0, microsecond=0) if self.per_minute else moment
+
+
+READINGS = RowKind(lineprotocol.READING, COUNTED_FIELD, COUNT_FIELD)
+GAS_VALUES = RowKind(lineprotocol.GAS, lineprotocol.GAS_FIELD, GAS_COUNT_FIELD, select=ident(lineprotocol.GAS_FIELD))
+
+
+def minute_kind(schema: ReadingSchema) -> RowKind:
+    """Minutes with readings: each one's last meter positions and mean power, voltage and current."""
+    columns = ", ".join(f"{how}({ident(spec.name)}) AS {ident(name)}"
+                        for spec in schema.minute_fields for name, how in [spec.per_minute])
+    # A direct page reads offset + limit minutes; deeper ones are located to the hour (< 60 to skip).
+    return RowKind(lineprotocol.READING, COUNTED_FIELD, MINUTE_COUNT_FIELD, select=columns, per_minute=True,
+                   counted_column=schema.by_name[COUNTED_FIELD].per_minute[0], direct_offset=120)
+
+
+class Proof:
+    """What the count index proves, as one store's readers remember it (statistics.proof())."""
+
+    def __init__(self, statistics: Statistics):
+        self.statistics = statistics
+        self._cached: tuple[tuple[dt.datetime | None, dt.datetime | None], float] | None = None
+        self._lock = threading.Lock()
+
+    def get(self) -> tuple[dt.datetime | None, dt.datetime | None]:
+        """(watermark, repair cursor), kept briefly: both only move forward, so old values cost
+        speed (more raw counting, more marks to look at), never correctness."""
+        with self._lock:
+            cached = self._cached
+        if cached and time.monotonic() - cached[1] < WATERMARK_TTL:
+            return cached[0]
+        value = self.statistics.proof()
+        with self._lock:
+            self._cached = (value, time.monotonic())
+        return value
+
+    def forget(self) -> None:
+        with self._lock:
+            self._cached = None
 
 
 @dataclass
@@ -61,39 +143,26 @@ class _Plan:
         return self.head + self.indexed + self.tail
 
 
-class ReadingQueries:
-    def __init__(self, client: InfluxClient, statistics: Statistics, schema: ReadingSchema = SCHEMA):
+class IndexedRows:
+    """Counts and pages of one kind of row (see the module doc)."""
+
+    def __init__(self, client: InfluxClient, statistics: Statistics, kind: RowKind, proof: Proof,
+                 convert: Callable[[dict[str, object]], Row]):
         self.client = client
         self.statistics = statistics
-        self.schema = schema
-        self._proof: tuple[tuple[dt.datetime | None, dt.datetime | None], float] | None = None
-        self._lock = threading.Lock()
+        self.kind = kind
+        self.proof = proof
+        self.convert = convert
         self._stats_hour = client.in_stats(HOUR_MEASUREMENT)
-        self.direct_offset = DIRECT_OFFSET
+        self.direct_offset = kind.direct_offset
         self._first: dict[str, tuple[dt.datetime, float]] = {}
-        self._columns = [(spec.name, schema.bits[spec.name], spec.kind is Kind.DATETIME) for spec in schema.fields]
 
     # --- what the index proves ----------------------------------------------------------------
-
-    def proof(self) -> tuple[dt.datetime | None, dt.datetime | None]:
-        """(watermark, repair cursor), cached briefly: both only move forward, so old values cost
-        speed (more raw counting, more marks to look at), never correctness."""
-        with self._lock:
-            cached = self._proof
-        if cached and time.monotonic() - cached[1] < WATERMARK_TTL:
-            return cached[0]
-        value = self.statistics.proof()
-        with self._lock:
-            self._proof = (value, time.monotonic())
-        return value
-
-    def watermark(self) -> dt.datetime | None:
-        return self.proof()[0]
 
     def _plan(self, gte: dt.datetime | None, lte: dt.datetime | None) -> _Plan:
         start = max(gte, EARLIEST) if gte else EARLIEST
         stop = min(lte + SECOND, LATEST) if lte else LATEST
-        watermark, cursor = self.proof()
+        watermark, cursor = self.proof.get()
         indexed_start = ceil_hour(start)
         indexed_stop = min(floor_hour(stop), watermark or EARLIEST)
         if indexed_stop <= indexed_start:
@@ -104,14 +173,14 @@ class ReadingQueries:
         return f"WHERE meter = {quote(meter)} AND time >= {ns(start)} AND time < {ns(stop)}"
 
     def _count_statements(self, meter: str, plan: _Plan) -> list[str]:
-        reading, counted = ident(lineprotocol.READING), ident(COUNTED_FIELD)
+        kind = self.kind
         if not plan.has_index:
-            return [f"SELECT count({counted}) FROM {reading} {self._raw_where(meter, plan.start, plan.stop)}"]
+            return [kind.count(self._raw_where(meter, plan.start, plan.stop))]
         index_where = self._raw_where(meter, plan.indexed_start, plan.indexed_stop)
         return [
-            f"SELECT count({counted}) FROM {reading} {self._raw_where(meter, plan.start, plan.indexed_start)}",
-            f"SELECT sum({COUNT_FIELD}) FROM {self._stats_hour} {index_where}",
-            f"SELECT count({counted}) FROM {reading} {self._raw_where(meter, plan.indexed_stop, plan.stop)}",
+            kind.count(self._raw_where(meter, plan.start, plan.indexed_start)),
+            f"SELECT sum({ident(kind.index_field)}) FROM {self._stats_hour} {index_where}",
+            kind.count(self._raw_where(meter, plan.indexed_stop, plan.stop)),
             # Marks the repair job may not have taken up yet: those made since its cursor (read by
             # when they were made, so the query reads minutes, not all history).
             f"SELECT \"hour\" FROM {ident(lineprotocol.REPAIR_REQUEST)} WHERE meter = {quote(meter)}"
@@ -145,11 +214,12 @@ class ReadingQueries:
         stop = dt.datetime.fromtimestamp(hours[-1], dt.timezone.utc) + HOUR
         where = self._raw_where(meter, start, stop)
         raw, index = self.client.influxql([
-            f"SELECT count({ident(COUNTED_FIELD)}) FROM {ident(lineprotocol.READING)} {where} GROUP BY time(1h) fill(0)",
-            f"SELECT {COUNT_FIELD} FROM {self._stats_hour} {where}",
+            self.kind.count(where, " GROUP BY time(1h) fill(0)"),
+            f"SELECT {ident(self.kind.index_field)} FROM {self._stats_hour} {where}",
         ])
         raw_counts = {int(row["time"]): int(row["count"] or 0) for found in raw for row in found.rows()}
-        index_counts = {int(row["time"]): int(row[COUNT_FIELD] or 0) for found in index for row in found.rows()}
+        index_counts = {int(row["time"]): int(row[self.kind.index_field] or 0)
+                        for found in index for row in found.rows()}
         return {hour: raw_counts.get(hour, 0) - index_counts.get(hour, 0) for hour in hours}
 
     def count(self, meter: str, gte: dt.datetime | None, lte: dt.datetime | None) -> int:
@@ -158,10 +228,9 @@ class ReadingQueries:
         return plan.total
 
     def brute_force_count(self, meter: str, gte: dt.datetime | None, lte: dt.datetime | None) -> int:
-        """Count every raw point in range (for tests and checks, never on a request)."""
+        """Count every row in range from raw points (for tests and checks, never on a request)."""
         start, stop = gte or EARLIEST, (lte + SECOND) if lte else LATEST
-        (series,) = self.client.influxql([
-            f"SELECT count({ident(COUNTED_FIELD)}) FROM {ident(lineprotocol.READING)} {self._raw_where(meter, start, stop)}"])
+        (series,) = self.client.influxql([self.kind.count(self._raw_where(meter, start, stop))])
         return _number(series)
 
     # --- pages --------------------------------------------------------------------------------
@@ -173,59 +242,76 @@ class ReadingQueries:
         statements = self._count_statements(meter, plan)
         counted = len(statements)
         direct = offset < self.direct_offset
-        edge = self._edge(meter, plan, descending) if direct else None
+        edge = self._edge(meter, plan, descending, offset + limit) if direct else None
         if direct:
-            # The page comes with the counts, read within a day of the end it starts from: a range
-            # over all of history costs a cursor per field per shard, even for LIMIT 1.
+            # The page comes with the counts, read near the end it starts from: a range over all of
+            # history costs a cursor per field per shard even for LIMIT 1, and minutes are
+            # aggregated over the whole range they are asked for.
             start, stop = edge or (plan.start, plan.stop)
             statements.append(self._select(meter, start, stop, descending, limit, offset))
-            if edge and not descending and gte is None:  # the meter's first reading, as remembered
-                statements.append(f"SELECT {ident(COUNTED_FIELD)} FROM {ident(lineprotocol.READING)}"
+            if edge and not descending and gte is None:  # the meter's first point, as remembered
+                statements.append(f"SELECT {ident(self.kind.counted)} FROM {ident(self.kind.measurement)}"
                                   f" {self._raw_where(meter, plan.start, edge[0])} LIMIT 1")
         elif plan.has_index:  # where to look comes with the counts
             statements.append(self._day_sums(meter, plan))
         results = self.client.influxql(statements)
         self._take_counts(meter, plan, results[:counted])
         total = plan.total
-        if direct:
-            rows = list(self._rows(results[counted]))
-            earlier = len(results) > counted + 1 and any(found.values for found in results[counted + 1])
-            if edge and (len(rows) < min(limit, total - offset) or earlier):
-                # The day near the edge did not hold the page (sparse readings, an import of older
-                # ones since the first reading was remembered): the whole range, once more.
-                self._first.pop(meter, None)
-                (series,) = self.client.influxql([self._select(meter, plan.start, plan.stop, descending, limit,
-                                                               offset)])
-                rows = list(self._rows(series))
-            return total, iter(rows)
+        if not direct:
+            return total, self._located(meter, plan, results[counted] if len(results) > counted else None,
+                                        offset, limit, descending)
+        rows = list(self._rows(results[counted], limit, offset))
+        earlier = len(results) > counted + 1 and any(found.values for found in results[counted + 1])
+        if edge and (len(rows) < min(limit, total - offset) or earlier):
+            # The end did not hold the page (sparse rows, an import of older ones since the first
+            # point was remembered): located through the index, or the whole (then small) range.
+            self._first.pop(meter, None)
+            if plan.has_index:
+                return total, self._located(meter, plan, None, offset, limit, descending)
+            (series,) = self.client.influxql([self._select(meter, plan.start, plan.stop, descending, limit, offset)])
+            rows = list(self._rows(series, limit, offset))
+        return total, iter(rows)
+
+    def _located(self, meter: str, plan: _Plan, day_sums: list[Series] | None, offset: int, limit: int,
+                 descending: bool) -> Iterator[Row]:
+        """A page found through the index: from the hour of its first row to the end of the hour of
+        its last, skipping less than an hour's rows."""
+        total = plan.total
         if offset >= total:
-            return total, iter(())
+            return iter(())
         first = max(0, total - offset - limit) if descending else offset  # ascending row numbers
         last = total - 1 - offset if descending else min(total, offset + limit) - 1
+        if day_sums is None and plan.has_index:
+            (day_sums,) = self.client.influxql([self._day_sums(meter, plan)])
+        hours: dict[dt.datetime, dict[int, int]] = {}  # the hour counts of a day, read once per page
         try:
-            start, skip = self._locate(meter, plan, results[counted] if len(results) > counted else [], first)
+            start, skip = self._locate(meter, plan, day_sums or [], first, hours)
+            stop = self._locate_stop(meter, plan, day_sums or [], last, hours)
         except LookupError:  # a write raced the count: the next request sees the new count
-            return total, iter(())
-        (rows,) = self.client.influxql([self._select(meter, start, plan.stop, False, last - first + 1, skip)])
-        found = list(self._rows(rows))
-        return total, iter(found[::-1] if descending else found)
+            return iter(())
+        (rows,) = self.client.influxql([self._select(meter, start, stop, False, last - first + 1, skip)])
+        found = list(self._rows(rows, last - first + 1, skip))
+        return iter(found[::-1] if descending else found)
 
-    def _edge(self, meter: str, plan: _Plan, descending: bool) -> tuple[dt.datetime, dt.datetime] | None:
-        """The day at the end of the range a page starts from, or None when the range is no wider."""
-        if plan.stop - plan.start <= EDGE:
+    def _edge(self, meter: str, plan: _Plan, descending: bool, rows: int) -> tuple[dt.datetime, dt.datetime] | None:
+        """The stretch at the end of the range a page starts from (a day of readings, or as many
+        minutes as the page needs), or None when the range is no wider."""
+        width = dt.timedelta(minutes=rows + 1) if self.kind.per_minute else EDGE
+        if plan.stop - plan.start <= width:
             return None
-        if descending:  # an open end: the day before now, and whatever a fast meter clock wrote after it
+        align = self.kind.align
+        if descending:  # an open end: before now, and whatever a fast meter clock wrote after it
             end = plan.stop if plan.stop < LATEST else dt.datetime.now(dt.timezone.utc)
-            return max(plan.start, end - EDGE), plan.stop
-        begin = plan.start if plan.start > EARLIEST else self._first_reading(meter)
-        return (begin, min(plan.stop, begin + EDGE)) if begin else None
+            return max(plan.start, align(end - width)), plan.stop
+        first = plan.start if plan.start > EARLIEST else self._first_point(meter)
+        return (align(first), min(plan.stop, align(first) + width)) if first else None
 
-    def _first_reading(self, meter: str) -> dt.datetime | None:
-        """When a meter's first reading is, remembered a minute (each use checks nothing is earlier)."""
+    def _first_point(self, meter: str) -> dt.datetime | None:
+        """When a meter's first point is, remembered a minute (each use checks nothing is earlier)."""
         cached = self._first.get(meter)
         if cached and time.monotonic() - cached[1] < WATERMARK_TTL:
             return cached[0]
-        (series,) = self.client.influxql([f"SELECT {ident(COUNTED_FIELD)} FROM {ident(lineprotocol.READING)}"
+        (series,) = self.client.influxql([f"SELECT {ident(self.kind.counted)} FROM {ident(self.kind.measurement)}"
                                           f" WHERE meter = {quote(meter)} ORDER BY time ASC LIMIT 1"])
         first = next((dt.datetime.fromtimestamp(int(row["time"]), dt.timezone.utc)
                       for found in series for row in found.rows()), None)
@@ -235,14 +321,14 @@ class ReadingQueries:
 
     def _select(self, meter: str, start: dt.datetime, stop: dt.datetime, descending: bool, limit: int,
                 offset: int) -> str:
-        return (f"SELECT * FROM {ident(lineprotocol.READING)} {self._raw_where(meter, start, stop)}"
-                f" ORDER BY time {'DESC' if descending else 'ASC'} LIMIT {max(limit, 1)} OFFSET {offset}")
+        return self.kind.page(self._raw_where(meter, start, stop), descending, limit, offset)
 
     def _day_sums(self, meter: str, plan: _Plan) -> str:
-        return (f"SELECT sum({COUNT_FIELD}) FROM {self._stats_hour} "
+        return (f"SELECT sum({ident(self.kind.index_field)}) FROM {self._stats_hour} "
                 f"{self._raw_where(meter, plan.indexed_start, plan.indexed_stop)} GROUP BY time(1d) fill(none)")
 
-    def _locate(self, meter: str, plan: _Plan, day_sums: list[Series], row: int) -> tuple[dt.datetime, int]:
+    def _locate(self, meter: str, plan: _Plan, day_sums: list[Series], row: int,
+                hours: dict[dt.datetime, dict[int, int]]) -> tuple[dt.datetime, int]:
         """Row number `row` (0-based, ascending) -> (a time, how many rows from there to skip)."""
         if row < plan.head or not plan.has_index:
             return plan.start, row
@@ -250,34 +336,58 @@ class ReadingQueries:
         if row >= plan.indexed:
             return plan.indexed_stop, row - plan.indexed
         corrections = plan.corrections or {}
-        for day in day_sums[0].rows() if day_sums else ():
-            day_start = dt.datetime.fromtimestamp(int(day["time"]), dt.timezone.utc)
-            day_s = int(day_start.timestamp())
-            count = int(day["sum"] or 0) + sum(c for h, c in corrections.items() if day_s <= h < day_s + 86400)
+        days = {int(day["time"]): int(day["sum"] or 0) for found in day_sums for day in found.rows()}
+        for hour, correction in corrections.items():  # pending hours may have no index row yet
+            days[hour - hour % 86400] = days.get(hour - hour % 86400, 0) + correction
+        for day_s, count in sorted(days.items()):
             if row < count:
-                return self._locate_hour(meter, plan, day_start, row, corrections)
+                day_start = dt.datetime.fromtimestamp(day_s, dt.timezone.utc)
+                if day_start not in hours:
+                    hours[day_start] = self._hour_counts(meter, plan, day_start, corrections)
+                for hour, in_hour in sorted(hours[day_start].items()):
+                    if row < in_hour:
+                        return dt.datetime.fromtimestamp(hour, dt.timezone.utc), row
+                    row -= in_hour
+                break
             row -= count
         raise LookupError("the index changed while a page was located")  # a write raced the count
 
-    def _locate_hour(self, meter: str, plan: _Plan, day: dt.datetime, row: int,
-                     corrections: dict[int, int]) -> tuple[dt.datetime, int]:
+    def _locate_stop(self, meter: str, plan: _Plan, day_sums: list[Series], row: int,
+                     hours: dict[dt.datetime, dict[int, int]]) -> dt.datetime:
+        """Where a page whose last row is `row` may stop reading: the end of that row's hour."""
+        if not plan.has_index or row >= plan.head + plan.indexed:
+            return plan.stop
+        if row < plan.head:
+            return plan.indexed_start
+        return self._locate(meter, plan, day_sums, row, hours)[0] + HOUR
+
+    def _hour_counts(self, meter: str, plan: _Plan, day: dt.datetime, corrections: dict[int, int]) -> dict[int, int]:
+        """hour (Unix s) -> rows, for the indexed hours of one day (pending hours corrected)."""
         start, stop = max(day, plan.indexed_start), min(day + dt.timedelta(days=1), plan.indexed_stop)
-        (hours,) = self.client.influxql([f"SELECT {COUNT_FIELD} FROM {self._stats_hour} "
+        field = self.kind.index_field
+        (hours,) = self.client.influxql([f"SELECT {ident(field)} FROM {self._stats_hour} "
                                          f"{self._raw_where(meter, start, stop)}"])
-        counts = {int(r["time"]): int(r[COUNT_FIELD] or 0) for found in hours for r in found.rows()}
+        counts = {int(r["time"]): int(r[field] or 0) for found in hours for r in found.rows()}
         for hour, correction in corrections.items():
             if int(start.timestamp()) <= hour < int(stop.timestamp()):
                 counts[hour] = counts.get(hour, 0) + correction
-        for hour in sorted(counts):
-            if row < counts[hour]:
-                return dt.datetime.fromtimestamp(hour, dt.timezone.utc), row
-            row -= counts[hour]
-        raise LookupError("the index changed while a page was located")
+        return counts
 
-    def _rows(self, series: list[Series]) -> Iterator[Row]:
-        for found in series:
-            for row in found.rows():
-                yield self.reading_row(row)
+    def _rows(self, series: list[Series], limit: int | None = None, offset: int = 0) -> Iterator[Row]:
+        """The rows of a page read with _select(limit, offset), converted."""
+        return map(self.convert, self.kind.rows(series, limit, offset))
+
+
+class ReadingQueries(IndexedRows):
+    """The readings: pages and counts, single readings, export."""
+
+    def __init__(self, client: InfluxClient, statistics: Statistics, proof: Proof, schema: ReadingSchema = SCHEMA):
+        super().__init__(client, statistics, READINGS, proof, self.reading_row)
+        self.schema = schema
+        self._columns = [(spec.name, schema.bits[spec.name], spec.kind is Kind.DATETIME) for spec in schema.fields]
+
+    def watermark(self) -> dt.datetime | None:
+        return self.proof.get()[0]
 
     def reading_row(self, row: dict[str, object]) -> Row:
         """An InfluxQL row as {_time, field: value}: only the fields the reading's `present` mask
@@ -318,6 +428,58 @@ class ReadingQueries:
         """Time of the first and the last reading of any meter."""
         first, last = self.statistics.first_reading_time(), self.statistics.last_reading_time()
         return (first, last) if first and last else None
+
+
+class MinuteQueries(IndexedRows):
+    """consumption/electricity: one row per minute with readings, its time the minute's end (as
+    DSMR-reader's read_at), so its filters become whole-minute bounds on the readings."""
+
+    def __init__(self, client: InfluxClient, statistics: Statistics, proof: Proof, schema: ReadingSchema = SCHEMA):
+        super().__init__(client, statistics, minute_kind(schema), proof, self.minute_row)
+
+    @staticmethod
+    def minute_row(row: dict[str, object]) -> Row:
+        out: Row = {key: value for key, value in row.items() if key != "time"}
+        out["_time"] = dt.datetime.fromtimestamp(int(row["time"]), dt.timezone.utc) + MINUTE
+        return out
+
+    def page_by_end(self, meter: str, gte: dt.datetime | None, lte: dt.datetime | None, offset: int, limit: int,
+                    descending: bool) -> tuple[int, Iterator[Row]]:
+        """Minutes whose end (read_at) is in [gte, lte]: the readings of the minutes starting in
+        [ceil(gte) - 1 min, floor(lte) - 1 min]."""
+        start = _ceil_minute(gte) - MINUTE if gte else None
+        stop = _floor_minute(lte) - SECOND if lte else None
+        if start and stop and stop < start:
+            return 0, iter(())
+        return self.page(meter, start, stop, offset, limit, descending)
+
+
+class GasQueries(IndexedRows):
+    """consumption/gas: one row per gas value, at the time it is booked (as the statistics)."""
+
+    def __init__(self, client: InfluxClient, statistics: Statistics, proof: Proof):
+        super().__init__(client, statistics, GAS_VALUES, proof, self.gas_row)
+
+    @staticmethod
+    def gas_row(row: dict[str, object]) -> Row:
+        return {"_time": dt.datetime.fromtimestamp(int(row["time"]), dt.timezone.utc),
+                "delivered": float(row[lineprotocol.GAS_FIELD])}
+
+    def before(self, meter: str, moment: dt.datetime) -> float | None:
+        """The gas value booked last before `moment` (a page's first row differs from it)."""
+        (series,) = self.client.influxql([
+            f"SELECT {ident(lineprotocol.GAS_FIELD)} FROM {ident(lineprotocol.GAS)} "
+            f"{self._raw_where(meter, moment - LOOKBACK_DELTA, moment)} ORDER BY time DESC LIMIT 1"])
+        return next((float(row[lineprotocol.GAS_FIELD]) for found in series for row in found.rows()), None)
+
+
+def _floor_minute(moment: dt.datetime) -> dt.datetime:
+    return moment.replace(second=0, microsecond=0)
+
+
+def _ceil_minute(moment: dt.datetime) -> dt.datetime:
+    floor = _floor_minute(moment)
+    return floor if floor == moment else floor + MINUTE
 
 
 def _number(series: list[Series]) -> int:

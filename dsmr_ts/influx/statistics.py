@@ -50,12 +50,20 @@ log = logging.getLogger(__name__)
 HOUR_MEASUREMENT = "hour"
 DAY_MEASUREMENT = "day"
 COUNT_FIELD = "reading_count"
+MINUTE_COUNT_FIELD = "minute_count"  # minutes with readings (consumption/electricity's rows)
+GAS_COUNT_FIELD = "gas_count"  # gas values booked in the hour (consumption/gas's rows)
+QUARTER_MEASUREMENT = "quarter"
 # Every reading has this field (v1 and v2 require it), so counting it counts readings.
 COUNTED_FIELD = "electricity_delivered_1"
 INDEX_MEASUREMENT = "count_index"
 WATERMARK_FIELD = "complete_until"
+VERSION_FIELD = "version"
+# What the hour rows hold: 1 reading_count; 2 also minute_count, gas_count (and quarter peaks).
+# Setup regenerates a store built by an older version once.
+INDEX_VERSION = 2
 REPAIR_CURSOR = "repair_cursor"
 LOOKBACK = "31d"  # how far back an hour looks for the meter position before it
+LOOKBACK_DELTA = dt.timedelta(days=31)
 CATCH_UP = "31d"  # how far back one run of the hour task catches up after missed runs
 CATCH_UP_DELTA = dt.timedelta(days=31)
 # The repair job reads the marks made since its last run began, and this much before: a write
@@ -66,6 +74,7 @@ EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
 
 HOUR_TASK = "dsmr-ts hour statistics"
 DAY_TASK = "dsmr-ts day statistics"
+QUARTER_TASK = "dsmr-ts quarter-hour peaks"
 
 
 def floor_hour(moment: dt.datetime) -> dt.datetime:
@@ -126,6 +135,14 @@ gas = {source(gas)} |> {window.format(fn="last")}
 counts = {source(counted)}
   |> {window.format(fn="count")}
   |> set(key: "_field", value: "{COUNT_FIELD}")
+// Minutes with readings (labelled by their start, so a minute stays in its own hour) and gas values.
+minutes = {source(counted)}
+  |> aggregateWindow(every: 1m, fn: count, timeSrc: "_start", createEmpty: false)
+  |> {window.format(fn="count")}
+  |> set(key: "_field", value: "{MINUTE_COUNT_FIELD}")
+gasCounts = {source(gas)}
+  |> {window.format(fn="count")}
+  |> set(key: "_field", value: "{GAS_COUNT_FIELD}")
 
 // Baselines: the last position before the range (at most {LOOKBACK} back), else a meter's first one.
 before = from(bucket: {b})
@@ -144,7 +161,7 @@ usage = union(tables: [firstEver, before, electricity, gas])
   |> map(fn: (r) => ({{r with _value: if r._value < 0.0 then 0.0 else r._value,
                        _field: {_rename({**electricity_usage, **gas_usage})}}}))
 
-union(tables: [usage, electricity, gas, counts])
+union(tables: [usage, electricity, gas, counts, minutes, gasCounts])
   |> set(key: "_measurement", value: "{HOUR_MEASUREMENT}")
   |> keep(columns: ["_time", "_measurement", "_field", "_value", "meter"])
   |> to(bucket: {s})
@@ -174,6 +191,55 @@ union(tables: [sums, ends])
   |> set(key: "_measurement", value: "{DAY_MEASUREMENT}")
   |> keep(columns: ["_time", "_measurement", "_field", "_value", "meter"])
   |> to(bucket: {s})
+"""
+
+
+def quarter_flux(start: str, stop: str, bucket: str, stats_bucket: str, meter_filter: str = "true",
+                 schema: ReadingSchema = SCHEMA) -> str:
+    """Flux that writes the quarter-hour peaks of [start, stop) (whole quarter hours), as
+    DSMR-reader computes them: per quarter with at least 2 readings, the delivered meter positions
+    (tariff 1 + 2) of its first and last reading; average_delivered (kW) = their difference x 3600
+    / the seconds between them. Stored as measurement `quarter` (time = quarter start) with fields
+    average_delivered, read_at_start and read_at_end (Unix s)."""
+    delivered = [name for name, usage in schema.usage.items() if usage in ("electricity1", "electricity2")]
+    b, s = json.dumps(bucket), json.dumps(stats_bucket)
+    predicate = f'r._measurement == "{lineprotocol.READING}" and {_any_field(delivered)} and {meter_filter}'
+    total = " + ".join(f"(if exists r.{name} then r.{name} else 0.0)" for name in delivered)
+
+    def edge(selector: str, name: str) -> str:
+        # window |> first/last is pushed down and keeps each selected reading's own _time.
+        return (f"from(bucket: {b}) |> range(start: quarterStart, stop: quarterStop)"
+                f" |> filter(fn: (r) => {predicate}) |> window(every: 15m) |> {selector}()"
+                f' |> set(key: "edge", value: "{name}")')
+
+    def field(name: str, value: str) -> str:
+        # One to() per field: a float and an integer field cannot share a stream.
+        return (f'peaks |> map(fn: (r) => ({{_time: r._start, _measurement: "{QUARTER_MEASUREMENT}", meter: r.meter,'
+                f' _field: "{name}", _value: {value}}})) |> to(bucket: {s})')
+
+    return f"""
+import "date"
+
+quarterStop = {stop}
+quarterStart = {start}
+
+// The first (a) and last (b) reading of every quarter, one row each with the delivered total.
+peaks = union(tables: [{edge("first", "a")}, {edge("last", "b")}])
+  |> group(columns: ["meter", "edge"])
+  |> pivot(rowKey: ["_time", "_start"], columnKey: ["_field"], valueColumn: "_value")
+  |> map(fn: (r) => ({{meter: r.meter, edge: r.edge, _time: r._time, _start: r._start,
+                       total: {total}, seconds: int(v: r._time) / 1000000000}}))
+  |> group(columns: ["meter"])
+  |> sort(columns: ["_time", "edge"])
+  // Row b minus the row before it (its quarter's a): the quarter's energy and duration.
+  |> difference(columns: ["total", "seconds"])
+  |> filter(fn: (r) => r.edge == "b" and r.seconds > 0)
+  |> map(fn: (r) => ({{r with total: if r.total < 0.0 then 0.0 else r.total,
+                       end: int(v: r._time) / 1000000000}}))
+
+{field("average_delivered", "r.total * 3600.0 / float(v: r.seconds)")}
+{field("read_at_start", "r.end - r.seconds")}
+{field("read_at_end", "r.end")}
 """
 
 
@@ -224,7 +290,16 @@ def task_specs(config: Config, schema: ReadingSchema = SCHEMA) -> list[TaskSpec]
         timezone=config.timezone,
         schema=schema,
     ), f'{{name: "{DAY_TASK}", every: 1h, offset: 3m}}')
-    return [TaskSpec(HOUR_TASK, hour), TaskSpec(DAY_TASK, day)]
+    # Every quarter hour, the last four quarters: a reading up to an hour late still counts (later
+    # ones mark their hour, and the repair recomputes its quarters with it).
+    quarter = _with_task_option(quarter_flux(
+        start="date.sub(d: 1h, from: quarterStop)",
+        stop="date.truncate(t: now(), unit: 1m)",
+        bucket=settings.bucket,
+        stats_bucket=settings.stats_bucket,
+        schema=schema,
+    ), f'{{name: "{QUARTER_TASK}", every: 15m, offset: 1m}}')
+    return [TaskSpec(HOUR_TASK, hour), TaskSpec(DAY_TASK, day), TaskSpec(QUARTER_TASK, quarter)]
 
 
 def _with_task_option(flux: str, task_option: str) -> str:
@@ -282,11 +357,14 @@ class Statistics:
     # --- recompute ----------------------------------------------------------------------------
 
     def recompute(self, start: dt.datetime, stop: dt.datetime, meter: str | None = None) -> None:
-        """Hour statistics of [start, stop) (whole UTC hours), then every local day they touch."""
+        """Hour statistics and quarter-hour peaks of [start, stop) (whole UTC hours), then every
+        local day they touch."""
         meter_filter = "r.meter == meter" if meter else "true"
         params: dict[str, object] = {"meter": meter} if meter else {}
         self.client.flux(hour_flux("start", "stop", self.settings.bucket, self.settings.stats_bucket, meter_filter,
                                    self.schema), {**params, "start": start, "stop": stop})
+        self.client.flux(quarter_flux("start", "stop", self.settings.bucket, self.settings.stats_bucket, meter_filter,
+                                      self.schema), {**params, "start": start, "stop": stop})
         self.client.flux(day_flux("start", "stop", self.settings.stats_bucket, self.timezone, meter_filter,
                                   self.schema),
                          {**params, "start": local_midnight(start, self.tz),
@@ -381,18 +459,30 @@ class Statistics:
 
     def start_index(self) -> bool:
         """Setup: a store without a watermark gets one. With no readings yet the index is complete
-        now; with readings (an older install) everything is regenerated first. True if it did so."""
-        if self.watermark() is not None:
+        now; with readings (an older install, or one whose hour rows lack what this version counts)
+        everything is regenerated first. True if it did so."""
+        watermark = self.watermark()
+        if watermark is not None and self.index_version() >= INDEX_VERSION:
             return False
         first = self.first_reading_time()
         now = self.clock()
         if first is None:
             self.advance_watermark(floor_hour(now))
+            self._save_index_version()
             return False
         log.info("building the statistics and the count index from %s (once; the API counts raw until then)",
                  first.date())
-        self.regenerate(local_midnight(first, self.tz), floor_hour(now) + HOUR)
+        self.regenerate(local_midnight(first, self.tz), floor_hour(now) + HOUR, contiguous=True)
+        self._save_index_version()
         return True
+
+    def index_version(self) -> int:
+        (series,) = self.client.influxql([f"SELECT last({ident(VERSION_FIELD)}) FROM {self.client.in_stats(INDEX_MEASUREMENT)}"])
+        return next((int(row["last"]) for found in series for row in found.rows()), 1)
+
+    def _save_index_version(self) -> None:
+        self.client.write(lineprotocol.line(INDEX_MEASUREMENT, None, {VERSION_FIELD: INDEX_VERSION}, 0),
+                          self.settings.stats_bucket)
 
     def first_reading_time(self) -> dt.datetime | None:
         (series,) = self.client.influxql(
@@ -517,11 +607,65 @@ class Statistics:
         count = next((int(row["count"]) for found in counted for row in found.rows()), 0)
         return count, [_with_time(row) for found in rows for row in found.rows()]
 
+    def quarters(self, meter: str, gte: dt.datetime | None, lte: dt.datetime | None, offset: int, limit: int,
+                 by_average: bool, descending: bool) -> tuple[int, list[dict[str, object]]]:
+        """(count, rows) of the quarter-hour peaks whose read_at_start is in [gte, lte], in time order
+        or by average_delivered (ties in time order), one request. Rows: _time (quarter start),
+        average_delivered, read_at_start, read_at_end (aware UTC)."""
+        start = _floor_quarter(gte) if gte else EPOCH
+        stop = lte or dt.datetime(2200, 1, 1, tzinfo=dt.timezone.utc)
+        if stop < start:
+            return 0, []
+        where = f"WHERE meter = {quote(meter)} AND time >= {ns(start)} AND time <= {ns(stop)}"
+        if gte:
+            where += f" AND read_at_start >= {int(gte.timestamp())}"
+        if lte:
+            where += f" AND read_at_start <= {int(lte.timestamp())}"
+        source = self.client.in_stats(QUARTER_MEASUREMENT)
+        if by_average:
+            # top()/bottom() keep the first N by value (and the earlier of equal ones), in time order.
+            selector = "top" if descending else "bottom"
+            page = (f"SELECT {selector}(average_delivered, {offset + max(limit, 1)}), read_at_start, read_at_end"
+                    f" FROM {source} {where}")
+        else:
+            page = (f"SELECT average_delivered, read_at_start, read_at_end FROM {source} {where}"
+                    f" ORDER BY time {'DESC' if descending else 'ASC'} LIMIT {max(limit, 1)} OFFSET {offset}")
+        counted, found = self.client.influxql([f"SELECT count(average_delivered) FROM {source} {where}", page])
+        count = next((int(row["count"]) for series in counted for row in series.rows()), 0)
+        rows = []
+        for series in found:
+            for row in series.rows():
+                value = row.get("average_delivered", row.get("top", row.get("bottom")))
+                rows.append({"_time": dt.datetime.fromtimestamp(int(row["time"]), dt.timezone.utc),
+                             "average_delivered": float(value),
+                             "read_at_start": dt.datetime.fromtimestamp(int(row["read_at_start"]), dt.timezone.utc),
+                             "read_at_end": dt.datetime.fromtimestamp(int(row["read_at_end"]), dt.timezone.utc)})
+        if by_average:
+            rows.sort(key=lambda r: (-r["average_delivered"] if descending else r["average_delivered"], r["_time"]))
+            rows = rows[offset:offset + limit]
+        return count, rows
+
+    def add_day(self, meter: str, day_start: dt.datetime, fields: dict[str, float]) -> bool:
+        """POST statistics/day: a day row as given (usage, costs, temperatures). False when the
+        meter already has a row for that day (nothing written)."""
+        (series,) = self.client.influxql([
+            f"SELECT count(electricity1) FROM {self.client.in_stats(DAY_MEASUREMENT)}"
+            f" WHERE meter = {quote(meter)} AND time = {ns(day_start)}"])
+        if any(int(row["count"]) for found in series for row in found.rows()):
+            return False
+        self.client.write(lineprotocol.line(DAY_MEASUREMENT, meter, {k: float(v) for k, v in fields.items()},
+                                            int(day_start.timestamp())), self.settings.stats_bucket)
+        return True
+
     def latest_hour(self) -> dt.datetime | None:
         """When the newest hour statistic starts (any meter)."""
         (series,) = self.client.influxql([f"SELECT {COUNT_FIELD} FROM {self.client.in_stats(HOUR_MEASUREMENT)}"
                                           " ORDER BY time DESC LIMIT 1"])
         return _first_time(series)
+
+
+def _floor_quarter(moment: dt.datetime) -> dt.datetime:
+    return moment.replace(minute=moment.minute - moment.minute % 15, second=0, microsecond=0)
 
 
 def pending_from(series: list) -> dict[int, int]:

@@ -1,5 +1,6 @@
 """An emulated DSMR 5 meter: valid telegrams (CRC), meter positions that only go up, a household's
-power, solar return around noon, and a gas value every 5 minutes."""
+power, solar return around noon, a gas value every 5 minutes, and (water=True) a water meter on
+M-Bus channel 2 reporting every 5 minutes too."""
 
 from __future__ import annotations
 
@@ -11,9 +12,8 @@ from typing import Iterator
 from dsmr_ts.telegram import METER_TZ, SIMULATED_METER, Reading, build_telegram
 
 
-
 class MeterSimulator:
-    def __init__(self, meter: str = SIMULATED_METER, seed: int | None = None):
+    def __init__(self, meter: str = SIMULATED_METER, seed: int | None = None, water: bool = False):
         self.meter = meter
         self.random = random.Random(seed)
         self.positions = {"electricity_delivered_1": 1234.567, "electricity_delivered_2": 2345.678,
@@ -21,6 +21,7 @@ class MeterSimulator:
         self.gas = 987.654
         self.gas_flow = 0.1
         self.gas_time: dt.datetime | None = None
+        self.water = 123.456 if water else None  # m3
         self.last: dt.datetime | None = None
 
     def reading(self, moment: dt.datetime) -> Reading:
@@ -49,9 +50,14 @@ class MeterSimulator:
         gas_time = moment - dt.timedelta(minutes=moment.minute % 5, seconds=moment.second)
         if gas_time != self.gas_time:
             if self.gas_time is not None:
-                self.gas += self.gas_flow * (gas_time - self.gas_time).total_seconds() / 3600
+                hours = (gas_time - self.gas_time).total_seconds() / 3600
+                self.gas += self.gas_flow * hours
+                if self.water is not None:  # m3/h: mornings and evenings use most
+                    self.water += (0.3 if 6 <= hour < 9 or 18 <= hour < 22 else 0.02) * self.random.random() * hours
             self.gas_time = gas_time
         values.update(extra_device_timestamp=gas_time, extra_device_delivered=round(self.gas, 3))
+        if self.water is not None:  # reported with the gas, on M-Bus channel 2
+            values.update(water_timestamp=gas_time, water_delivered=round(self.water, 3))
         return Reading(timestamp=moment, meter=self.meter, values=values)
 
     def telegram(self, moment: dt.datetime) -> str:

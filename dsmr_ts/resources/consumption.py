@@ -1,4 +1,6 @@
-"""consumption/electricity-live, gas-live, today and energy-supplier-prices (DSMR-reader v5 shapes).
+"""The consumption routes (DSMR-reader v5 shapes): electricity-live, gas-live, today and
+energy-supplier-prices; and the counted pages electricity (per minute), gas (per gas value) and
+quarter-hour-peak-electricity.
 
 Today is exact and live: the newest meter position minus the last one before local midnight
 (the same rule as the statistics), not a sum of hour rows that may be an hour behind.
@@ -13,10 +15,13 @@ from typing import Any
 import falcon
 
 from dsmr_ts.config import PricePeriod
+from dsmr_ts.fields import Kind
 from dsmr_ts.influx.statistics import local_midnight, usage_fields
 from dsmr_ts.resources.context import ApiContext
-from dsmr_ts.resources.formats import datetime_string, decimal_string, exact, money
-from dsmr_ts.resources.pagination import links, page_params
+from dsmr_ts.resources.datalogger import filter_datetimes
+from dsmr_ts.resources.errors import all_valid
+from dsmr_ts.resources.formats import datetime_string, decimal_string, exact, money, rounded
+from dsmr_ts.resources.pagination import Page, links, page_params
 from dsmr_ts.resources.statistics import day_costs, price_for
 
 TARIFF_NAMES = {1: "Low", 2: "Normal"}  # tariff 1 is the low (night/weekend) tariff in NL
@@ -130,3 +135,88 @@ class EnergySupplierPricesResource(_ConsumptionResource):
         next_url, previous_url = links(req, page, len(periods), self.context.trust_forwarded)
         resp.media = {"count": len(periods), "next": next_url, "previous": previous_url,
                       "results": periods[page.offset:page.offset + page.limit]}
+
+
+class _CountedRowsResource(_ConsumptionResource):
+    """A paged route over rows with a time field: filters <field>__gte/__lte, ordering <field> or
+    -<field> (anything else: ascending, like the readings), limit/offset with an exact count."""
+
+    time_field = "read_at"
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        page, (gte, lte), meter = all_valid(lambda: page_params(req),
+                                            lambda: filter_datetimes(req, self.time_field, self.tz),
+                                            lambda: self.context.meter(req))
+        count, rows = self.rows(req, meter, gte, lte, page)
+        next_url, previous_url = links(req, page, count, self.context.trust_forwarded)
+        resp.media = {"count": count, "next": next_url, "previous": previous_url, "results": rows}
+
+    def rows(self, req: falcon.Request, meter: str, gte: dt.datetime | None, lte: dt.datetime | None,
+             page: Page) -> tuple[int, list[dict[str, Any]]]:
+        raise NotImplementedError
+
+
+class ElectricityConsumptionResource(_CountedRowsResource):
+    """GET consumption/electricity: one row per minute with readings, read_at = the minute's end;
+    meter positions are the minute's last, power, voltage and current its averages.
+    id = read_at in Unix minutes."""
+
+    def rows(self, req, meter, gte, lte, page):
+        descending = req.get_param("ordering") == "-read_at"
+        count, rows = self.store.minutes.page_by_end(meter, gte, lte, page.offset, page.limit, descending)
+        fields = self.store.schema.minute_fields
+        results = []
+        for row in rows:
+            read_at: dt.datetime = row["_time"]
+            out: dict[str, Any] = {"id": int(read_at.timestamp()) // 60,
+                                   "read_at": datetime_string(read_at, self.output_tz)}
+            for spec in fields:
+                name = spec.per_minute[0]
+                value = row.get(name)
+                if value is None:
+                    out[name] = None
+                elif spec.kind is Kind.INTEGER:  # an average of whole amperes, as a whole number again
+                    out[name] = int(rounded(exact(value), 0))
+                else:
+                    out[name] = decimal_string(value, spec.places)
+            results.append(out)
+        return count, results
+
+
+class GasConsumptionResource(_CountedRowsResource):
+    """GET consumption/gas: one row per gas value at its booking time; currently_delivered is the
+    difference with the value before it (0 for a meter's first). id = read_at in Unix seconds."""
+
+    def rows(self, req, meter, gte, lte, page):
+        descending = req.get_param("ordering") == "-read_at"
+        count, found = self.store.gas.page(meter, gte, lte, page.offset, page.limit, descending)
+        rows = list(found)
+        oldest_first = rows[::-1] if descending else rows
+        previous = self.store.gas.before(meter, oldest_first[0]["_time"]) if rows else None
+        used: dict[dt.datetime, float] = {}
+        for row in oldest_first:
+            used[row["_time"]] = 0.0 if previous is None else float(exact(row["delivered"]) - exact(previous))
+            previous = row["delivered"]
+        return count, [{"id": int(row["_time"].timestamp()),
+                        "read_at": datetime_string(row["_time"], self.output_tz),
+                        "delivered": decimal_string(row["delivered"], 3),
+                        "currently_delivered": decimal_string(used[row["_time"]], 3)} for row in rows]
+
+
+class QuarterHourPeakResource(_CountedRowsResource):
+    """GET consumption/quarter-hour-peak-electricity: completed quarter hours with at least two
+    readings (see statistics.quarter_flux). Ordering read_at_start (default), -read_at_start,
+    average_delivered or -average_delivered (this month's peak first). id = quarter start / 900 s."""
+
+    time_field = "read_at_start"
+    ORDERINGS = {"read_at_start": (False, False), "-read_at_start": (False, True),
+                 "average_delivered": (True, False), "-average_delivered": (True, True)}
+
+    def rows(self, req, meter, gte, lte, page):
+        by_average, descending = self.ORDERINGS.get(req.get_param("ordering") or "", (False, False))
+        count, rows = self.store.statistics.quarters(meter, gte, lte, page.offset, page.limit, by_average,
+                                                     descending)
+        return count, [{"id": int(row["_time"].timestamp()) // 900,
+                        "read_at_start": datetime_string(row["read_at_start"], self.output_tz),
+                        "read_at_end": datetime_string(row["read_at_end"], self.output_tz),
+                        "average_delivered": decimal_string(row["average_delivered"], 3)} for row in rows]

@@ -17,7 +17,7 @@ import yaml
 
 from dsmr_ts import __version__
 from dsmr_ts.fields import SCHEMA, Kind, Post, ReadingField, ReadingSchema
-from dsmr_ts.resources.statistics import USAGE_OUTPUT
+from dsmr_ts.resources.statistics import DAY_POST_FIELDS, TEMPERATURES, USAGE_OUTPUT
 
 JSON = "application/json"
 
@@ -81,9 +81,40 @@ def _day_schema() -> dict[str, Any]:
         "electricity2_cost": _nullable(MONEY),
         "gas": _nullable(DECIMAL_3),
         "gas_cost": _nullable(MONEY),
-        **{f"{k}_temperature": {"type": "null"} for k in ("lowest", "highest", "average")},
+        **{name: _nullable(_decimal(1)) for name in TEMPERATURES},
     }
     return {"type": "object", "properties": properties, "required": list(properties), "additionalProperties": False}
+
+
+def _day_input_schema() -> dict[str, Any]:
+    """POST statistics/day, as DSMR-reader's DayStatistics columns."""
+    number = {"type": ["number", "string"]}
+    properties = {"day": {"type": "string", "format": "date"},
+                  **{field.name: {**number, "description": f"at most {field.check.max_digits} digits, "
+                                                            f"{field.check.places} after the point"}
+                     for field in DAY_POST_FIELDS},
+                  "meter": {"type": "string", "maxLength": 64}}
+    return {"type": "object", "properties": properties,
+            "required": ["day", *(field.name for field in DAY_POST_FIELDS if field.required)]}
+
+
+def _minute_schema(schema: ReadingSchema) -> dict[str, Any]:
+    properties: dict[str, Any] = {"id": {"type": "integer", "description": "read_at in Unix minutes"},
+                                  "read_at": {**DATETIME, "description": "the end of the minute"}}
+    for spec in schema.minute_fields:
+        name, how = spec.per_minute
+        shown = {"type": ["integer", "null"]} if spec.kind is Kind.INTEGER else _nullable(_decimal(spec.places))
+        properties[name] = {**shown, "description": f"{'the last' if how == 'last' else 'the mean'} "
+                                                    f"{spec.name} of the minute"}
+    return _object(properties)
+
+
+def _counted_operation(item: str, field: str, orderings: list[str], summary: str) -> dict[str, Any]:
+    """A paged route filtered on a datetime field."""
+    operation = _list_operation(item, field, {"type": "string", "description": "ISO 8601 datetime"}, summary)
+    operation["get"]["parameters"][2] = _param("ordering", {"type": "string"},
+                                               " or ".join(f"`{o}`" for o in orderings) + " (first: the default)")
+    return operation
 
 
 def _object(properties: dict[str, Any], required: bool = True) -> dict[str, Any]:
@@ -123,6 +154,16 @@ def _v5_schemas(schema: ReadingSchema) -> dict[str, Any]:
                                             "electricity_returned_1", "electricity_returned_2", "gas")},
                                         "fixed_daily_cost": {"type": "string"}}),
         "EnergySupplierPricePage": _page("EnergySupplierPrice"),
+        "ElectricityConsumption": _minute_schema(schema),
+        "ElectricityConsumptionPage": _page("ElectricityConsumption"),
+        "GasConsumption": _object({"id": {"type": "integer", "description": "read_at in Unix seconds"},
+                                   "read_at": {**DATETIME, "description": "when the gas value is booked"},
+                                   "delivered": DECIMAL_3, "currently_delivered": DECIMAL_3}),
+        "GasConsumptionPage": _page("GasConsumption"),
+        "QuarterHourPeak": _object({"id": {"type": "integer", "description": "quarter start in Unix s / 900"},
+                                    "read_at_start": DATETIME, "read_at_end": DATETIME,
+                                    "average_delivered": {**DECIMAL_3, "description": "kW"}}),
+        "QuarterHourPeakPage": _page("QuarterHourPeak"),
     }
 
 
@@ -166,6 +207,18 @@ V2_ERRORS = {
     "503": _json("Detail", "InfluxDB unavailable"),
 }
 KEY_SECURITY = [{"X-AUTHKEY": []}, {"TokenAuth": []}]
+
+
+def _body_operation(summary: str, input_schema: str, status: str, output_schema: str,
+                    description: str) -> dict[str, Any]:
+    """A v2 POST or PATCH taking JSON, a form or multipart."""
+    return {"summary": summary, "security": KEY_SECURITY,
+            "requestBody": {"required": True, "content": {
+                ct: {"schema": {"$ref": f"#/components/schemas/{input_schema}"}}
+                for ct in (JSON, "application/x-www-form-urlencoded", "multipart/form-data")}},
+            "responses": {status: _json(output_schema, description), **V2_ERRORS,
+                          "413": _json("Detail", "body too large"),
+                          "415": _json("Detail", "unsupported content type")}}
 
 
 def _list_operation(item: str, field: str, time_schema: dict[str, Any], summary: str) -> dict[str, Any]:
@@ -212,6 +265,7 @@ def openapi_document(schema: ReadingSchema = SCHEMA) -> dict[str, Any]:
                 "HourStatisticsPage": _page("HourStatistics"),
                 "DayStatistics": _day_schema(),
                 "DayStatisticsPage": _page("DayStatistics"),
+                "DayStatisticsInput": _day_input_schema(),
                 "Detail": {"type": "object", "required": ["detail"], "properties": {"detail": {"type": "string"}}},
                 "FieldErrors": {"type": "object", "minProperties": 1,
                                 "additionalProperties": {"type": "array", "items": {"type": "string"}, "minItems": 1}},
@@ -244,16 +298,15 @@ def openapi_document(schema: ReadingSchema = SCHEMA) -> dict[str, Any]:
                               "413": _text("body too large"), "503": _text("InfluxDB unavailable")}}},
             "/api/v2/datalogger/dsmrreading": {
                 **_list_operation("Reading", "timestamp", datetime_filter, "readings"),
-                "post": {"summary": "store a reading given as values", "security": KEY_SECURITY,
-                         "requestBody": {"required": True, "content": {
-                             ct: {"schema": {"$ref": "#/components/schemas/ReadingInput"}}
-                             for ct in (JSON, "application/x-www-form-urlencoded", "multipart/form-data")}},
-                         "responses": {"201": _json("Reading", "the stored reading"), **V2_ERRORS,
-                                       "413": _json("Detail", "body too large"),
-                                       "415": _json("Detail", "unsupported content type")}},
+                "post": _body_operation("store a reading given as values", "ReadingInput", "201", "Reading",
+                                        "the stored reading"),
             },
-            "/api/v2/statistics/day": _list_operation(
-                "DayStatistics", "day", {"type": "string", "format": "date"}, "day statistics with costs"),
+            "/api/v2/statistics/day": {
+                **_list_operation("DayStatistics", "day", {"type": "string", "format": "date"},
+                                  "day statistics with costs"),
+                "post": _body_operation("create a day (history); an existing day is a 400", "DayStatisticsInput",
+                                        "201", "DayStatistics", "the stored day"),
+            },
             "/api/v2/statistics/hour": _list_operation(
                 "HourStatistics", "hour_start", datetime_filter, "hour statistics"),
             "/metrics": {"get": {
@@ -267,13 +320,8 @@ def openapi_document(schema: ReadingSchema = SCHEMA) -> dict[str, Any]:
                                                           meter=False),
             "/api/v2/datalogger/meter-statistics": {
                 **_simple_get("MeterStatistics", "the meter's counters from its latest telegram"),
-                "patch": {"summary": "set meter statistics (remote dataloggers)", "security": KEY_SECURITY,
-                          "requestBody": {"required": True, "content": {
-                              ct: {"schema": {"$ref": "#/components/schemas/MeterStatisticsInput"}}
-                              for ct in (JSON, "application/x-www-form-urlencoded", "multipart/form-data")}},
-                          "responses": {"200": _json("MeterStatistics", "the updated statistics"), **V2_ERRORS,
-                                        "413": _json("Detail", "body too large"),
-                                        "415": _json("Detail", "unsupported content type")}},
+                "patch": _body_operation("set meter statistics (remote dataloggers)", "MeterStatisticsInput",
+                                         "200", "MeterStatistics", "the updated statistics"),
             },
             "/api/v2/consumption/electricity-live": _simple_get("ElectricityLive", "power now ({} without readings)"),
             "/api/v2/consumption/gas-live": _simple_get("GasLive", "gas used in the newest interval ({} without gas)"),
@@ -282,6 +330,14 @@ def openapi_document(schema: ReadingSchema = SCHEMA) -> dict[str, Any]:
                 "summary": "the price periods of the config", "security": KEY_SECURITY,
                 "parameters": PAGING[:2],
                 "responses": {"200": _json("EnergySupplierPricePage", "a page"), **V2_ERRORS}}},
+            "/api/v2/consumption/electricity": _counted_operation(
+                "ElectricityConsumption", "read_at", ["read_at", "-read_at"], "electricity per minute with readings"),
+            "/api/v2/consumption/gas": _counted_operation(
+                "GasConsumption", "read_at", ["read_at", "-read_at"], "gas values and the gas used since the one before"),
+            "/api/v2/consumption/quarter-hour-peak-electricity": _counted_operation(
+                "QuarterHourPeak", "read_at_start",
+                ["read_at_start", "-read_at_start", "average_delivered", "-average_delivered"],
+                "average power of each completed quarter hour (Belgian capacity tariff)"),
         },
     }
 

@@ -21,10 +21,25 @@ from dsmr_ts.influx.store import EARLIEST, LATEST
 from dsmr_ts.resources.context import ApiContext
 from dsmr_ts.resources.datalogger import filter_datetimes
 from dsmr_ts.resources.errors import ValidationFailed, all_valid
+from dsmr_ts.resources.forms import read_fields
 from dsmr_ts.resources.formats import datetime_string, decimal_string, exact, money, rounded
 from dsmr_ts.resources.pagination import links, page_params
+from dsmr_ts.resources.validation import DecimalSpec, Field, FieldError, collect_errors, meter_id
 
 USAGE_OUTPUT = ("electricity1", "electricity2", "electricity1_returned", "electricity2_returned")
+COST_FIELDS = ("total_cost", "electricity1_cost", "electricity2_cost", "gas_cost")
+TEMPERATURES = ("lowest_temperature", "highest_temperature", "average_temperature")
+USAGE = DecimalSpec(max_digits=9, places=3)  # DSMR-reader's DayStatistics columns
+COST = DecimalSpec(max_digits=8, places=2)
+TEMPERATURE = DecimalSpec(max_digits=4, places=1)
+DAY_POST_FIELDS = [
+    *(Field(name, USAGE, required=True) for name in USAGE_OUTPUT),
+    *(Field(name, COST, required=True) for name in ("electricity1_cost", "electricity2_cost", "total_cost")),
+    Field("gas", USAGE), Field("gas_cost", COST), Field("fixed_cost", COST),
+    *(Field(name, TEMPERATURE) for name in TEMPERATURES),
+]
+
+
 def price_for(day: dt.date, prices: list[PricePeriod]) -> PricePeriod | None:
     applicable = [period for period in prices if period.start <= day]  # prices are sorted by start
     return applicable[-1] if applicable else None
@@ -100,6 +115,7 @@ class DayStatisticsResource(_StatisticsResource):
 
     measurement = DAY_MEASUREMENT
     time_field = "day"
+    fields = (*USAGE_OUTPUT, "gas", *COST_FIELDS, *TEMPERATURES)
 
     def bounds(self, req: falcon.Request) -> tuple[dt.datetime | None, dt.datetime | None]:
         def day(name: str) -> dt.date | None:
@@ -118,9 +134,13 @@ class DayStatisticsResource(_StatisticsResource):
         return start, stop
 
     def row_json(self, row: dict[str, Any]) -> dict[str, Any]:
+        """A day; its costs as posted (POST statistics/day), else from the price periods."""
         day = row["_time"].astimezone(self.tz).date()
         out: dict[str, Any] = {"id": int(day.strftime("%Y%m%d")), "day": day.isoformat()}
-        costs = day_costs(row, price_for(day, self.prices))
+        if row.get("total_cost") is not None:
+            costs = {name: decimal_string(row.get(name), 2) for name in COST_FIELDS}
+        else:
+            costs = day_costs(row, price_for(day, self.prices))
         out["total_cost"] = costs["total_cost"]
         for name in USAGE_OUTPUT:
             out[name] = decimal_string(row.get(name) or 0.0, 3)
@@ -128,8 +148,44 @@ class DayStatisticsResource(_StatisticsResource):
         out["electricity2_cost"] = costs["electricity2_cost"]
         out["gas"] = decimal_string(row.get("gas"), 3)
         out["gas_cost"] = costs["gas_cost"]
-        out["lowest_temperature"] = out["highest_temperature"] = out["average_temperature"] = None
+        for name in TEMPERATURES:
+            out[name] = decimal_string(row.get(name), 1)
         return out
+
+    def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
+        """Create a day row (history brought in by hand or by script); an existing day is a 400."""
+        data = read_fields(req)
+        clean, errors = collect_errors(data, DAY_POST_FIELDS)
+        day = meter = None
+        try:  # the meter: a `meter` field (as in a reading POST), else ?meter=, else the default
+            meter = meter_id(data["meter"]) if data.get("meter") is not None else self.context.meter(req)
+        except FieldError as exc:
+            errors["meter"] = [str(exc)]
+        except ValidationFailed as exc:
+            errors.update(exc.errors)
+        if "day" not in data or data.get("day") in (None, ""):
+            errors["day"] = ["This field is required." if "day" not in data else "This field may not be null."]
+        else:
+            day = _posted_day(data["day"])
+            if day is None:
+                errors["day"] = ["Date has wrong format. Use one of these formats instead: YYYY-MM-DD."]
+        if errors:
+            raise ValidationFailed(errors)
+        clean.setdefault("fixed_cost", 0.0)
+        start = local_midnight(_noon(day, self.tz), self.tz)
+        if not self.context.store.statistics.add_day(meter, start, clean):
+            raise ValidationFailed({"day": ["day statistics with this day already exists."]})
+        resp.status = falcon.HTTP_201
+        resp.media = self.row_json({**clean, "_time": start})
+
+
+def _posted_day(value: Any) -> dt.date | None:
+    """A posted day (YYYY-MM-DD) within the years the store holds; None when it is not one."""
+    try:
+        day = dt.date.fromisoformat(value.strip()) if isinstance(value, str) else None
+    except ValueError:
+        return None
+    return day if day and EARLIEST.date() < day < LATEST.date() else None
 
 
 def _noon(day: dt.date, tz: dt.tzinfo) -> dt.datetime:
