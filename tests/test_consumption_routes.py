@@ -387,3 +387,18 @@ def test_a_late_reading_repairs_its_quarter(client, store):
     row = get(client, PEAKS, meter=meter)["results"][0]
     assert (row["average_delivered"], row["read_at_end"]) == ("1.714", "2026-01-21T09:14:00Z")  # 0.4 x 3600 / 840
 
+
+def test_a_repeated_gas_value_is_written_once(store):
+    """DSMR 4 repeats the hourly gas value in every telegram for an hour, booked in the hour before
+    (which has ended): only its first write stores it and marks that hour for the repair."""
+    meter = "E-DSMR4-LIVE"
+    now = dt.datetime.now(UTC).replace(microsecond=0)
+    stamped = now.replace(minute=0, second=0)
+    for seconds in (0, 1, 2):
+        store.writer.store_readings([reading((now + dt.timedelta(seconds=seconds)).isoformat(), 1.0, 1.0, 0.1,
+                                             gas=(stamped.isoformat(), 7.5), meter=meter)], True)
+    booked = int((stamped - dt.timedelta(hours=1)).timestamp())
+    (marks,) = store.client.influxql([f"SELECT \"hour\" FROM repair_request WHERE meter = '{meter}'"
+                                      f" AND \"hour\" = {booked}"])
+    assert sum(len(found.values) for found in marks) == 1
+    assert store.readings.latest_gas(meter, count=5) == [(stamped - dt.timedelta(hours=1), 7.5)]

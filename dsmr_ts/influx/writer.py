@@ -152,19 +152,31 @@ class ReadingWriter:
         self.schema = schema or SCHEMA
         self.clock = clock or (lambda: dt.datetime.now(dt.timezone.utc))
         self.commit = GroupCommitWriter(client, clock=self.clock)
+        # The last gas value each meter's writes stored: (booked at, m3). A meter repeats it in every
+        # telegram until the next one (5 minutes, or an hour for DSMR 4, booked in the hour before:
+        # an ended hour, whose repair mark would otherwise come with every telegram).
+        self._gas_stored: dict[str, tuple[int, float]] = {}
+
+    def _committed(self, lines: list[str], late: set[tuple[str, int]], gas: dict[str, tuple[int, float]]) -> None:
+        """Write through the group commit; once stored, its gas values are known to be stored."""
+        self.commit.write(lines, late)
+        if len(self._gas_stored) > 10_000:  # meter ids come from clients: stay bounded
+            self._gas_stored = {}
+        self._gas_stored.update(gas)
 
     def store_telegrams(self, telegrams: list) -> None:
         """Telegrams (dsmr_ts.telegram.Telegram), in one write through the group commit."""
         lines: list[str] = []
         late: set[tuple[str, int]] = set()
+        gas: dict[str, tuple[int, float]] = {}
         now_hour = hour_of(self.clock())
         for telegram in telegrams:
-            self._add(telegram.reading, telegram.hourly_gas, lines, late, now_hour)
+            self._add(telegram.reading, telegram.hourly_gas, lines, late, now_hour, gas)
             statistics = lineprotocol.statistics_line(telegram.reading.meter, telegram.reading.timestamp,
                                                       telegram.statistics, self.schema)
             if statistics:
                 lines.append(statistics)
-        self.commit.write(lines, late)
+        self._committed(lines, late, gas)
 
     def store_reading(self, reading) -> None:
         """A v2 reading: it replaces one at the same meter+time (its `present` mask says which
@@ -176,10 +188,11 @@ class ReadingWriter:
         one hour early for meters that report it hourly."""
         lines: list[str] = []
         late: set[tuple[str, int]] = set()
+        gas: dict[str, tuple[int, float]] = {}
         now_hour = hour_of(self.clock())
         for reading in readings:
-            self._add(reading, hourly_gas, lines, late, now_hour)
-        self.commit.write(lines, late)
+            self._add(reading, hourly_gas, lines, late, now_hour, gas)
+        self._committed(lines, late, gas)
 
     def bulk(self, readings: Iterable, hourly_gas: bool = False, batch: int = BULK_BATCH_LINES,
              threads: int = BULK_THREADS) -> int:
@@ -192,10 +205,11 @@ class ReadingWriter:
             nonlocal written
             lines: list[str] = []
             late: set[tuple[str, int]] = set()
+            gas: dict[str, tuple[int, float]] = {}  # within this load: each gas value once
             count = 0
             now = self.clock()
             for reading in readings:
-                self._add(reading, hourly_gas, lines, late, hour_of(now))
+                self._add(reading, hourly_gas, lines, late, hour_of(now), gas, stored={})
                 count += 1
                 if count == batch:
                     yield lines + lineprotocol.repair_lines(late, now)
@@ -208,13 +222,22 @@ class ReadingWriter:
         write_batches(self.client, batches(), threads=threads)
         return written
 
-    def _add(self, reading, hourly_gas: bool, lines: list[str], late: set[tuple[str, int]], now_hour: int) -> None:
-        """A reading's lines (and its gas booking), and the ended hours it touches."""
+    def _add(self, reading, hourly_gas: bool, lines: list[str], late: set[tuple[str, int]], now_hour: int,
+             gas: dict[str, tuple[int, float]], stored: dict[str, tuple[int, float]] | None = None) -> None:
+        """A reading's lines, and the ended hours it touches; its gas booking unless that value
+        is stored already (`stored`, default: by this writer) or in this batch (`gas`, updated)."""
         lines.append(lineprotocol.reading_line(reading, self.schema))
+        late |= _late(reading.meter, (reading.timestamp,), now_hour)
         booked = lineprotocol.gas_booked_at(reading, hourly_gas)
-        if booked is not None:
-            lines.append(lineprotocol.gas_line(reading, hourly_gas))
-        late |= _late(reading.meter, (reading.timestamp, booked), now_hour)
+        if booked is None:
+            return
+        value = (int(booked.timestamp()), float(reading.gas[1]))
+        known = self._gas_stored if stored is None else stored
+        if gas.get(reading.meter) == value or (reading.meter not in gas and known.get(reading.meter) == value):
+            return
+        gas[reading.meter] = value
+        lines.append(lineprotocol.gas_line(reading, hourly_gas))
+        late |= _late(reading.meter, (booked,), now_hour)
 
     def store_meter_statistics(self, meter: str, when: dt.datetime, statistics: dict) -> None:
         line = lineprotocol.statistics_line(meter, when, statistics, self.schema)
