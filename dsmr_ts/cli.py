@@ -7,8 +7,6 @@ import contextlib
 import datetime as dt
 import logging
 import os
-import signal
-import subprocess
 import sys
 import threading
 import time
@@ -409,9 +407,6 @@ def _config(args: argparse.Namespace) -> Config:
     return load_config(args.config)  # None: $DSMR_TS_CONFIG, else ./dsmr-ts.yaml
 
 
-
-
-
 def _influxd_for(config: Config):
     """The managed influxd for this config, running (ours or another command's), or None when the
     config points at an external InfluxDB."""
@@ -552,14 +547,12 @@ def _child_env(config: Config) -> dict[str, str]:
     return env
 
 
-
-
-
 def _meter_description(config: Config) -> str:
     if not config.reader.enabled:
         return "no reader (reader.enabled: false)"
     if config.reader.port is None:
-        return "a simulated DSMR 5 meter, a telegram a second (set reader.port for your meter)"
+        return ("a simulated DSMR 5 meter, a telegram a second (set reader.port for your meter, or"
+                " reader.enabled: false when a remote datalogger posts to the API)")
     return f"{config.reader.port} (DSMR {config.reader.dsmr_version})"
 
 

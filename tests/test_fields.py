@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import urllib.parse
 
+import pytest
 from falcon import testing
 
 from dsmr_ts.app import create_app
@@ -13,8 +14,8 @@ from dsmr_ts.fields import SCHEMA, Kind, Post, ReadingField
 from dsmr_ts.influx import lineprotocol
 from dsmr_ts.influx.store import Store
 from dsmr_ts.resources.openapi import openapi_document
-from dsmr_ts.telegram import Reading, build_telegram, parse_telegram
-from helpers import TEST_KEY
+from dsmr_ts.telegram import Reading, build_telegram, crc16_arc, parse_telegram
+from helpers import TEST_KEY, stored_reading
 
 UTC = dt.timezone.utc
 KEY = {"X-AUTHKEY": TEST_KEY}
@@ -89,3 +90,49 @@ def test_refused_and_hidden_fields_are_stored_but_not_in_the_v2_reading():
     assert "water_delivered" not in openapi_document()["components"]["schemas"]["ReadingInput"]["properties"]
     assert SCHEMA.by_name["extra_device_timestamp"].kind is Kind.DATETIME
 
+
+
+def _fluvius_telegram(meter_hex: str, mbus_lines: list[str]) -> str:
+    """A Fluvius (e-MUCS) telegram of 2023-01-19 12:46:38 local with these M-Bus lines, valid CRC."""
+    lines = ["/FLU5253769484_A", "", "0-0:96.1.4(50217)", f"0-0:96.1.1({meter_hex})", "0-0:1.0.0(230119124638W)",
+             "1-0:1.8.1(004423.770*kWh)", "1-0:1.8.2(002607.237*kWh)", "1-0:2.8.1(001194.693*kWh)",
+             "1-0:2.8.2(000755.554*kWh)", "0-0:96.14.0(0001)", "1-0:1.7.0(00.000*kW)", "1-0:2.7.0(00.204*kW)",
+             *mbus_lines]
+    body = "\r\n".join(lines) + "\r\n!"
+    return f"{body}{crc16_arc(body.encode('latin-1')):04X}\r\n"
+
+
+@pytest.mark.parametrize("meter, mbus_lines, gas, water", [
+    # Gas on channel 1 (device type 3), a water meter on channel 2 (device type 7).
+    ("E-MBUS-WATER", ["0-1:24.1.0(003)", "0-1:24.2.3(230119124616W)(00734.607*m3)",
+                      "0-2:24.1.0(007)", "0-2:24.2.1(230119124500W)(00123.456*m3)"],
+     (734.607, "2023-01-19T11:46:16Z"), (123.456, dt.datetime(2023, 1, 19, 11, 45, tzinfo=UTC))),
+    # An empty slot on channel 1, the gas meter on channel 2.
+    ("E-MBUS-CH2", ["0-1:24.1.0()", "0-1:96.1.1()", "0-2:24.1.0(003)", "0-2:24.2.3(230119124616W)(00555.123*m3)"],
+     (555.123, "2023-01-19T11:46:16Z"), None),
+])
+def test_mbus_devices_are_told_apart_by_their_type(config, session_config, meter, mbus_lines, gas, water):
+    telegram = _fluvius_telegram(meter.encode().hex().upper(), mbus_lines)
+    store = Store(session_config.influxdb)
+    try:
+        client = testing.TestClient(create_app(config, store))
+        posted = client.simulate_post("/api/v1/datalogger/dsmrreading", body=urllib.parse.urlencode(
+            {"telegram": telegram}), headers={**KEY, "Content-Type": "application/x-www-form-urlencoded"})
+        assert posted.status_code == 201, posted.text
+        moment = dt.datetime(2023, 1, 19, 11, 46, 38, tzinfo=UTC)
+        stored = stored_reading(store, meter, moment)
+        assert stored["extra_device_delivered"] == gas[0]  # only a gas meter feeds the gas fields
+        if water:
+            assert (stored["water_delivered"], stored["water_timestamp"]) == water
+        else:
+            assert "water_delivered" not in stored
+        body = client.simulate_get("/api/v2/datalogger/dsmrreading", headers=KEY, query_string=urllib.parse.urlencode(
+            {"meter": meter, "limit": 1})).json
+        (row,) = body["results"]
+        assert (row["extra_device_delivered"], row["extra_device_timestamp"]) == (f"{gas[0]:.3f}", gas[1])
+        assert "water_delivered" not in row  # DSMR-reader's v2 reading, unchanged
+        gas_rows = client.simulate_get("/api/v2/consumption/gas", headers=KEY,
+                                       query_string=urllib.parse.urlencode({"meter": meter})).json["results"]
+        assert [(r["read_at"], r["delivered"]) for r in gas_rows] == [(gas[1], f"{gas[0]:.3f}")]
+    finally:
+        store.close()

@@ -120,6 +120,10 @@ def test_commands_use_the_influxd_that_run_started_and_a_second_run_is_refused(t
         # The welcome text came only once the API answered; it says the meter is simulated.
         output = (tmp_path / "run.log").read_text()
         assert "dsmr-ts is running" in output and "simulated" in output
+        assert "reader.port" in output and "reader.enabled: false" in output  # how to switch
+        # A fresh install has no problem to report before the first hourly task run.
+        monitoring = requests.get(api + "/api/v2/application/monitoring", headers={"X-AUTHKEY": TEST_KEY}, timeout=5)
+        assert monitoring.json() == {"problems": 0, "details": []}
 
         influxd_pid = yaml.safe_load((tmp_path / "influx-data" / "influxd.pid").read_text())["pid"]
 
