@@ -8,10 +8,10 @@ from pathlib import Path
 import falcon
 
 from dsmr_ts import __version__
+from dsmr_ts.formats import datetime_string
 from dsmr_ts.influx.store import StoreUnavailable
 from dsmr_ts.reader.spool import spool_states
 from dsmr_ts.resources.context import ApiContext
-from dsmr_ts.resources.formats import datetime_string
 
 NO_READINGS_AFTER = dt.timedelta(minutes=60)
 STATISTICS_LAG = dt.timedelta(hours=3)  # the hour task runs every hour; two missed runs is a problem

@@ -2,8 +2,8 @@
 energy-supplier-prices; and the counted pages electricity (per minute), gas (per gas value) and
 quarter-hour-peak-electricity.
 
-Today is exact and live: the newest meter position minus the last one before local midnight
-(the same rule as the statistics), not a sum of hour rows that may be an hour behind.
+Today is exact and live (dsmr_ts/totals.py): the newest meter position minus the last one before
+local midnight (the same rule as the statistics), not a sum of hour rows that may be an hour behind.
 """
 
 from __future__ import annotations
@@ -14,15 +14,14 @@ from typing import Any
 
 import falcon
 
+from dsmr_ts import totals
 from dsmr_ts.config import PricePeriod
 from dsmr_ts.fields import Kind
-from dsmr_ts.influx.statistics import local_midnight, usage_fields
+from dsmr_ts.formats import datetime_string, decimal_string, exact, money, rounded
 from dsmr_ts.resources.context import ApiContext
 from dsmr_ts.resources.datalogger import filter_datetimes
 from dsmr_ts.resources.errors import all_valid
-from dsmr_ts.resources.formats import datetime_string, decimal_string, exact, money, rounded
 from dsmr_ts.resources.pagination import Page, links, page_params
-from dsmr_ts.resources.statistics import day_costs, price_for
 
 TARIFF_NAMES = {1: "Low", 2: "Normal"}  # tariff 1 is the low (night/weekend) tariff in NL
 
@@ -36,7 +35,7 @@ class _ConsumptionResource:
         self.prices = context.prices
 
     def today_prices(self) -> PricePeriod | None:
-        return price_for(dt.datetime.now(self.tz).date(), self.prices)
+        return totals.price_for(dt.datetime.now(self.tz).date(), self.prices)
 
 
 class ElectricityLiveResource(_ConsumptionResource):
@@ -85,32 +84,18 @@ class TodayResource(_ConsumptionResource):
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         meter = self.context.meter(req)
         now = dt.datetime.now(dt.timezone.utc)
-        today = now.astimezone(self.tz).date()
-        midnight = local_midnight(now, self.tz)
-        latest = self.store.readings.latest(meter)
-        if latest is None or latest["_time"] < midnight:
-            resp.media = f"No electricity readings found for: {today.isoformat()}"  # as DSMR-reader says it
+        day = totals.today(self.store, meter, now, self.tz, self.prices)
+        if day is None:  # as DSMR-reader says it
+            resp.media = f"No electricity readings found for: {now.astimezone(self.tz).date().isoformat()}"
             return
-        # Baseline: the last position before midnight, or (a meter's first day) its first reading today.
-        base = self.store.readings.latest(meter, before=midnight) or self.store.readings.latest(
-            meter, after=midnight, first=True)
-        usage: dict[str, float] = {}
-        for position, name in usage_fields(self.store.schema)[0].items():
-            used = exact(latest.get(position) or 0.0) - exact(base.get(position) or 0.0)
-            usage[name] = float(max(used, Decimal(0)))
-        gas_now = self.store.readings.latest_gas(meter, count=1)
-        gas_before = self.store.readings.latest_gas(meter, count=1, before=midnight)
-        gas = exact(gas_now[0][1]) - exact(gas_before[0][1]) if gas_now and gas_before else Decimal(0)
-        usage["gas"] = float(max(gas, Decimal(0)))
-        costs = day_costs(usage, price_for(today, self.prices))
         resp.media = {
-            "day": today.isoformat(),
-            **{name: decimal_string(value, 3) for name, value in usage.items() if name != "gas"},
-            "electricity1_cost": costs["electricity1_cost"],
-            "electricity2_cost": costs["electricity2_cost"],
-            "gas": decimal_string(usage["gas"], 3),
-            "gas_cost": costs["gas_cost"],
-            "total_cost": costs["total_cost"],
+            "day": day.day.isoformat(),
+            **{name: decimal_string(day.usage[name], 3) for name in totals.USAGE if name != "gas"},
+            "electricity1_cost": day.costs["electricity1_cost"],
+            "electricity2_cost": day.costs["electricity2_cost"],
+            "gas": decimal_string(day.usage["gas"], 3),
+            "gas_cost": day.costs["gas_cost"],
+            "total_cost": day.costs["total_cost"],
         }
 
 

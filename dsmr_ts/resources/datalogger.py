@@ -8,12 +8,12 @@ from typing import Any
 import falcon
 
 from dsmr_ts.fields import SCHEMA, Kind, Post, ReadingField, ReadingSchema
+from dsmr_ts.formats import reading_json
 from dsmr_ts.influx.store import EARLIEST, LATEST
 from dsmr_ts.ingest import Ingest
 from dsmr_ts.resources.context import ApiContext
 from dsmr_ts.resources.errors import ValidationFailed, all_valid
 from dsmr_ts.resources.forms import read_fields
-from dsmr_ts.resources.formats import reading_json
 from dsmr_ts.resources.pagination import links, page_params, stream_envelope
 from dsmr_ts.resources.validation import (
     DecimalSpec,

@@ -9,9 +9,9 @@ from typing import Any
 import falcon
 
 from dsmr_ts.fields import Kind
+from dsmr_ts.formats import datetime_string
 from dsmr_ts.resources.context import ApiContext
 from dsmr_ts.resources.errors import ValidationFailed
-from dsmr_ts.resources.formats import datetime_string
 from dsmr_ts.resources.forms import read_fields
 from dsmr_ts.resources.validation import Field, FieldError, IntegerSpec, collect_errors, meter_id
 

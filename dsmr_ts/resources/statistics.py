@@ -1,33 +1,31 @@
-"""GET statistics/day and statistics/hour, shaped as DSMR-reader's documentation shows them.
-
-Costs are computed when a day is read, from the config's price periods (the period with the latest
-start on or before the day applies), so changed prices need no regeneration:
-  electricityN_cost = electricityN x delivered_N price - electricityN_returned x returned_N price
-  gas_cost = gas x gas price;  total_cost = the three rounded costs + fixed_daily_cost.
-Each is rounded half-up to 2 decimals; a day before every price period has null costs.
-"""
+"""GET statistics/day and statistics/hour, shaped as DSMR-reader's documentation shows them, and
+POST statistics/day. Costs are computed when a day is read (dsmr_ts/totals.py)."""
 
 from __future__ import annotations
 
 import datetime as dt
-from decimal import Decimal
 from typing import Any
 
 import falcon
 
-from dsmr_ts.config import PricePeriod
+from dsmr_ts.formats import datetime_string, decimal_string
 from dsmr_ts.influx.statistics import DAY_MEASUREMENT, HOUR_MEASUREMENT, local_midnight
 from dsmr_ts.influx.store import EARLIEST, LATEST
 from dsmr_ts.resources.context import ApiContext
 from dsmr_ts.resources.datalogger import filter_datetimes
 from dsmr_ts.resources.errors import ValidationFailed, all_valid
 from dsmr_ts.resources.forms import read_fields
-from dsmr_ts.resources.formats import datetime_string, decimal_string, exact, money, rounded
 from dsmr_ts.resources.pagination import links, page_params
-from dsmr_ts.resources.validation import DecimalSpec, Field, FieldError, collect_errors, meter_id
+from dsmr_ts.resources.validation import (
+    DecimalSpec,
+    Field,
+    FieldError,
+    collect_errors,
+    meter_id,
+)
+from dsmr_ts.totals import COSTS, stored_or_computed_costs
 
 USAGE_OUTPUT = ("electricity1", "electricity2", "electricity1_returned", "electricity2_returned")
-COST_FIELDS = ("total_cost", "electricity1_cost", "electricity2_cost", "gas_cost")
 TEMPERATURES = ("lowest_temperature", "highest_temperature", "average_temperature")
 USAGE = DecimalSpec(max_digits=9, places=3)  # DSMR-reader's DayStatistics columns
 COST = DecimalSpec(max_digits=8, places=2)
@@ -38,28 +36,6 @@ DAY_POST_FIELDS = [
     Field("gas", USAGE), Field("gas_cost", COST), Field("fixed_cost", COST),
     *(Field(name, TEMPERATURE) for name in TEMPERATURES),
 ]
-
-
-def price_for(day: dt.date, prices: list[PricePeriod]) -> PricePeriod | None:
-    applicable = [period for period in prices if period.start <= day]  # prices are sorted by start
-    return applicable[-1] if applicable else None
-
-
-def day_costs(row: dict[str, Any], price: PricePeriod | None) -> dict[str, str | None]:
-    if price is None:
-        return {"total_cost": None, "electricity1_cost": None, "electricity2_cost": None, "gas_cost": None}
-
-    def amount(field: str) -> Decimal:
-        return exact(row.get(field) or 0.0)
-
-    e1 = rounded(amount("electricity1") * exact(price.electricity_delivered_1)
-                 - amount("electricity1_returned") * exact(price.electricity_returned_1), 2)
-    e2 = rounded(amount("electricity2") * exact(price.electricity_delivered_2)
-                 - amount("electricity2_returned") * exact(price.electricity_returned_2), 2)
-    gas = rounded(amount("gas") * exact(price.gas), 2)
-    total = e1 + e2 + gas + exact(price.fixed_daily_cost)
-    return {"total_cost": money(total), "electricity1_cost": money(e1), "electricity2_cost": money(e2),
-            "gas_cost": money(gas)}
 
 
 class _StatisticsResource:
@@ -115,7 +91,7 @@ class DayStatisticsResource(_StatisticsResource):
 
     measurement = DAY_MEASUREMENT
     time_field = "day"
-    fields = (*USAGE_OUTPUT, "gas", *COST_FIELDS, *TEMPERATURES)
+    fields = (*USAGE_OUTPUT, "gas", *COSTS, *TEMPERATURES)
 
     def bounds(self, req: falcon.Request) -> tuple[dt.datetime | None, dt.datetime | None]:
         def day(name: str) -> dt.date | None:
@@ -137,10 +113,7 @@ class DayStatisticsResource(_StatisticsResource):
         """A day; its costs as posted (POST statistics/day), else from the price periods."""
         day = row["_time"].astimezone(self.tz).date()
         out: dict[str, Any] = {"id": int(day.strftime("%Y%m%d")), "day": day.isoformat()}
-        if row.get("total_cost") is not None:
-            costs = {name: decimal_string(row.get(name), 2) for name in COST_FIELDS}
-        else:
-            costs = day_costs(row, price_for(day, self.prices))
+        costs = stored_or_computed_costs(row, day, self.prices)
         out["total_cost"] = costs["total_cost"]
         for name in USAGE_OUTPUT:
             out[name] = decimal_string(row.get(name) or 0.0, 3)
