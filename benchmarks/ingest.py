@@ -4,9 +4,11 @@ phases and gas, ~750 bytes; v1) or readings (v2 JSON) at 1, 8 and 32 clients, wi
 own meter, so runs never overwrite each other. Prints telegrams/s, p50 and p99 latency, and the CPU
 seconds the API (gunicorn and its workers) and influxd spent per 1,000 telegrams.
 
-    .venv/bin/python benchmarks/ingest.py [--seconds 20] [--clients 1,8,32] [--only v1|v2]
+    .venv/bin/python benchmarks/ingest.py [--seconds 20] [--clients 1,8,32] [--only v1|v2] [--mqtt default|all]
 
-Needs wrk (Debian: apt-get install wrk). Starts its own influxd and API in a temp dir.
+--mqtt default|all also runs `dsmr-ts reader` publishing MQTT (its default sources, or all of them
+including every raw telegram) to a mosquitto, and a subscriber counting what arrives. Needs wrk (Debian: apt-get install wrk; and
+mosquitto for --mqtt). Starts its own influxd and API in a temp dir.
 """
 
 from __future__ import annotations
@@ -63,6 +65,19 @@ def telegrams(count: int, meter: str, start: int) -> list[str]:
                 .replace("@CD@", f"{1 + (i % 1000) / 1000:06.3f}"))
         out.append(text + f"{crc16_arc(text.encode('latin-1')):04X}\r\n")
     return out
+
+
+def count_messages(port: int):
+    """A subscriber to every topic; returns a function giving how many messages arrived."""
+    import paho.mqtt.client as paho
+
+    count = [0]
+    client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id="benchmark-counter")
+    client.on_connect = lambda c, u, f, reason, p: c.subscribe("#", 0)
+    client.on_message = lambda c, u, m: count.__setitem__(0, count[0] + 1)
+    client.connect("127.0.0.1", port)
+    client.loop_start()
+    return lambda: count[0]
 
 
 def _nginx_answering_201(folder: Path) -> tuple[subprocess.Popen, str] | None:
@@ -153,29 +168,50 @@ def main() -> None:
     parser.add_argument("--seconds", type=int, default=20, help="length of each run (default 20)")
     parser.add_argument("--clients", default="1,8,32", help="client counts to sweep (default 1,8,32)")
     parser.add_argument("--only", choices=["v1", "v2"], help="only one API version")
-    parser.add_argument("--spooled", type=int, default=20_000, help="telegrams for the reader's replay and forwarding")
+    parser.add_argument("--spooled", type=int, default=20_000, help="telegrams for the reader's replay and forwarding (0: skip)")
+    parser.add_argument("--mqtt", choices=["default", "all"],
+                        help="with the MQTT publisher running: its default sources (what Home Assistant reads), or all")
     args = parser.parse_args()
     if not shutil.which("wrk"):
         raise SystemExit("wrk is not installed (Debian: apt-get install wrk)")
     clients = [int(c) for c in args.clients.split(",")]
     versions = [args.only] if args.only else ["v1", "v2"]
-    with Stack() as stack:
+    extra, broker = "", None
+    if args.mqtt:
+        folder = Path(__file__).resolve().parent / ".mosquitto"
+        folder.mkdir(exist_ok=True)
+        broker, port = Stack.start_mosquitto(folder)
+        extra = f"mqtt:\n  enabled: true\n  port: {port}\n"
+        if args.mqtt == "all":
+            extra += "  publish: [raw, json, reading, day, period, meter_stats, gas, quarter_hour_peaks, discovery]\n"
+    with Stack(extra) as stack:
         url = stack.start_api()
         workers = stack.config.server.workers
-        print(f"dsmr-ts API: gunicorn with {workers} workers; influxd {stack.influxd.url}; {args.seconds} s per run")
+        received = None
+        if broker:
+            stack.broker = broker
+            stack.start_reader()
+            received = count_messages(port)
+        print(f"dsmr-ts API: gunicorn with {workers} workers; influxd {stack.influxd.url}; {args.seconds} s per run;"
+              f" MQTT {'on (' + args.mqtt + ' sources)' if broker else 'off'}")
         print(f"{'run':<22} {'telegrams/s':>11} {'p50 ms':>7} {'p99 ms':>7} {'failed':>6}"
               f" {'API cpu-s/1k':>12} {'influxd cpu-s/1k':>16}   DSMR-reader (measured separately)")
+        follow: dict[str, int] = {}  # with MQTT: one meter per version whose live readings continue run to run
         for version in versions:
-            for timing in ("live", "historic"):
+            for timing in ("live",) if broker else ("live", "historic"):
                 for count in clients:
-                    meter = f"BENCH-{version}-{timing}-{count}"
+                    meter = f"BENCH-{version}-{timing}-{count}" if not broker else f"BENCH-MQTT-{version}"
                     now = int(time.time())
                     # v1 timestamps are the meter's wall clock with a W (winter, UTC+1) flag.
                     base = now - (DAY if timing == "historic" else 0) + (3600 if version == "v1" else 0)
-                    before = stack.cpu()
+                    # A telegram a second of meter time: at 1,000/s a run reaches hours ahead, and the
+                    # publisher only follows readings newer than the newest it published.
+                    base = max(base, follow.get(version, 0))
+                    before, side_before = stack.cpu(), stack.side_cpu()
                     figures = run_wrk(url, version, count, args.seconds, base, meter)
-                    after = stack.cpu()
+                    after, side_after = stack.cpu(), stack.side_cpu()
                     done = max(figures["ok"], 1)
+                    follow[version] = base + int(figures["ok"]) + 10
                     rate = figures["ok"] / figures["seconds"]
                     api_cpu = (after[0] - before[0]) / done * 1000
                     influx_cpu = (after[1] - before[1]) / done * 1000
@@ -183,8 +219,14 @@ def main() -> None:
                     print(f"{version} {timing:<8} {count:>2} clients {rate:>11,.0f} {figures['p50_ms']:>7.1f}"
                           f" {figures['p99_ms']:>7.1f} {int(figures['failed']):>6} {api_cpu:>12.2f}"
                           f" {influx_cpu:>16.2f}   {reference}", flush=True)
+                    if received is not None:
+                        print(f"   MQTT: {received():,} messages received so far; reader + mosquitto"
+                              f" {(side_after - side_before) / done * 1000:.2f} cpu-s/1k", flush=True)
         print()
-        reader_paths(stack, args.spooled)
+        if stack.reader and stack.reader.poll() is not None:
+            raise SystemExit("the reader process stopped: " + (stack.tmp / "reader.log").read_text()[-2000:])
+        if args.spooled:
+            reader_paths(stack, args.spooled)
         with urllib.request.urlopen(urllib.request.Request(
                 url + "/metrics", headers={"X-AUTHKEY": KEY})) as response:
             rejected = [line for line in response.read().decode().splitlines()

@@ -58,6 +58,8 @@ class Stack:
         self.env = env or {}
         self.influxd: ManagedInfluxd | None = None
         self.api: subprocess.Popen | None = None
+        self.reader: subprocess.Popen | None = None
+        self.broker: subprocess.Popen | None = None
         self.url = ""
 
     def __enter__(self) -> "Stack":
@@ -99,7 +101,36 @@ class Stack:
         api = cpu_seconds(self.api.pid) if self.api else 0.0
         return api, cpu_seconds(self.influxd.process.pid)
 
+    def side_cpu(self) -> float:
+        """CPU seconds of the reader process and the MQTT broker, when they run."""
+        return sum(cpu_seconds(p.pid) for p in (self.reader, self.broker) if p)
+
+    @staticmethod
+    def start_mosquitto(folder: Path) -> tuple[subprocess.Popen, int]:
+        """Debian's mosquitto (apt-get install mosquitto) on a free loopback port, anonymous."""
+        binary = next((b for b in ("/usr/sbin/mosquitto", "/usr/bin/mosquitto") if Path(b).exists()), None)
+        if not binary:
+            raise SystemExit("mosquitto is not installed (Debian: apt-get install mosquitto)")
+        port = free_port()
+        conf = folder / "mosquitto.conf"
+        conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\n" + ("user root\n" if os.geteuid() == 0 else ""))
+        broker = subprocess.Popen([binary, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(0.5)
+        return broker, port
+
+    def start_reader(self) -> None:
+        """`dsmr-ts reader` on this stack's config (housekeeping, and MQTT when configured)."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith("DSMR_TS_")}
+        env["DSMR_TS_CONFIG"] = str(self.config_path)
+        self.reader_log = open(self.tmp / "reader.log", "w")
+        self.reader = subprocess.Popen([sys.executable, "-m", "dsmr_ts.cli", "reader"], env=env, cwd=self.tmp,
+                                       stdout=self.reader_log, stderr=subprocess.STDOUT)
+
     def __exit__(self, *exc: object) -> None:
+        for process in (self.reader, self.broker):
+            if process:
+                process.terminate()
+                process.wait(30)
         if self.api:
             self.api.terminate()
             self.api.wait(30)

@@ -8,6 +8,7 @@ from dsmr_ts.config import Config, load_config
 from dsmr_ts.fields import SCHEMA, ReadingSchema
 from dsmr_ts.influx.store import Store
 from dsmr_ts.ingest import Ingest
+from dsmr_ts.mqtt.raw_relay import RawRelay
 from dsmr_ts.resources import errors
 from dsmr_ts.resources.access import ApiAccessMiddleware
 from dsmr_ts.resources.application import MonitoringResource, VersionResource
@@ -37,8 +38,9 @@ def create_app(config: Config | None = None, store: Store | None = None, schema:
     store = store or Store(config.influxdb, timezone=config.timezone, schema=schema or SCHEMA)
     context = ApiContext(store=store, tz=config.tz, output_tz=config.tz if config.api.local_datetimes else None,
                          trust_forwarded=config.server.trust_forwarded_headers, prices=config.prices)
-    ingest = Ingest(store)
     spool_dir = config.resolve_path(config.reader.spool_dir)
+    relay = RawRelay(spool_dir) if config.mqtt.enabled and "raw" in config.mqtt.publish else None
+    ingest = Ingest(store, on_telegram=relay.send if relay else None)
 
     app = falcon.App(middleware=[RequestMetricsMiddleware(), ApiAccessMiddleware(config.api)])
     errors.install(app)
@@ -51,7 +53,7 @@ def create_app(config: Config | None = None, store: Store | None = None, schema:
     app.add_route("/api/v2/statistics/hour", HourStatisticsResource(context))
     # The rest of DSMR-reader v5's v2 routes.
     app.add_route("/api/v2/application/version", VersionResource())
-    app.add_route("/api/v2/application/monitoring", MonitoringResource(context, spool_dir))
+    app.add_route("/api/v2/application/monitoring", MonitoringResource(context, spool_dir, config.mqtt.enabled))
     app.add_route("/api/v2/datalogger/meter-statistics", MeterStatisticsResource(context))
     app.add_route("/api/v2/consumption/electricity-live", ElectricityLiveResource(context))
     app.add_route("/api/v2/consumption/gas-live", GasLiveResource(context))

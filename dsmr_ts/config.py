@@ -92,6 +92,32 @@ class ReaderConfig:
     spool_max_bytes: int = 256 * 1024 * 1024
 
 
+MQTT_SOURCES = ("raw", "json", "reading", "day", "period", "meter_stats", "gas", "quarter_hour_peaks", "discovery")
+MQTT_TLS = ("off", "verify", "insecure")
+
+
+@dataclass
+class MqttConfig:
+    enabled: bool = False
+    host: str = "127.0.0.1"
+    port: int = 1883
+    username: str = ""
+    password: str = ""
+    # off; verify (the broker's certificate against ca_file, or the system's CAs); insecure (no check).
+    tls: str = "off"
+    ca_file: str = ""
+    client_id: str = ""  # default: dsmr-ts-<host name>
+    qos: int = 2
+    prefix: str = "dsmr"
+    # What HA's dsmr_reader integration reads; add raw, json and discovery as you like.
+    publish: list[str] = field(default_factory=lambda: ["reading", "day", "period", "meter_stats", "gas",
+                                                        "quarter_hour_peaks"])
+    discovery_prefix: str = "homeassistant"
+    local_datetimes: bool = False  # datetimes in payloads: UTC (as DSMR-reader) or in `timezone`
+    # Messages wait on disk while the broker is away; over this many the older messages of a topic go first.
+    outbox_max_messages: int = 100_000
+
+
 @dataclass
 class PricePeriod:
     start: dt.date = dt.date(2000, 1, 1)
@@ -110,6 +136,7 @@ class Config:
     timezone: str = "Europe/Amsterdam"
     influxdb: InfluxConfig = field(default_factory=InfluxConfig)
     reader: ReaderConfig = field(default_factory=ReaderConfig)
+    mqtt: MqttConfig = field(default_factory=MqttConfig)
     prices: list[PricePeriod] = field(default_factory=list)
     # Where the config came from; relative paths in it are relative to its folder.
     path: Path | None = field(default=None, compare=False)
@@ -156,6 +183,9 @@ def load_config(path: str | os.PathLike | None = None, *, create: bool = True) -
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping of sections at the top level")
     _apply_env_overrides(raw, os.environ)
+    mqtt = raw.get("mqtt")
+    if isinstance(mqtt, dict) and isinstance(mqtt.get("tls"), bool):  # YAML reads tls: off / on as booleans
+        mqtt["tls"] = "verify" if mqtt["tls"] else "off"
     problems = _Problems(raw, str(path))
     config = _build(Config, raw, problems, "")
     config.path = path.resolve()
@@ -355,6 +385,7 @@ def _check_semantics(config: Config, problems: _Problems) -> None:
         target_problem = _url_problem(target.url, managed=False)
         if target_problem:
             problems.add(f"reader.forward[{i}].url", target_problem)
+    _check_mqtt(config, problems)
     for i in range(1, len(config.prices)):
         previous, period = config.prices[i - 1].start, config.prices[i].start
         if period == previous:
@@ -363,6 +394,30 @@ def _check_semantics(config: Config, problems: _Problems) -> None:
         elif period < previous:
             problems.add(f"prices[{i}].start", f"{period} comes before prices[{i - 1}].start ({previous});"
                                               " list the periods oldest first")
+
+
+def _check_mqtt(config: Config, problems: _Problems) -> None:
+    mqtt = config.mqtt
+    if not 1 <= mqtt.port <= 65535:
+        problems.add("mqtt.port", f"the port must be 1 to 65535, got {mqtt.port}")
+    if not re.fullmatch(r"[A-Za-z0-9.\-]+|\[[0-9A-Fa-f:.]+\]", mqtt.host or ""):
+        problems.add("mqtt.host", f"expected a host name or address, got {mqtt.host!r}")
+    if mqtt.tls not in MQTT_TLS:
+        problems.add("mqtt.tls", f"expected one of {', '.join(MQTT_TLS)}, got {mqtt.tls!r}")
+    if mqtt.ca_file and not config.resolve_path(mqtt.ca_file).is_file():
+        problems.add("mqtt.ca_file", f"no such file: {config.resolve_path(mqtt.ca_file)}")
+    if mqtt.qos not in (0, 1, 2):
+        problems.add("mqtt.qos", f"expected 0, 1 or 2, got {mqtt.qos}")
+    for name, prefix in (("mqtt.prefix", mqtt.prefix), ("mqtt.discovery_prefix", mqtt.discovery_prefix)):
+        if not prefix or any(c in prefix for c in "+#\0") or prefix.startswith("/") or prefix.endswith("/"):
+            problems.add(name, f"expected a topic like dsmr (no +, #, or / at either end), got {prefix!r}")
+    for i, source in enumerate(mqtt.publish):
+        if source not in MQTT_SOURCES:
+            problems.add(f"mqtt.publish[{i}]", f"expected one of {', '.join(MQTT_SOURCES)}, got {source!r}")
+    if mqtt.outbox_max_messages < 100:
+        problems.add("mqtt.outbox_max_messages", f"must be at least 100, got {mqtt.outbox_max_messages}")
+    if mqtt.enabled and not config.reader.enabled:  # the outbox lives beside the spools
+        _check_writable_dir(config, "reader.spool_dir", config.reader.spool_dir, problems)
 
 
 def _bind_problem(bind: str) -> str:

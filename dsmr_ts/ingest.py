@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from typing import Iterable
+from typing import Callable, Iterable
 
 from dsmr_ts import metrics
 from dsmr_ts.influx.store import Store, StoreUnavailable
@@ -14,9 +14,11 @@ log = logging.getLogger(__name__)
 
 
 class Ingest:
-    def __init__(self, store: Store):
+    def __init__(self, store: Store, on_telegram: Callable[[str], None] | None = None):
+        """on_telegram: called with each stored telegram's text (MQTT's `raw` source)."""
         self.store = store
         self.schema = store.schema
+        self.on_telegram = on_telegram
 
     def parse(self, text: str | bytes, now: dt.datetime | None = None) -> Telegram:
         """A telegram that may be stored. ParseError: rejected, and the rejection is counted."""
@@ -39,6 +41,8 @@ class Ingest:
         with metrics.INGEST_SECONDS.time():
             self.store.writer.store_telegrams([telegram])
         metrics.ACCEPTED.inc()
+        if self.on_telegram:
+            self.on_telegram(text if isinstance(text, str) else text.decode("latin-1"))
         return telegram
 
     def telegrams(self, items: Iterable[tuple[str, dt.datetime]]) -> tuple[int, int]:

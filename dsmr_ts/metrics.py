@@ -16,3 +16,4 @@ INGEST_SECONDS = Histogram(
 )
 TELEGRAMS = Counter("dsmr_ts_telegrams", "Telegrams received, by result", ["result"])
 ACCEPTED, REJECTED = TELEGRAMS.labels("accepted"), TELEGRAMS.labels("rejected")  # looked up once, not per request
+MQTT_RAW_DROPPED = Counter("dsmr_ts_mqtt_raw_dropped", "Raw telegrams not relayed to the MQTT publisher (reader not running)")

@@ -173,3 +173,21 @@ def run_task(config, name: str, scheduled_for) -> None:
             return status == "success"
 
         wait_for(finished, timeout=60, what=f"task {name!r} run for {scheduled_for}")
+
+
+def debian_binary(package: str, binary: str) -> str:
+    """A program from a Debian package (nginx, mosquitto, ...), installed with apt-get if this
+    machine does not have it yet (as .ci/run does up front)."""
+    import shutil
+
+    def found() -> str | None:
+        return shutil.which(binary) or next((f"{d}/{binary}" for d in ("/usr/sbin", "/usr/bin", "/usr/lib/postgresql")
+                                             if os.path.exists(f"{d}/{binary}")), None)
+
+    if not found():
+        subprocess.run(["apt-get", "update", "-qq"], check=True, capture_output=True, timeout=600)
+        subprocess.run(["apt-get", "install", "-y", "-qq", package], check=True, capture_output=True, timeout=900,
+                       env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
+    path = found()
+    assert path, f"{binary} is missing after installing the Debian package {package}"
+    return path

@@ -136,3 +136,11 @@ def test_save_setting_edits_one_line(tmp_path):
 )
 def test_set_yaml_scalar_shapes(text, expected):
     assert yaml.safe_load(set_yaml_scalar(text, "api", "key", "K"))["api"] == expected
+
+
+def test_mqtt_tls_written_as_yaml_booleans_means_off_or_verify(tmp_path):
+    path = tmp_path / "dsmr-ts.yaml"
+    path.write_text("mqtt:\n  tls: off\n")
+    assert load_config(path).mqtt.tls == "off"
+    path.write_text("mqtt:\n  tls: on\n")
+    assert load_config(path).mqtt.tls == "verify"

@@ -7,7 +7,6 @@ import dataclasses
 import datetime as dt
 import os
 import re
-import shutil
 import signal
 import socket
 import subprocess
@@ -24,7 +23,7 @@ from dsmr_ts import config as config_module
 from dsmr_ts.influx.server import free_port
 from dsmr_ts.influx.store import Store
 from dsmr_ts.telegram import Reading, build_telegram
-from helpers import REPO, TEST_KEY, port_open, start_api, wait_for
+from helpers import REPO, TEST_KEY, debian_binary, port_open, start_api, wait_for
 from test_api_ingest import a_reading, unique_moment
 
 KEY = {"X-AUTHKEY": TEST_KEY}
@@ -38,13 +37,7 @@ V2 = "/api/v2/datalogger/dsmrreading"
 @pytest.fixture(scope="session")
 def nginx_binary() -> str:
     """nginx from Debian; installed here if this machine does not have it yet."""
-    found = shutil.which("nginx") or (os.path.exists("/usr/sbin/nginx") and "/usr/sbin/nginx")
-    if not found:
-        subprocess.run(["apt-get", "update", "-qq"], check=True, capture_output=True, timeout=600)
-        subprocess.run(["apt-get", "install", "-y", "-qq", "nginx"], check=True, capture_output=True, timeout=600,
-                       env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
-        found = shutil.which("nginx") or "/usr/sbin/nginx"
-    return found
+    return debian_binary("nginx", "nginx")
 
 
 @pytest.fixture
@@ -212,7 +205,7 @@ def config_key_for_env(name: str) -> bool:
 def test_docker_compose_structure():
     compose = yaml.safe_load((REPO / "docker-compose.yml").read_text())
     services = compose["services"]
-    assert set(services) == {"influxdb", "api", "reader", "nginx", "grafana"}
+    assert set(services) == {"influxdb", "api", "reader", "mosquitto", "nginx", "grafana"}
     assert services["influxdb"]["image"] == "influxdb:2"
     init = services["influxdb"]["environment"]
     for name in ("DOCKER_INFLUXDB_INIT_MODE", "DOCKER_INFLUXDB_INIT_USERNAME", "DOCKER_INFLUXDB_INIT_PASSWORD",
@@ -245,6 +238,12 @@ def test_docker_compose_structure():
     assert needed <= set(grafana["environment"])
     for mount in [*mounts, "./deploy/nginx/dsmr-ts.conf"]:
         assert (REPO / mount).exists(), mount
+    # MQTT: the reader publishes to the mosquitto service, whose config is shipped.
+    reader_env = services["reader"]["environment"]
+    assert reader_env["DSMR_TS_MQTT_ENABLED"] == "true" and reader_env["DSMR_TS_MQTT_HOST"] == "mosquitto"
+    assert "mosquitto" in services["reader"]["depends_on"]
+    (broker_config, _) = services["mosquitto"]["volumes"]
+    assert (REPO / broker_config.split(":")[0]).is_file()
 
 
 def test_config_key_check_catches_typos():

@@ -373,6 +373,13 @@ class IndexedRows:
                 counts[hour] = counts.get(hour, 0) + correction
         return counts
 
+    def newest_after(self, meter: str, after: dt.datetime | None, limit: int) -> list[Row]:
+        """The newest `limit` rows of a meter later than `after` (None: the newest ones), oldest
+        first (what MQTT publishes each second)."""
+        (series,) = self.client.influxql([self._select(meter, (after + SECOND) if after else EARLIEST, LATEST,
+                                                       True, limit, 0)])
+        return list(self._rows(series, limit))[::-1]
+
     def _rows(self, series: list[Series], limit: int | None = None, offset: int = 0) -> Iterator[Row]:
         """The rows of a page read with _select(limit, offset), converted."""
         return map(self.convert, self.kind.rows(series, limit, offset))

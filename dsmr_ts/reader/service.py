@@ -9,7 +9,9 @@
 - telegram counters (every 60 s): one log line with what happened in the last minute;
 - keep statistics (every 15 s, housekeeping): recompute the hours late readings touched, from
   every path (API, spool, imports), and move the count index's watermark behind the hour task.
-  It runs with reader.enabled false too (then it is the only job).
+  It runs with reader.enabled false too;
+- publish to MQTT (every second, with mqtt.enabled): DSMR-reader's topics from what is new in
+  InfluxDB, through an on-disk outbox and a sender thread (dsmr_ts/mqtt/publisher.py).
 
 Nothing is lost while the process runs, and a telegram is on disk (InfluxDB's WAL or the spool,
 both fsync'd) before the next one is read, so a crash loses at most the telegram being read.
@@ -35,9 +37,11 @@ from typing import Any
 import serial
 from apscheduler.schedulers.blocking import BlockingScheduler
 
+from dsmr_ts.backoff import Backoff
 from dsmr_ts.config import Config, ForwardTarget
 from dsmr_ts.influx.store import Store, StoreUnavailable
 from dsmr_ts.ingest import Ingest
+from dsmr_ts.mqtt.publisher import MqttPublisher
 from dsmr_ts.reader.framing import TelegramFramer
 from dsmr_ts.reader.simulator import MeterSimulator
 from dsmr_ts.reader.spool import Spool, SpooledTelegram
@@ -54,37 +58,10 @@ SERIAL_PRESETS: dict[str, dict[str, Any]] = {
 }
 READ_TIMEOUT = 0.2  # seconds a read waits for bytes
 REPAIR_EVERY = 15  # seconds between runs of the statistics repair
-MAX_BACKOFF = 30.0
 
 
 def serial_settings(config: Config) -> dict[str, Any]:
     return {**SERIAL_PRESETS[config.reader.dsmr_version], **config.reader.serial}
-
-
-class Backoff:
-    """Exponential retry delay, and one log line per outage (not per attempt)."""
-
-    def __init__(self, what: str):
-        self.what = what
-        self.delay = 0.0
-        self.next_try = 0.0
-        self.down_since: float | None = None
-
-    def ready(self) -> bool:
-        return time.monotonic() >= self.next_try
-
-    def failed(self, reason: str) -> None:
-        now = time.monotonic()
-        if self.down_since is None:
-            self.down_since = now
-            log.warning("%s failed: %s; retrying with backoff", self.what, reason)
-        self.delay = min(MAX_BACKOFF, max(1.0, self.delay * 2))
-        self.next_try = now + self.delay
-
-    def succeeded(self) -> None:
-        if self.down_since is not None:
-            log.info("%s works again after %.0f s", self.what, time.monotonic() - self.down_since)
-        self.down_since, self.delay, self.next_try = None, 0.0, 0.0
 
 
 class MeterConnection:
@@ -94,7 +71,7 @@ class MeterConnection:
         self.port = port
         self.settings = settings
         self.serial: serial.SerialBase | None = None
-        self.backoff = Backoff(f"meter connection {port}")
+        self.backoff = Backoff(f"meter connection {port}", log)
 
     def read(self) -> bytes:
         """Bytes the meter sent (maybe none). Reconnects with backoff; never raises."""
@@ -159,7 +136,7 @@ class Forwarder:
         self._https = url.scheme == "https"
         self._port = url.port or (443 if self._https else 80)
         self._path = (url.path or "/") + (f"?{url.query}" if url.query else "")
-        self.backoff = Backoff(f"forwarding to {self.host}")
+        self.backoff = Backoff(f"forwarding to {self.host}", log)
         self.pool = ThreadPoolExecutor(self.CONNECTIONS, thread_name_prefix=f"forward {self.host}")
         self._local = threading.local()
 
@@ -214,7 +191,9 @@ class ReaderService:
     def __init__(self, config: Config, store: Store, port: str | None):
         self.config = config
         self.store = store
-        self.ingest = Ingest(store)
+        self.publisher = MqttPublisher(config, store) if config.mqtt.enabled else None
+        raw = self.publisher.raw if self.publisher and "raw" in config.mqtt.publish else None
+        self.ingest = Ingest(store, on_telegram=raw)
         spool_dir = config.resolve_path(config.reader.spool_dir)
         self.spool = Spool(spool_dir, "influxdb", config.reader.spool_max_bytes)
         self.forwarders = [
@@ -224,8 +203,8 @@ class ReaderService:
         ]
         self.connection = MeterConnection(port, serial_settings(config)) if port else None
         self.framer = TelegramFramer()
-        self.store_backoff = Backoff("storing in InfluxDB")
-        self.statistics_backoff = Backoff("keeping the statistics")
+        self.store_backoff = Backoff("storing in InfluxDB", log)
+        self.statistics_backoff = Backoff("keeping the statistics", log)
         self.counters: Counter[str] = Counter()
 
     # --- jobs ----------------------------------------------------------------------------------
@@ -306,9 +285,19 @@ class ReaderService:
             scheduler.add_job(forwarder.run, "interval", seconds=2, id=f"forward to {forwarder.host} ({index})")
         scheduler.add_job(self.keep_statistics, "interval", seconds=REPAIR_EVERY, id="keep statistics",
                           next_run_time=dt.datetime.now(dt.timezone.utc))
+        if self.publisher:
+            scheduler.add_job(self.publisher.produce, "interval", seconds=1, id="publish to MQTT",
+                              next_run_time=dt.datetime.now(dt.timezone.utc))
         return scheduler
 
+    def start(self) -> None:
+        """What runs beside the scheduler's jobs: the MQTT sender."""
+        if self.publisher:
+            self.publisher.start()
+
     def close(self) -> None:
+        if self.publisher:
+            self.publisher.stop()
         if self.connection:
             self.connection.close()
         for forwarder in self.forwarders:
@@ -342,6 +331,7 @@ def run_reader(config: Config) -> None:
     store = Store(config.influxdb, timezone=config.timezone)
     service = ReaderService(config, store, port if config.reader.enabled else None)
     scheduler = service.scheduler()
+    service.start()
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
     if service.connection:
         log.info("reader started on %s (%s); %d forward target(s)", port,

@@ -10,12 +10,14 @@ import falcon
 from dsmr_ts import __version__
 from dsmr_ts.formats import datetime_string
 from dsmr_ts.influx.store import StoreUnavailable
+from dsmr_ts.mqtt.outbox import outbox_state
 from dsmr_ts.reader.spool import spool_states
 from dsmr_ts.resources.context import ApiContext
 
 NO_READINGS_AFTER = dt.timedelta(minutes=60)
 STATISTICS_LAG = dt.timedelta(hours=3)  # the hour task runs every hour; two missed runs is a problem
 REPAIR_LAG = dt.timedelta(minutes=5)  # the repair job runs every 15 s
+MQTT_LAG = dt.timedelta(minutes=5)  # the publisher sends within seconds while the broker answers
 
 
 class VersionResource:
@@ -26,10 +28,11 @@ class VersionResource:
 class MonitoringResource:
     """{"problems": N, "details": [{"source", "description", "since"}]}: what an operator should look at."""
 
-    def __init__(self, context: ApiContext, spool_dir: Path):
+    def __init__(self, context: ApiContext, spool_dir: Path, mqtt: bool = False):
         self.context = context
         self.store = context.store
         self.spool_dir = spool_dir
+        self.mqtt = mqtt  # mqtt.enabled: messages waiting long for the broker are a problem
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         now = dt.datetime.now(dt.timezone.utc)
@@ -47,6 +50,10 @@ class MonitoringResource:
             if spool.waiting:
                 problems.append(("reader", f"Telegrams are waiting in the spool {spool.name}: {spool.waiting}",
                                  spool.oldest))
+        outbox = outbox_state(self.spool_dir) if self.mqtt else None
+        if outbox and outbox.oldest and now - outbox.oldest > MQTT_LAG:
+            problems.append(("mqtt", f"{outbox.waiting} MQTT messages wait for the broker (is it reachable?)",
+                             outbox.oldest))
         resp.media = {
             "problems": len(problems),
             "details": [{"source": source, "description": description,

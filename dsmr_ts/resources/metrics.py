@@ -11,6 +11,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, 
 
 from dsmr_ts.influx.store import Store, StoreUnavailable
 from dsmr_ts.metrics import REQUESTS
+from dsmr_ts.mqtt.outbox import outbox_state
 from dsmr_ts.reader.spool import spool_states
 
 
@@ -43,6 +44,10 @@ class MetricsResource:
                  "# TYPE dsmr_ts_spool_telegrams gauge"]
         lines += [f'dsmr_ts_spool_telegrams{{spool="{spool.name}"}} {spool.waiting}'
                   for spool in spool_states(self.spool_dir)]
+        outbox = outbox_state(self.spool_dir)
+        if outbox is not None:
+            lines += ["# HELP dsmr_ts_mqtt_outbox_messages MQTT messages waiting for the broker",
+                      "# TYPE dsmr_ts_mqtt_outbox_messages gauge", f"dsmr_ts_mqtt_outbox_messages {outbox.waiting}"]
         try:
             latest = self.store.readings.latest(self.store.meters.default())
         except StoreUnavailable:
