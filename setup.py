@@ -20,6 +20,7 @@ setup(
         "pyyaml>=6,<7",
         "prometheus-client>=0.17,<1",
         "paho-mqtt>=2,<3",
+        "cryptography>=41,<47",
     ],
     extras_require={"test": ["pytest>=8,<10", "requests>=2.31,<3", "jsonschema>=4.18,<5", "openapi-spec-validator>=0.7,<1",
                            "schemathesis>=4,<5"]},

@@ -31,7 +31,7 @@ ENV_PREFIX = "DSMR_TS_"
 EXAMPLE_PATH = Path(__file__).resolve().parent.parent / "config" / "dsmr-ts.example.yaml"
 KEY_ALPHABET = string.ascii_uppercase + string.digits
 KEY_LENGTH = 64
-DSMR_VERSIONS = ("2.2", "3", "4", "5", "fluvius", "smarty")
+DSMR_VERSIONS = ("2.2", "3", "4", "5", "fluvius", "smarty", "iskra_ie", "eon_hu", "sweden", "q3d")
 
 
 class ConfigError(Exception):
@@ -90,6 +90,10 @@ class ReaderConfig:
     serial: dict[str, Any] = field(default_factory=dict)
     spool_dir: str = "./data/spool"
     spool_max_bytes: int = 256 * 1024 * 1024
+    # Encrypted telegrams (Luxembourg's Smarty): the meter's key from the grid operator (32 hex
+    # characters); the authentication key only when the operator gives one (else the spec's).
+    decryption_key: str = ""
+    authentication_key: str = ""
 
 
 MQTT_SOURCES = ("raw", "json", "reading", "day", "period", "meter_stats", "gas", "quarter_hour_peaks", "discovery")
@@ -381,6 +385,12 @@ def _check_semantics(config: Config, problems: _Problems) -> None:
     if config.reader.dsmr_version not in DSMR_VERSIONS:
         problems.add("reader.dsmr_version", f"expected one of {', '.join(DSMR_VERSIONS)}, "
                                             f"got {config.reader.dsmr_version!r}")
+    for name in ("decryption_key", "authentication_key"):
+        value = getattr(config.reader, name)
+        if value and not re.fullmatch(r"[0-9A-Fa-f]{32}", value):
+            problems.add(f"reader.{name}", f"expected 32 hexadecimal characters (16 bytes), got {len(value)} characters")
+    if config.reader.authentication_key and not config.reader.decryption_key:
+        problems.add("reader.authentication_key", "is used only with reader.decryption_key; set that too")
     for i, target in enumerate(config.reader.forward):
         target_problem = _url_problem(target.url, managed=False)
         if target_problem:

@@ -42,6 +42,9 @@ class ReadingField:
     minimum: int | None = None  # INTEGER bounds in a v2 POST
     maximum: int | None = None
     obis: tuple[str, ...] = ()  # OBIS codes it is read from (the first present wins)
+    # OBIS codes whose values are added when the first of `obis` is present (E.ON Hungary's tariff
+    # registers 3 and 4 go with tariffs 1 and 2, so the tariffs still add up to the meter's total)
+    adds: tuple[str, ...] = ()
     value_index: int = 0  # which parenthesised value of that line
     mbus: tuple[str, str] | None = None  # (medium, "value" | "time") of an M-Bus device: gas, water, heat
     post: Post = Post.OPTIONAL
@@ -67,16 +70,20 @@ def _phases(template: str, codes: tuple[str, str, str], **options) -> list[Readi
 
 KW = {"unit": "kW"}
 READING_FIELDS: tuple[ReadingField, ...] = (
-    ReadingField("electricity_delivered_1", "kWh", obis=("1-0:1.8.1", "1-0:1.8.0"), post=Post.REQUIRED,
+    ReadingField("electricity_delivered_1", "kWh", obis=("1-0:1.8.1", "1-0:1.8.0"), adds=("1-0:1.8.3",),
+                 post=Post.REQUIRED,
                  usage="electricity1", per_minute=("delivered_1", "last"),
                  description="meter position delivered to you, tariff 1 (low)"),
-    ReadingField("electricity_returned_1", "kWh", obis=("1-0:2.8.1", "1-0:2.8.0"), post=Post.REQUIRED,
+    ReadingField("electricity_returned_1", "kWh", obis=("1-0:2.8.1", "1-0:2.8.0"), adds=("1-0:2.8.3",),
+                 post=Post.REQUIRED,
                  usage="electricity1_returned", per_minute=("returned_1", "last"),
                  description="meter position returned by you, tariff 1"),
-    ReadingField("electricity_delivered_2", "kWh", obis=("1-0:1.8.2",), post=Post.REQUIRED, zero_when_missing=True,
+    ReadingField("electricity_delivered_2", "kWh", obis=("1-0:1.8.2",), adds=("1-0:1.8.4",), post=Post.REQUIRED,
+                 zero_when_missing=True,
                  usage="electricity2", per_minute=("delivered_2", "last"),
                  description="meter position delivered to you, tariff 2 (normal)"),
-    ReadingField("electricity_returned_2", "kWh", obis=("1-0:2.8.2",), post=Post.REQUIRED, zero_when_missing=True,
+    ReadingField("electricity_returned_2", "kWh", obis=("1-0:2.8.2",), adds=("1-0:2.8.4",), post=Post.REQUIRED,
+                 zero_when_missing=True,
                  usage="electricity2_returned", per_minute=("returned_2", "last"),
                  description="meter position returned by you, tariff 2"),
     ReadingField("electricity_currently_delivered", obis=("1-0:1.7.0",), post=Post.REQUIRED,
@@ -152,6 +159,7 @@ class ReadingSchema:
         for f in self.fields:
             for code in f.obis:
                 self.by_obis.setdefault(code, []).append(f)
+        self.summed = tuple(f for f in self.fields if f.adds)
         self.by_mbus = {f.mbus: f for f in self.fields if f.mbus}
         # An M-Bus value and the time it was taken go together: (value field, time field) per medium.
         self.mbus_pairs = tuple((self.by_mbus[(medium, "value")].name, self.by_mbus[(medium, "time")].name)

@@ -1,12 +1,17 @@
 """DSMR P1 telegram -> Reading.
 
-Covers DSMR 2.2/3 (no CRC), 4.x, 5.x, Belgian Fluvius (e-MUCS) and Luxembourg Smarty
-(plaintext) telegrams. Which OBIS code feeds which field is data (dsmr_ts.fields); the code here
-only splits lines into an OBIS code and its parenthesised values and applies the general rules.
+Covers DSMR 2.2/3 (no CRC), 4.x, 5.x, Belgian Fluvius (e-MUCS), Luxembourg Smarty (Sagemcom
+T210-D; decrypted by the reader when encrypted, see reader/dlms.py), Irish Iskra, Hungarian E.ON,
+Swedish HAN and German EasyMeter Q3D telegrams. Which OBIS code feeds which field is data
+(dsmr_ts.fields); the code here only splits lines into an OBIS code and its parenthesised values
+and applies the general rules.
 
 Rules (see API-NOTES.md):
 - CRC-16/ARC over the bytes from '/' through '!', 4 upper-case hex digits after '!'.
-  Required unless the telegram is DSMR 2.2/3 (no version line, nothing after '!').
+  Required unless the telegram has no version line and nothing after '!' on that line (DSMR
+  2.2/3, Iskra IE, EasyMeter Q3D; lines after the '!' line are not part of the telegram).
+- OBIS codes may carry a '*255' suffix (EasyMeter); a meter without tariff registers (1.8.0
+  only) has it as tariff 1, as DSMR-reader does; E.ON Hungary's tariffs 3 and 4 add to 1 and 2.
 - Timestamps are Europe/Amsterdam local time; the S/W flag decides the ambiguous autumn hour.
 - A line that cannot be parsed is skipped; for a repeated OBIS code the last line wins.
 - Values in another unit than the field's are converted (Wh -> kWh, W -> kW).
@@ -55,8 +60,9 @@ class EncodingError(ParseError):
     pass
 
 
-# Equipment identifiers that name the meter (first found wins, in this order).
-METER_ID_CODES = ("0-0:96.1.1", "0-0:42.0.0")
+# Equipment identifiers that name the meter (first found wins, in this order): DSMR and Fluvius;
+# Smarty and E.ON Hungary (logical device name); Iskra IE and EasyMeter (COSEM device name).
+METER_ID_CODES = ("0-0:96.1.1", "0-0:42.0.0", "1-0:0.0.0")
 TIMESTAMP_CODE = "0-0:1.0.0"
 VERSION_CODES = ("1-3:0.2.8", "0-0:96.1.4")
 # M-Bus: the device type, and its reading with its own timestamp (24.2.1; Fluvius gas 24.2.3;
@@ -69,7 +75,7 @@ UNIT_FACTORS = {("Wh", "kWh"): Decimal("0.001"), ("W", "kW"): Decimal("0.001"), 
                 ("kWh", "GJ"): Decimal("0.0036"), ("MWh", "GJ"): Decimal("3.6"), ("MJ", "GJ"): Decimal("0.001"),
                 ("dm3", "m3"): Decimal("0.001"), ("l", "m3"): Decimal("0.001")}
 
-_LINE = re.compile(r"^(\d+-\d+:\d+\.\d+\.\d+)((?:\([^()]*\))+)$")
+_LINE = re.compile(r"^(\d+-\d+:\d+\.\d+\.\d+)(?:\*\d+)?((?:\([^()]*\))+)$")
 _INF = float("inf")
 _TIMESTAMP = re.compile(r"^(\d{2})(\d{2})(\d{2})(\d{2})(\d{2})(\d{2})([SWsw]?)$")
 _CRC_TAIL = re.compile(r"^!([0-9A-Fa-f]{4})\s*$")
@@ -158,7 +164,7 @@ def parse_telegram(text: str | bytes, now: dt.datetime | None = None, schema: Re
         raise FramingError("no telegram end '!'")
     body = raw[start : end + 1]
     lines = body.decode("latin-1").splitlines()
-    tail = raw[end:].decode("latin-1").strip()
+    tail = raw[end:].decode("latin-1").strip().splitlines()[0]  # '!' and the CRC, if any
     _check_crc(body, tail, lines)
 
     codes: dict[str, list[str]] = {}
@@ -188,6 +194,13 @@ def parse_telegram(text: str | bytes, now: dt.datetime | None = None, schema: Re
                 value = _field_value(spec, found[spec.value_index])
                 if value is not None:
                     values[spec.name] = value
+    for spec in schema.summed:  # registers that add to a tariff (only beside its own register)
+        extra = [codes[code][0] for code in spec.adds if code in codes and spec.name in values
+                 and codes.get(spec.obis[0])]
+        for raw_value in extra:
+            value = _field_value(spec, raw_value)
+            if value is not None:
+                values[spec.name] = float(Decimal(repr(values[spec.name])) + Decimal(repr(value)))
     for name in schema.zero_when_missing:
         values.setdefault(name, 0.0)
     missing = [name for name in ("electricity_delivered_1", "electricity_currently_delivered")

@@ -170,6 +170,8 @@ def test_commands_use_the_influxd_that_run_started_and_a_second_run_is_refused(t
     ("prices:\n  - {start: 2024-01-01}\n  - {start: 2024-01-01}\n", "prices[1].start: 2024-01-01 is also the start"),
     ("reader:\n  spool_max_bytes: 10\n", "reader.spool_max_bytes: must be at least 1024"),
     ("mqtt:\n  port: 70000\n", "mqtt.port: the port must be 1 to 65535, got 70000"),
+    ("reader:\n  decryption_key: abc\n", "reader.decryption_key: expected 32 hexadecimal characters (16 bytes), got 3"),
+    ("reader:\n  dsmr_version: austria\n", "reader.dsmr_version: expected one of 2.2, 3, 4, 5, fluvius, smarty, iskra_ie,"),
     ("mqtt:\n  publish: [reading, readings]\n", "mqtt.publish[1]: expected one of raw, json, reading, day,"),
     ("mqtt:\n  tls: strict\n", "mqtt.tls: expected one of off, verify, insecure, got 'strict'"),
     ("mqtt:\n  prefix: dsmr/#\n", "mqtt.prefix: expected a topic like dsmr"),

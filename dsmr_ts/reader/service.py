@@ -42,6 +42,8 @@ from dsmr_ts.config import Config, ForwardTarget
 from dsmr_ts.influx.store import Store, StoreUnavailable
 from dsmr_ts.ingest import Ingest
 from dsmr_ts.mqtt.publisher import MqttPublisher
+from dsmr_ts.reader import dlms
+from dsmr_ts.reader.dlms import EncryptedFramer
 from dsmr_ts.reader.framing import TelegramFramer
 from dsmr_ts.reader.simulator import MeterSimulator
 from dsmr_ts.reader.spool import Spool, SpooledTelegram
@@ -54,7 +56,11 @@ SERIAL_PRESETS: dict[str, dict[str, Any]] = {
     "2.2": {"baudrate": 9600, "bytesize": 7, "parity": "E", "stopbits": 1, "xonxoff": True},
     "3": {"baudrate": 9600, "bytesize": 7, "parity": "E", "stopbits": 1, "xonxoff": True},
     **{version: {"baudrate": 115200, "bytesize": 8, "parity": "N", "stopbits": 1, "xonxoff": True}
-       for version in ("4", "5", "fluvius", "smarty")},
+       for version in ("4", "5", "fluvius", "iskra_ie", "eon_hu", "sweden")},
+    # Smarty frames may be binary (encrypted): no XON/XOFF, whose bytes would be taken out of them.
+    "smarty": {"baudrate": 115200, "bytesize": 8, "parity": "N", "stopbits": 1, "xonxoff": False},
+    # EasyMeter Q3D's optical info interface (D0).
+    "q3d": {"baudrate": 9600, "bytesize": 7, "parity": "E", "stopbits": 1, "xonxoff": False},
 }
 READ_TIMEOUT = 0.2  # seconds a read waits for bytes
 REPAIR_EVERY = 15  # seconds between runs of the statistics repair
@@ -202,7 +208,13 @@ class ReaderService:
             for target in (config.reader.forward if port else [])
         ]
         self.connection = MeterConnection(port, serial_settings(config)) if port else None
-        self.framer = TelegramFramer()
+        keys = config.reader
+        # Encrypted meters (Smarty) send binary frames: cut and decrypted before anything else.
+        self.keys = (bytes.fromhex(keys.decryption_key),
+                     bytes.fromhex(keys.authentication_key) if keys.authentication_key else None) \
+            if keys.decryption_key else None
+        self.framer = EncryptedFramer() if self.keys else TelegramFramer()
+        self.undecryptable = 0  # frames in a row that could not be decrypted
         self.store_backoff = Backoff("storing in InfluxDB", log)
         self.statistics_backoff = Backoff("keeping the statistics", log)
         self.counters: Counter[str] = Counter()
@@ -215,8 +227,32 @@ class ReaderService:
         deadline = time.monotonic() + 0.8
         while time.monotonic() < deadline:
             data = self.connection.read()
-            for telegram in self.framer.feed(data):
-                self.handle(telegram.decode("latin-1"), dt.datetime.now(dt.timezone.utc))
+            for frame in self.framer.feed(data):
+                telegram = self.plaintext(frame)
+                if telegram is not None:
+                    self.handle(telegram, dt.datetime.now(dt.timezone.utc))
+
+    def plaintext(self, frame: bytes) -> str | None:
+        """The telegram in a frame (decrypted when the meter encrypts); None: rejected, counted,
+        and logged once until frames decrypt again."""
+        if self.keys is None:
+            return frame.decode("latin-1")
+        try:
+            text = dlms.decrypt(frame, *self.keys).decode("latin-1")
+        except dlms.DecryptionError as exc:
+            self.counters["rejected (not decrypted)"] += 1
+            self.undecryptable += 1
+            if self.undecryptable == 1:
+                log.warning("cannot decrypt a telegram from the meter: %s", exc)
+            try:
+                self.store.writer.count_rejected()
+            except StoreUnavailable:
+                pass
+            return None
+        if self.undecryptable:
+            log.info("telegrams decrypt again (after %d that did not)", self.undecryptable)
+            self.undecryptable = 0
+        return text
 
     def handle(self, telegram: str, received: dt.datetime) -> None:
         """One telegram: to every forward spool, then into InfluxDB (or the spool, in order)."""
