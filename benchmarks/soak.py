@@ -72,6 +72,7 @@ def main() -> None:
         config_path = tmp / "dsmr-ts.yaml"
         config_path.write_text(f"api: {{enabled: true, key: {KEY}}}\ninfluxdb: {{managed: false, url: {influxd.url}}}\n"
                                f"reader: {{port: 'socket://127.0.0.1:{meter_port}', spool_dir: ./spool}}\n")
+        config_path.chmod(0o600)  # it holds the key: dsmr-ts refuses a world-readable one
         bootstrap(load_config(config_path))
         config = load_config(config_path)
         env = {**os.environ, "DSMR_TS_CONFIG": str(config_path)}

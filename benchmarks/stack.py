@@ -70,6 +70,7 @@ class Stack:
         self.config_path.write_text(
             f"api: {{enabled: true, key: {KEY}}}\ninfluxdb: {{managed: false, url: {self.influxd.url}}}\n"
             "reader: {enabled: false}\n" + self.extra_config)
+        self.config_path.chmod(0o600)  # it holds the key: dsmr-ts refuses a world-readable one
         bootstrap(load_config(self.config_path))
         self.config = load_config(self.config_path)
         return self

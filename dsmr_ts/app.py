@@ -42,7 +42,7 @@ def create_app(config: Config | None = None, store: Store | None = None, schema:
     relay = RawRelay(spool_dir) if config.mqtt.enabled and "raw" in config.mqtt.publish else None
     ingest = Ingest(store, on_telegram=relay.send if relay else None)
 
-    app = falcon.App(middleware=[RequestMetricsMiddleware(), ApiAccessMiddleware(config.api)])
+    app = falcon.App(middleware=[RequestMetricsMiddleware(), ApiAccessMiddleware(config.api, config.server.trust_forwarded_headers)])
     errors.install(app)
     app.add_route("/health", HealthResource(store))
     app.add_route("/api/v2/schema", SchemaResource(store.schema))

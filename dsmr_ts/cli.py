@@ -88,7 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
     import_sub = p.add_subparsers(dest="import_source", required=True, metavar="SOURCE")
     q = _command(import_sub, "dsmr-reader", "readings (and older day statistics) from a running DSMR-reader")
     q.add_argument("--url", required=True, help="the DSMR-reader base URL, e.g. http://dsmr-host")
-    q.add_argument("--key", required=True, help="its API key")
+    q.add_argument("--key-file", help="a file holding its API key (or set DSMR_READER_KEY)")
+    q.add_argument("--key", help="its API key (visible in the process list: prefer --key-file or DSMR_READER_KEY)")
     q.add_argument("--since", type=_date_arg, help="only readings from this local day on (default: resume or all)")
     q.add_argument("--meter", help="store them as this meter (default: the meter this dsmr-ts knows)")
     q.add_argument("--source-meter", help="read this meter of a dsmr-ts source (DSMR-reader has one meter)")
@@ -275,12 +276,29 @@ def cmd_import_dsmr_reader(args: argparse.Namespace) -> int:
         since = _local_midnight_of(args.since, config) if args.since else None
         meter = args.meter or store.meters.default()
         try:
-            count = import_readings(store, Source(args.url, args.key, args.source_meter), meter, config.timezone,
-                                    since, progress=sys.stderr)
+            count = import_readings(store, Source(args.url, _source_key(args), args.source_meter), meter,
+                                    config.timezone, since, progress=sys.stderr)
         except SourceError as exc:
             raise CliError(f"{stopped}: {exc}") from None
         print(f"imported {count} readings as meter {meter}")
     return 0
+
+
+def _source_key(args: argparse.Namespace) -> str:
+    """The source's API key: from --key-file, $DSMR_READER_KEY, or (with a warning) --key."""
+    from dsmr_ts.config import read_secret_file
+
+    if args.key_file:
+        key = read_secret_file(Path(args.key_file), "the source's API key")
+        if not key:
+            raise CliError(f"{args.key_file} is empty or missing")
+        return key
+    if os.environ.get("DSMR_READER_KEY"):
+        return os.environ["DSMR_READER_KEY"]
+    if args.key:
+        log.warning("--key shows the key in the process list; prefer --key-file or DSMR_READER_KEY")
+        return args.key
+    raise CliError("give the source's API key with --key-file FILE or DSMR_READER_KEY")
 
 
 def cmd_import_csv(args: argparse.Namespace) -> int:
@@ -542,7 +560,9 @@ def _dsmr_ts_command(*args: str) -> list[str]:
 
 
 def _child_env(config: Config) -> dict[str, str]:
-    env = dict(os.environ)
+    """The environment of run's children: the config, and never the admin token (setup, which
+    run does itself, is the only user of it)."""
+    env = {k: v for k, v in os.environ.items() if k != "DSMR_TS_INFLUXDB_ADMIN_TOKEN"}
     env["DSMR_TS_CONFIG"] = str(config.path)
     return env
 

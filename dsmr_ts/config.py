@@ -70,14 +70,20 @@ class InfluxConfig:
     stats_bucket: str = "dsmr_stats"
     # Used by the API and the reader: read/write on the two buckets only (created by setup).
     token: str = ""
-    # All-access operator token, used by `dsmr-ts setup` alone (onboarding creates it).
+    # The all-access operator token, for `dsmr-ts setup` alone: kept in admin_token_file (0600),
+    # never in this file, which every API worker reads. admin_token (or DSMR_TS_INFLUXDB_ADMIN_TOKEN)
+    # hands setup one of your own; setup then moves it from this file into admin_token_file.
     admin_token: str = ""
+    admin_token_file: str = "./data/influxdb-admin-token"
+    # Grafana's token: read-only on the two buckets, created by setup.
+    grafana_token_file: str = "./data/grafana-influxdb-token"
 
 
 @dataclass
 class ForwardTarget:
     url: str = ""
     key: str = ""
+    key_file: str = ""  # or the key in a file of its own (0600), e.g. a docker or systemd secret
 
 
 @dataclass
@@ -186,6 +192,8 @@ def load_config(path: str | os.PathLike | None = None, *, create: bool = True) -
         raise ConfigError(f"{path}: invalid YAML{where}: {problem}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping of sections at the top level")
+    if _holds_secrets(raw):
+        check_private(path, "the config (it holds the API key and tokens)")
     _apply_env_overrides(raw, os.environ)
     mqtt = raw.get("mqtt")
     if isinstance(mqtt, dict) and isinstance(mqtt.get("tls"), bool):  # YAML reads tls: off / on as booleans
@@ -366,8 +374,9 @@ def _check_semantics(config: Config, problems: _Problems) -> None:
         config.tz
     except (zoneinfo.ZoneInfoNotFoundError, ValueError):
         problems.add("timezone", f"unknown time zone {config.timezone!r} (e.g. Europe/Amsterdam)")
-    if config.api.key and not re.fullmatch(r"[\x21-\x7e]{8,256}", config.api.key):
-        problems.add("api.key", "use 8 to 256 printable characters without spaces")
+    if config.api.key and not re.fullmatch(r"[\x21-\x7e]{32,256}", config.api.key):
+        problems.add("api.key", f"use 32 to 256 printable characters without spaces (got {len(config.api.key)}):"
+                                " a short key can be guessed; delete the line and a 64-character one is made")
     if config.server.workers < 1:
         problems.add("server.workers", f"must be at least 1, got {config.server.workers}")
     bind_problem = _bind_problem(config.server.bind)
@@ -392,6 +401,15 @@ def _check_semantics(config: Config, problems: _Problems) -> None:
     if config.reader.authentication_key and not config.reader.decryption_key:
         problems.add("reader.authentication_key", "is used only with reader.decryption_key; set that too")
     for i, target in enumerate(config.reader.forward):
+        if target.key_file and not target.key:
+            try:
+                target.key = read_secret_file(config.resolve_path(target.key_file), "a forward target's key")
+            except ConfigError as exc:
+                problems.add(f"reader.forward[{i}].key_file", str(exc).split(": ", 1)[1])
+            else:
+                if not target.key:
+                    problems.add(f"reader.forward[{i}].key_file", f"{config.resolve_path(target.key_file)} is empty"
+                                                                  " or missing")
         target_problem = _url_problem(target.url, managed=False)
         if target_problem:
             problems.add(f"reader.forward[{i}].url", target_problem)
@@ -469,6 +487,47 @@ def _check_writable_dir(config: Config, key: str, value: str, problems: _Problem
     elif not os.access(existing, os.W_OK | os.X_OK):
         problems.add(key, f"{'cannot write to' if existing == path else 'cannot create'} {path}"
                           f" ({existing} is not writable for this user)")
+
+
+# --- secret files ----------------------------------------------------------------------------------
+
+
+SECRET_KEYS = {"api": ("key",), "influxdb": ("token", "admin_token"), "mqtt": ("password",),
+               "reader": ("decryption_key", "authentication_key")}
+
+
+def _holds_secrets(raw: dict) -> bool:
+    sections = [(name, raw.get(name)) for name in SECRET_KEYS]
+    found = any(isinstance(section, dict) and any(section.get(key) for key in SECRET_KEYS[name])
+                for name, section in sections)
+    forward = (raw.get("reader") or {}).get("forward") if isinstance(raw.get("reader"), dict) else None
+    return found or any(isinstance(target, dict) and target.get("key") for target in forward or [])
+
+
+def check_private(path: Path, what: str) -> None:
+    """Refuse a secret file that every user on the machine can read (as ssh does with keys)."""
+    try:
+        mode = path.stat().st_mode & 0o777
+    except FileNotFoundError:
+        return
+    if mode & 0o007:
+        raise ConfigError(f"{path}: {what} is readable by every user (mode {mode:04o}); run: chmod 600 {path}")
+
+
+def read_secret_file(path: Path, what: str) -> str:
+    """A token or key kept in a file of its own ('' when there is none)."""
+    check_private(path, what)
+    try:
+        return path.read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        return ""
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read {what}: {exc.strerror}") from None
+
+
+def write_secret_file(path: Path, value: str, mode: int = 0o600) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _write_private(path, value + "\n", mode)
 
 
 # --- persisting generated values -------------------------------------------------------------
@@ -572,7 +631,7 @@ def _set_in_block(lines: list[str], head: int, key: str, quoted: str) -> list[st
     return lines
 
 
-def _write_private(path: Path, text: str) -> None:
+def _write_private(path: Path, text: str, mode: int = 0o600) -> None:
     """Atomically replace the file, readable by its owner only (it holds secrets)."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
@@ -580,7 +639,7 @@ def _write_private(path: Path, text: str) -> None:
             fh.write(text)
             fh.flush()
             os.fsync(fh.fileno())
-        os.chmod(tmp, 0o600)
+        os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

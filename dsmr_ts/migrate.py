@@ -49,6 +49,9 @@ class Source:
 
     def get(self, path_or_url: str, **params: Any) -> Any:
         url = path_or_url if "://" in path_or_url else self.base + path_or_url
+        if _origin(url) != _origin(self.base):  # a `next` link elsewhere: the key goes nowhere else
+            raise SourceError(f"{self.base} sent a link to {_origin(url)}; the key is sent only to {_origin(self.base)},"
+                              " so the import stops here")
         if params:
             if self.meter:
                 params["meter"] = self.meter  # dsmr-ts sources; DSMR-reader ignores unknown parameters
@@ -62,6 +65,12 @@ class Source:
                                + (" (is the API enabled, and the key right?)" if exc.code in (403, 405) else ""))
         except (urllib.error.URLError, OSError, ValueError) as exc:
             raise SourceError(f"cannot read {self.base}: {getattr(exc, 'reason', exc)}") from None
+
+
+def _origin(url: str) -> str:
+    parts = urllib.parse.urlsplit(url)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    return f"{parts.scheme}://{(parts.hostname or '').lower()}:{port}"
 
 
 def _decimal(value: Any) -> float | None:

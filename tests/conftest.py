@@ -16,6 +16,9 @@ from helpers import TEST_KEY, start_api
 
 pytest_plugins = ["openapi_check"]
 
+# Configs the tests write hold the API key: private, as dsmr-ts refuses a world-readable one.
+os.umask(0o077)
+
 
 @pytest.fixture(scope="session")
 def influxd_binary() -> Path:
@@ -42,23 +45,39 @@ def session_config(influxd: ManagedInfluxd, tmp_path_factory: pytest.TempPathFac
     return load_config(path, create=False)
 
 
+def _secrets_of(config_file: Path) -> set[str]:
+    """Every secret a config (and the token files beside it) holds."""
+    try:
+        config = load_config(config_file, create=False)
+    except Exception:  # noqa: BLE001 - a test's deliberately broken config
+        return set()
+    found = {config.api.key, config.influxdb.token, config.influxdb.admin_token, config.mqtt.password,
+             config.reader.decryption_key, config.reader.authentication_key,
+             *(target.key for target in config.reader.forward)}
+    for name in (config.influxdb.admin_token_file, config.influxdb.grafana_token_file):
+        path = config.resolve_path(name)
+        if path.is_file():
+            found.add(path.read_text().strip())
+    # Short values are test placeholders ("wrong", "x"), common words a log may hold for other reasons.
+    return {secret for secret in found if secret and len(secret) >= 16}
+
+
 @pytest.fixture(scope="session", autouse=True)
-def no_secret_in_any_log(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
-    """After the whole run: no log any test produced (gunicorn, reader, dsmr-ts run, influxd, ...)
-    holds the API key or an InfluxDB token."""
+def no_secret_in_any_log(tmp_path_factory: pytest.TempPathFactory) -> Iterator[set[str]]:
+    """After the whole run: no log any test produced (gunicorn, reader, dsmr-ts run, influxd, nginx,
+    mosquitto, ...) and no response any test received (responses.log, written by openapi_check:
+    error bodies, /metrics) holds a secret: the API key, the scoped, admin and Grafana tokens, MQTT
+    passwords, decryption keys, forward keys."""
     secrets: set[str] = {TEST_KEY}
     yield secrets
     base = tmp_path_factory.getbasetemp()
-    for config_file in base.rglob("dsmr-ts.yaml"):
-        try:
-            token = (load_config(config_file, create=False).influxdb.token or "").strip()
-        except Exception:  # noqa: BLE001 - a test's deliberately broken config
-            continue
-        if len(token) >= 20:  # real tokens; some tests use short fake ones like "wrong", a common word
-            secrets.add(token)
-    leaks = [f"{path}: {secret[:6]}..." for path in base.rglob("*.log") if path.is_file()
-             for secret in secrets if secret in path.read_text(errors="replace")]
+    for config_file in base.rglob("*.yaml"):
+        secrets |= _secrets_of(config_file)
+    logs = [path for path in base.rglob("*.log") if path.is_file()]
+    leaks = [f"{path}: {secret[:6]}..." for path in logs for secret in secrets
+             if secret in path.read_text(errors="replace")]
     assert not leaks, f"secrets in logs: {leaks}"
+    assert any(path.name == "responses.log" for path in logs), "the responses were not recorded"
 
 
 @pytest.fixture

@@ -157,8 +157,10 @@ def run_task(config, name: str, scheduled_for) -> None:
     from influxdb_client import InfluxDBClient
     from influxdb_client.rest import ApiException
 
+    from dsmr_ts.influx.bootstrap import admin_token
+
     settings = config.influxdb
-    with InfluxDBClient(url=settings.url, token=settings.admin_token, org=settings.org) as client:  # tasks: admin
+    with InfluxDBClient(url=settings.url, token=admin_token(config), org=settings.org) as client:  # tasks: admin
         task = next(t for t in client.tasks_api().find_tasks(name=name) if t.name == name)
         run = client.tasks_api().run_manually(task.id, scheduled_for=scheduled_for)
 

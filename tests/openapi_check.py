@@ -57,9 +57,15 @@ def _is_dsmr_ts(document: Any) -> bool:
 
 
 @pytest.fixture(scope="session", autouse=True)
-def responses_match_the_schema():
+def responses_match_the_schema(tmp_path_factory):
     original_simulate = falcon.testing.TestClient.simulate_request
     original_request = requests.Session.request
+    # Every response body (its first 64 KiB) goes to responses.log, which the session's secret scan
+    # reads: no error body or /metrics may hold a key or token.
+    recorded = open(tmp_path_factory.getbasetemp() / "responses.log", "ab", buffering=0)  # the scan may read it first
+
+    def record(method: str, path: str, status: int, body: bytes) -> None:
+        recorded.write(f"{method} {path} {status}\n".encode() + body[:65536] + b"\n")
 
     def app_document(client: falcon.testing.TestClient) -> dict | None:
         if not hasattr(client, "openapi_document"):  # fetched once per test client (and so per app)
@@ -82,14 +88,17 @@ def responses_match_the_schema():
 
     def simulate_request(self, method="GET", path="/", *args, **kwargs):
         result = original_simulate(self, method, path, *args, **kwargs)
+        record(method, path, result.status_code, result.content)
         check_response(app_document(self), method, path, result.status_code,
                        result.headers.get("content-type", ""), result.content)
         return result
 
     def request(self, method, url, *args, **kwargs):
         response = original_request(self, method, url, *args, **kwargs)
-        if not kwargs.get("stream"):  # a streamed body is read later by the test itself
+        own_page = response.headers.get("content-type", "").startswith("text/html")  # nginx's 301/413/429 pages
+        if not kwargs.get("stream") and not own_page:  # a streamed body is read later by the test itself
             path = urllib.parse.urlsplit(url).path
+            record(method, path, response.status_code, response.content)
             document = url_document(self, url, response.headers.get("Server", ""))
             check_response(document, method, path, response.status_code,
                            response.headers.get("content-type", ""), response.content)
@@ -100,3 +109,4 @@ def responses_match_the_schema():
     yield CHECKED
     falcon.testing.TestClient.simulate_request = original_simulate
     requests.Session.request = original_request
+    recorded.close()

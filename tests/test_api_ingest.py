@@ -14,6 +14,7 @@ from falcon import testing
 
 from dsmr_ts.app import create_app
 from dsmr_ts.influx.store import Store
+from dsmr_ts.resources.access import MAX_FAILURES, WINDOW, FailedKeys
 from dsmr_ts.telegram import Reading, build_telegram
 from helpers import SAMPLE_TELEGRAMS, TEST_KEY, flux, sample_telegram, stored_reading
 
@@ -310,3 +311,29 @@ def test_v2_post_json_body_round_trips_through_json_module(client):
     data = json.dumps({**DOC_POST, "timestamp": moment.isoformat(), "meter": "E-V2-RAW"})
     response = client.simulate_post(V2, headers={**KEY, "Content-Type": "application/json"}, body=data)
     assert response.status_code == 201
+
+
+def test_guessing_the_key_is_refused_with_429_while_the_right_key_keeps_working(client):
+    attacker, meter = "203.0.113.7", "192.0.2.10"
+    for _ in range(MAX_FAILURES):
+        assert client.simulate_get(V2, headers={"X-AUTHKEY": "guess"}, remote_addr=attacker).status_code == 403
+    refused = client.simulate_get(V2, headers=KEY, remote_addr=attacker)  # even the right key: no oracle
+    assert refused.status_code == 429 and 55 <= int(refused.headers["Retry-After"]) <= int(WINDOW)
+    assert refused.json["detail"].startswith("Too many wrong keys; try again in ")
+    v1 = client.simulate_post(V1, remote_addr=attacker, **form({"telegram": "x"}, {"X-AUTHKEY": "guess"}))
+    assert v1.status_code == 429 and v1.text.startswith("Too many wrong keys")
+    assert client.simulate_get(V2, headers=KEY, remote_addr=meter).status_code == 200  # others unaffected
+
+
+def test_wrong_keys_age_out():
+    clock = [1000.0]
+    failed = FailedKeys(clock=lambda: clock[0])
+    for _ in range(MAX_FAILURES - 1):
+        failed.failed("a")
+    assert failed.retry_after("a") == 0  # one below the threshold
+    failed.failed("a")
+    assert failed.retry_after("a") == WINDOW
+    clock[0] += 30
+    assert failed.retry_after("a") == WINDOW - 30
+    clock[0] += 30
+    assert failed.retry_after("a") == 0 and failed.retry_after("b") == 0

@@ -50,14 +50,14 @@ def test_created_from_example_with_mode_0600(tmp_path):
 
 def test_user_key_is_kept(tmp_path):
     path = tmp_path / "dsmr-ts.yaml"
-    path.write_text("api:\n  key: MYOWNKEY123\n")
-    assert load_config(path).api.key == "MYOWNKEY123"
-    assert path.read_text() == "api:\n  key: MYOWNKEY123\n"
+    path.write_text("api:\n  key: MYOWNKEY1234567890MYOWNKEY1234567890\n")
+    assert load_config(path).api.key == "MYOWNKEY1234567890MYOWNKEY1234567890"
+    assert path.read_text() == "api:\n  key: MYOWNKEY1234567890MYOWNKEY1234567890\n"
 
 
 def test_env_overrides(tmp_path, monkeypatch):
     path = tmp_path / "dsmr-ts.yaml"
-    path.write_text("api:\n  enabled: false\n  key: FILEKEY1234\n")
+    path.write_text("api:\n  enabled: false\n  key: FILEKEY1234567890FILEKEY1234567890AB\n")
     monkeypatch.setenv("DSMR_TS_API_ENABLED", "true")
     monkeypatch.setenv("DSMR_TS_SERVER_WORKERS", "5")
     monkeypatch.setenv("DSMR_TS_INFLUXDB_STATS_BUCKET", "other_stats")
@@ -73,9 +73,9 @@ def test_env_overrides(tmp_path, monkeypatch):
 def test_env_key_is_not_persisted(tmp_path, monkeypatch):
     path = tmp_path / "dsmr-ts.yaml"
     path.write_text("api:\n  enabled: true\n")
-    monkeypatch.setenv("DSMR_TS_API_KEY", "ENVKEY123456")
-    assert load_config(path).api.key == "ENVKEY123456"
-    assert "ENVKEY123456" not in path.read_text() and "key" not in path.read_text()
+    monkeypatch.setenv("DSMR_TS_API_KEY", "ENVKEY123456ENVKEY123456ENVKEY123456")
+    assert load_config(path).api.key == "ENVKEY123456ENVKEY123456ENVKEY123456"
+    assert "ENVKEY123456ENVKEY123456ENVKEY123456" not in path.read_text() and "key" not in path.read_text()
 
 
 @pytest.mark.parametrize(
@@ -144,3 +144,35 @@ def test_mqtt_tls_written_as_yaml_booleans_means_off_or_verify(tmp_path):
     assert load_config(path).mqtt.tls == "off"
     path.write_text("mqtt:\n  tls: on\n")
     assert load_config(path).mqtt.tls == "verify"
+
+
+def test_short_user_keys_are_refused(tmp_path):
+    path = tmp_path / "dsmr-ts.yaml"
+    path.write_text("api:\n  key: short-but-mine\n")
+    with pytest.raises(ConfigError, match="api.key: use 32 to 256 printable characters without spaces \\(got 14\\)"):
+        load_config(path)
+
+
+def test_a_config_every_user_can_read_is_refused(tmp_path):
+    """Like ssh with keys: the file holds the API key and tokens."""
+    path = tmp_path / "dsmr-ts.yaml"
+    load_config(path)  # created 0600 with a generated key
+    path.chmod(0o644)
+    result = subprocess.run(dsmr_ts_command("serve", "--config", str(path)), capture_output=True, text=True,
+                            timeout=60, cwd=REPO)
+    assert result.returncode == 2
+    assert result.stderr == (f"dsmr-ts: config error: {path}: the config (it holds the API key and tokens) is readable"
+                             f" by every user (mode 0644); run: chmod 600 {path}\n")
+    path.chmod(0o640)  # a group of its own may read it (a docker or service group)
+    assert load_config(path).api.key
+
+
+def test_forward_key_from_a_file_of_its_own(tmp_path):
+    key_file = tmp_path / "remote-key"
+    key_file.write_text("REMOTEKEY0123456789REMOTEKEY0123456789\n")
+    path = tmp_path / "dsmr-ts.yaml"
+    path.write_text("reader:\n  forward:\n    - {url: 'http://remote/api/v1/datalogger/dsmrreading', key_file: remote-key}\n")
+    assert load_config(path).reader.forward[0].key == "REMOTEKEY0123456789REMOTEKEY0123456789"
+    key_file.chmod(0o644)
+    with pytest.raises(ConfigError, match=r"reader.forward\[0\].key_file: a forward target's key is readable by every"):
+        load_config(path)

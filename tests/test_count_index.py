@@ -17,7 +17,7 @@ from influxdb_client import InfluxDBClient
 
 from dsmr_ts.app import create_app
 from dsmr_ts.config import load_config
-from dsmr_ts.influx.bootstrap import bootstrap
+from dsmr_ts.influx.bootstrap import admin_token, bootstrap
 from dsmr_ts.influx.server import ManagedInfluxd, free_port
 from dsmr_ts.influx.statistics import HOUR_TASK, INDEX_MEASUREMENT, INDEX_VERSION, floor_hour
 from dsmr_ts.influx.store import Store
@@ -145,7 +145,7 @@ def test_without_a_watermark_everything_is_counted_raw_and_monitoring_says_so(in
                                f"influxdb:\n  managed: false\n  url: {server.url}\n")
         bootstrap(load_config(config_path))
         config = load_config(config_path)
-        with InfluxDBClient(url=config.influxdb.url, token=config.influxdb.admin_token, org=config.influxdb.org) as c:
+        with InfluxDBClient(url=config.influxdb.url, token=admin_token(config), org=config.influxdb.org) as c:
             c.delete_api().delete(dt.datetime(1970, 1, 1, tzinfo=UTC), dt.datetime(1970, 1, 1, 0, 0, 1, tzinfo=UTC),
                                   f'_measurement="{INDEX_MEASUREMENT}"', bucket=config.influxdb.stats_bucket,
                                   org=config.influxdb.org)

@@ -178,7 +178,7 @@ def test_commands_use_the_influxd_that_run_started_and_a_second_run_is_refused(t
 ])
 def test_value_mistakes_are_one_line_naming_file_and_key(tmp_path, text, message):
     path = tmp_path / "dsmr-ts.yaml"
-    path.write_text("api:\n  key: ABCDEFGH12345678\n" + text)
+    path.write_text("api:\n  key: ABCDEFGH12345678ABCDEFGH12345678\n" + text)
     result = subprocess.run(dsmr_ts_command("setup", "--config", str(path)), env=clean_env(), capture_output=True,
                             text=True, timeout=60)
     assert result.returncode == 2
@@ -190,7 +190,7 @@ def test_a_folder_that_cannot_be_created_is_named(tmp_path):
     blocker = tmp_path / "not-a-folder"
     blocker.write_text("")
     path = tmp_path / "dsmr-ts.yaml"
-    path.write_text(f"api:\n  key: ABCDEFGH12345678\ninfluxdb:\n  data_dir: {blocker}/influx\n")
+    path.write_text(f"api:\n  key: ABCDEFGH12345678ABCDEFGH12345678\ninfluxdb:\n  data_dir: {blocker}/influx\n")
     result = subprocess.run(dsmr_ts_command("setup", "--config", str(path)), env=clean_env(), capture_output=True,
                             text=True, timeout=60)
     assert result.stderr.strip() == f"dsmr-ts: config error: {path}: influxdb.data_dir: {blocker} is not a folder"

@@ -3,6 +3,7 @@ simulated readings and statistics, with Grafana's variables substituted; provisi
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 import re
@@ -10,7 +11,7 @@ import re
 import pytest
 import yaml
 
-from dsmr_ts.influx.store import Store
+from dsmr_ts.influx.store import Store, StoreUnavailable
 from dsmr_ts.reader.simulator import MeterSimulator
 from helpers import REPO, flux
 
@@ -36,8 +37,19 @@ def week_store(session_config):
         store.writer.store_readings(readings[first:first + 5000])
     hour = now.replace(minute=0, second=0)
     store.statistics.recompute(hour - WEEK - dt.timedelta(hours=1), hour + dt.timedelta(hours=1), "E-GRAFANA")
-    yield store, now
+    # The panels run with Grafana's own token: read-only on the two buckets (made by setup).
+    token = (session_config.resolve_path(session_config.influxdb.grafana_token_file)).read_text().strip()
+    grafana = Store(dataclasses.replace(session_config.influxdb, token=token), timeout_ms=120_000)
+    yield grafana, now
+    grafana.close()
     store.close()
+
+
+def test_grafana_token_reads_and_cannot_write(week_store):
+    grafana, _ = week_store
+    assert grafana.readings.latest("E-GRAFANA") is not None
+    with pytest.raises(StoreUnavailable, match="HTTP 40[13]"):
+        grafana.client.write("reading,meter=E-INTRUDER electricity_delivered_1=1.0 0")
 
 
 def panel_queries() -> list[tuple[str, str, str, dict]]:
@@ -86,7 +98,8 @@ def test_provisioning_points_panels_at_the_provisioned_datasource():
     (source,) = datasources["datasources"]
     assert source["type"] == "influxdb" and source["jsonData"]["version"] == "Flux"
     used = set(re.findall(r"\$\{(\w+)\}", json.dumps(source)))
-    assert used == {"DSMR_TS_INFLUXDB_URL", "DSMR_TS_INFLUXDB_ORG", "DSMR_TS_INFLUXDB_TOKEN"}
+    assert used == {"DSMR_TS_INFLUXDB_URL", "DSMR_TS_INFLUXDB_ORG"}
+    assert "$__file{" in source["secureJsonData"]["token"]  # the read-only token setup writes
     for path in DASHBOARDS:
         for panel in json.loads(path.read_text())["panels"]:
             assert panel["datasource"]["uid"] == source["uid"]

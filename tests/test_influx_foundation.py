@@ -15,7 +15,7 @@ from influxdb_client.rest import ApiException
 
 from dsmr_ts.app import create_app
 from dsmr_ts.config import load_config
-from dsmr_ts.influx.bootstrap import BootstrapError, bootstrap
+from dsmr_ts.influx.bootstrap import BootstrapError, admin_token, bootstrap
 from dsmr_ts.influx.build import cache_dir
 from dsmr_ts.influx.server import ManagedInfluxd, free_port, is_healthy
 from dsmr_ts.influx.store import Store
@@ -51,10 +51,18 @@ def test_onboarding_then_second_setup_changes_nothing(private_influxd, tmp_path)
     assert "# mine" in path.read_text() and "# by setup" in path.read_text()
     assert stat.S_IMODE(os.stat(tmp_path / "influxdb-login.txt").st_mode) == 0o600
 
+    # The admin token is in its own 0600 file, never in the config that API workers load.
+    admin = admin_token(config)
+    assert admin and config.influxdb.admin_token == "" and admin not in path.read_text()
+    assert stat.S_IMODE(os.stat(tmp_path / "data" / "influxdb-admin-token").st_mode) == 0o600
+    grafana = (tmp_path / "data" / "grafana-influxdb-token").read_text().strip()
+    assert stat.S_IMODE(os.stat(tmp_path / "data" / "grafana-influxdb-token").st_mode) == 0o640  # for Grafana's group
+
     second = bootstrap(config)
     assert (second.onboarded, second.created_buckets, second.token) == (False, [], first.token)
-    assert load_config(path).influxdb.admin_token == config.influxdb.admin_token  # nothing new either
-    with InfluxDBClient(url=private_influxd.url, token=config.influxdb.admin_token, org="dsmr") as client:
+    assert admin_token(load_config(path)) == admin  # nothing new either
+    assert (tmp_path / "data" / "grafana-influxdb-token").read_text().strip() == grafana
+    with InfluxDBClient(url=private_influxd.url, token=admin, org="dsmr") as client:
         buckets = {b.name: b for b in client.buckets_api().find_buckets().buckets if not b.name.startswith("_")}
     assert sorted(buckets) == ["dsmr", "dsmr_stats"]
     # Both keep everything; statistics in shard groups of a year (counts sum hour rows of all of history).
@@ -66,13 +74,13 @@ def test_onboarding_then_second_setup_changes_nothing(private_influxd, tmp_path)
 def test_setup_of_a_set_up_server_without_token_says_what_to_do(session_config, tmp_path):
     path = tmp_path / "dsmr-ts.yaml"
     path.write_text(f"influxdb:\n  managed: false\n  url: {session_config.influxdb.url}\n")
-    with pytest.raises(BootstrapError, match="already set up but influxdb.admin_token is empty"):
+    with pytest.raises(BootstrapError, match="already set up but there is no admin token: put an all-access token"):
         bootstrap(load_config(path))
 
 
 def test_api_token_reaches_its_two_buckets_and_nothing_else(session_config):
     settings = session_config.influxdb
-    assert settings.token and settings.admin_token and settings.token != settings.admin_token
+    assert settings.token and admin_token(session_config) and settings.token != admin_token(session_config)
     with InfluxDBClient(url=settings.url, token=settings.token, org=settings.org) as client:
         names = {b.name for b in client.buckets_api().find_buckets().buckets}
         assert names == {"dsmr", "dsmr_stats"}  # not even the system buckets
@@ -83,7 +91,7 @@ def test_api_token_reaches_its_two_buckets_and_nothing_else(session_config):
             client.tasks_api().update_task_request(tasks[0].id, TaskUpdateRequest(status="inactive"))
         assert "unauthorized" in str(denied.value)  # influxd 2.9 says so with a 500
         assert client.tasks_api().find_task_by_id(tasks[0].id).status == "active"
-        org_id = bootstrap_result_org(settings)
+        org_id = bootstrap_result_org(session_config)
         with pytest.raises(ApiException) as denied:
             client.buckets_api().create_bucket(bucket_name="intruder", org=org_id)
         assert denied.value.status in (401, 403, 404)
@@ -92,8 +100,9 @@ def test_api_token_reaches_its_two_buckets_and_nothing_else(session_config):
         assert denied.value.status in (400, 401, 403)
 
 
-def bootstrap_result_org(settings) -> str:
-    with InfluxDBClient(url=settings.url, token=settings.admin_token, org=settings.org) as admin:
+def bootstrap_result_org(config) -> str:
+    settings = config.influxdb
+    with InfluxDBClient(url=settings.url, token=admin_token(config), org=settings.org) as admin:
         return admin.organizations_api().find_organizations(org=settings.org)[0].id
 
 
@@ -101,12 +110,18 @@ def test_older_config_with_the_all_access_token_is_migrated(private_influxd, tmp
     path = tmp_path / "dsmr-ts.yaml"
     path.write_text(f"influxdb:\n  managed: false\n  url: {private_influxd.url}\n")
     bootstrap(load_config(path))
-    admin = load_config(path).influxdb.admin_token
+    admin = admin_token(load_config(path))
+    (tmp_path / "data" / "influxdb-admin-token").unlink()
     # As an earlier dsmr-ts wrote it: the all-access token as `token`, no admin_token.
     path.write_text(f"influxdb:\n  managed: false\n  url: {private_influxd.url}\n  token: {admin}\n")
     bootstrap(load_config(path))
-    migrated = load_config(path).influxdb
-    assert migrated.admin_token == admin and migrated.token and migrated.token != admin
+    migrated = load_config(path)
+    assert admin_token(migrated) == admin and migrated.influxdb.token and migrated.influxdb.token != admin
+    # And one that kept it as influxdb.admin_token: moved out into its file.
+    path.write_text(f"influxdb:\n  managed: false\n  url: {private_influxd.url}\n  admin_token: {admin}\n")
+    (tmp_path / "data" / "influxdb-admin-token").unlink()
+    bootstrap(load_config(path))
+    assert admin not in path.read_text() and admin_token(load_config(path)) == admin
 
 
 def test_setup_with_a_wrong_token_is_refused_clearly(session_config, tmp_path):

@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
+import http.server
+import json
 import os
 import subprocess
+import threading
 
 import pytest
 
@@ -52,14 +55,17 @@ def target(influxd_binary, tmp_path):
     server.stop()
 
 
-def run(*args: str) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DSMR_TS_")}
-    return subprocess.run(dsmr_ts_command(*args), cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+def run(*args: str, **env: str) -> subprocess.CompletedProcess:
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("DSMR_TS_") and k != "DSMR_READER_KEY"}
+    return subprocess.run(dsmr_ts_command(*args), cwd=REPO, env={**environment, **env}, capture_output=True,
+                          text=True, timeout=300)
 
 
 def test_import_from_a_running_server_then_resume_then_export(source, target, api_server, tmp_path):
     config_path, store = target
-    command = ("--config", str(config_path), "import", "dsmr-reader", "--url", api_server, "--key", TEST_KEY,
+    key_file = tmp_path / "source-key"
+    key_file.write_text(TEST_KEY + "\n")  # 0600: the tests' umask
+    command = ("--config", str(config_path), "import", "dsmr-reader", "--url", api_server, "--key-file", str(key_file),
                "--source-meter", source, "--meter", "E-TARGET")
     first = run(*command)
     assert first.returncode == 0, first.stderr
@@ -77,8 +83,9 @@ def test_import_from_a_running_server_then_resume_then_export(source, target, ap
                          ' and r._field == "electricity1")', {})
     assert sorted(round(r["_value"], 3) for r in older) == [7.5, 8.25]
 
-    # Re-running continues from the cursor: at most the last page again, no duplicates.
-    again = run(*command)
+    # Re-running continues from the cursor: at most the last page again, no duplicates (the key
+    # from the environment this time).
+    again = run(*command[:6], "--source-meter", source, "--meter", "E-TARGET", DSMR_READER_KEY=TEST_KEY)
     assert again.returncode == 0, again.stderr
     assert int(again.stdout.split()[1]) < COUNT
     assert store.readings.brute_force_count("E-TARGET", None, None) == COUNT
@@ -105,7 +112,43 @@ def test_import_with_a_wrong_key_is_one_clear_line(target, api_server):
     result = run("--config", str(config_path), "import", "dsmr-reader", "--url", api_server, "--key", "WRONG")
     assert result.returncode == 1
     assert "answered 403" in result.stderr and "key right" in result.stderr
-    assert "WRONG" not in result.stderr and "Traceback" not in result.stderr
+    assert "--key shows the key in the process list; prefer --key-file or DSMR_READER_KEY" in result.stderr
+    assert result.stderr.count("WRONG") == 0 and "Traceback" not in result.stderr
+    missing = run("--config", str(config_path), "import", "dsmr-reader", "--url", api_server)
+    assert missing.returncode == 1
+    assert missing.stderr.strip().endswith("give the source's API key with --key-file FILE or DSMR_READER_KEY")
+
+
+def test_the_key_goes_only_to_the_origin_it_was_given_for(target, tmp_path):
+    """A source whose `next` link names another host: the import stops before sending the key there."""
+    config_path, _ = target
+    seen: list[tuple[str, str | None]] = []
+    other_port = free_port()
+
+    class Source(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 - http.server's name
+            seen.append((self.headers["Host"], self.headers.get("X-AUTHKEY")))
+            body = json.dumps({"count": 2, "next": f"http://127.0.0.1:{other_port}/api/v2/datalogger/dsmrreading?offset=1",
+                               "previous": None, "results": []}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Source)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        result = run("--config", str(config_path), "import", "dsmr-reader", "--url",
+                     f"http://127.0.0.1:{server.server_port}", DSMR_READER_KEY=TEST_KEY)
+    finally:
+        server.shutdown()
+    assert result.returncode == 1
+    assert f"sent a link to http://127.0.0.1:{other_port}; the key is sent only to" in result.stderr
+    assert all(host.endswith(f":{server.server_port}") for host, _ in seen)  # never the other port
 
 
 def test_import_csv_of_day_statistics(target, tmp_path):

@@ -70,7 +70,9 @@ def test_run_starts_everything_with_a_simulated_meter_and_sigint_stops_all(tmp_p
         assert "api.key" in output
         written = yaml.safe_load(config_path.read_text())
         assert written["influxdb"]["token"] and written["api"]["key"]
-        for secret in (written["influxdb"]["token"], written["influxdb"]["admin_token"], written["api"]["key"]):
+        assert not written["influxdb"].get("admin_token")  # kept in its own file, for setup alone
+        admin = (tmp_path / "data" / "influxdb-admin-token").read_text().strip()
+        for secret in (written["influxdb"]["token"], admin, written["api"]["key"]):
             assert secret and secret not in output
         assert processes_mentioning(str(tmp_path)), "children should be running"
         # Ctrl-C: the terminal sends SIGINT to the foreground process group (make and dsmr-ts run).

@@ -24,6 +24,7 @@ from influxdb_client import InfluxDBClient
 from dsmr_ts.app import create_app
 from dsmr_ts.config import PricePeriod
 from dsmr_ts.influx.statistics import DAY_TASK, HOUR_TASK, QUARTER_TASK, ensure_tasks, task_specs
+from dsmr_ts.influx.bootstrap import admin_token
 from dsmr_ts.influx.store import Store
 from dsmr_ts.telegram import Reading, build_telegram
 from helpers import REPO, TEST_KEY, dsmr_ts_command, flux, run_task
@@ -252,7 +253,7 @@ def test_ordering_and_pagination(client):
 
 def test_tasks_created_once_and_updated_idempotently(session_config):
     settings = session_config.influxdb
-    with InfluxDBClient(url=settings.url, token=settings.admin_token, org=settings.org) as client:
+    with InfluxDBClient(url=settings.url, token=admin_token(session_config), org=settings.org) as client:
         org_id = client.organizations_api().find_organizations(org=settings.org)[0].id
         assert ensure_tasks(client, session_config, org_id) == []  # setup made them already
         schedules = {HOUR_TASK: "every: 1h", DAY_TASK: "every: 1h", QUARTER_TASK: "every: 15m"}
@@ -280,7 +281,7 @@ def test_influxdb_tasks_write_the_same_rows_as_regenerate(session_config, store)
     expected_day = _statistics_rows(store, "day", day_start, day_stop)
     assert expected_hours and expected_day
     settings = session_config.influxdb
-    with InfluxDBClient(url=settings.url, token=settings.admin_token, org=settings.org) as client:  # tasks: admin
+    with InfluxDBClient(url=settings.url, token=admin_token(session_config), org=settings.org) as client:  # tasks: admin
         for measurement, (a, b) in (("hour", (start, stop)), ("day", (day_start, day_stop))):
             client.delete_api().delete(a, b - dt.timedelta(seconds=1), f'_measurement="{measurement}" AND meter="{METER}"',
                                        bucket=settings.stats_bucket, org=settings.org)

@@ -3,11 +3,22 @@
 v1 (plain text): disabled -> 405 `API is disabled` (Allow: POST); bad key -> 403 `Invalid auth key`.
 v2 (JSON):       disabled -> 403 {"detail": "API is disabled"}; bad key -> 403 {"detail": "Invalid auth key"}.
 Resources with `auth_exempt = True` (/health, /api/v2/schema) are always public.
+
+Guessing the key: a client that sent a wrong key MAX_FAILURES times within WINDOW seconds gets 429
+(`Retry-After`) for every request until the oldest of those failures is WINDOW old, even with the
+right key (else guessing would go on); other clients are not affected. A client is its address,
+or behind a trusted proxy (server.trust_forwarded_headers) the address the proxy forwards. Counted
+per worker process.
 """
 
 from __future__ import annotations
 
+import collections
 import hmac
+import math
+import threading
+import time
+from typing import Callable
 
 import falcon
 
@@ -39,9 +50,49 @@ def key_matches(presented: str | None, expected: str) -> bool:
     return hmac.compare_digest(presented.encode("latin-1", "replace"), expected.encode("latin-1", "replace"))
 
 
+MAX_FAILURES = 10
+WINDOW = 60.0  # seconds
+MAX_CLIENTS = 10_000  # clients remembered at once (the oldest are forgotten first)
+
+
+class FailedKeys:
+    """Wrong keys per client within the last WINDOW seconds."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic):
+        self.clock = clock
+        self._failures: collections.OrderedDict[str, collections.deque[float]] = collections.OrderedDict()
+        self._lock = threading.Lock()
+
+    def retry_after(self, client: str) -> int:
+        """Seconds until the client may try again (0: it may now)."""
+        now = self.clock()
+        with self._lock:
+            failures = self._failures.get(client)
+            if not failures:
+                return 0
+            while failures and now - failures[0] >= WINDOW:
+                failures.popleft()
+            if len(failures) < MAX_FAILURES:
+                return 0
+            return max(1, math.ceil(WINDOW - (now - failures[0])))
+
+    def failed(self, client: str) -> None:
+        with self._lock:
+            failures = self._failures.setdefault(client, collections.deque(maxlen=MAX_FAILURES))
+            failures.append(self.clock())
+            self._failures.move_to_end(client)
+            while len(self._failures) > MAX_CLIENTS:
+                self._failures.popitem(last=False)
+
+
 class ApiAccessMiddleware:
-    def __init__(self, settings: ApiConfig):
+    def __init__(self, settings: ApiConfig, trust_forwarded: bool = False, failed: FailedKeys | None = None):
         self.settings = settings
+        self.trust_forwarded = trust_forwarded
+        self.failed = failed or FailedKeys()
+
+    def _client(self, req: falcon.Request) -> str:
+        return req.access_route[0] if self.trust_forwarded and req.access_route else req.remote_addr
 
     def process_resource(self, req: falcon.Request, resp: falcon.Response, resource: object, params: dict) -> None:
         if resource is None or getattr(resource, "auth_exempt", False):
@@ -52,7 +103,14 @@ class ApiAccessMiddleware:
                 resp.set_header("Allow", "POST")
             else:
                 _refuse(resp, falcon.HTTP_403, "API is disabled", text=False)
+            return
+        client = self._client(req)
+        wait = self.failed.retry_after(client)
+        if wait:
+            _refuse(resp, falcon.HTTP_429, f"Too many wrong keys; try again in {wait} s", text=is_v1(req))
+            resp.set_header("Retry-After", str(wait))
         elif not key_matches(presented_key(req), self.settings.key):
+            self.failed.failed(client)
             _refuse(resp, falcon.HTTP_403, "Invalid auth key", text=is_v1(req))
 
 

@@ -168,7 +168,7 @@ def _v5_schemas(schema: ReadingSchema) -> dict[str, Any]:
 
 
 def _simple_get(schema: str, summary: str, meter: bool = True) -> dict[str, Any]:
-    errors = {name: V2_ERRORS[name] for name in (("400", "403", "503") if meter else ("403", "503"))}
+    errors = {name: V2_ERRORS[name] for name in (("400", "403", "429", "503") if meter else ("403", "429", "503"))}
     return {"get": {"summary": summary, "security": KEY_SECURITY,
                     "parameters": [PAGING[2]] if meter else [],
                     "responses": {"200": _json(schema, summary), **errors}}}
@@ -204,6 +204,7 @@ V2_ERRORS = {
             "content": {JSON: {"schema": {"anyOf": [{"$ref": "#/components/schemas/FieldErrors"},
                                                     {"$ref": "#/components/schemas/Detail"}]}}}},
     "403": _json("Detail", "API disabled, or a wrong or missing key"),
+    "429": _json("Detail", "too many wrong keys from this client lately (Retry-After)"),
     "503": _json("Detail", "InfluxDB unavailable"),
 }
 KEY_SECURITY = [{"X-AUTHKEY": []}, {"TokenAuth": []}]
@@ -295,6 +296,7 @@ def openapi_document(schema: ReadingSchema = SCHEMA) -> dict[str, Any]:
                 "responses": {"201": {"description": "stored (empty body)"},
                               "400": _text("`Invalid data`, or why the telegram was rejected"),
                               "403": _text("`Invalid auth key`"), "405": _text("`API is disabled`"),
+                              "429": _text("too many wrong keys from this client lately (Retry-After)"),
                               "413": _text("body too large"), "503": _text("InfluxDB unavailable")}}},
             "/api/v2/datalogger/dsmrreading": {
                 **_list_operation("Reading", "timestamp", datetime_filter, "readings"),
@@ -314,7 +316,7 @@ def openapi_document(schema: ReadingSchema = SCHEMA) -> dict[str, Any]:
                 "security": [*KEY_SECURITY, {}],
                 "responses": {"200": {"description": "Prometheus text format",
                                       "content": {"text/plain": {"schema": {"type": "string"}}}},
-                              "403": V2_ERRORS["403"]}}},
+                              "403": V2_ERRORS["403"], "429": V2_ERRORS["429"]}}},
             "/api/v2/application/version": _simple_get("Version", "dsmr-ts version", meter=False),
             "/api/v2/application/monitoring": _simple_get("Monitoring", "problems an operator should look at",
                                                           meter=False),
