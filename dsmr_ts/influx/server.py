@@ -154,6 +154,7 @@ class ManagedInfluxd:
         _write_private_json(self.data_dir / PID_FILE, {"pid": self.process.pid, "url": self.url})
 
     def _release(self) -> None:
+        """Let go of the data dir's lock (influxd keeps its own copy for as long as it runs)."""
         lock, self._lock = getattr(self, "_lock", None), None
         if lock is not None:
             os.close(lock)
@@ -296,12 +297,19 @@ class InfluxdService:
         return f"http://{self.host}:{self.port}"
 
     def start(self) -> None:
+        if isinstance(self.current, ManagedInfluxd):
+            self.current._release()  # the data dir's lock of the one that ended
         self.current = use_or_start(self.binary, self.data_dir, self.host, self.port)
 
     def exit_status(self) -> int | None:
         current = self.current
         if isinstance(current, ManagedInfluxd):
-            return current.process.poll() if current.process else None
+            status = current.process.poll() if current.process else None
+            if status is not None:
+                # It died (a crash, kill -9): our copy of its lock would keep the next start
+                # thinking an influxd still runs for the data dir.
+                current._release()
+            return status
         if isinstance(current, RunningInfluxd) and not current.alive():
             return -9  # not ours: how it ended is unknown; it is gone
         return None
