@@ -21,6 +21,8 @@ setup(
         "prometheus-client>=0.17,<1",
         "paho-mqtt>=2,<3",
         "cryptography>=41,<47",
+        "psycopg[binary]>=3.1,<4",  # dsmr-ts import dsmr-reader --database (PostgreSQL)
+        "PyMySQL>=1.1,<2",  # ... (MySQL, MariaDB)
     ],
     extras_require={"test": ["pytest>=8,<10", "requests>=2.31,<3", "jsonschema>=4.18,<5", "openapi-spec-validator>=0.7,<1",
                            "schemathesis>=4,<5"]},

@@ -87,7 +87,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = _command(sub, "import", "bring in history from another server or a CSV file")
     import_sub = p.add_subparsers(dest="import_source", required=True, metavar="SOURCE")
     q = _command(import_sub, "dsmr-reader", "readings (and older day statistics) from a running DSMR-reader")
-    q.add_argument("--url", required=True, help="the DSMR-reader base URL, e.g. http://dsmr-host")
+    origin = q.add_mutually_exclusive_group()
+    origin.add_argument("--url", help="the DSMR-reader base URL, e.g. http://dsmr-host (its API)")
+    origin.add_argument("--database", metavar="URL",
+                        help="its database, read directly (fast): postgresql://user@host/dsmrreader, mysql://...,"
+                             " sqlite:///path (or DSMR_READER_DATABASE; a password there stays out of the process list)")
     q.add_argument("--key-file", help="a file holding its API key (or set DSMR_READER_KEY)")
     q.add_argument("--key", help="its API key (visible in the process list: prefer --key-file or DSMR_READER_KEY)")
     q.add_argument("--since", type=_date_arg, help="only readings from this local day on (default: resume or all)")
@@ -272,9 +276,21 @@ def cmd_import_dsmr_reader(args: argparse.Namespace) -> int:
 
     config = _config(args)
     stopped = "import stopped (run it again to continue)"
+    database = args.database or (os.environ.get("DSMR_READER_DATABASE") if not args.url else None)
+    if not database and not args.url:
+        raise CliError("say where to import from: --url (DSMR-reader's API) or --database (its database)")
     with _store_session(config, stopped) as store:
         since = _local_midnight_of(args.since, config) if args.since else None
         meter = args.meter or store.meters.default()
+        if database:
+            from dsmr_ts.import_database import DatabaseError, import_database
+
+            try:
+                count = import_database(store, database, meter, config.timezone, since, progress=sys.stderr)
+            except DatabaseError as exc:
+                raise CliError(f"{stopped}: {exc}") from None
+            print(f"imported {count} readings as meter {meter}")
+            return 0
         try:
             count = import_readings(store, Source(args.url, _source_key(args), args.source_meter), meter,
                                     config.timezone, since, progress=sys.stderr)

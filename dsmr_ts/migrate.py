@@ -26,7 +26,7 @@ from dsmr_ts.influx.statistics import DAY_MEASUREMENT, HOUR_MEASUREMENT, USAGE_F
 from dsmr_ts.influx.store import Store
 from dsmr_ts.influx.writer import write_in_bulk
 from dsmr_ts.progress import ProgressBar
-from dsmr_ts.telegram import Reading
+from dsmr_ts.telegram import Reading, gas_is_hourly
 
 log = logging.getLogger(__name__)
 
@@ -112,6 +112,7 @@ def import_readings(store: Store, source: Source, meter: str, timezone: str, sin
         params["timestamp__gte"] = start.strftime("%Y-%m-%dT%H:%M:%SZ")
     page = source.get("/api/v2/datalogger/dsmrreading", **params)
     total = int(page["count"])
+    hourly_gas = _hourly_gas(source)
     log.info("importing %d readings from %s%s", total, source.base, f" since {start:%Y-%m-%d %H:%M}" if start else "")
     bar = ProgressBar(total, "readings", stream=progress)
     written, readings, first, last = 0, [], None, None
@@ -124,7 +125,7 @@ def import_readings(store: Store, source: Source, meter: str, timezone: str, sin
         written += len(page["results"])
         if len(readings) >= BATCH or not page["next"]:
             if readings:
-                store.writer.bulk(readings)
+                store.writer.bulk(readings, hourly_gas)
                 readings = []
                 store.meters.save_import_cursor(cursor_name, last)  # resumable from here
         bar.advance(len(page["results"]))
@@ -137,6 +138,16 @@ def import_readings(store: Store, source: Source, meter: str, timezone: str, sin
         log.info("regenerating statistics for %s .. %s", first.date(), last.date())
         regenerate_range(store, first, last, meter, began)
     return written
+
+
+def _hourly_gas(source: Source) -> bool:
+    """Does the source's meter report gas hourly (DSMR 2.2-4: booked an hour earlier)? Asked of its
+    meter statistics; a source without them (an older DSMR-reader) is taken for DSMR 5."""
+    try:
+        statistics = source.get("/api/v2/datalogger/meter-statistics")
+    except SourceError:
+        return False
+    return "dsmr_version" in statistics and gas_is_hourly(statistics.get("dsmr_version"))
 
 
 def regenerate_range(store: Store, first: dt.datetime, last: dt.datetime, meter: str, began: dt.datetime) -> None:

@@ -107,9 +107,14 @@ class Telegram:
 
     @property
     def hourly_gas(self) -> bool:
-        """DSMR 4 and DSMR 2.2/3 (no version line) report gas once an hour, stamped at its end."""
-        version = str(self.statistics.get("dsmr_version", ""))
-        return version == "" or (version.startswith("4") and len(version) == 2)
+        return gas_is_hourly(self.statistics.get("dsmr_version"))
+
+
+def gas_is_hourly(dsmr_version: object) -> bool:
+    """DSMR 4 ('40'..'42') and DSMR 2.2/3 (no version line) report gas once an hour, stamped at its
+    end (booked an hour earlier); DSMR 5, Fluvius and the others every 5 minutes, as stamped."""
+    version = str(dsmr_version or "")
+    return version == "" or (version.startswith("4") and len(version) == 2)
 
 
 # --- CRC-16/ARC ------------------------------------------------------------------------------

@@ -1,0 +1,68 @@
+"""Import speed from DSMR-reader's own database: a real PostgreSQL (Debian) holding N DSMR-reader
+readings (10-second readings of a one-phase DSMR 4 household, its Django table layout), read by
+`dsmr-ts import dsmr-reader --database` into a fresh influxd. Prints readings/s of the whole
+import (reading, line building, writing, the statistics regenerated afterwards) and each part's CPU.
+
+    .venv/bin/python benchmarks/import_database.py [--readings 1000000]
+
+Starts its own PostgreSQL and influxd in temp dirs. DSMR-reader's own API importer figure is
+printed labelled as measured separately.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import sys
+import time
+
+from stack import REPO, Stack
+
+sys.path.insert(0, str(REPO / "tests"))
+from dsmr_reader_db import Postgres, reading_rows  # noqa: E402
+
+from dsmr_ts.import_database import import_database  # noqa: E402
+from dsmr_ts.influx.store import Store  # noqa: E402
+
+# Measured separately (not in this run): `dsmr-ts import dsmr-reader --url` through DSMR-reader v5.11's
+# API moved 157,600 readings in 34 s on this machine kind (limited by DSMR-reader's API).
+API_IMPORT = "4,700 readings/s through DSMR-reader's API (measured separately)"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--readings", type=int, default=1_000_000)
+    args = parser.parse_args()
+    sys.stdout.reconfigure(line_buffering=True)
+    start = dt.datetime(2023, 1, 1, tzinfo=dt.timezone.utc)
+    database = Postgres()
+    try:
+        began = time.perf_counter()
+        database.load(reading_rows(args.readings, start))
+        print(f"PostgreSQL loaded with {args.readings:,} DSMR-reader readings in {time.perf_counter() - began:.0f} s")
+        with Stack() as stack:
+            store = Store(stack.config.influxdb, timeout_ms=3_600_000)
+            before = (time.process_time(), stack.cpu()[1])
+            began = time.perf_counter()
+            written = import_database(store, database.url, "BENCH-IMPORT", stack.config.timezone)
+            elapsed = time.perf_counter() - began
+            own, influx = time.process_time() - before[0], stack.cpu()[1] - before[1]
+            count = store.readings.brute_force_count("BENCH-IMPORT", None, None)
+            print(f"import --database: {written:,} readings in {elapsed:.1f} s = {written / elapsed:,.0f} readings/s"
+                  f" (the statistics regenerated afterwards included); stored {count:,}")
+            print(f"cpu: the importer (PostgreSQL's COPY read, line protocol, writes) {own:.0f} s, influxd"
+                  f" {influx:.0f} s; 2 cores give {elapsed * 2:.0f} cpu-s in that time")
+            first = start
+            last = start + dt.timedelta(seconds=10 * (args.readings - 1))
+            began = time.perf_counter()
+            store.statistics.recompute(first.replace(minute=0, second=0), last + dt.timedelta(hours=1),
+                                       "BENCH-IMPORT")
+            print(f"  of which the statistics (recomputed once more on their own): {time.perf_counter() - began:.1f} s")
+            print(API_IMPORT)
+            store.close()
+    finally:
+        database.stop()
+
+
+if __name__ == "__main__":
+    main()
