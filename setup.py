@@ -21,6 +21,7 @@ setup(
         "prometheus-client>=0.17,<1",
         "paho-mqtt>=2,<3",
         "cryptography>=41,<47",
+        "crcmod-plus>=2.1,<3",  # CRC-16 in C (import name crcmod): the telegram check, per request
         "psycopg[binary]>=3.1,<4",  # dsmr-ts import dsmr-reader --database (PostgreSQL)
         "PyMySQL>=1.1,<2",  # ... (MySQL, MariaDB)
     ],
