@@ -46,6 +46,10 @@ def main(argv: list[str] | None = None) -> int:
     except CliError as exc:
         print(f"dsmr-ts: {exc}", file=sys.stderr)
         return 1
+    except OSError as exc:  # a folder or file the system refused after the config checks passed
+        where = f": {exc.filename}" if exc.filename else ""
+        print(f"dsmr-ts: {exc.strerror or exc}{where}", file=sys.stderr)
+        return 1
 
 
 class CliError(Exception):

@@ -484,9 +484,13 @@ def _check_writable_dir(config: Config, key: str, value: str, problems: _Problem
         existing = existing.parent
     if existing.exists() and not existing.is_dir():
         problems.add(key, f"{existing} is not a folder")
-    elif not os.access(existing, os.W_OK | os.X_OK):
+        return
+    # os.access says yes to root everywhere (/proc, a read-only mount): try it, and leave nothing behind.
+    try:
+        tempfile.TemporaryDirectory(dir=existing, prefix=".dsmr-ts-probe-").cleanup()
+    except OSError as exc:
         problems.add(key, f"{'cannot write to' if existing == path else 'cannot create'} {path}"
-                          f" ({existing} is not writable for this user)")
+                          f" ({existing} refused it: {exc.strerror.lower() if exc.strerror else 'not writable'})")
 
 
 # --- secret files ----------------------------------------------------------------------------------

@@ -196,6 +196,19 @@ def test_a_folder_that_cannot_be_created_is_named(tmp_path):
     assert result.stderr.strip() == f"dsmr-ts: config error: {path}: influxdb.data_dir: {blocker} is not a folder"
 
 
+def test_a_folder_the_system_refuses_is_named_even_for_root(tmp_path):
+    """os.access says yes to root everywhere; /proc takes no new folders from anyone."""
+    path = tmp_path / "dsmr-ts.yaml"
+    path.write_text("influxdb:\n  data_dir: /proc/dsmr-ts-data\n")
+    path.chmod(0o600)
+    result = subprocess.run(dsmr_ts_command("run", "--config", str(path)), env=clean_env(), capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 2
+    assert result.stderr.startswith(f"dsmr-ts: config error: {path}: influxdb.data_dir: cannot create"
+                                    " /proc/dsmr-ts-data (/proc refused it: ")
+    assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+
+
 def test_with_several_mistakes_the_first_in_the_file_is_reported_every_time(tmp_path):
     path = tmp_path / "dsmr-ts.yaml"
     path.write_text("server:\n  workers: 0\n  bind: nowhere\ntimezone: Mars/Base\napi:\n  enabled: perhaps\n"
