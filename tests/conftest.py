@@ -12,6 +12,7 @@ from dsmr_ts.config import Config, load_config
 from dsmr_ts.influx.bootstrap import bootstrap
 from dsmr_ts.influx.build import ensure_influxd
 from dsmr_ts.influx.server import ManagedInfluxd, free_port
+from dsmr_ts.influx.store import Store
 from helpers import TEST_KEY, start_api
 
 pytest_plugins = ["openapi_check"]
@@ -31,6 +32,26 @@ def influxd(influxd_binary: Path, tmp_path_factory: pytest.TempPathFactory) -> I
     server.start()
     yield server
     server.stop()
+
+
+@pytest.fixture
+def private_influxd(influxd_binary: Path, tmp_path: Path) -> Iterator[ManagedInfluxd]:
+    """An influxd of one test's own, for tests that stop it or need an empty store."""
+    server = ManagedInfluxd(influxd_binary, tmp_path / "influxd", port=free_port())
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def import_target(private_influxd: ManagedInfluxd, tmp_path: Path) -> Iterator[tuple[Path, Store]]:
+    """(config path, Store) of an empty, set-up store: where an import writes."""
+    config_path = tmp_path / "dsmr-ts.yaml"
+    config_path.write_text(f"influxdb:\n  managed: false\n  url: {private_influxd.url}\n")
+    bootstrap(load_config(config_path))
+    store = Store(load_config(config_path).influxdb)
+    yield config_path, store
+    store.close()
 
 
 @pytest.fixture(scope="session")

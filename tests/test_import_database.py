@@ -10,9 +10,6 @@ import subprocess
 
 import pytest
 
-from dsmr_ts.config import load_config
-from dsmr_ts.influx.bootstrap import bootstrap
-from dsmr_ts.influx.server import ManagedInfluxd, free_port
 from dsmr_ts.influx.store import Store
 from dsmr_reader_db import Postgres, reading_rows, sqlite_database
 from helpers import REPO, dsmr_ts_command, flux, stored_reading
@@ -34,18 +31,6 @@ def postgres():
     database.load(reading_rows(COUNT, START), DAYS, dsmr_version="42")
     yield database
     database.stop()
-
-
-@pytest.fixture
-def target(influxd_binary, tmp_path):
-    server = ManagedInfluxd(influxd_binary, tmp_path / "influxd", port=free_port()).start()
-    config_path = tmp_path / "dsmr-ts.yaml"
-    config_path.write_text(f"influxdb:\n  managed: false\n  url: {server.url}\n")
-    bootstrap(load_config(config_path))
-    store = Store(load_config(config_path).influxdb)
-    yield config_path, store
-    store.close()
-    server.stop()
 
 
 def run(config_path, *args: str, **env: str) -> subprocess.CompletedProcess:
@@ -73,8 +58,8 @@ def check_imported(store: Store, meter: str) -> None:
     assert {row["_field"]: round(row["_value"], 3) for row in hours} == {"electricity1": 0.359, "reading_count": 360}
 
 
-def test_import_from_postgresql_then_resume(postgres, target, capsys):
-    config_path, store = target
+def test_import_from_postgresql_then_resume(postgres, import_target, capsys):
+    config_path, store = import_target
     first = run(config_path, "--meter", "E-PG", DSMR_READER_DATABASE=postgres.url)
     assert first.returncode == 0, first.stderr
     assert first.stdout.strip() == f"imported {COUNT} readings as meter E-PG"
@@ -94,16 +79,16 @@ def test_import_from_postgresql_then_resume(postgres, target, capsys):
     assert store.readings.brute_force_count("E-PG", None, None) == COUNT
 
 
-def test_import_from_sqlite(tmp_path, target):
-    config_path, store = target
+def test_import_from_sqlite(tmp_path, import_target):
+    config_path, store = import_target
     url = sqlite_database(tmp_path / "db.sqlite3", reading_rows(COUNT, START), DAYS)
     result = run(config_path, "--database", url, "--meter", "E-SQLITE")
     assert result.returncode == 0, result.stderr
     check_imported(store, "E-SQLITE")
 
 
-def test_a_database_that_cannot_be_read_is_one_line_without_the_password(target, postgres):
-    config_path, _ = target
+def test_a_database_that_cannot_be_read_is_one_line_without_the_password(import_target, postgres):
+    config_path, _ = import_target
     wrong = postgres.url.replace("postgres@", "postgres:s3cret-pw@").replace("/dsmrreader", "/nosuchdb")
     result = run(config_path, DSMR_READER_DATABASE=wrong)
     assert result.returncode == 1

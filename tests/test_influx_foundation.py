@@ -17,7 +17,7 @@ from dsmr_ts.app import create_app
 from dsmr_ts.config import load_config
 from dsmr_ts.influx.bootstrap import BootstrapError, admin_token, bootstrap
 from dsmr_ts.influx.build import cache_dir
-from dsmr_ts.influx.server import ManagedInfluxd, free_port, is_healthy
+from dsmr_ts.influx.server import free_port, is_healthy
 from dsmr_ts.influx.store import Store
 from helpers import REPO, dsmr_ts_command
 
@@ -30,14 +30,6 @@ def test_influxd_path_answers_from_cache(influxd_binary):
         assert influxd_binary.parent == cache_dir()
     version = subprocess.run([str(influxd_binary), "version"], capture_output=True, text=True, timeout=30)
     assert version.stdout.startswith("InfluxDB 2.9.1"), version.stdout
-
-
-@pytest.fixture
-def private_influxd(influxd_binary, tmp_path):
-    server = ManagedInfluxd(influxd_binary, tmp_path / "influxd", port=free_port())
-    server.start()
-    yield server
-    server.stop()
 
 
 def test_onboarding_then_second_setup_changes_nothing(private_influxd, tmp_path):

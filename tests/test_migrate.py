@@ -13,9 +13,7 @@ import threading
 
 import pytest
 
-from dsmr_ts.config import load_config
-from dsmr_ts.influx.bootstrap import bootstrap
-from dsmr_ts.influx.server import ManagedInfluxd, free_port
+from dsmr_ts.influx.server import free_port
 from dsmr_ts.influx.store import Store
 from dsmr_ts.telegram import Reading
 from helpers import REPO, TEST_KEY, dsmr_ts_command, flux, write_lines
@@ -45,24 +43,14 @@ def source(session_config):
     return SOURCE_METER
 
 
-@pytest.fixture
-def target(influxd_binary, tmp_path):
-    server = ManagedInfluxd(influxd_binary, tmp_path / "influxd", port=free_port()).start()
-    config_path = tmp_path / "dsmr-ts.yaml"
-    config_path.write_text(f"influxdb:\n  managed: false\n  url: {server.url}\n")
-    bootstrap(load_config(config_path))
-    yield config_path, Store(load_config(config_path).influxdb)
-    server.stop()
-
-
 def run(*args: str, **env: str) -> subprocess.CompletedProcess:
     environment = {k: v for k, v in os.environ.items() if not k.startswith("DSMR_TS_") and k != "DSMR_READER_KEY"}
     return subprocess.run(dsmr_ts_command(*args), cwd=REPO, env={**environment, **env}, capture_output=True,
                           text=True, timeout=300)
 
 
-def test_import_from_a_running_server_then_resume_then_export(source, target, api_server, tmp_path):
-    config_path, store = target
+def test_import_from_a_running_server_then_resume_then_export(source, import_target, api_server, tmp_path):
+    config_path, store = import_target
     key_file = tmp_path / "source-key"
     key_file.write_text(TEST_KEY + "\n")  # 0600: the tests' umask
     command = ("--config", str(config_path), "import", "dsmr-reader", "--url", api_server, "--key-file", str(key_file),
@@ -104,11 +92,10 @@ def test_import_from_a_running_server_then_resume_then_export(source, target, ap
     assert days.returncode == 0, days.stderr
     assert days.stdout.splitlines()[0].startswith("day,electricity1,")
     assert len(days.stdout.splitlines()) == 1 + 3  # the two older days and the imported day
-    store.close()
 
 
-def test_import_with_a_wrong_key_is_one_clear_line(target, api_server):
-    config_path, _ = target
+def test_import_with_a_wrong_key_is_one_clear_line(import_target, api_server):
+    config_path, _ = import_target
     result = run("--config", str(config_path), "import", "dsmr-reader", "--url", api_server, "--key", "WRONG")
     assert result.returncode == 1
     assert "answered 403" in result.stderr and "key right" in result.stderr
@@ -119,9 +106,9 @@ def test_import_with_a_wrong_key_is_one_clear_line(target, api_server):
     assert missing.stderr.strip().endswith("give the source's API key with --key-file FILE or DSMR_READER_KEY")
 
 
-def test_the_key_goes_only_to_the_origin_it_was_given_for(target, tmp_path):
+def test_the_key_goes_only_to_the_origin_it_was_given_for(import_target, tmp_path):
     """A source whose `next` link names another host: the import stops before sending the key there."""
-    config_path, _ = target
+    config_path, _ = import_target
     seen: list[tuple[str, str | None]] = []
     other_port = free_port()
 
@@ -151,8 +138,8 @@ def test_the_key_goes_only_to_the_origin_it_was_given_for(target, tmp_path):
     assert all(host.endswith(f":{server.server_port}") for host, _ in seen)  # never the other port
 
 
-def test_import_csv_of_day_statistics(target, tmp_path):
-    config_path, store = target
+def test_import_csv_of_day_statistics(import_target, tmp_path):
+    config_path, store = import_target
     path = tmp_path / "day-statistics.csv"
     # As DSMR-reader's admin exports them: its field names, semicolons, extra columns.
     path.write_text("id;day;total_cost;electricity1;electricity2;electricity1_returned;electricity2_returned;gas\n"
@@ -170,8 +157,8 @@ def test_import_csv_of_day_statistics(target, tmp_path):
     store.close()
 
 
-def test_import_csv_names_the_bad_line(target, tmp_path):
-    config_path, _ = target
+def test_import_csv_names_the_bad_line(import_target, tmp_path):
+    config_path, _ = import_target
     path = tmp_path / "bad.csv"
     path.write_text("day,electricity1\n2019-06-01,1.0\nyesterday,2.0\n")
     result = run("--config", str(config_path), "import", "csv", str(path))

@@ -16,7 +16,7 @@ import pytest
 
 from dsmr_ts.config import load_config
 from dsmr_ts.influx.bootstrap import bootstrap
-from dsmr_ts.influx.server import ManagedInfluxd, free_port
+from dsmr_ts.influx.server import free_port
 from dsmr_ts.influx.store import Store
 from dsmr_ts.reader.framing import MAX_TELEGRAM_BYTES, TelegramFramer
 from dsmr_ts.reader.service import serial_settings
@@ -115,14 +115,6 @@ def test_serial_presets_and_override(config):
 
 
 # --- the reader process ------------------------------------------------------------------------
-
-
-@pytest.fixture
-def private_influxd(influxd_binary, tmp_path):
-    server = ManagedInfluxd(influxd_binary, tmp_path / "influxd", port=free_port())
-    server.start()
-    yield server
-    server.stop()
 
 
 def start_reader(config_path: Path, log_path: Path) -> subprocess.Popen:
