@@ -173,6 +173,24 @@ def test_a_late_reading_in_a_new_minute_counts_at_once(client, store):
     assert _hour_field(store, METER, "2026-01-20T10:00:00Z", "minute_count") == 8
 
 
+def test_newest_first_after_a_meter_went_quiet_and_came_back(client, store):
+    """A newest-first page of a meter whose last minute ended long ago is located once, then read from
+    where its newest row was; a reading after that still comes first."""
+    quiet = [reading(f"2026-02-01T08:{minute:02d}:10Z", 200 + minute / 100, 60.0, 1.0, meter="E-QUIET")
+             for minute in range(5)]
+    store.writer.store_readings(quiet, False)
+    store.statistics.regenerate(z("2026-02-01T00:00:00Z"), z("2026-02-02T00:00:00Z"))
+    pages = [get(client, ELECTRICITY, meter="E-QUIET", ordering="-read_at", limit=2) for _ in range(2)]
+    assert pages[0] == pages[1]
+    assert [row["read_at"] for row in pages[0]["results"]] == ["2026-02-01T08:05:00Z", "2026-02-01T08:04:00Z"]
+    store.writer.store_readings([reading("2026-02-01T09:30:00Z", 201.0, 60.0, 1.0, meter="E-QUIET")], False)
+    body = get(client, ELECTRICITY, meter="E-QUIET", ordering="-read_at", limit=2)
+    assert body["count"] == 6
+    assert [row["read_at"] for row in body["results"]] == ["2026-02-01T09:31:00Z", "2026-02-01T08:05:00Z"]
+    readings = get(client, "/api/v2/datalogger/dsmrreading", meter="E-QUIET", ordering="-timestamp", limit=1)
+    assert readings["count"] == 6 and readings["results"][0]["timestamp"] == "2026-02-01T09:30:00Z"
+
+
 def _hour_field(store: Store, meter: str, hour: str, field: str) -> float | None:
     rows = flux(store, 'from(bucket: stats) |> range(start: start, stop: stop)'
                        ' |> filter(fn: (r) => r._measurement == "hour" and r.meter == meter and r._field == field)',

@@ -156,6 +156,9 @@ class IndexedRows:
         self._stats_hour = client.in_stats(HOUR_MEASUREMENT)
         self.direct_offset = kind.direct_offset
         self._first: dict[str, tuple[dt.datetime, float]] = {}
+        # The end of a meter's newest row, remembered a minute when it lay before the edge a newest-first
+        # page reads from now (a meter that stopped reporting, or minutes that ended a while ago).
+        self._last: dict[str, tuple[dt.datetime, float]] = {}
 
     # --- what the index proves ----------------------------------------------------------------
 
@@ -267,7 +270,10 @@ class IndexedRows:
             # point was remembered): located through the index, or the whole (then small) range.
             self._first.pop(meter, None)
             if plan.has_index:
-                return total, self._located(meter, plan, None, offset, limit, descending)
+                located = list(self._located(meter, plan, None, offset, limit, descending))
+                if descending and offset == 0 and lte is None and located:
+                    self._last[meter] = (located[0]["_time"] + MINUTE, time.monotonic())
+                return total, iter(located)
             (series,) = self.client.influxql([self._select(meter, plan.start, plan.stop, descending, limit, offset)])
             rows = list(self._rows(series, limit, offset))
         return total, iter(rows)
@@ -300,11 +306,18 @@ class IndexedRows:
         if plan.stop - plan.start <= width:
             return None
         align = self.kind.align
-        if descending:  # an open end: before now, and whatever a fast meter clock wrote after it
-            end = plan.stop if plan.stop < LATEST else dt.datetime.now(dt.timezone.utc)
+        if descending:  # an open end: before now (or the newest row, when remembered), and whatever a fast
+            # meter clock wrote after it; a window that holds too few rows is noticed and located instead
+            end = plan.stop if plan.stop < LATEST else self._remembered_last(meter)
             return max(plan.start, align(end - width)), plan.stop
         first = plan.start if plan.start > EARLIEST else self._first_point(meter)
         return (align(first), min(plan.stop, align(first) + width)) if first else None
+
+    def _remembered_last(self, meter: str) -> dt.datetime:
+        cached = self._last.get(meter)
+        if cached and time.monotonic() - cached[1] < WATERMARK_TTL:
+            return cached[0]
+        return dt.datetime.now(dt.timezone.utc)
 
     def _first_point(self, meter: str) -> dt.datetime | None:
         """When a meter's first point is, remembered a minute (each use checks nothing is earlier)."""
