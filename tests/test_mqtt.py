@@ -194,6 +194,10 @@ def meter_reading(moment: dt.datetime, d1: float, d2: float, gas: tuple[dt.datet
 
 def test_home_assistant_topics_carry_what_the_api_answers(stack):
     url, subscriber, store, config = stack["url"], stack["subscriber"], stack["store"], stack["config"]
+
+    def expect(topic: str, value: str) -> None:  # a batch arrives message by message: wait for each one
+        wait_for(lambda: subscriber.latest(topic) == value, timeout=30, what=f"{topic} = {value!r}")
+
     now = dt.datetime.now(UTC).replace(microsecond=0)
     midnight = now.astimezone(config.tz).replace(hour=0, minute=0, second=0).astimezone(UTC)
     # Yesterday evening (the day's baseline), two readings in the last completed quarter hour, and now.
@@ -216,38 +220,38 @@ def test_home_assistant_topics_carry_what_the_api_answers(stack):
     wait_for(published, timeout=30, what="the reading on MQTT")
     reading = api(url, "/api/v2/datalogger/dsmrreading", ordering="-timestamp", limit=1)["results"][0]
     for field in HA_TOPICS["reading"]:
-        assert subscriber.latest(f"dsmr/reading/{field}") == str(reading[field]), field
+        expect(f"dsmr/reading/{field}", str(reading[field]))
     assert json.loads(subscriber.latest("dsmr/json")) == reading
-    assert subscriber.latest("dsmr/raw") == telegram  # relayed from the API's worker
+    expect("dsmr/raw", telegram)  # relayed from the API's worker
 
     today = api(url, "/api/v2/consumption/today")
     wait_for(lambda: subscriber.latest("dsmr/day-consumption/electricity1") == today["electricity1"], timeout=30,
              what="today's totals on MQTT")
     for field in ("electricity1", "electricity2", "electricity1_returned", "electricity2_returned", "gas",
                   "electricity1_cost", "electricity2_cost", "gas_cost", "total_cost"):
-        assert subscriber.latest(f"dsmr/day-consumption/{field}") == today[field], field
-    assert subscriber.latest("dsmr/day-consumption/electricity_merged") == "{:.3f}".format(
-        float(today["electricity1"]) + float(today["electricity2"]))
-    assert subscriber.latest("dsmr/day-consumption/fixed_cost") == "0.50"
-    assert subscriber.latest("dsmr/day-consumption/energy_supplier_price_gas") == "1.20000"
+        expect(f"dsmr/day-consumption/{field}", today[field])
+    expect("dsmr/day-consumption/electricity_merged",
+           "{:.3f}".format(float(today["electricity1"]) + float(today["electricity2"])))
+    expect("dsmr/day-consumption/fixed_cost", "0.50")
+    expect("dsmr/day-consumption/energy_supplier_price_gas", "1.20000")
 
     gas = api(url, "/api/v2/consumption/gas", ordering="-read_at", limit=1)["results"][0]
     wait_for(lambda: subscriber.latest("dsmr/consumption/gas/read_at") == gas["read_at"], timeout=30,
              what="the gas value on MQTT")
-    assert subscriber.latest("dsmr/consumption/gas/delivered") == gas["delivered"] == "50.750"
-    assert subscriber.latest("dsmr/consumption/gas/currently_delivered") == gas["currently_delivered"] == "0.250"
+    assert (gas["delivered"], gas["currently_delivered"]) == ("50.750", "0.250")
+    expect("dsmr/consumption/gas/delivered", gas["delivered"])
+    expect("dsmr/consumption/gas/currently_delivered", gas["currently_delivered"])
 
     statistics = api(url, "/api/v2/datalogger/meter-statistics")
     wait_for(lambda: subscriber.latest("dsmr/meter-stats/power_failure_count") == "3", timeout=30,
              what="meter statistics on MQTT")
     for field in HA_TOPICS["meter-stats"]:
-        assert subscriber.latest(f"dsmr/meter-stats/{field}") == str(statistics[field]), field
+        expect(f"dsmr/meter-stats/{field}", str(statistics[field]))
 
     peak = api(url, "/api/v2/consumption/quarter-hour-peak-electricity", ordering="-read_at_start", limit=1)
     wait_for(lambda: subscriber.latest("dsmr/consumption/quarter-hour-peak-electricity/average_delivered")
              == peak["results"][0]["average_delivered"], timeout=30, what="the quarter-hour peak on MQTT")
-    assert subscriber.latest("dsmr/consumption/quarter-hour-peak-electricity/read_at_start") == \
-        peak["results"][0]["read_at_start"]
+    expect("dsmr/consumption/quarter-hour-peak-electricity/read_at_start", peak["results"][0]["read_at_start"])
 
     # This month and this year: the day statistics before today plus today, as the API has them.
     days = api(url, "/api/v2/statistics/day", day__gte=now.astimezone(config.tz).date().replace(day=1).isoformat(),
@@ -257,26 +261,31 @@ def test_home_assistant_topics_carry_what_the_api_answers(stack):
     wait_for(lambda: subscriber.latest("dsmr/current-month/electricity1") == f"{expected:.3f}", timeout=30,
              what="this month's totals on MQTT")
     expected_cost = sum(float(d["total_cost"]) for d in before_today) + float(today["total_cost"])
-    assert subscriber.latest("dsmr/current-month/total_cost") == f"{expected_cost:.2f}"
+    expect("dsmr/current-month/total_cost", f"{expected_cost:.2f}")
 
     for group, fields in HA_TOPICS.items():  # every topic the integration reads has a value
         for field in fields:
-            assert subscriber.latest(f"dsmr/{group}/{field}") is not None, f"dsmr/{group}/{field}"
+            topic = f"dsmr/{group}/{field}"
+            wait_for(lambda topic=topic: subscriber.latest(topic) is not None, timeout=30, what=f"a value on {topic}")
     retained = {topic: retain for topic, _, retain in subscriber.messages}
     assert "dsmr/reading/timestamp" in retained  # published retained (the flag is seen by later subscribers)
 
 
 def test_home_assistant_discovery_makes_energy_sensors(stack):
     subscriber = stack["subscriber"]
-    topic = f"homeassistant/sensor/dsmr_ts_{METER}/electricity_delivered_1/config"
-    config = json.loads(wait_for(lambda: subscriber.latest(topic), timeout=30, what="discovery configs"))
+
+    def discovery(sensor: str) -> dict:  # each config is its own message: wait for each one
+        topic = f"homeassistant/sensor/dsmr_ts_{METER}/{sensor}/config"
+        return json.loads(wait_for(lambda: subscriber.latest(topic), timeout=30, what=f"the discovery config of {sensor}"))
+
+    config = discovery("electricity_delivered_1")
     assert config["state_topic"] == "dsmr/reading/electricity_delivered_1"
     assert (config["unit_of_measurement"], config["device_class"], config["state_class"]) == (
         "kWh", "energy", "total_increasing")
     assert config["device"]["identifiers"] == [f"dsmr_ts_{METER}"]
-    gas = json.loads(subscriber.latest(f"homeassistant/sensor/dsmr_ts_{METER}/gas_delivered/config"))
+    gas = discovery("gas_delivered")
     assert (gas["unit_of_measurement"], gas["device_class"], gas["state_class"]) == ("m³", "gas", "total_increasing")
-    power = json.loads(subscriber.latest(f"homeassistant/sensor/dsmr_ts_{METER}/electricity_currently_delivered/config"))
+    power = discovery("electricity_currently_delivered")
     assert (power["device_class"], power["state_class"]) == ("power", "measurement")
 
 
