@@ -388,9 +388,9 @@ def _output(path: str) -> Iterator[TextIO]:
 
 
 def _local_midnight_of(day: dt.date, config: Config, days: int = 0) -> dt.datetime:
-    from dsmr_ts.influx.statistics import local_midnight
+    from dsmr_ts.influx.statistics import day_start
 
-    return local_midnight(dt.datetime(day.year, day.month, day.day, 12, tzinfo=config.tz), config.tz, days)
+    return day_start(day, config.tz, days)
 
 
 def _date_arg(value: str) -> dt.date:

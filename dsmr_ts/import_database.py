@@ -31,20 +31,18 @@ from typing import Callable, Iterator, TextIO
 
 from dsmr_ts.fields import Kind
 from dsmr_ts.influx import lineprotocol
-from dsmr_ts.influx.statistics import DAY_MEASUREMENT, local_midnight
+from dsmr_ts.influx.statistics import DAY_MEASUREMENT, day_start
 from dsmr_ts.influx.store import Store
 from dsmr_ts.migrate import regenerate_range
 from dsmr_ts.progress import ProgressBar
 from dsmr_ts.telegram import gas_is_hourly
+from dsmr_ts.totals import DAY_FIELDS
 
 log = logging.getLogger(__name__)
 
 READINGS_TABLE = "dsmr_datalogger_dsmrreading"
 DAYS_TABLE = "dsmr_stats_daystatistics"
 METER_STATISTICS_TABLE = "dsmr_datalogger_meterstatistics"
-DAY_FIELDS = ("electricity1", "electricity2", "electricity1_returned", "electricity2_returned", "gas",
-              "electricity1_cost", "electricity2_cost", "gas_cost", "fixed_cost", "total_cost",
-              "lowest_temperature", "highest_temperature", "average_temperature")
 BATCH = 20_000  # readings per write
 IN_FLIGHT = 4  # writes at once
 
@@ -292,7 +290,7 @@ def _import_older_days(store: Store, database: Database, meter: str, first: dt.d
     lines = []
     for day, *values in rows:
         day = day if isinstance(day, dt.date) else dt.date.fromisoformat(str(day)[:10])
-        midnight = local_midnight(dt.datetime(day.year, day.month, day.day, 12, tzinfo=tz), tz)
+        midnight = day_start(day, tz)
         row = {name: float(value) for name, value in zip(fields, values) if value is not None}
         if "electricity1" in row:
             lines.append(lineprotocol.line(DAY_MEASUREMENT, meter, row, int(midnight.timestamp())))

@@ -22,7 +22,7 @@ from typing import Any, Iterator, TextIO
 from dsmr_ts.datetimes import FieldError, parse_datetime
 from dsmr_ts.fields import Kind
 from dsmr_ts.influx import lineprotocol
-from dsmr_ts.influx.statistics import DAY_MEASUREMENT, HOUR_MEASUREMENT, USAGE_FIELDS, local_midnight
+from dsmr_ts.influx.statistics import DAY_MEASUREMENT, HOUR_MEASUREMENT, USAGE_FIELDS, day_start
 from dsmr_ts.influx.store import Store
 from dsmr_ts.influx.writer import write_in_bulk
 from dsmr_ts.progress import ProgressBar
@@ -169,7 +169,7 @@ def _import_older_day_statistics(store: Store, source: Source, meter: str, first
     while True:
         for row in page["results"]:
             day = dt.date.fromisoformat(row["day"])
-            midnight = local_midnight(dt.datetime(day.year, day.month, day.day, 12, tzinfo=tz), tz)
+            midnight = day_start(day, tz)
             fields = {name: float(row[name]) for name in USAGE_FIELDS if row.get(name) is not None}
             if fields:
                 lines.append(lineprotocol.line(DAY_MEASUREMENT, meter, fields, int(midnight.timestamp())))
@@ -257,7 +257,7 @@ def import_statistics_csv(store: Store, path: str, meter: str, timezone: str) ->
             try:
                 if kind == DAY_MEASUREMENT:
                     day = dt.date.fromisoformat(row["day"].strip())
-                    moment = local_midnight(dt.datetime(day.year, day.month, day.day, 12, tzinfo=tz), tz)
+                    moment = day_start(day, tz)
                 else:
                     moment = parse_datetime(row["hour_start"], tz)
                 values = {name: float(row[name].replace(",", ".")) for name in usage if (row[name] or "").strip()}

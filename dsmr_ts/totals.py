@@ -18,11 +18,14 @@ from typing import Any
 
 from dsmr_ts.config import PricePeriod
 from dsmr_ts.formats import exact, money, rounded
-from dsmr_ts.influx.statistics import DAY_MEASUREMENT, local_midnight, usage_fields
+from dsmr_ts.influx.statistics import DAY_MEASUREMENT, day_start, local_midnight, usage_fields
 from dsmr_ts.influx.store import Store
 
 USAGE = ("electricity1", "electricity2", "electricity1_returned", "electricity2_returned", "gas")
 COSTS = ("total_cost", "electricity1_cost", "electricity2_cost", "gas_cost")
+TEMPERATURES = ("lowest_temperature", "highest_temperature", "average_temperature")
+SUMMED = (*USAGE, *COSTS, "fixed_cost")  # what a period adds up over its days
+DAY_FIELDS = (*SUMMED, *TEMPERATURES)  # what a stored day row may hold (DSMR-reader's DayStatistics)
 PRICE_FIELDS = ("electricity_delivered_1", "electricity_delivered_2", "electricity_returned_1",
                 "electricity_returned_2", "gas")
 
@@ -101,11 +104,9 @@ def period(store: Store, meter: str, first_day: dt.date, live_today: DayTotals |
     """Usage and costs summed over the local days from first_day up to today: the day statistics
     before today, and today live. Costs per day at that day's prices (or as posted)."""
     today_date = live_today.day if live_today else dt.datetime.now(tz).date()
-    start = local_midnight(dt.datetime(first_day.year, first_day.month, first_day.day, 12, tzinfo=tz), tz)
-    stop = local_midnight(dt.datetime(today_date.year, today_date.month, today_date.day, 12, tzinfo=tz), tz)
-    _, rows = store.statistics.page(DAY_MEASUREMENT, meter, start, stop, 0, 400, False,
-                                    (*USAGE, *COSTS, "fixed_cost"))
-    sums = {name: Decimal(0) for name in (*USAGE, *COSTS, "fixed_cost")}
+    start, stop = day_start(first_day, tz), day_start(today_date, tz)
+    _, rows = store.statistics.page(DAY_MEASUREMENT, meter, start, stop, 0, 400, False, SUMMED)
+    sums = {name: Decimal(0) for name in SUMMED}
     days = [(row, row["_time"].astimezone(tz).date()) for row in rows]
     for row, day in days:
         for name in USAGE:

@@ -338,7 +338,12 @@ def ensure_tasks(client: InfluxDBClient, config: Config, org_id: str) -> list[st
 
 def local_midnight(moment: dt.datetime, tz: zoneinfo.ZoneInfo, days: int = 0) -> dt.datetime:
     """Local midnight (as UTC) of the local day containing moment, moved by `days` local days."""
-    day = moment.astimezone(tz).date() + dt.timedelta(days=days)
+    return day_start(moment.astimezone(tz).date(), tz, days)
+
+
+def day_start(day: dt.date, tz: dt.tzinfo, days: int = 0) -> dt.datetime:
+    """Local midnight (as UTC) of a local date, moved by `days` days."""
+    day += dt.timedelta(days=days)
     return dt.datetime(day.year, day.month, day.day, tzinfo=tz).astimezone(dt.timezone.utc)
 
 

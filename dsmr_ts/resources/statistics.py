@@ -8,8 +8,9 @@ from typing import Any
 
 import falcon
 
+from dsmr_ts import totals
 from dsmr_ts.formats import datetime_string, decimal_string
-from dsmr_ts.influx.statistics import DAY_MEASUREMENT, HOUR_MEASUREMENT, local_midnight
+from dsmr_ts.influx.statistics import DAY_MEASUREMENT, HOUR_MEASUREMENT, day_start
 from dsmr_ts.influx.store import EARLIEST, LATEST
 from dsmr_ts.resources.context import ApiContext
 from dsmr_ts.resources.datalogger import filter_datetimes
@@ -23,10 +24,9 @@ from dsmr_ts.resources.validation import (
     collect_errors,
     meter_id,
 )
-from dsmr_ts.totals import COSTS, stored_or_computed_costs
+from dsmr_ts.totals import COSTS, TEMPERATURES, stored_or_computed_costs
 
-USAGE_OUTPUT = ("electricity1", "electricity2", "electricity1_returned", "electricity2_returned")
-TEMPERATURES = ("lowest_temperature", "highest_temperature", "average_temperature")
+USAGE_OUTPUT = tuple(name for name in totals.USAGE if name != "gas")  # electricity, in the API's order
 USAGE = DecimalSpec(max_digits=9, places=3)  # DSMR-reader's DayStatistics columns
 COST = DecimalSpec(max_digits=8, places=2)
 TEMPERATURE = DecimalSpec(max_digits=4, places=1)
@@ -105,8 +105,8 @@ class DayStatisticsResource(_StatisticsResource):
 
         first, last = all_valid(lambda: day("day__gte"), lambda: day("day__lte"))
         clamp = lambda d: min(max(d, EARLIEST.date()), LATEST.date())  # noqa: E731 - nothing stored outside
-        start = local_midnight(_noon(clamp(first), self.tz), self.tz) if first else None
-        stop = local_midnight(_noon(clamp(last), self.tz), self.tz, 1) if last else None
+        start = day_start(clamp(first), self.tz) if first else None
+        stop = day_start(clamp(last), self.tz, 1) if last else None
         return start, stop
 
     def row_json(self, row: dict[str, Any]) -> dict[str, Any]:
@@ -145,7 +145,7 @@ class DayStatisticsResource(_StatisticsResource):
         if errors:
             raise ValidationFailed(errors)
         clean.setdefault("fixed_cost", 0.0)
-        start = local_midnight(_noon(day, self.tz), self.tz)
+        start = day_start(day, self.tz)
         if not self.context.store.statistics.add_day(meter, start, clean):
             raise ValidationFailed({"day": ["day statistics with this day already exists."]})
         resp.status = falcon.HTTP_201
@@ -159,8 +159,4 @@ def _posted_day(value: Any) -> dt.date | None:
     except ValueError:
         return None
     return day if day and EARLIEST.date() < day < LATEST.date() else None
-
-
-def _noon(day: dt.date, tz: dt.tzinfo) -> dt.datetime:
-    return dt.datetime(day.year, day.month, day.day, 12, tzinfo=tz)
 
