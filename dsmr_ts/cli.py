@@ -293,13 +293,12 @@ def cmd_import_dsmr_reader(args: argparse.Namespace) -> int:
                 count = import_database(store, database, meter, config.timezone, since, progress=sys.stderr)
             except DatabaseError as exc:
                 raise CliError(f"{stopped}: {exc}") from None
-            print(f"imported {count} readings as meter {meter}")
-            return 0
-        try:
-            count = import_readings(store, Source(args.url, _source_key(args), args.source_meter), meter,
-                                    config.timezone, since, progress=sys.stderr)
-        except SourceError as exc:
-            raise CliError(f"{stopped}: {exc}") from None
+        else:
+            try:
+                count = import_readings(store, Source(args.url, _source_key(args), args.source_meter), meter,
+                                        config.timezone, since, progress=sys.stderr)
+            except SourceError as exc:
+                raise CliError(f"{stopped}: {exc}") from None
         print(f"imported {count} readings as meter {meter}")
     return 0
 

@@ -427,7 +427,7 @@ def _check_semantics(config: Config, problems: _Problems) -> None:
 def _check_mqtt(config: Config, problems: _Problems) -> None:
     mqtt = config.mqtt
     if not 1 <= mqtt.port <= 65535:
-        problems.add("mqtt.port", f"the port must be 1 to 65535, got {mqtt.port}")
+        problems.add("mqtt.port", _port_problem(mqtt.port))
     if not re.fullmatch(r"[A-Za-z0-9.\-]+|\[[0-9A-Fa-f:.]+\]", mqtt.host or ""):
         problems.add("mqtt.host", f"expected a host name or address, got {mqtt.host!r}")
     if mqtt.tls not in MQTT_TLS:
@@ -455,9 +455,11 @@ def _bind_problem(bind: str) -> str:
     if not match:
         return f"expected host:port (e.g. 127.0.0.1:7777) or unix:PATH, got {bind!r}"
     port = int(match.group(2))
-    if not 1 <= port <= 65535:
-        return f"the port must be 1 to 65535, got {port}"
-    return ""
+    return "" if 1 <= port <= 65535 else _port_problem(port)
+
+
+def _port_problem(port: int) -> str:
+    return f"the port must be 1 to 65535, got {port}"
 
 
 def _url_problem(url: str, managed: bool) -> str:

@@ -52,7 +52,7 @@ def bootstrap(config: Config, *, login_file: Path | None = None) -> BootstrapRes
     is migrated."""
     settings = config.influxdb
     admin_file = config.resolve_path(settings.admin_token_file)
-    given = settings.admin_token or read_secret_file(admin_file, "the InfluxDB admin token")
+    given = admin_token(config)
     onboarded = False
     admin_key = "influxdb.admin_token" if settings.admin_token else str(admin_file)
     try:

@@ -79,7 +79,7 @@ class RowKind:
 
     def align(self, moment: dt.datetime) -> dt.datetime:
         """A bound of a range of rows: whole minutes for minute rows."""
-        return moment.replace(second=0, microsecond=0) if self.per_minute else moment
+        return _floor_minute(moment) if self.per_minute else moment
 
 
 READINGS = RowKind(lineprotocol.READING, COUNTED_FIELD, COUNT_FIELD)
@@ -289,10 +289,11 @@ class IndexedRows:
         last = total - 1 - offset if descending else min(total, offset + limit) - 1
         if day_sums is None and plan.has_index:
             (day_sums,) = self.client.influxql([self._day_sums(meter, plan)])
+        days = _day_counts(day_sums or [], plan.corrections or {})
         hours: dict[dt.datetime, dict[int, int]] = {}  # the hour counts of a day, read once per page
         try:
-            start, skip = self._locate(meter, plan, day_sums or [], first, hours)
-            stop = self._locate_stop(meter, plan, day_sums or [], last, hours)
+            start, skip = self._locate(meter, plan, days, first, hours)
+            stop = self._locate_stop(meter, plan, days, last, hours)
         except LookupError:  # a write raced the count: the next request sees the new count
             return iter(())
         (rows,) = self.client.influxql([self._select(meter, start, stop, False, last - first + 1, skip)])
@@ -314,16 +315,13 @@ class IndexedRows:
         return (align(first), min(plan.stop, align(first) + width)) if first else None
 
     def _remembered_last(self, meter: str) -> dt.datetime:
-        cached = self._last.get(meter)
-        if cached and time.monotonic() - cached[1] < WATERMARK_TTL:
-            return cached[0]
-        return dt.datetime.now(dt.timezone.utc)
+        return _remembered(self._last, meter) or dt.datetime.now(dt.timezone.utc)
 
     def _first_point(self, meter: str) -> dt.datetime | None:
         """When a meter's first point is, remembered a minute (each use checks nothing is earlier)."""
-        cached = self._first.get(meter)
-        if cached and time.monotonic() - cached[1] < WATERMARK_TTL:
-            return cached[0]
+        cached = _remembered(self._first, meter)
+        if cached:
+            return cached
         (series,) = self.client.influxql([f"SELECT {ident(self.kind.counted)} FROM {ident(self.kind.measurement)}"
                                           f" WHERE meter = {quote(meter)} ORDER BY time ASC LIMIT 1"])
         first = next((dt.datetime.fromtimestamp(int(row["time"]), dt.timezone.utc)
@@ -340,7 +338,7 @@ class IndexedRows:
         return (f"SELECT sum({ident(self.kind.index_field)}) FROM {self._stats_hour} "
                 f"{self._raw_where(meter, plan.indexed_start, plan.indexed_stop)} GROUP BY time(1d) fill(none)")
 
-    def _locate(self, meter: str, plan: _Plan, day_sums: list[Series], row: int,
+    def _locate(self, meter: str, plan: _Plan, days: list[tuple[int, int]], row: int,
                 hours: dict[dt.datetime, dict[int, int]]) -> tuple[dt.datetime, int]:
         """Row number `row` (0-based, ascending) -> (a time, how many rows from there to skip)."""
         if row < plan.head or not plan.has_index:
@@ -348,15 +346,11 @@ class IndexedRows:
         row -= plan.head
         if row >= plan.indexed:
             return plan.indexed_stop, row - plan.indexed
-        corrections = plan.corrections or {}
-        days = {int(day["time"]): int(day["sum"] or 0) for found in day_sums for day in found.rows()}
-        for hour, correction in corrections.items():  # pending hours may have no index row yet
-            days[hour - hour % 86400] = days.get(hour - hour % 86400, 0) + correction
-        for day_s, count in sorted(days.items()):
+        for day_s, count in days:
             if row < count:
                 day_start = dt.datetime.fromtimestamp(day_s, dt.timezone.utc)
                 if day_start not in hours:
-                    hours[day_start] = self._hour_counts(meter, plan, day_start, corrections)
+                    hours[day_start] = self._hour_counts(meter, plan, day_start, plan.corrections or {})
                 for hour, in_hour in sorted(hours[day_start].items()):
                     if row < in_hour:
                         return dt.datetime.fromtimestamp(hour, dt.timezone.utc), row
@@ -365,14 +359,14 @@ class IndexedRows:
             row -= count
         raise LookupError("the index changed while a page was located")  # a write raced the count
 
-    def _locate_stop(self, meter: str, plan: _Plan, day_sums: list[Series], row: int,
+    def _locate_stop(self, meter: str, plan: _Plan, days: list[tuple[int, int]], row: int,
                      hours: dict[dt.datetime, dict[int, int]]) -> dt.datetime:
         """Where a page whose last row is `row` may stop reading: the end of that row's hour."""
         if not plan.has_index or row >= plan.head + plan.indexed:
             return plan.stop
         if row < plan.head:
             return plan.indexed_start
-        return self._locate(meter, plan, day_sums, row, hours)[0] + HOUR
+        return self._locate(meter, plan, days, row, hours)[0] + HOUR
 
     def _hour_counts(self, meter: str, plan: _Plan, day: dt.datetime, corrections: dict[int, int]) -> dict[int, int]:
         """hour (Unix s) -> rows, for the indexed hours of one day (pending hours corrected)."""
@@ -491,6 +485,21 @@ class GasQueries(IndexedRows):
             f"SELECT {ident(lineprotocol.GAS_FIELD)} FROM {ident(lineprotocol.GAS)} "
             f"{self._raw_where(meter, moment - LOOKBACK_DELTA, moment)} ORDER BY time DESC LIMIT 1"])
         return next((float(row[lineprotocol.GAS_FIELD]) for found in series for row in found.rows()), None)
+
+
+def _day_counts(day_sums: list[Series], corrections: dict[int, int]) -> list[tuple[int, int]]:
+    """(day start in Unix s, rows), oldest first: the index's day sums, pending hours corrected."""
+    days = {int(day["time"]): int(day["sum"] or 0) for found in day_sums for day in found.rows()}
+    for hour, correction in corrections.items():  # pending hours may have no index row yet
+        day = hour - hour % 86400
+        days[day] = days.get(day, 0) + correction
+    return sorted(days.items())
+
+
+def _remembered(cache: dict[str, tuple[dt.datetime, float]], meter: str) -> dt.datetime | None:
+    """A moment remembered for a meter less than WATERMARK_TTL ago, else None."""
+    cached = cache.get(meter)
+    return cached[0] if cached and time.monotonic() - cached[1] < WATERMARK_TTL else None
 
 
 def _floor_minute(moment: dt.datetime) -> dt.datetime:

@@ -43,7 +43,7 @@ from influxdb_client.domain.task_update_request import TaskUpdateRequest
 from dsmr_ts.config import Config, InfluxConfig
 from dsmr_ts.fields import SCHEMA, ReadingSchema
 from dsmr_ts.influx import lineprotocol
-from dsmr_ts.influx.client import InfluxClient, StoreUnavailable, ident, ns, quote
+from dsmr_ts.influx.client import LATEST, InfluxClient, StoreUnavailable, ident, ns, quote
 
 log = logging.getLogger(__name__)
 
@@ -62,10 +62,10 @@ VERSION_FIELD = "version"
 # Setup regenerates a store built by an older version once.
 INDEX_VERSION = 2
 REPAIR_CURSOR = "repair_cursor"
-LOOKBACK = "31d"  # how far back an hour looks for the meter position before it
-LOOKBACK_DELTA = dt.timedelta(days=31)
-CATCH_UP = "31d"  # how far back one run of the hour task catches up after missed runs
-CATCH_UP_DELTA = dt.timedelta(days=31)
+LOOKBACK_DELTA = dt.timedelta(days=31)  # how far back an hour looks for the meter position before it
+LOOKBACK = f"{LOOKBACK_DELTA.days}d"  # the same, as a Flux duration
+CATCH_UP_DELTA = dt.timedelta(days=31)  # how far back one run of the hour task catches up after missed runs
+CATCH_UP = f"{CATCH_UP_DELTA.days}d"
 # The repair job reads the marks made since its last run began, and this much before: a write
 # still in flight then is seen next time (readers of the marks look back as far).
 REPAIR_SLACK = dt.timedelta(seconds=120)
@@ -596,7 +596,7 @@ class Statistics:
         """(count, rows) of `hour` or `day` statistics with time in [start, stop), one request.
         Rows carry `_time` (aware UTC) and the fields asked for (all when None)."""
         assert measurement in (HOUR_MEASUREMENT, DAY_MEASUREMENT)
-        start, stop = start or EPOCH, stop or dt.datetime(2200, 1, 1, tzinfo=dt.timezone.utc)
+        start, stop = start or EPOCH, stop or LATEST
         if stop <= start:
             return 0, []
         # A statistics row is one with electricity usage (computed or imported; DSMR-reader's rows
@@ -618,7 +618,7 @@ class Statistics:
         or by average_delivered (ties in time order), one request. Rows: _time (quarter start),
         average_delivered, read_at_start, read_at_end (aware UTC)."""
         start = _floor_quarter(gte) if gte else EPOCH
-        stop = lte or dt.datetime(2200, 1, 1, tzinfo=dt.timezone.utc)
+        stop = lte or LATEST
         if stop < start:
             return 0, []
         where = f"WHERE meter = {quote(meter)} AND time >= {ns(start)} AND time <= {ns(stop)}"
