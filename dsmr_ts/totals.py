@@ -21,7 +21,8 @@ from dsmr_ts.formats import exact, money, rounded
 from dsmr_ts.influx.statistics import DAY_MEASUREMENT, day_start, local_midnight, usage_fields
 from dsmr_ts.influx.store import Store
 
-USAGE = ("electricity1", "electricity2", "electricity1_returned", "electricity2_returned", "gas")
+ELECTRICITY = ("electricity1", "electricity2", "electricity1_returned", "electricity2_returned")
+USAGE = (*ELECTRICITY, "gas")
 COSTS = ("total_cost", "electricity1_cost", "electricity2_cost", "gas_cost")
 TEMPERATURES = ("lowest_temperature", "highest_temperature", "average_temperature")
 SUMMED = (*USAGE, *COSTS, "fixed_cost")  # what a period adds up over its days

@@ -16,9 +16,8 @@ from typing import Any, Iterable
 from dsmr_ts.fields import SCHEMA, Kind, ReadingSchema
 from dsmr_ts.formats import datetime_string, decimal_string, money, reading_json
 from dsmr_ts.mqtt.outbox import Message
-from dsmr_ts.totals import PRICE_FIELDS, DayTotals
+from dsmr_ts.totals import ELECTRICITY, PRICE_FIELDS, USAGE, DayTotals
 
-ELECTRICITY = ("electricity1", "electricity2", "electricity1_returned", "electricity2_returned")
 PERIOD_FIELDS = (*ELECTRICITY, "electricity_merged", "electricity_returned_merged", "electricity1_cost",
                  "electricity2_cost", "electricity_cost_merged", "gas", "gas_cost", "fixed_cost", "total_cost")
 
@@ -66,7 +65,7 @@ def _totals_strings(values: dict[str, Decimal | None]) -> dict[str, str | None]:
 
 def day_consumption(prefix: str, day: DayTotals) -> list[Message]:
     """Today so far: `<prefix>/day-consumption/<field>` and the JSON `<prefix>/day-consumption`."""
-    values: dict[str, Decimal | None] = {name: Decimal(repr(day.usage[name])) for name in (*ELECTRICITY, "gas")}
+    values: dict[str, Decimal | None] = {name: Decimal(repr(day.usage[name])) for name in USAGE}
     values.update({name: Decimal(cost) if cost is not None else None for name, cost in day.costs.items()})
     values["fixed_cost"] = day.fixed_cost if day.price else None
     values.update(_merged(values))

@@ -26,7 +26,7 @@ from dsmr_ts.resources.validation import (
 )
 from dsmr_ts.totals import COSTS, TEMPERATURES, stored_or_computed_costs
 
-USAGE_OUTPUT = tuple(name for name in totals.USAGE if name != "gas")  # electricity, in the API's order
+USAGE_OUTPUT = totals.ELECTRICITY
 USAGE = DecimalSpec(max_digits=9, places=3)  # DSMR-reader's DayStatistics columns
 COST = DecimalSpec(max_digits=8, places=2)
 TEMPERATURE = DecimalSpec(max_digits=4, places=1)
