@@ -72,3 +72,16 @@ def reading_json(timestamp: dt.datetime, values: dict[str, Any], tz: dt.tzinfo |
         out[spec.name] = (decimal_string(value, spec.places) if spec.kind is Kind.DECIMAL and value is not None
                           else field_json(spec, value, tz))
     return out
+
+
+def gas_json(read_at: dt.datetime, delivered: float, used: float, tz: dt.tzinfo | None = None) -> dict[str, Any]:
+    """A gas value and the gas used since the one before (consumption/gas and its MQTT topics)."""
+    return {"read_at": datetime_string(read_at, tz), "delivered": decimal_string(delivered, 3),
+            "currently_delivered": decimal_string(used, 3)}
+
+
+def quarter_peak_json(quarter: dict[str, Any], tz: dt.tzinfo | None = None) -> dict[str, Any]:
+    """A completed quarter hour's average power (quarter-hour-peak-electricity and its MQTT topics)."""
+    return {"read_at_start": datetime_string(quarter["read_at_start"], tz),
+            "read_at_end": datetime_string(quarter["read_at_end"], tz),
+            "average_delivered": decimal_string(quarter["average_delivered"], 3)}

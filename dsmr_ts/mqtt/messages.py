@@ -14,7 +14,7 @@ from decimal import Decimal
 from typing import Any, Iterable
 
 from dsmr_ts.fields import SCHEMA, Kind, ReadingSchema
-from dsmr_ts.formats import datetime_string, decimal_string, money, reading_json
+from dsmr_ts.formats import decimal_string, gas_json, money, quarter_peak_json, reading_json
 from dsmr_ts.mqtt.outbox import Message
 from dsmr_ts.totals import ELECTRICITY, PRICE_FIELDS, USAGE, DayTotals
 
@@ -105,16 +105,13 @@ def meter_statistics(prefix: str, statistics: dict[str, Any], rejected: int,
 
 def gas(prefix: str, read_at: dt.datetime, delivered: float, used: float, tz: dt.tzinfo | None) -> list[Message]:
     """A new gas value: `<prefix>/consumption/gas/<field>` and `.../json`."""
-    values = {"read_at": datetime_string(read_at, tz), "delivered": decimal_string(delivered, 3),
-              "currently_delivered": decimal_string(used, 3)}
+    values = gas_json(read_at, delivered, used, tz)
     return [*_split(f"{prefix}/consumption/gas", values), _json(f"{prefix}/consumption/gas/json", values)]
 
 
 def quarter_hour_peak(prefix: str, quarter: dict[str, Any], tz: dt.tzinfo | None) -> list[Message]:
     """A completed quarter hour: `<prefix>/consumption/quarter-hour-peak-electricity/<field>` and `.../json`."""
-    values = {"read_at_start": datetime_string(quarter["read_at_start"], tz),
-              "read_at_end": datetime_string(quarter["read_at_end"], tz),
-              "average_delivered": decimal_string(quarter["average_delivered"], 3)}
+    values = quarter_peak_json(quarter, tz)
     topic = f"{prefix}/consumption/quarter-hour-peak-electricity"
     return [*_split(topic, values), _json(f"{topic}/json", values)]
 

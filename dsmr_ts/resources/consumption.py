@@ -17,7 +17,7 @@ import falcon
 from dsmr_ts import totals
 from dsmr_ts.config import PricePeriod
 from dsmr_ts.fields import Kind
-from dsmr_ts.formats import datetime_string, decimal_string, exact, money, rounded
+from dsmr_ts.formats import datetime_string, decimal_string, exact, gas_json, money, quarter_peak_json, rounded
 from dsmr_ts.resources.context import ApiContext
 from dsmr_ts.resources.datalogger import filter_datetimes
 from dsmr_ts.resources.errors import all_valid
@@ -183,9 +183,7 @@ class GasConsumptionResource(_CountedRowsResource):
             used[row["_time"]] = 0.0 if previous is None else float(exact(row["delivered"]) - exact(previous))
             previous = row["delivered"]
         return count, [{"id": int(row["_time"].timestamp()),
-                        "read_at": datetime_string(row["_time"], self.output_tz),
-                        "delivered": decimal_string(row["delivered"], 3),
-                        "currently_delivered": decimal_string(used[row["_time"]], 3)} for row in rows]
+                        **gas_json(row["_time"], row["delivered"], used[row["_time"]], self.output_tz)} for row in rows]
 
 
 class QuarterHourPeakResource(_CountedRowsResource):
@@ -201,7 +199,5 @@ class QuarterHourPeakResource(_CountedRowsResource):
         by_average, descending = self.ORDERINGS.get(req.get_param("ordering") or "", (False, False))
         count, rows = self.store.statistics.quarters(meter, gte, lte, page.offset, page.limit, by_average,
                                                      descending)
-        return count, [{"id": int(row["_time"].timestamp()) // 900,
-                        "read_at_start": datetime_string(row["read_at_start"], self.output_tz),
-                        "read_at_end": datetime_string(row["read_at_end"], self.output_tz),
-                        "average_delivered": decimal_string(row["average_delivered"], 3)} for row in rows]
+        return count, [{"id": int(row["_time"].timestamp()) // 900, **quarter_peak_json(row, self.output_tz)}
+                       for row in rows]
