@@ -4,9 +4,12 @@ the API requests people make most (readings, statistics, per-minute electricity,
 quarter-hour peaks), each with p50 and p99 over sequential requests after warm-ups, and every
 count checked against the number of readings loaded.
 
-    .venv/bin/python benchmarks/readings_api.py [--readings 1000000] [--repeat 50]
+    .venv/bin/python benchmarks/readings_api.py [--readings 1000000] [--repeat 50] [--keep DIR]
 
 Starts its own influxd and API (gunicorn, 2 workers) in a temp dir, so it never touches your data.
+With --keep DIR the loaded store stays in DIR, and a later run with the same DIR measures again
+without loading (100 M readings take 45 minutes to load): it rebuilds the statistics and counts,
+then measures.
 Prints the load rate, influxd's disk use per million readings, and DSMR-reader's figures for the
 same requests beside ours, labelled as measured separately (not in this run).
 """
@@ -17,6 +20,7 @@ import argparse
 import datetime as dt
 import json
 import subprocess
+from pathlib import Path
 import sys
 import time
 import urllib.parse
@@ -119,18 +123,34 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--readings", type=int, default=1_000_000)
     parser.add_argument("--repeat", type=int, default=50, help="timed requests per figure")
+    parser.add_argument("--keep", type=Path, metavar="DIR", help="keep the loaded store in DIR; use it again if it"
+                        " holds one")
     args = parser.parse_args()
     sys.stdout.reconfigure(line_buffering=True)  # figures as they come, also into a file
+    loaded = args.keep / "loaded.json" if args.keep else None
+    kept = json.loads(loaded.read_text()) if loaded and loaded.exists() else None
+    if kept and kept["readings"] != args.readings:
+        raise SystemExit(f"{args.keep} holds {kept['readings']:,} readings, not {args.readings:,}: give --readings"
+                         f" {kept['readings']} or another folder")
     count = args.readings
-    with Stack() as stack:
+    with Stack(folder=args.keep) as stack:
         store = Store(stack.config.influxdb, timeout_ms=3_600_000)
-        start = floor_hour(dt.datetime.now(UTC)) - dt.timedelta(seconds=count) - dt.timedelta(hours=2)
-        began, cpu = time.perf_counter(), stack.cpu()
-        written = store.writer.bulk(readings(count, start))
-        elapsed = time.perf_counter() - began
-        influx_cpu = stack.cpu()[1] - cpu[1]
-        print(f"bulk load: {written:,} readings ({count / 86400 / 30.4:.1f} months of 1-second readings, all DSMR 5"
-              f" fields) in {elapsed:.0f} s = {written / elapsed:,.0f} readings/s (influxd {influx_cpu:.0f} cpu-s)")
+        if kept:
+            start = dt.datetime.fromisoformat(kept["start"])
+            print(f"bulk load: done before, {kept['loaded']}: {kept['figure']} (this run measures the store kept"
+                  f" in {args.keep})")
+        else:
+            start = floor_hour(dt.datetime.now(UTC)) - dt.timedelta(seconds=count) - dt.timedelta(hours=2)
+            began, cpu = time.perf_counter(), stack.cpu()
+            written = store.writer.bulk(readings(count, start))
+            elapsed = time.perf_counter() - began
+            influx_cpu = stack.cpu()[1] - cpu[1]
+            figure = (f"{written:,} readings ({count / 86400 / 30.4:.1f} months of 1-second readings, all DSMR 5"
+                      f" fields) in {elapsed:.0f} s = {written / elapsed:,.0f} readings/s (influxd {influx_cpu:.0f} cpu-s)")
+            print("bulk load: " + figure)
+            if loaded:
+                loaded.write_text(json.dumps({"readings": count, "start": start.isoformat(), "figure": figure,
+                                              "loaded": dt.datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")}))
         tz = stack.config.tz
         began = time.perf_counter()
         store.statistics.regenerate(local_midnight(start, tz), floor_hour(dt.datetime.now(UTC)) + dt.timedelta(hours=1))

@@ -4,6 +4,7 @@ temp dir (never your data), plus CPU accounting of both from /proc."""
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -50,10 +51,14 @@ def descendants(pid: int) -> list[int]:
 
 class Stack:
     """influxd + setup + `dsmr-ts serve` (gunicorn) with the API enabled; `extra_config` is YAML
-    appended to the config. Use as a context manager."""
+    appended to the config. Use as a context manager. In a temp dir removed afterwards, or in
+    `folder`, kept (and used again when it already holds a stack: its data, on new ports)."""
 
-    def __init__(self, extra_config: str = "", env: dict[str, str] | None = None):
-        self.tmp = Path(tempfile.mkdtemp(prefix="dsmr-ts-bench-"))
+    def __init__(self, extra_config: str = "", env: dict[str, str] | None = None, folder: Path | None = None):
+        self.kept = folder is not None
+        if folder:
+            folder.mkdir(parents=True, exist_ok=True)
+        self.tmp = folder or Path(tempfile.mkdtemp(prefix="dsmr-ts-bench-"))
         self.extra_config = extra_config
         self.env = env or {}
         self.influxd: ManagedInfluxd | None = None
@@ -127,7 +132,7 @@ class Stack:
         self.reader = subprocess.Popen([sys.executable, "-m", "dsmr_ts.cli", "reader"], env=env, cwd=self.tmp,
                                        stdout=self.reader_log, stderr=subprocess.STDOUT)
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, exc_type: type | None, *exc: object) -> None:
         for process in (self.reader, self.broker):
             if process:
                 process.terminate()
@@ -138,3 +143,5 @@ class Stack:
             self.api_log.close()
         if self.influxd:
             self.influxd.stop()
+        if exc_type is None and not self.kept:  # a failed run keeps its logs for a look
+            shutil.rmtree(self.tmp, ignore_errors=True)
