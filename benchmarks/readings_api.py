@@ -20,11 +20,11 @@ import argparse
 import datetime as dt
 import json
 import subprocess
-from pathlib import Path
 import sys
 import time
 import urllib.parse
 import urllib.request
+from pathlib import Path
 from typing import Iterator
 
 from stack import KEY, Stack, cpu_seconds
