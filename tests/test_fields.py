@@ -136,3 +136,31 @@ def test_mbus_devices_are_told_apart_by_their_type(config, session_config, meter
         assert [(r["read_at"], r["delivered"]) for r in gas_rows] == [(gas[1], f"{gas[0]:.3f}")]
     finally:
         store.close()
+
+
+@pytest.mark.parametrize("tz", [None, dt.timezone(dt.timedelta(hours=1))])
+def test_a_page_of_readings_as_text_is_exactly_the_readings_as_json(tz):
+    """Pages write readings as JSON text a column at a time (readings_text); it must say what
+    json.dumps of reading_json says, for every sample telegram and where rounding is delicate."""
+    import json
+
+    from dsmr_ts.formats import reading_json, readings_text
+    from helpers import SAMPLE_TELEGRAMS, sample_telegram
+
+    moment = dt.datetime(2024, 3, 31, 1, 59, 59, tzinfo=dt.timezone.utc)
+    readings = [parse_telegram(sample_telegram(name), now=moment).reading for name in SAMPLE_TELEGRAMS]
+    readings.append(Reading(moment, "m", {"electricity_delivered_1": 0.0005, "electricity_delivered_2": -0.0004,
+                                          "electricity_returned_1": 52185.7825309, "phase_voltage_l1": 229.95,
+                                          "phase_power_current_l1": 7, "extra_device_timestamp": moment}))
+    readings.append(Reading(moment, "m", {}))
+
+    def stored(value):  # as a page reads it from InfluxDB: datetimes in Unix s
+        return int(value.timestamp()) if isinstance(value, dt.datetime) else value
+
+    times = [int(r.timestamp.timestamp()) for r in readings]
+    columns = {spec.name: [stored(r.values.get(spec.name)) for r in readings] for spec in SCHEMA.api_fields}
+    texts = readings_text(times, columns, tz)
+    assert len(texts) == len(readings)
+    for reading, text in zip(readings, texts):
+        assert text == json.dumps(reading_json(reading.timestamp, reading.values, tz))
+    assert '"electricity_delivered_1": "0.001"' in texts[-2] and '"electricity_delivered_2": "0.000"' in texts[-2]

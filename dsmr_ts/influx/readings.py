@@ -241,6 +241,12 @@ class IndexedRows:
     def page(self, meter: str, gte: dt.datetime | None, lte: dt.datetime | None, offset: int, limit: int,
              descending: bool) -> tuple[int, Iterator[Row]]:
         """(exact count, the page's rows as {_time, field: value}, in the order asked)."""
+        count, rows = self.raw_page(meter, gte, lte, offset, limit, descending)
+        return count, map(self.convert, rows)
+
+    def raw_page(self, meter: str, gte: dt.datetime | None, lte: dt.datetime | None, offset: int, limit: int,
+                 descending: bool) -> tuple[int, list[dict[str, object]]]:
+        """page(), its rows as InfluxQL gave them ({time (Unix s), column: value})."""
         plan = self._plan(gte, lte)
         statements = self._count_statements(meter, plan)
         counted = len(statements)
@@ -263,28 +269,29 @@ class IndexedRows:
         if not direct:
             return total, self._located(meter, plan, results[counted] if len(results) > counted else None,
                                         offset, limit, descending)
-        rows = list(self._rows(results[counted], limit, offset))
+        rows = self._raw_rows(results[counted], limit, offset)
         earlier = len(results) > counted + 1 and any(found.values for found in results[counted + 1])
         if edge and (len(rows) < min(limit, total - offset) or earlier):
             # The end did not hold the page (sparse rows, an import of older ones since the first
             # point was remembered): located through the index, or the whole (then small) range.
             self._first.pop(meter, None)
             if plan.has_index:
-                located = list(self._located(meter, plan, None, offset, limit, descending))
+                located = self._located(meter, plan, None, offset, limit, descending)
                 if descending and offset == 0 and lte is None and located:
-                    self._last[meter] = (located[0]["_time"] + MINUTE, time.monotonic())
-                return total, iter(located)
+                    newest = dt.datetime.fromtimestamp(int(located[0]["time"]), dt.timezone.utc)
+                    self._last[meter] = (newest + MINUTE, time.monotonic())  # past its row, also for minutes
+                return total, located
             (series,) = self.client.influxql([self._select(meter, plan.start, plan.stop, descending, limit, offset)])
-            rows = list(self._rows(series, limit, offset))
-        return total, iter(rows)
+            rows = self._raw_rows(series, limit, offset)
+        return total, rows
 
     def _located(self, meter: str, plan: _Plan, day_sums: list[Series] | None, offset: int, limit: int,
-                 descending: bool) -> Iterator[Row]:
+                 descending: bool) -> list[dict[str, object]]:
         """A page found through the index: from the hour of its first row to the end of the hour of
         its last, skipping less than an hour's rows."""
         total = plan.total
         if offset >= total:
-            return iter(())
+            return []
         first = max(0, total - offset - limit) if descending else offset  # ascending row numbers
         last = total - 1 - offset if descending else min(total, offset + limit) - 1
         if day_sums is None and plan.has_index:
@@ -295,10 +302,10 @@ class IndexedRows:
             start, skip = self._locate(meter, plan, days, first, hours)
             stop = self._locate_stop(meter, plan, days, last, hours)
         except LookupError:  # a write raced the count: the next request sees the new count
-            return iter(())
+            return []
         (rows,) = self.client.influxql([self._select(meter, start, stop, False, last - first + 1, skip)])
-        found = list(self._rows(rows, last - first + 1, skip))
-        return iter(found[::-1] if descending else found)
+        found = self._raw_rows(rows, last - first + 1, skip)
+        return found[::-1] if descending else found
 
     def _edge(self, meter: str, plan: _Plan, descending: bool, rows: int) -> tuple[dt.datetime, dt.datetime] | None:
         """The stretch at the end of the range a page starts from (a day of readings, or as many
@@ -391,6 +398,9 @@ class IndexedRows:
         """The rows of a page read with _select(limit, offset), converted."""
         return map(self.convert, self.kind.rows(series, limit, offset))
 
+    def _raw_rows(self, series: list[Series], limit: int | None = None, offset: int = 0) -> list[dict[str, object]]:
+        return list(self.kind.rows(series, limit, offset))
+
 
 class ReadingQueries(IndexedRows):
     """The readings: pages and counts, single readings, export."""
@@ -415,6 +425,15 @@ class ReadingQueries(IndexedRows):
             if value is not None and mask & bit:
                 out[name] = dt.datetime.fromtimestamp(int(value), utc) if is_datetime else value
         return out
+
+    def columns(self, rows: list[dict[str, object]]) -> tuple[list[int], dict[str, list[object]]]:
+        """Rows of raw_page() a column at a time, for formatting a page at once: (times in Unix s,
+        field -> values, None where a reading lacks the field). Datetime fields stay Unix s."""
+        masks = [-1 if (present := row.get(lineprotocol.PRESENT_FIELD)) is None else int(present) for row in rows]
+        columns = {name: [value if value is not None and mask & bit else None
+                          for value, mask in zip([row.get(name) for row in rows], masks)]
+                   for name, bit, _ in self._columns if self.schema.by_name[name].in_api}
+        return [int(row["time"]) for row in rows], columns
 
     # --- single readings --------------------------------------------------------------------------
 

@@ -8,7 +8,7 @@ from typing import Any
 import falcon
 
 from dsmr_ts.fields import SCHEMA, Kind, Post, ReadingField, ReadingSchema
-from dsmr_ts.formats import reading_json
+from dsmr_ts.formats import reading_json, readings_text
 from dsmr_ts.influx.store import EARLIEST, LATEST
 from dsmr_ts.ingest import Ingest
 from dsmr_ts.resources.context import ApiContext
@@ -115,9 +115,9 @@ class ReadingResource:
         page, (gte, lte), meter = all_valid(lambda: page_params(req), lambda: filter_datetimes(req, "timestamp", tz),
                                             lambda: self.context.meter(req))
         descending = req.get_param("ordering") == "-timestamp"  # anything else: ascending
-        count, rows = self.store.readings.page(meter, gte, lte, page.offset, page.limit, descending)
+        count, rows = self.store.readings.raw_page(meter, gte, lte, page.offset, page.limit, descending)
         next_url, previous_url = links(req, page, count, self.context.trust_forwarded)
-        results = (reading_json(row["_time"], row, output_tz, schema) for row in rows)
+        results = readings_text(*self.store.readings.columns(rows), output_tz, schema)
         resp.content_type = falcon.MEDIA_JSON
         resp.stream = stream_envelope(count, next_url, previous_url, results)
 

@@ -81,12 +81,13 @@ def links(req: falcon.Request, page: Page, count: int, trust_forwarded: bool) ->
 def stream_envelope(
     count: int, next_url: str | None, previous_url: str | None, results: Iterable[dict]
 ) -> Iterator[bytes]:
-    """{"count", "next", "previous", "results": [...]} produced item by item (bounded memory)."""
+    """{"count", "next", "previous", "results": [...]} produced item by item (bounded memory); an item
+    given as a str is JSON text already."""
     head = {"count": count, "next": next_url, "previous": previous_url}
     chunk = [json.dumps(head)[:-1] + ', "results": [']
     size = 0
     for index, item in enumerate(results):
-        text = (", " if index else "") + json.dumps(item)
+        text = (", " if index else "") + (item if isinstance(item, str) else json.dumps(item))
         chunk.append(text)
         size += len(text)
         if size >= CHUNK_BYTES:  # one write per ~64 KB, not per row
