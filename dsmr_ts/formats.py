@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import functools
 import json
 import math
 from decimal import ROUND_HALF_UP, Decimal
@@ -85,21 +84,27 @@ def readings_text(times: Sequence[int], columns: Mapping[str, Sequence[Any]], tz
     """Readings (times in Unix s, field -> values, None where absent; datetimes as Unix s) as JSON
     text, one str each: json.dumps(reading_json(...)) of each, the same text, made a column at a
     time (a page of a thousand readings spent most of its time formatting them one by one)."""
-    shown = [[str(t) for t in times], _datetime_column(times, tz)]
+    shown = [("id", [str(t) for t in times]), ("timestamp", datetime_column(times, tz))]
     for spec in schema.api_fields:
         column = columns.get(spec.name) or [None] * len(times)
         if spec.kind is Kind.DECIMAL:
-            shown.append(_decimal_column(column, spec.places))
+            shown.append((spec.name, decimal_column(column, spec.places)))
         elif spec.kind is Kind.DATETIME:
-            shown.append(_datetime_column(column, tz))
+            shown.append((spec.name, datetime_column(column, tz)))
         else:
-            shown.append(["null" if value is None else str(int(value)) for value in column])
-    template = _row_template(schema)
-    return [template % row for row in zip(*shown)]
+            shown.append((spec.name, ["null" if value is None else str(int(value)) for value in column]))
+    return json_rows(shown)
 
 
-def _decimal_column(column: Sequence[float | None], places: int) -> list[str]:
-    """decimal_string of each value, quoted (or null), inlined for a whole column."""
+def json_rows(columns: Sequence[tuple[str, Sequence[str]]]) -> list[str]:
+    """JSON objects as text, one per row, from (key, values as JSON text) columns; json.dumps's
+    separators, so the text is what json.dumps of the same dicts gives."""
+    template = "{" + ", ".join(json.dumps(key).replace("%", "%%") + ": %s" for key, _ in columns) + "}"
+    return [template % row for row in zip(*(values for _, values in columns))]
+
+
+def decimal_column(column: Sequence[float | None], places: int) -> list[str]:
+    """decimal_string of each value as JSON text (quoted, or null), inlined for a whole column."""
     form, scale = '"' + _FORMATS[places] + '"', _SCALES[places]
     negative_zero = form % -0.0
     out = []
@@ -116,31 +121,26 @@ def _decimal_column(column: Sequence[float | None], places: int) -> list[str]:
     return out
 
 
-def _datetime_column(column: Sequence[int | None], tz: dt.tzinfo | None) -> list[str]:
-    """datetime_string of each Unix time, quoted (or null). Readings come seconds apart: the text
-    up to the minute is made once per minute (a gas timestamp repeats for minutes: once)."""
+def datetime_column(column: Sequence[int | None], tz: dt.tzinfo | None) -> list[str]:
+    """datetime_string of each Unix time as JSON text (quoted, or null); in UTC the date part is
+    made once per day (a page's rows are seconds, minutes or hours apart)."""
     utc = dt.timezone.utc
-    minutes: dict[int, str] = {}
+    days: dict[int, str] = {}
     out = []
     for value in column:
         if value is None:
             out.append("null")
         elif tz is None:
-            second = int(value) % 60
-            minute = int(value) - second
-            prefix = minutes.get(minute)
-            if prefix is None:
-                prefix = minutes[minute] = '"' + datetime_string(dt.datetime.fromtimestamp(minute, utc))[:-3]
-            out.append(f"{prefix}{second:02d}Z\"")
+            day, second = divmod(int(value), 86400)
+            date = days.get(day)
+            if date is None:
+                date = days[day] = '"' + dt.datetime.fromtimestamp(day * 86400, utc).date().isoformat() + "T"
+            hour, second = divmod(second, 3600)
+            minute, second = divmod(second, 60)
+            out.append(f'{date}{hour:02d}:{minute:02d}:{second:02d}Z"')
         else:
             out.append('"' + datetime_string(dt.datetime.fromtimestamp(int(value), utc), tz) + '"')
     return out
-
-
-@functools.cache
-def _row_template(schema: ReadingSchema) -> str:
-    keys = "".join(", " + json.dumps(spec.name).replace("%", "%%") + ": %s" for spec in schema.api_fields)
-    return '{"id": %s, "timestamp": %s' + keys + "}"
 
 
 def gas_json(read_at: dt.datetime, delivered: float, used: float, tz: dt.tzinfo | None = None) -> dict[str, Any]:

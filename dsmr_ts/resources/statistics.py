@@ -9,14 +9,14 @@ from typing import Any
 import falcon
 
 from dsmr_ts import totals
-from dsmr_ts.formats import datetime_string, decimal_string
+from dsmr_ts.formats import datetime_column, decimal_column, decimal_string, json_rows
 from dsmr_ts.influx.statistics import DAY_MEASUREMENT, HOUR_MEASUREMENT, day_start
 from dsmr_ts.influx.store import EARLIEST, LATEST
 from dsmr_ts.resources.context import ApiContext
 from dsmr_ts.resources.datalogger import filter_datetimes
 from dsmr_ts.resources.errors import ValidationFailed, all_valid
 from dsmr_ts.resources.forms import read_fields
-from dsmr_ts.resources.pagination import links, page_params
+from dsmr_ts.resources.pagination import links, page_params, stream_envelope
 from dsmr_ts.resources.validation import (
     DecimalSpec,
     Field,
@@ -41,7 +41,7 @@ DAY_POST_FIELDS = [
 class _StatisticsResource:
     measurement = ""
     time_field = ""
-    fields: tuple[str, ...] = (*USAGE_OUTPUT, "gas")  # what row_json shows
+    fields: tuple[str, ...] = (*USAGE_OUTPUT, "gas")  # what rows_json shows
 
     def __init__(self, context: ApiContext):
         self.context = context
@@ -52,7 +52,8 @@ class _StatisticsResource:
     def bounds(self, req: falcon.Request) -> tuple[dt.datetime | None, dt.datetime | None]:
         raise NotImplementedError
 
-    def row_json(self, row: dict[str, Any]) -> dict[str, Any]:
+    def rows_json(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]] | list[str]:
+        """The page's rows as the API shows them (dicts, or JSON text)."""
         raise NotImplementedError
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
@@ -62,8 +63,8 @@ class _StatisticsResource:
         count, rows = self.context.store.statistics.page(
             self.measurement, meter, start, stop, page.offset, page.limit, descending, self.fields)
         next_url, previous_url = links(req, page, count, self.context.trust_forwarded)
-        resp.media = {"count": count, "next": next_url, "previous": previous_url,
-                      "results": [self.row_json(row) for row in rows]}
+        resp.content_type = falcon.MEDIA_JSON
+        resp.stream = stream_envelope(count, next_url, previous_url, self.rows_json(rows))
 
 
 class HourStatisticsResource(_StatisticsResource):
@@ -76,14 +77,13 @@ class HourStatisticsResource(_StatisticsResource):
         gte, lte = filter_datetimes(req, "hour_start", self.tz)
         return gte, (lte + dt.timedelta(seconds=1)) if lte else None
 
-    def row_json(self, row: dict[str, Any]) -> dict[str, Any]:
-        start: dt.datetime = row["_time"]
-        out: dict[str, Any] = {"id": int(start.timestamp()) // 3600,
-                               "hour_start": datetime_string(start, self.output_tz)}
-        for name in USAGE_OUTPUT:
-            out[name] = decimal_string(row.get(name) or 0.0, 3)
-        out["gas"] = decimal_string(row.get("gas"), 3)
-        return out
+    def rows_json(self, rows: list[dict[str, Any]]) -> list[str]:
+        """A column at a time (a month is 744 rows): id, hour_start, usage (0 when absent), gas."""
+        starts = [int(row["_time"].timestamp()) for row in rows]
+        return json_rows([("id", [str(start // 3600) for start in starts]),
+                          ("hour_start", datetime_column(starts, self.output_tz)),
+                          *((name, decimal_column([row.get(name) or 0.0 for row in rows], 3)) for name in USAGE_OUTPUT),
+                          ("gas", decimal_column([row.get("gas") for row in rows], 3))])
 
 
 class DayStatisticsResource(_StatisticsResource):
@@ -108,6 +108,9 @@ class DayStatisticsResource(_StatisticsResource):
         start = day_start(clamp(first), self.tz) if first else None
         stop = day_start(clamp(last), self.tz, 1) if last else None
         return start, stop
+
+    def rows_json(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return [self.row_json(row) for row in rows]
 
     def row_json(self, row: dict[str, Any]) -> dict[str, Any]:
         """A day; its costs as posted (POST statistics/day), else from the price periods."""
