@@ -106,7 +106,7 @@ LTE = dt.datetime(2026, 10, 25, 1, 12, 0, tzinfo=UTC)
 @pytest.mark.parametrize("located", [False, True], ids=["offset", "located"])
 def test_walking_all_pages_gives_every_reading_once_in_order(client, loaded, limit, ordering, bounds, located,
                                                             monkeypatch):
-    # located: every page found through the count index (day sums, hours), not InfluxQL's OFFSET.
+    # located: every page found through the count index (span sums, hours), not InfluxQL's OFFSET.
     monkeypatch.setattr(loaded.readings, "direct_offset", 0 if located else 3600)
     gte, lte = bounds
     params = {"limit": limit, "ordering": ordering, "meter": METER}

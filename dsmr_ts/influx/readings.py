@@ -10,7 +10,9 @@ their index rows (another request, only then).
 
 A page near either end of the range (offset below DIRECT_OFFSET from that end) is read in the same
 request as the counts (InfluxQL stops at LIMIT), within a day of that end. A deep page is located
-through the index: day sums, then the hours of that day, then a small OFFSET inside one hour.
+through the index: sums per span of 30 days (with the counts), then the hours of one span, then a
+small OFFSET inside one hour. Spans, not days: InfluxQL pays per window, and three years of hour
+rows summed per day (1,159 windows) took 5.9 ms against 2.6 ms per span (39 windows).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ MINUTE = dt.timedelta(minutes=1)
 SECOND = dt.timedelta(seconds=1)
 DIRECT_OFFSET = 3600  # rows InfluxQL may skip itself (about 2 ms per thousand)
 EDGE = dt.timedelta(days=1)  # a page near an end of the range is first looked for within a day of it
+SPAN = dt.timedelta(days=30)  # a deep page is located to a span (InfluxQL windows start at the epoch), then an hour
 WATERMARK_TTL = 60.0  # seconds: a stale watermark only means more raw counting, never a wrong count
 Row = dict[str, object]
 
@@ -262,7 +265,7 @@ class IndexedRows:
                 statements.append(f"SELECT {ident(self.kind.counted)} FROM {ident(self.kind.measurement)}"
                                   f" {self._raw_where(meter, plan.start, edge[0])} LIMIT 1")
         elif plan.has_index:  # where to look comes with the counts
-            statements.append(self._day_sums(meter, plan))
+            statements.append(self._span_sums(meter, plan))
         results = self.client.influxql(statements)
         self._take_counts(meter, plan, results[:counted])
         total = plan.total
@@ -285,7 +288,7 @@ class IndexedRows:
             rows = self._raw_rows(series, limit, offset)
         return total, rows
 
-    def _located(self, meter: str, plan: _Plan, day_sums: list[Series] | None, offset: int, limit: int,
+    def _located(self, meter: str, plan: _Plan, span_sums: list[Series] | None, offset: int, limit: int,
                  descending: bool) -> list[dict[str, object]]:
         """A page found through the index: from the hour of its first row to the end of the hour of
         its last, skipping less than an hour's rows."""
@@ -294,13 +297,13 @@ class IndexedRows:
             return []
         first = max(0, total - offset - limit) if descending else offset  # ascending row numbers
         last = total - 1 - offset if descending else min(total, offset + limit) - 1
-        if day_sums is None and plan.has_index:
-            (day_sums,) = self.client.influxql([self._day_sums(meter, plan)])
-        days = _day_counts(day_sums or [], plan.corrections or {})
-        hours: dict[dt.datetime, dict[int, int]] = {}  # the hour counts of a day, read once per page
+        if span_sums is None and plan.has_index:
+            (span_sums,) = self.client.influxql([self._span_sums(meter, plan)])
+        spans = _span_counts(span_sums or [], plan.corrections or {})
+        hours: dict[dt.datetime, dict[int, int]] = {}  # the hour counts of a span, read once per page
         try:
-            start, skip = self._locate(meter, plan, days, first, hours)
-            stop = self._locate_stop(meter, plan, days, last, hours)
+            start, skip = self._locate(meter, plan, spans, first, hours)
+            stop = self._locate_stop(meter, plan, spans, last, hours)
         except LookupError:  # a write raced the count: the next request sees the new count
             return []
         (rows,) = self.client.influxql([self._select(meter, start, stop, False, last - first + 1, skip)])
@@ -341,11 +344,12 @@ class IndexedRows:
                 offset: int) -> str:
         return self.kind.page(self._raw_where(meter, start, stop), descending, limit, offset)
 
-    def _day_sums(self, meter: str, plan: _Plan) -> str:
+    def _span_sums(self, meter: str, plan: _Plan) -> str:
         return (f"SELECT sum({ident(self.kind.index_field)}) FROM {self._stats_hour} "
-                f"{self._raw_where(meter, plan.indexed_start, plan.indexed_stop)} GROUP BY time(1d) fill(none)")
+                f"{self._raw_where(meter, plan.indexed_start, plan.indexed_stop)}"
+                f" GROUP BY time({int(SPAN.total_seconds())}s) fill(none)")
 
-    def _locate(self, meter: str, plan: _Plan, days: list[tuple[int, int]], row: int,
+    def _locate(self, meter: str, plan: _Plan, spans: list[tuple[int, int]], row: int,
                 hours: dict[dt.datetime, dict[int, int]]) -> tuple[dt.datetime, int]:
         """Row number `row` (0-based, ascending) -> (a time, how many rows from there to skip)."""
         if row < plan.head or not plan.has_index:
@@ -353,12 +357,12 @@ class IndexedRows:
         row -= plan.head
         if row >= plan.indexed:
             return plan.indexed_stop, row - plan.indexed
-        for day_s, count in days:
+        for span_s, count in spans:
             if row < count:
-                day_start = dt.datetime.fromtimestamp(day_s, dt.timezone.utc)
-                if day_start not in hours:
-                    hours[day_start] = self._hour_counts(meter, plan, day_start, plan.corrections or {})
-                for hour, in_hour in sorted(hours[day_start].items()):
+                span_start = dt.datetime.fromtimestamp(span_s, dt.timezone.utc)
+                if span_start not in hours:
+                    hours[span_start] = self._hour_counts(meter, plan, span_start, plan.corrections or {})
+                for hour, in_hour in sorted(hours[span_start].items()):
                     if row < in_hour:
                         return dt.datetime.fromtimestamp(hour, dt.timezone.utc), row
                     row -= in_hour
@@ -366,18 +370,18 @@ class IndexedRows:
             row -= count
         raise LookupError("the index changed while a page was located")  # a write raced the count
 
-    def _locate_stop(self, meter: str, plan: _Plan, days: list[tuple[int, int]], row: int,
+    def _locate_stop(self, meter: str, plan: _Plan, spans: list[tuple[int, int]], row: int,
                      hours: dict[dt.datetime, dict[int, int]]) -> dt.datetime:
         """Where a page whose last row is `row` may stop reading: the end of that row's hour."""
         if not plan.has_index or row >= plan.head + plan.indexed:
             return plan.stop
         if row < plan.head:
             return plan.indexed_start
-        return self._locate(meter, plan, days, row, hours)[0] + HOUR
+        return self._locate(meter, plan, spans, row, hours)[0] + HOUR
 
-    def _hour_counts(self, meter: str, plan: _Plan, day: dt.datetime, corrections: dict[int, int]) -> dict[int, int]:
-        """hour (Unix s) -> rows, for the indexed hours of one day (pending hours corrected)."""
-        start, stop = max(day, plan.indexed_start), min(day + dt.timedelta(days=1), plan.indexed_stop)
+    def _hour_counts(self, meter: str, plan: _Plan, span: dt.datetime, corrections: dict[int, int]) -> dict[int, int]:
+        """hour (Unix s) -> rows, for the indexed hours of one span (pending hours corrected)."""
+        start, stop = max(span, plan.indexed_start), min(span + SPAN, plan.indexed_stop)
         field = self.kind.index_field
         (hours,) = self.client.influxql([f"SELECT {ident(field)} FROM {self._stats_hour} "
                                          f"{self._raw_where(meter, start, stop)}"])
@@ -506,13 +510,14 @@ class GasQueries(IndexedRows):
         return next((float(row[lineprotocol.GAS_FIELD]) for found in series for row in found.rows()), None)
 
 
-def _day_counts(day_sums: list[Series], corrections: dict[int, int]) -> list[tuple[int, int]]:
-    """(day start in Unix s, rows), oldest first: the index's day sums, pending hours corrected."""
-    days = {int(day["time"]): int(day["sum"] or 0) for found in day_sums for day in found.rows()}
+def _span_counts(span_sums: list[Series], corrections: dict[int, int]) -> list[tuple[int, int]]:
+    """(span start in Unix s, rows), oldest first: the index's span sums, pending hours corrected."""
+    spans = {int(span["time"]): int(span["sum"] or 0) for found in span_sums for span in found.rows()}
+    width = int(SPAN.total_seconds())
     for hour, correction in corrections.items():  # pending hours may have no index row yet
-        day = hour - hour % 86400
-        days[day] = days.get(day, 0) + correction
-    return sorted(days.items())
+        span = hour - hour % width
+        spans[span] = spans.get(span, 0) + correction
+    return sorted(spans.items())
 
 
 def _remembered(cache: dict[str, tuple[dt.datetime, float]], meter: str) -> dt.datetime | None:
