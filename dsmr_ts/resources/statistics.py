@@ -9,7 +9,7 @@ from typing import Any
 import falcon
 
 from dsmr_ts import totals
-from dsmr_ts.formats import datetime_column, decimal_column, decimal_string, json_rows
+from dsmr_ts.formats import datetime_column, decimal_column, json_rows
 from dsmr_ts.influx.statistics import DAY_MEASUREMENT, HOUR_MEASUREMENT, day_start
 from dsmr_ts.influx.store import EARLIEST, LATEST
 from dsmr_ts.resources.context import ApiContext
@@ -109,24 +109,23 @@ class DayStatisticsResource(_StatisticsResource):
         stop = day_start(clamp(last), self.tz, 1) if last else None
         return start, stop
 
-    def rows_json(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        return [self.row_json(row) for row in rows]
+    def rows_json(self, rows: list[dict[str, Any]]) -> list[str]:
+        """Days a column at a time; costs as posted (POST statistics/day), else from the price periods."""
+        days = [row["_time"].astimezone(self.tz).date() for row in rows]
+        costs = [stored_or_computed_costs(row, day, self.prices) for row, day in zip(rows, days)]
 
-    def row_json(self, row: dict[str, Any]) -> dict[str, Any]:
-        """A day; its costs as posted (POST statistics/day), else from the price periods."""
-        day = row["_time"].astimezone(self.tz).date()
-        out: dict[str, Any] = {"id": int(day.strftime("%Y%m%d")), "day": day.isoformat()}
-        costs = stored_or_computed_costs(row, day, self.prices)
-        out["total_cost"] = costs["total_cost"]
-        for name in USAGE_OUTPUT:
-            out[name] = decimal_string(row.get(name) or 0.0, 3)
-        out["electricity1_cost"] = costs["electricity1_cost"]
-        out["electricity2_cost"] = costs["electricity2_cost"]
-        out["gas"] = decimal_string(row.get("gas"), 3)
-        out["gas_cost"] = costs["gas_cost"]
-        for name in TEMPERATURES:
-            out[name] = decimal_string(row.get(name), 1)
-        return out
+        def cost(name: str) -> list[str]:
+            return ["null" if c[name] is None else '"' + c[name] + '"' for c in costs]
+
+        def usage(names: tuple[str, ...], places: int = 3, absent: float | None = None) -> list[tuple[str, list[str]]]:
+            return [(name, decimal_column([absent if (value := row.get(name)) is None else value for row in rows],
+                                          places)) for name in names]
+
+        return json_rows([("id", [str(d.year * 10000 + d.month * 100 + d.day) for d in days]),
+                          ("day", ['"' + d.isoformat() + '"' for d in days]), ("total_cost", cost("total_cost")),
+                          *usage(USAGE_OUTPUT, absent=0.0), ("electricity1_cost", cost("electricity1_cost")),
+                          ("electricity2_cost", cost("electricity2_cost")), *usage(("gas",)),
+                          ("gas_cost", cost("gas_cost")), *usage(TEMPERATURES, places=1)])
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         """Create a day row (history brought in by hand or by script); an existing day is a 400."""
@@ -152,7 +151,8 @@ class DayStatisticsResource(_StatisticsResource):
         if not self.context.store.statistics.add_day(meter, start, clean):
             raise ValidationFailed({"day": ["day statistics with this day already exists."]})
         resp.status = falcon.HTTP_201
-        resp.media = self.row_json({**clean, "_time": start})
+        resp.content_type = falcon.MEDIA_JSON
+        resp.text = self.rows_json([{**clean, "_time": start}])[0]
 
 
 def _posted_day(value: Any) -> dt.date | None:
