@@ -300,6 +300,39 @@ def test_peak_pages_by_average(client, store):
     assert pages[0]["next"].endswith("limit=2&meter=E-PEAKS&offset=2&ordering=-average_delivered")
 
 
+@pytest.mark.parametrize("ordering", ["read_at_start", "-read_at_start"])
+@pytest.mark.parametrize("bounds", [{}, {"read_at_start__gte": "2026-04-20T06:00:00Z",
+                                        "read_at_start__lte": "2026-06-10T12:00:00Z"}])
+def test_deep_peak_pages_located_by_span_give_what_offset_gives(client, store, monkeypatch, ordering, bounds):
+    """A deep page in time order starts at the 30-day span of its first row; across several spans,
+    at every offset, it must give what InfluxQL's own OFFSET gives."""
+    meter = "E-PEAK-SPANS"
+    if not get(client, PEAKS, meter=meter)["count"]:
+        readings, position = [], 100.0
+        for day in range(0, 120, 3):  # four months, three quarters on every third day
+            for quarter in (24, 33, 70):
+                start = z("2026-03-01T00:00:00Z") + dt.timedelta(days=day, minutes=15 * quarter)
+                position += 0.1 + day / 1000
+                readings += [reading(start.isoformat(), position, 0.0, 1.0, meter=meter),
+                             reading((start + dt.timedelta(minutes=14)).isoformat(), position + 0.05, 0.0, 1.0,
+                                     meter=meter)]
+        store.writer.store_readings(readings, False)
+        store.statistics.regenerate(z("2026-03-01T00:00:00Z"), z("2026-07-01T00:00:00Z"))
+
+    def pages(direct_offset: int) -> list[tuple[int, list[str]]]:
+        monkeypatch.setattr("dsmr_ts.influx.statistics.QUARTER_DIRECT_OFFSET", direct_offset)
+        found = []
+        for offset in (0, 1, 7, 20, 37, 38, 59, 80, 118, 119, 120, 500):
+            body = get(client, PEAKS, meter=meter, ordering=ordering, limit=7, offset=offset, **bounds)
+            found.append((body["count"], [row["read_at_start"] for row in body["results"]]))
+        return found
+
+    direct, located = pages(10**9), pages(0)
+    assert direct[0][0] == (120 if not bounds else 51)
+    assert located == direct
+    assert any(rows for _, rows in direct[1:]) and not direct[-1][1]
+
+
 def test_fluvius_demand_and_month_peak_are_stored_from_each_telegram(client, store):
     text = sample_telegram("fluvius_be_4.txt")
     response = client.simulate_post("/api/v1/datalogger/dsmrreading", headers={**KEY, "Content-Type": FORM},

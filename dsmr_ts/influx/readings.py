@@ -27,14 +27,13 @@ from dsmr_ts.fields import SCHEMA, Kind, ReadingSchema
 from dsmr_ts.influx import lineprotocol
 from dsmr_ts.influx.client import EARLIEST, LATEST, InfluxClient, Series, ident, ns, quote
 from dsmr_ts.influx.statistics import (COUNT_FIELD, COUNTED_FIELD, GAS_COUNT_FIELD, HOUR_MEASUREMENT, LOOKBACK_DELTA,
-                                      MINUTE_COUNT_FIELD, REPAIR_SLACK, Statistics, floor_hour, pending_from)
+                                      MINUTE_COUNT_FIELD, REPAIR_SLACK, SPAN, Statistics, floor_hour, pending_from)
 
 HOUR = dt.timedelta(hours=1)
 MINUTE = dt.timedelta(minutes=1)
 SECOND = dt.timedelta(seconds=1)
 DIRECT_OFFSET = 3600  # rows InfluxQL may skip itself (about 2 ms per thousand)
 EDGE = dt.timedelta(days=1)  # a page near an end of the range is first looked for within a day of it
-SPAN = dt.timedelta(days=30)  # a deep page is located to a span (InfluxQL windows start at the epoch), then an hour
 WATERMARK_TTL = 60.0  # seconds: a stale watermark only means more raw counting, never a wrong count
 Row = dict[str, object]
 

@@ -71,6 +71,10 @@ CATCH_UP = f"{CATCH_UP_DELTA.days}d"
 REPAIR_SLACK = dt.timedelta(seconds=120)
 HOUR = dt.timedelta(hours=1)
 EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
+# Deep pages are located by counts per span (InfluxQL windows start at the epoch), then read with a
+# small OFFSET inside their span: InfluxQL's OFFSET reads every row it skips.
+SPAN = dt.timedelta(days=30)
+QUARTER_DIRECT_OFFSET = 2000  # quarter-hour rows InfluxQL may skip itself
 
 HOUR_TASK = "dsmr-ts hour statistics"
 DAY_TASK = "dsmr-ts day statistics"
@@ -615,8 +619,10 @@ class Statistics:
     def quarters(self, meter: str, gte: dt.datetime | None, lte: dt.datetime | None, offset: int, limit: int,
                  by_average: bool, descending: bool) -> tuple[int, list[dict[str, object]]]:
         """(count, rows) of the quarter-hour peaks whose read_at_start is in [gte, lte], in time order
-        or by average_delivered (ties in time order), one request. Rows: _time (quarter start),
-        average_delivered, read_at_start, read_at_end (aware UTC)."""
+        or by average_delivered (ties in time order). Rows: _time (quarter start), average_delivered,
+        read_at_start, read_at_end (aware UTC). The count comes per span of SPAN (summed here), so
+        that a deep page in time order starts reading at its span: InfluxQL's OFFSET reads every
+        row it skips (a year of quarters is 35,000)."""
         start = _floor_quarter(gte) if gte else EPOCH
         stop = lte or LATEST
         if stop < start:
@@ -627,16 +633,22 @@ class Statistics:
         if lte:
             where += f" AND read_at_start <= {int(lte.timestamp())}"
         source = self.client.in_stats(QUARTER_MEASUREMENT)
+        columns = "average_delivered, read_at_start, read_at_end"
         if by_average:
             # top()/bottom() keep the first N by value (and the earlier of equal ones), in time order.
             selector = "top" if descending else "bottom"
-            page = (f"SELECT {selector}(average_delivered, {offset + max(limit, 1)}), read_at_start, read_at_end"
-                    f" FROM {source} {where}")
-        else:
-            page = (f"SELECT average_delivered, read_at_start, read_at_end FROM {source} {where}"
+            page = f"SELECT {selector}(average_delivered, {offset + max(limit, 1)}), read_at_start, read_at_end FROM {source} {where}"
+        elif offset < QUARTER_DIRECT_OFFSET:
+            page = (f"SELECT {columns} FROM {source} {where}"
                     f" ORDER BY time {'DESC' if descending else 'ASC'} LIMIT {max(limit, 1)} OFFSET {offset}")
-        counted, found = self.client.influxql([f"SELECT count(average_delivered) FROM {source} {where}", page])
-        count = next((int(row["count"]) for series in counted for row in series.rows()), 0)
+        else:
+            page = ""  # located below, from the span counts
+        results = self.client.influxql([f"SELECT count(average_delivered) FROM {source} {where}"
+                                        f" GROUP BY time({int(SPAN.total_seconds())}s) fill(none)", *filter(None, [page])])
+        spans = [(int(row["time"]), int(row["count"])) for series in results[0] for row in series.rows()]
+        count = sum(in_span for _, in_span in spans)
+        found = results[1] if page else self._located_quarters(source, where, columns, spans, count, offset, limit,
+                                                               descending)
         rows = []
         for series in found:
             for row in series.rows():
@@ -648,7 +660,26 @@ class Statistics:
         if by_average:
             rows.sort(key=lambda r: (-r["average_delivered"] if descending else r["average_delivered"], r["_time"]))
             rows = rows[offset:offset + limit]
+        elif not page and descending:
+            rows.reverse()
         return count, rows
+
+    def _located_quarters(self, source: str, where: str, columns: str, spans: list[tuple[int, int]], count: int,
+                          offset: int, limit: int, descending: bool) -> list:
+        """The series of a deep page in time order, read oldest first from the span of its first row."""
+        if offset >= count:
+            return []
+        first = max(0, count - offset - limit) if descending else offset  # ascending row numbers
+        last = count - 1 - offset if descending else min(count, offset + limit) - 1
+        rows = last - first + 1
+        for span_start, in_span in spans:
+            if first < in_span:
+                (series,) = self.client.influxql([
+                    f"SELECT {columns} FROM {source} {where} AND time >= {span_start * 10**9}"
+                    f" ORDER BY time ASC LIMIT {rows} OFFSET {first}"])
+                return series
+            first -= in_span
+        return []
 
     def add_day(self, meter: str, day_start: dt.datetime, fields: dict[str, float]) -> bool:
         """POST statistics/day: a day row as given (usage, costs, temperatures). False when the
