@@ -177,14 +177,15 @@ class IndexedRows:
     def _raw_where(self, meter: str, start: dt.datetime, stop: dt.datetime) -> str:
         return f"WHERE meter = {quote(meter)} AND time >= {ns(start)} AND time < {ns(stop)}"
 
-    def _count_statements(self, meter: str, plan: _Plan) -> list[str]:
+    def _count_statements(self, meter: str, plan: _Plan, by_span: bool = False) -> list[str]:
+        """The counts of a plan; with by_span the index sums come per span (for locating a deep
+        page: one pass over the hour rows instead of two)."""
         kind = self.kind
         if not plan.has_index:
             return [kind.count(self._raw_where(meter, plan.start, plan.stop))]
-        index_where = self._raw_where(meter, plan.indexed_start, plan.indexed_stop)
         return [
             kind.count(self._raw_where(meter, plan.start, plan.indexed_start)),
-            f"SELECT sum({ident(kind.index_field)}) FROM {self._stats_hour} {index_where}",
+            self._index_sums(meter, plan, by_span),
             kind.count(self._raw_where(meter, plan.indexed_stop, plan.stop)),
             # Marks the repair job may not have taken up yet: those made since its cursor (read by
             # when they were made, so the query reads minutes, not all history).
@@ -196,7 +197,7 @@ class IndexedRows:
         if not plan.has_index:
             plan.head = _number(results[0])
             return
-        plan.head, plan.indexed, plan.tail = _number(results[0]), _number(results[1]), _number(results[2])
+        plan.head, plan.indexed, plan.tail = _number(results[0]), _sum(results[1]), _number(results[2])
         start, stop = int(plan.indexed_start.timestamp()), int(plan.indexed_stop.timestamp())
         candidates = {int(row["hour"]) for found in results[3] for row in found.rows()}
         candidates = sorted(hour for hour in candidates if start <= hour < stop)
@@ -250,9 +251,9 @@ class IndexedRows:
                  descending: bool) -> tuple[int, list[dict[str, object]]]:
         """page(), its rows as InfluxQL gave them ({time (Unix s), column: value})."""
         plan = self._plan(gte, lte)
-        statements = self._count_statements(meter, plan)
-        counted = len(statements)
         direct = offset < self.direct_offset
+        statements = self._count_statements(meter, plan, by_span=not direct)  # a deep page: where to look
+        counted = len(statements)
         edge = self._edge(meter, plan, descending, offset + limit) if direct else None
         if direct:
             # The page comes with the counts, read near the end it starts from: a range over all of
@@ -263,14 +264,12 @@ class IndexedRows:
             if edge and not descending and gte is None:  # the meter's first point, as remembered
                 statements.append(f"SELECT {ident(self.kind.counted)} FROM {ident(self.kind.measurement)}"
                                   f" {self._raw_where(meter, plan.start, edge[0])} LIMIT 1")
-        elif plan.has_index:  # where to look comes with the counts
-            statements.append(self._span_sums(meter, plan))
         results = self.client.influxql(statements)
         self._take_counts(meter, plan, results[:counted])
         total = plan.total
         if not direct:
-            return total, self._located(meter, plan, results[counted] if len(results) > counted else None,
-                                        offset, limit, descending)
+            return total, self._located(meter, plan, results[1] if plan.has_index else None, offset, limit,
+                                        descending)
         rows = self._raw_rows(results[counted], limit, offset)
         earlier = len(results) > counted + 1 and any(found.values for found in results[counted + 1])
         if edge and (len(rows) < min(limit, total - offset) or earlier):
@@ -297,7 +296,7 @@ class IndexedRows:
         first = max(0, total - offset - limit) if descending else offset  # ascending row numbers
         last = total - 1 - offset if descending else min(total, offset + limit) - 1
         if span_sums is None and plan.has_index:
-            (span_sums,) = self.client.influxql([self._span_sums(meter, plan)])
+            (span_sums,) = self.client.influxql([self._index_sums(meter, plan, by_span=True)])
         spans = _span_counts(span_sums or [], plan.corrections or {})
         hours: dict[dt.datetime, dict[int, int]] = {}  # the hour counts of a span, read once per page
         try:
@@ -343,10 +342,11 @@ class IndexedRows:
                 offset: int) -> str:
         return self.kind.page(self._raw_where(meter, start, stop), descending, limit, offset)
 
-    def _span_sums(self, meter: str, plan: _Plan) -> str:
+    def _index_sums(self, meter: str, plan: _Plan, by_span: bool) -> str:
+        """The index's rows of the proven hours summed (by_span: per span)."""
+        group = f" GROUP BY time({int(SPAN.total_seconds())}s) fill(none)" if by_span else ""
         return (f"SELECT sum({ident(self.kind.index_field)}) FROM {self._stats_hour} "
-                f"{self._raw_where(meter, plan.indexed_start, plan.indexed_stop)}"
-                f" GROUP BY time({int(SPAN.total_seconds())}s) fill(none)")
+                f"{self._raw_where(meter, plan.indexed_start, plan.indexed_stop)}{group}")
 
     def _locate(self, meter: str, plan: _Plan, spans: list[tuple[int, int]], row: int,
                 hours: dict[dt.datetime, dict[int, int]]) -> tuple[dt.datetime, int]:
@@ -532,6 +532,11 @@ def _floor_minute(moment: dt.datetime) -> dt.datetime:
 def _ceil_minute(moment: dt.datetime) -> dt.datetime:
     floor = _floor_minute(moment)
     return floor if floor == moment else floor + MINUTE
+
+
+def _sum(series: list[Series]) -> int:
+    """The total of a sum, or of its per-span sums."""
+    return sum(int(row["sum"] or 0) for found in series for row in found.rows())
 
 
 def _number(series: list[Series]) -> int:
