@@ -3,7 +3,7 @@ readings (10-second readings of a one-phase DSMR 4 household, its Django table l
 `dsmr-ts import dsmr-reader --database` into a fresh influxd. Prints readings/s of the whole
 import (reading, line building, writing, the statistics regenerated afterwards) and each part's CPU.
 
-    .venv/bin/python benchmarks/import_database.py [--readings 1000000]
+    .venv/bin/python benchmarks/import_database.py [--readings 1000000] [--step 10]
 
 Starts its own PostgreSQL and influxd in temp dirs. DSMR-reader's own API importer figure is
 printed labelled as measured separately.
@@ -32,14 +32,17 @@ API_IMPORT = "4,700 readings/s through DSMR-reader's API (measured separately)"
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--readings", type=int, default=1_000_000)
+    parser.add_argument("--step", type=int, default=10, help="seconds between readings: 10 for a DSMR 4 meter's"
+                        " history, 1 for DSMR 5 (the statistics cost per hour, so per reading 10x less)")
     args = parser.parse_args()
     sys.stdout.reconfigure(line_buffering=True)
     start = dt.datetime(2023, 1, 1, tzinfo=dt.timezone.utc)
     database = Postgres()
     try:
         began = time.perf_counter()
-        database.load(reading_rows(args.readings, start))
-        print(f"PostgreSQL loaded with {args.readings:,} DSMR-reader readings in {time.perf_counter() - began:.0f} s")
+        database.load(reading_rows(args.readings, start, args.step))
+        print(f"PostgreSQL loaded with {args.readings:,} DSMR-reader readings, {args.step} s apart"
+              f" ({args.readings * args.step / 86400:.0f} days), in {time.perf_counter() - began:.0f} s")
         with Stack() as stack:
             store = Store(stack.config.influxdb, timeout_ms=3_600_000)
             before = (time.process_time(), stack.cpu()[1])
@@ -53,7 +56,7 @@ def main() -> None:
             print(f"cpu: the importer (PostgreSQL's COPY read, line protocol, writes) {own:.0f} s, influxd"
                   f" {influx:.0f} s; 2 cores give {elapsed * 2:.0f} cpu-s in that time")
             first = start
-            last = start + dt.timedelta(seconds=10 * (args.readings - 1))
+            last = start + dt.timedelta(seconds=args.step * (args.readings - 1))
             began = time.perf_counter()
             store.statistics.recompute(first.replace(minute=0, second=0), last + dt.timedelta(hours=1),
                                        "BENCH-IMPORT")
