@@ -306,6 +306,19 @@ def test_v2_same_timestamp_twice_keeps_one_reading_the_second(client, store):
     assert served[0]["electricity_delivered_1"] == "2001.000"
 
 
+def test_a_page_of_readings_with_different_fields_shows_each_its_own(client):
+    """A page is formatted a column at a time: each reading still shows only the fields it had."""
+    first, second = unique_moment(), unique_moment()
+    for moment, extra in ((first, {"phase_currently_delivered_l1": 0.7}), (second, {"phase_currently_delivered_l1": 0.5}),
+                          (second, {})):  # the second posted again without its phase
+        body = {**DOC_POST, "timestamp": moment.isoformat(), "meter": "E-V2-MIXED", **extra}
+        assert client.simulate_post(V2, headers=KEY, json=body).status_code == 201
+    served = client.simulate_get(V2, headers=KEY, params={"meter": "E-V2-MIXED", "timestamp__gte": min(first, second).isoformat(),
+                                                           "timestamp__lte": max(first, second).isoformat()}).json["results"]
+    phases = {row["id"]: row["phase_currently_delivered_l1"] for row in served}
+    assert phases == {int(first.timestamp()): "0.700", int(second.timestamp()): None}
+
+
 def test_v2_post_json_body_round_trips_through_json_module(client):
     moment = unique_moment()
     data = json.dumps({**DOC_POST, "timestamp": moment.isoformat(), "meter": "E-V2-RAW"})

@@ -412,6 +412,7 @@ class ReadingQueries(IndexedRows):
         super().__init__(client, statistics, READINGS, proof, self.reading_row)
         self.schema = schema
         self._columns = [(spec.name, schema.bits[spec.name], spec.kind is Kind.DATETIME) for spec in schema.fields]
+        self._api_columns = [column for column in self._columns if schema.by_name[column[0]].in_api]
 
     def watermark(self) -> dt.datetime | None:
         return self.proof.get()[0]
@@ -433,9 +434,13 @@ class ReadingQueries(IndexedRows):
         """Rows of raw_page() a column at a time, for formatting a page at once: (times in Unix s,
         field -> values, None where a reading lacks the field). Datetime fields stay Unix s."""
         masks = [-1 if (present := row.get(lineprotocol.PRESENT_FIELD)) is None else int(present) for row in rows]
-        columns = {name: [value if value is not None and mask & bit else None
-                          for value, mask in zip([row.get(name) for row in rows], masks)]
-                   for name, bit, _ in self._columns if self.schema.by_name[name].in_api}
+        shared = masks[0] if len(set(masks)) == 1 else None  # the usual page: readings with the same fields
+        columns = {}
+        for name, bit, _ in self._api_columns:
+            if shared is not None:
+                columns[name] = [row.get(name) for row in rows] if shared & bit else [None] * len(rows)
+            else:
+                columns[name] = [value if mask & bit else None for value, mask in zip([row.get(name) for row in rows], masks)]
         return [int(row["time"]) for row in rows], columns
 
     # --- single readings --------------------------------------------------------------------------
