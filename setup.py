@@ -22,6 +22,7 @@ setup(
         "paho-mqtt>=2,<3",
         "cryptography>=41,<47",
         "crcmod-plus>=2.1,<3",  # CRC-16 in C (import name crcmod): the telegram check, per request
+        "msgpack>=1.0,<2",  # InfluxQL answers as MessagePack: half influxd's encoding cost of JSON, and parsing
         "psycopg[binary]>=3.1,<4",  # dsmr-ts import dsmr-reader --database (PostgreSQL)
         "PyMySQL>=1.1,<2",  # ... (MySQL, MariaDB)
     ],

@@ -160,3 +160,24 @@ def test_health_follows_influxd(private_influxd, tmp_path):
     assert response.status_code == 503
     assert response.json["status"] == "error" and response.json["influxdb"] == "unreachable"
     assert private_influxd.url in response.json["detail"]
+
+
+def test_influxql_answers_keep_their_types_and_a_refused_statement_names_the_reason(session_config):
+    """InfluxQL answers come as MessagePack: floats stay floats (JSON made 1000.0 an int), counts
+    are ints, and a statement influxd refuses is a StoreUnavailable with influxd's reason."""
+    from dsmr_ts.influx.client import StoreUnavailable
+
+    store = Store(session_config.influxdb)
+    try:
+        store.client.write("typecheck,meter=T value=1000.0,count=3i 1600000000000000000")
+        (points, counted) = store.client.influxql(["SELECT value, \"count\" FROM typecheck WHERE meter = 'T'",
+                                                   "SELECT count(value) FROM typecheck WHERE meter = 'T'"])
+        row = next(points[0].rows())
+        assert row == {"time": 1600000000, "value": 1000.0, "count": 3}
+        assert isinstance(row["value"], float) and isinstance(row["count"], int)
+        assert next(counted[0].rows())["count"] == 1
+        with pytest.raises(StoreUnavailable, match="refused a query") as refused:
+            store.client.influxql(["SELECT count(value) FROM typecheck", "SELECT mean(value), value FROM typecheck"])
+        assert "mixing aggregate and non-aggregate" in str(refused.value)
+    finally:
+        store.close()
