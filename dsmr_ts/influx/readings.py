@@ -38,6 +38,10 @@ WATERMARK_TTL = 60.0  # seconds: a stale watermark only means more raw counting,
 Row = dict[str, object]
 
 
+def _where(meter: str, start: dt.datetime, stop: dt.datetime) -> str:
+    return f"WHERE meter = {quote(meter)} AND time >= {ns(start)} AND time < {ns(stop)}"
+
+
 def ceil_hour(moment: dt.datetime) -> dt.datetime:
     floor = floor_hour(moment)
     return floor if floor == moment else floor + HOUR
@@ -59,10 +63,14 @@ class RowKind:
     counted_column: str = ""
     direct_offset: int = DIRECT_OFFSET  # deeper pages are located through the index
 
-    def count(self, where: str, group: str = "") -> str:
+    def count(self, meter: str, start: dt.datetime, stop: dt.datetime, group: str = "") -> str:
+        """Rows in [start, stop), optionally grouped (group: ' GROUP BY ...')."""
+        where = _where(meter, start, stop)
         if self.per_minute:
+            # The outer query gets the time bounds too: without them it opens every shard of
+            # history (20 ms at 100 M readings, for a range that holds nothing).
             return (f"SELECT count(c) FROM (SELECT count({ident(self.counted)}) AS c FROM {ident(self.measurement)}"
-                    f" {where} GROUP BY time(1m) fill(none)){group}")
+                    f" {where} GROUP BY time(1m) fill(none)) WHERE time >= {ns(start)} AND time < {ns(stop)}{group}")
         return f"SELECT count({ident(self.counted)}) FROM {ident(self.measurement)} {where}{group}"
 
     def page(self, where: str, descending: bool, limit: int, offset: int) -> str:
@@ -175,18 +183,18 @@ class IndexedRows:
         return _Plan(start, stop, indexed_start, indexed_stop, marks_since=(cursor - REPAIR_SLACK) if cursor else EARLIEST)
 
     def _raw_where(self, meter: str, start: dt.datetime, stop: dt.datetime) -> str:
-        return f"WHERE meter = {quote(meter)} AND time >= {ns(start)} AND time < {ns(stop)}"
+        return _where(meter, start, stop)
 
     def _count_statements(self, meter: str, plan: _Plan, by_span: bool = False) -> list[str]:
         """The counts of a plan; with by_span the index sums come per span (for locating a deep
         page: one pass over the hour rows instead of two)."""
         kind = self.kind
         if not plan.has_index:
-            return [kind.count(self._raw_where(meter, plan.start, plan.stop))]
+            return [kind.count(meter, plan.start, plan.stop)]
         return [
-            kind.count(self._raw_where(meter, plan.start, plan.indexed_start)),
+            kind.count(meter, plan.start, plan.indexed_start),
             self._index_sums(meter, plan, by_span),
-            kind.count(self._raw_where(meter, plan.indexed_stop, plan.stop)),
+            kind.count(meter, plan.indexed_stop, plan.stop),
             # Marks the repair job may not have taken up yet: those made since its cursor (read by
             # when they were made, so the query reads minutes, not all history).
             f"SELECT \"hour\" FROM {ident(lineprotocol.REPAIR_REQUEST)} WHERE meter = {quote(meter)}"
@@ -220,7 +228,7 @@ class IndexedRows:
         stop = dt.datetime.fromtimestamp(hours[-1], dt.timezone.utc) + HOUR
         where = self._raw_where(meter, start, stop)
         raw, index = self.client.influxql([
-            self.kind.count(where, " GROUP BY time(1h) fill(0)"),
+            self.kind.count(meter, start, stop, " GROUP BY time(1h) fill(0)"),
             f"SELECT {ident(self.kind.index_field)} FROM {self._stats_hour} {where}",
         ])
         raw_counts = {int(row["time"]): int(row["count"] or 0) for found in raw for row in found.rows()}
@@ -236,7 +244,7 @@ class IndexedRows:
     def brute_force_count(self, meter: str, gte: dt.datetime | None, lte: dt.datetime | None) -> int:
         """Count every row in range from raw points (for tests and checks, never on a request)."""
         start, stop = gte or EARLIEST, (lte + SECOND) if lte else LATEST
-        (series,) = self.client.influxql([self.kind.count(self._raw_where(meter, start, stop))])
+        (series,) = self.client.influxql([self.kind.count(meter, start, stop)])
         return _number(series)
 
     # --- pages --------------------------------------------------------------------------------
