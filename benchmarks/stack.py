@@ -27,14 +27,15 @@ CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
 def cpu_seconds(pid: int) -> float:
-    """user + system CPU of a process and of its children that are still running."""
+    """user + system CPU of a process and its descendants, also those that ended (gunicorn replaces
+    a worker after max_requests: its CPU counts in the master's cutime once the master reaped it)."""
     total = 0.0
     for member in [pid, *descendants(pid)]:
         try:
             fields = Path(f"/proc/{member}/stat").read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        total += (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime, stime
+        total += sum(int(value) for value in fields[11:15]) / CLOCK_TICKS  # utime, stime, cutime, cstime
     return total
 
 
