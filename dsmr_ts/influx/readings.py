@@ -186,13 +186,13 @@ class IndexedRows:
         return _where(meter, start, stop)
 
     def _count_statements(self, meter: str, plan: _Plan, by_span: bool = False) -> list[str]:
-        """The counts of a plan; with by_span the index sums come per span (for locating a deep
-        page: one pass over the hour rows instead of two)."""
+        """The counts of a plan: the index sums (with by_span per span, for locating a deep page:
+        one pass over the hour rows instead of two), the tail, the marks, and a head if there is one
+        (a range from the start of history or from a whole hour has none)."""
         kind = self.kind
         if not plan.has_index:
             return [kind.count(meter, plan.start, plan.stop)]
-        return [
-            kind.count(meter, plan.start, plan.indexed_start),
+        statements = [
             self._index_sums(meter, plan, by_span),
             kind.count(meter, plan.indexed_stop, plan.stop),
             # Marks the repair job may not have taken up yet: those made since its cursor (read by
@@ -200,14 +200,18 @@ class IndexedRows:
             f"SELECT \"hour\" FROM {ident(lineprotocol.REPAIR_REQUEST)} WHERE meter = {quote(meter)}"
             f" AND time > {ns(plan.marks_since)}",
         ]
+        if plan.start < plan.indexed_start:
+            statements.append(kind.count(meter, plan.start, plan.indexed_start))
+        return statements
 
     def _take_counts(self, meter: str, plan: _Plan, results: list[list[Series]]) -> None:
         if not plan.has_index:
             plan.head = _number(results[0])
             return
-        plan.head, plan.indexed, plan.tail = _number(results[0]), _sum(results[1]), _number(results[2])
+        plan.indexed, plan.tail = _sum(results[0]), _number(results[1])
+        plan.head = _number(results[3]) if len(results) > 3 else 0
         start, stop = int(plan.indexed_start.timestamp()), int(plan.indexed_stop.timestamp())
-        candidates = {int(row["hour"]) for found in results[3] for row in found.rows()}
+        candidates = {int(row["hour"]) for found in results[2] for row in found.rows()}
         candidates = sorted(hour for hour in candidates if start <= hour < stop)
         pending = self._still_pending(meter, candidates) if candidates else []
         if pending:
@@ -276,7 +280,7 @@ class IndexedRows:
         self._take_counts(meter, plan, results[:counted])
         total = plan.total
         if not direct:
-            return total, self._located(meter, plan, results[1] if plan.has_index else None, offset, limit,
+            return total, self._located(meter, plan, results[0] if plan.has_index else None, offset, limit,
                                         descending)
         rows = self._raw_rows(results[counted], limit, offset)
         earlier = len(results) > counted + 1 and any(found.values for found in results[counted + 1])
