@@ -106,17 +106,10 @@ def json_rows(columns: Sequence[tuple[str, Sequence[str]]]) -> list[str]:
 def decimal_column(column: Sequence[float | None], places: int) -> list[str]:
     """decimal_string of each value as JSON text (quoted, or null), for a whole column. Each value
     is formatted once: a meter's positions, voltages and powers repeat from reading to reading."""
-    form, scale = '"' + _FORMATS[places] + '"', _SCALES[places]
-    negative_zero = form % -0.0
     known: dict[float | None, str] = {None: "null"}  # -0.0 and 0.0 are one key, and one text
 
     def shown(value: float) -> str:
-        scaled = value * scale
-        if abs(scaled - math.floor(scaled) - 0.5) > 1e-6:  # not a tie: see decimal_string
-            text = form % value
-            known[value] = text if text != negative_zero else '"' + text[2:]
-        else:
-            known[value] = '"' + str(rounded(exact(value), places)) + '"'
+        known[value] = '"' + str(decimal_string(value, places)) + '"'
         return known[value]
 
     return [known[value] if value in known else shown(value) for value in column]
