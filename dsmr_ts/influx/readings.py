@@ -27,7 +27,8 @@ from dsmr_ts.fields import SCHEMA, Kind, ReadingSchema
 from dsmr_ts.influx import lineprotocol
 from dsmr_ts.influx.client import EARLIEST, LATEST, InfluxClient, Series, ident, ns, quote
 from dsmr_ts.influx.statistics import (COUNT_FIELD, COUNTED_FIELD, GAS_COUNT_FIELD, HOUR_MEASUREMENT, LOOKBACK_DELTA,
-                                      MINUTE_COUNT_FIELD, REPAIR_SLACK, SPAN, Statistics, floor_hour, pending_from)
+                                      MINUTE_COUNT_FIELD, REPAIR_SLACK, SPAN, Statistics, floor_hour, page_rows,
+                                      pending_from, row_in)
 
 HOUR = dt.timedelta(hours=1)
 MINUTE = dt.timedelta(minutes=1)
@@ -182,9 +183,6 @@ class IndexedRows:
             indexed_start = indexed_stop = start
         return _Plan(start, stop, indexed_start, indexed_stop, marks_since=(cursor - REPAIR_SLACK) if cursor else EARLIEST)
 
-    def _raw_where(self, meter: str, start: dt.datetime, stop: dt.datetime) -> str:
-        return _where(meter, start, stop)
-
     def _count_statements(self, meter: str, plan: _Plan, by_span: bool = False) -> list[str]:
         """The counts of a plan: the index sums (with by_span per span, for locating a deep page:
         one pass over the hour rows instead of two), the tail, the marks, and a head if there is one
@@ -230,7 +228,7 @@ class IndexedRows:
         """Raw count minus index count of each pending hour (hours waiting for the repair job)."""
         start = dt.datetime.fromtimestamp(hours[0], dt.timezone.utc)
         stop = dt.datetime.fromtimestamp(hours[-1], dt.timezone.utc) + HOUR
-        where = self._raw_where(meter, start, stop)
+        where = _where(meter, start, stop)
         raw, index = self.client.influxql([
             self.kind.count(meter, start, stop, " GROUP BY time(1h) fill(0)"),
             f"SELECT {ident(self.kind.index_field)} FROM {self._stats_hour} {where}",
@@ -275,7 +273,7 @@ class IndexedRows:
             statements.append(self._select(meter, start, stop, descending, limit, offset))
             if edge and not descending and gte is None:  # the meter's first point, as remembered
                 statements.append(f"SELECT {ident(self.kind.counted)} FROM {ident(self.kind.measurement)}"
-                                  f" {self._raw_where(meter, plan.start, edge[0])} LIMIT 1")
+                                  f" {_where(meter, plan.start, edge[0])} LIMIT 1")
         results = self.client.influxql(statements)
         self._take_counts(meter, plan, results[:counted])
         total = plan.total
@@ -305,8 +303,7 @@ class IndexedRows:
         total = plan.total
         if offset >= total:
             return []
-        first = max(0, total - offset - limit) if descending else offset  # ascending row numbers
-        last = total - 1 - offset if descending else min(total, offset + limit) - 1
+        first, last = page_rows(total, offset, limit, descending)
         if span_sums is None and plan.has_index:
             (span_sums,) = self.client.influxql([self._index_sums(meter, plan, by_span=True)])
         spans = _span_counts(span_sums or [], plan.corrections or {})
@@ -352,13 +349,13 @@ class IndexedRows:
 
     def _select(self, meter: str, start: dt.datetime, stop: dt.datetime, descending: bool, limit: int,
                 offset: int) -> str:
-        return self.kind.page(self._raw_where(meter, start, stop), descending, limit, offset)
+        return self.kind.page(_where(meter, start, stop), descending, limit, offset)
 
     def _index_sums(self, meter: str, plan: _Plan, by_span: bool) -> str:
         """The index's rows of the proven hours summed (by_span: per span)."""
         group = f" GROUP BY time({int(SPAN.total_seconds())}s) fill(none)" if by_span else ""
         return (f"SELECT sum({ident(self.kind.index_field)}) FROM {self._stats_hour} "
-                f"{self._raw_where(meter, plan.indexed_start, plan.indexed_stop)}{group}")
+                f"{_where(meter, plan.indexed_start, plan.indexed_stop)}{group}")
 
     def _locate(self, meter: str, plan: _Plan, spans: list[tuple[int, int]], row: int,
                 hours: dict[dt.datetime, dict[int, int]]) -> tuple[dt.datetime, int]:
@@ -368,17 +365,14 @@ class IndexedRows:
         row -= plan.head
         if row >= plan.indexed:
             return plan.indexed_stop, row - plan.indexed
-        for span_s, count in spans:
-            if row < count:
-                span_start = dt.datetime.fromtimestamp(span_s, dt.timezone.utc)
-                if span_start not in hours:
-                    hours[span_start] = self._hour_counts(meter, plan, span_start, plan.corrections or {})
-                for hour, in_hour in sorted(hours[span_start].items()):
-                    if row < in_hour:
-                        return dt.datetime.fromtimestamp(hour, dt.timezone.utc), row
-                    row -= in_hour
-                break
-            row -= count
+        in_span = row_in(spans, row)
+        if in_span:
+            span_start = dt.datetime.fromtimestamp(in_span[0], dt.timezone.utc)
+            if span_start not in hours:
+                hours[span_start] = self._hour_counts(meter, plan, span_start, plan.corrections or {})
+            in_hour = row_in(sorted(hours[span_start].items()), in_span[1])
+            if in_hour:
+                return dt.datetime.fromtimestamp(in_hour[0], dt.timezone.utc), in_hour[1]
         raise LookupError("the index changed while a page was located")  # a write raced the count
 
     def _locate_stop(self, meter: str, plan: _Plan, spans: list[tuple[int, int]], row: int,
@@ -395,7 +389,7 @@ class IndexedRows:
         start, stop = max(span, plan.indexed_start), min(span + SPAN, plan.indexed_stop)
         field = self.kind.index_field
         (hours,) = self.client.influxql([f"SELECT {ident(field)} FROM {self._stats_hour} "
-                                         f"{self._raw_where(meter, start, stop)}"])
+                                         f"{_where(meter, start, stop)}"])
         counts = {int(r["time"]): int(r[field] or 0) for found in hours for r in found.rows()}
         for hour, correction in corrections.items():
             if int(start.timestamp()) <= hour < int(stop.timestamp()):
@@ -466,14 +460,14 @@ class ReadingQueries(IndexedRows):
     def between(self, meter: str, start: dt.datetime, stop: dt.datetime) -> Iterator[Row]:
         """Every reading of a meter in [start, stop), oldest first (export; callers chunk by day)."""
         (series,) = self.client.influxql([f"SELECT * FROM {ident(lineprotocol.READING)} "
-                                          f"{self._raw_where(meter, start, stop)} ORDER BY time ASC"])
+                                          f"{_where(meter, start, stop)} ORDER BY time ASC"])
         return self._rows(series)
 
     def latest_gas(self, meter: str, count: int = 2, before: dt.datetime | None = None) -> list[tuple[dt.datetime, float]]:
         """The newest gas positions (time booked, m3) before `before`, newest first."""
         (series,) = self.client.influxql([
             f"SELECT {ident(lineprotocol.GAS_FIELD)} FROM {ident(lineprotocol.GAS)} "
-            f"{self._raw_where(meter, EARLIEST, before or LATEST)} ORDER BY time DESC LIMIT {count}"])
+            f"{_where(meter, EARLIEST, before or LATEST)} ORDER BY time DESC LIMIT {count}"])
         return [(dt.datetime.fromtimestamp(int(row["time"]), dt.timezone.utc), float(row[lineprotocol.GAS_FIELD]))
                 for found in series for row in found.rows()]
 
@@ -522,7 +516,7 @@ class GasQueries(IndexedRows):
         """The gas value booked last before `moment` (a page's first row differs from it)."""
         (series,) = self.client.influxql([
             f"SELECT {ident(lineprotocol.GAS_FIELD)} FROM {ident(lineprotocol.GAS)} "
-            f"{self._raw_where(meter, moment - LOOKBACK_DELTA, moment)} ORDER BY time DESC LIMIT 1"])
+            f"{_where(meter, moment - LOOKBACK_DELTA, moment)} ORDER BY time DESC LIMIT 1"])
         return next((float(row[lineprotocol.GAS_FIELD]) for found in series for row in found.rows()), None)
 
 

@@ -76,6 +76,23 @@ EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
 SPAN = dt.timedelta(days=30)
 QUARTER_DIRECT_OFFSET = 2000  # quarter-hour rows InfluxQL may skip itself
 
+
+def page_rows(count: int, offset: int, limit: int, descending: bool) -> tuple[int, int]:
+    """The first and last row numbers, counted oldest first, of a page of `count` rows (offset < count)."""
+    if descending:
+        return max(0, count - offset - limit), count - 1 - offset
+    return offset, min(count, offset + limit) - 1
+
+
+def row_in(groups: Iterable[tuple[int, int]], row: int) -> tuple[int, int] | None:
+    """Row number `row` across consecutive (key, rows) groups, oldest first -> (its group's key, its
+    number inside that group); None past the last group."""
+    for key, rows in groups:
+        if row < rows:
+            return key, row
+        row -= rows
+    return None
+
 HOUR_TASK = "dsmr-ts hour statistics"
 DAY_TASK = "dsmr-ts day statistics"
 QUARTER_TASK = "dsmr-ts quarter-hour peaks"
@@ -634,21 +651,22 @@ class Statistics:
             where += f" AND read_at_start <= {int(lte.timestamp())}"
         source = self.client.in_stats(QUARTER_MEASUREMENT)
         columns = "average_delivered, read_at_start, read_at_end"
+        statements = [f"SELECT count(average_delivered) FROM {source} {where}"
+                      f" GROUP BY time({int(SPAN.total_seconds())}s) fill(none)"]
+        located = not by_average and offset >= QUARTER_DIRECT_OFFSET  # read after the span counts
         if by_average:
             # top()/bottom() keep the first N by value (and the earlier of equal ones), in time order.
             selector = "top" if descending else "bottom"
-            page = f"SELECT {selector}(average_delivered, {offset + max(limit, 1)}), read_at_start, read_at_end FROM {source} {where}"
-        elif offset < QUARTER_DIRECT_OFFSET:
-            page = (f"SELECT {columns} FROM {source} {where}"
-                    f" ORDER BY time {'DESC' if descending else 'ASC'} LIMIT {max(limit, 1)} OFFSET {offset}")
-        else:
-            page = ""  # located below, from the span counts
-        results = self.client.influxql([f"SELECT count(average_delivered) FROM {source} {where}"
-                                        f" GROUP BY time({int(SPAN.total_seconds())}s) fill(none)", *filter(None, [page])])
+            statements.append(f"SELECT {selector}(average_delivered, {offset + max(limit, 1)}), read_at_start,"
+                              f" read_at_end FROM {source} {where}")
+        elif not located:
+            statements.append(f"SELECT {columns} FROM {source} {where}"
+                              f" ORDER BY time {'DESC' if descending else 'ASC'} LIMIT {max(limit, 1)} OFFSET {offset}")
+        results = self.client.influxql(statements)
         spans = [(int(row["time"]), int(row["count"])) for series in results[0] for row in series.rows()]
         count = sum(in_span for _, in_span in spans)
-        found = results[1] if page else self._located_quarters(source, where, columns, spans, count, offset, limit,
-                                                               descending)
+        found = (self._located_quarters(source, where, columns, spans, count, offset, limit, descending) if located
+                 else results[1])
         rows = []
         for series in found:
             for row in series.rows():
@@ -660,7 +678,7 @@ class Statistics:
         if by_average:
             rows.sort(key=lambda r: (-r["average_delivered"] if descending else r["average_delivered"], r["_time"]))
             rows = rows[offset:offset + limit]
-        elif not page and descending:
+        elif located and descending:  # read oldest first
             rows.reverse()
         return count, rows
 
@@ -669,17 +687,14 @@ class Statistics:
         """The series of a deep page in time order, read oldest first from the span of its first row."""
         if offset >= count:
             return []
-        first = max(0, count - offset - limit) if descending else offset  # ascending row numbers
-        last = count - 1 - offset if descending else min(count, offset + limit) - 1
-        rows = last - first + 1
-        for span_start, in_span in spans:
-            if first < in_span:
-                (series,) = self.client.influxql([
-                    f"SELECT {columns} FROM {source} {where} AND time >= {span_start * 10**9}"
-                    f" ORDER BY time ASC LIMIT {rows} OFFSET {first}"])
-                return series
-            first -= in_span
-        return []
+        first, last = page_rows(count, offset, limit, descending)
+        found = row_in(spans, first)
+        if found is None:
+            return []
+        span_start, skip = found
+        (series,) = self.client.influxql([f"SELECT {columns} FROM {source} {where} AND time >= {span_start * 10**9}"
+                                          f" ORDER BY time ASC LIMIT {last - first + 1} OFFSET {skip}"])
+        return series
 
     def add_day(self, meter: str, day_start: dt.datetime, fields: dict[str, float]) -> bool:
         """POST statistics/day: a day row as given (usage, costs, temperatures). False when the
