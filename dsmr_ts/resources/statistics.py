@@ -82,8 +82,7 @@ class HourStatisticsResource(_StatisticsResource):
         starts = [int(row["_time"].timestamp()) for row in rows]
         return json_rows([("id", [str(start // 3600) for start in starts]),
                           ("hour_start", datetime_column(starts, self.output_tz)),
-                          *((name, decimal_column([row.get(name) or 0.0 for row in rows], 3)) for name in USAGE_OUTPUT),
-                          ("gas", decimal_column([row.get("gas") for row in rows], 3))])
+                          *_decimal_columns(rows, USAGE_OUTPUT, absent=0.0), *_decimal_columns(rows, ("gas",))])
 
 
 class DayStatisticsResource(_StatisticsResource):
@@ -117,15 +116,12 @@ class DayStatisticsResource(_StatisticsResource):
         def cost(name: str) -> list[str]:
             return ["null" if c[name] is None else '"' + c[name] + '"' for c in costs]
 
-        def usage(names: tuple[str, ...], places: int = 3, absent: float | None = None) -> list[tuple[str, list[str]]]:
-            return [(name, decimal_column([absent if (value := row.get(name)) is None else value for row in rows],
-                                          places)) for name in names]
-
         return json_rows([("id", [str(d.year * 10000 + d.month * 100 + d.day) for d in days]),
                           ("day", ['"' + d.isoformat() + '"' for d in days]), ("total_cost", cost("total_cost")),
-                          *usage(USAGE_OUTPUT, absent=0.0), ("electricity1_cost", cost("electricity1_cost")),
-                          ("electricity2_cost", cost("electricity2_cost")), *usage(("gas",)),
-                          ("gas_cost", cost("gas_cost")), *usage(TEMPERATURES, places=1)])
+                          *_decimal_columns(rows, USAGE_OUTPUT, absent=0.0),
+                          ("electricity1_cost", cost("electricity1_cost")),
+                          ("electricity2_cost", cost("electricity2_cost")), *_decimal_columns(rows, ("gas",)),
+                          ("gas_cost", cost("gas_cost")), *_decimal_columns(rows, TEMPERATURES, places=1)])
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         """Create a day row (history brought in by hand or by script); an existing day is a 400."""
@@ -153,6 +149,13 @@ class DayStatisticsResource(_StatisticsResource):
         resp.status = falcon.HTTP_201
         resp.content_type = falcon.MEDIA_JSON
         resp.text = self.rows_json([{**clean, "_time": start}])[0]
+
+
+def _decimal_columns(rows: list[dict[str, Any]], names: tuple[str, ...], places: int = 3,
+                     absent: float | None = None) -> list[tuple[str, list[str]]]:
+    """(name, JSON texts) of decimal fields of statistics rows; `absent` where a row lacks one."""
+    return [(name, decimal_column([absent if (value := row.get(name)) is None else value for row in rows], places))
+            for name in names]
 
 
 def _posted_day(value: Any) -> dt.date | None:
