@@ -16,7 +16,7 @@ import datetime as dt
 import sys
 import time
 
-from stack import REPO, Stack
+from stack import REPO, Stack, cpu_seconds
 
 sys.path.insert(0, str(REPO / "tests"))
 from dsmr_reader_db import Postgres, reading_rows  # noqa: E402
@@ -45,16 +45,18 @@ def main() -> None:
               f" ({args.readings * args.step / 86400:.0f} days), in {time.perf_counter() - began:.0f} s")
         with Stack() as stack:
             store = Store(stack.config.influxdb, timeout_ms=3_600_000)
-            before = (time.process_time(), stack.cpu()[1])
+            before = (time.process_time(), cpu_seconds(database.pid), stack.cpu()[1])
             began = time.perf_counter()
             written = import_database(store, database.url, "BENCH-IMPORT", stack.config.timezone)
             elapsed = time.perf_counter() - began
-            own, influx = time.process_time() - before[0], stack.cpu()[1] - before[1]
+            own, postgres = time.process_time() - before[0], cpu_seconds(database.pid) - before[1]
+            influx = stack.cpu()[1] - before[2]
             count = store.readings.brute_force_count("BENCH-IMPORT", None, None)
             print(f"import --database: {written:,} readings in {elapsed:.1f} s = {written / elapsed:,.0f} readings/s"
                   f" (the statistics regenerated afterwards included); stored {count:,}")
-            print(f"cpu: the importer (PostgreSQL's COPY read, line protocol, writes) {own:.0f} s, influxd"
-                  f" {influx:.0f} s; 2 cores give {elapsed * 2:.0f} cpu-s in that time")
+            print(f"cpu: PostgreSQL (reading, writing the line protocol) {postgres:.1f} s, the importer (COPY,"
+                  f" prefixing lines, writes) {own:.1f} s, influxd {influx:.1f} s; 2 cores give {elapsed * 2:.0f}"
+                  " cpu-s in that time")
             first = start
             last = start + dt.timedelta(seconds=args.step * (args.readings - 1))
             began = time.perf_counter()

@@ -10,12 +10,14 @@ deletes old readings but keeps their day statistics) and `dsmr_datalogger_meters
 DSMR version: DSMR 2.2-4 meters stamp the hourly gas value at the end of the hour, so it is booked
 an hour earlier, as DSMR-reader and dsmr-ts's own ingest do).
 
-Fast by design: the readings arrive oldest first as text (PostgreSQL's COPY; a cursor for the
-others) and become line protocol without objects in between; several batches are written at
-once; the cursor (the newest reading of the last batch written, kept in InfluxDB like the API
-importer's) moves only past batches that are stored, so a re-run continues where it stopped.
-Duplicates are harmless: the same meter+timestamp overwrites. Then the statistics of the
-imported range are regenerated.
+Fast by design: the database writes each reading's fields and time as line protocol in its own C
+(a NULL column leaves its field out), the lines arrive oldest first as text (PostgreSQL's COPY; a
+cursor for the others) and Python only puts the measurement and meter in front, a batch at a time
+(its per-row parsing and formatting had cost more CPU than PostgreSQL's); several batches are
+written at once; the gas positions come from one grouped query up front. The cursor (the newest
+reading of the last batch written, kept in InfluxDB like the API importer's) moves only past
+batches that are stored, so a re-run continues where it stopped. Duplicates are harmless: the
+same meter+timestamp overwrites. Then the statistics of the imported range are regenerated.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ import zoneinfo
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Callable, Iterator, TextIO
+from typing import Callable, Iterable, Iterator, TextIO
 
 from dsmr_ts.fields import Kind
 from dsmr_ts.influx import lineprotocol
@@ -64,9 +66,7 @@ def describe(url: str) -> str:
 class Column:
     name: str
     kind: Kind
-    prefix: str  # "name="
-    suffix: str  # "" for floats, "i" for integers and times
-    bit: int
+    bit: int  # in the `present` mask
 
 
 class Database:
@@ -125,19 +125,32 @@ class Database:
             return f"FLOOR(UNIX_TIMESTAMP({column}))"
         return f"CAST(EXTRACT(EPOCH FROM {column}) AS BIGINT)"
 
-    def rows(self, sql: str, params: tuple) -> Iterator[list[str | None]]:
-        """A big result streamed as text values (None for NULL), oldest first."""
+    def concat(self, parts: list[str]) -> str:
+        """SQL text concatenation (NULL if a part is NULL); MySQL has no ||."""
+        if self.scheme in ("mysql", "mariadb"):
+            return f"CONCAT({', '.join(parts)})"
+        return "(" + " || ".join(parts) + ")"
+
+    def text_lines(self, sql: str, params: tuple) -> Iterator[bytes]:
+        """A one-column result of text rows, streamed as blocks of whole lines (each ending in a
+        newline), oldest first."""
         if self.scheme in ("postgresql", "postgres"):
             with self.connection.cursor() as cursor:
-                # COPY streams text as PostgreSQL writes it: no per-value conversion in Python
-                # (psycopg binds COPY's parameters on the client).
+                # COPY streams the rows as PostgreSQL writes them, without a Python object per value
+                # (psycopg binds COPY's parameters on the client). It sends a message per row: joined
+                # here into blocks. (Its text format escapes backslashes: the rows hold none.)
                 with cursor.copy(f"COPY ({sql}) TO STDOUT", params) as copy:
-                    pending = b""
+                    pending, chunks = b"", []
                     for chunk in copy:
-                        lines = (pending + bytes(chunk)).split(b"\n")
-                        pending = lines.pop()
-                        for line in lines:
-                            yield [None if v == "\\N" else v for v in line.decode().split("\t")]
+                        chunks.append(bytes(chunk))
+                        if len(chunks) == 10_000:
+                            text = pending + b"".join(chunks)
+                            cut = text.rfind(b"\n") + 1
+                            if cut:
+                                yield text[:cut]
+                            pending, chunks = text[cut:], []
+                    if pending or chunks:
+                        yield pending + b"".join(chunks)
             return
         sql = sql.replace("%s", "?") if self.scheme == "sqlite" else sql
         cursor = self.connection.cursor()
@@ -146,8 +159,7 @@ class Database:
             fetched = cursor.fetchmany(10_000)
             if not fetched:
                 return
-            for row in fetched:
-                yield [None if v is None else str(v) for v in row]
+            yield ("\n".join(row[0] for row in fetched) + "\n").encode()
 
     def close(self) -> None:
         self.connection.close()
@@ -175,11 +187,10 @@ def import_database(store: Store, url: str, meter: str, timezone: str, since: dt
         where, params = ("WHERE timestamp >= %s", (start,)) if start else ("", ())
         (total,) = database.query(f"SELECT COUNT(*) FROM {READINGS_TABLE} {where}", params)[0]
         log.info("importing %d readings from %s%s", total, describe(url), f" since {start:%Y-%m-%d %H:%M}" if start else "")
-        selected = ", ".join(database.epoch(c.name) if c.kind is Kind.DATETIME else c.name for c in columns)
-        sql = (f"SELECT {database.epoch('timestamp')}, {selected} FROM {READINGS_TABLE} {where}"
-               f" ORDER BY timestamp")
+        _write_gas(store, database, columns, where, params, meter, hourly_gas)
         bar = ProgressBar(int(total), "readings", stream=progress)
-        written, first, last = _write_readings(store, database.rows(sql, params), columns, meter, hourly_gas,
+        written, first, last = _write_readings(store, database.text_lines(_readings_sql(database, columns, where),
+                                                                          params), meter,
                                                lambda reached: store.meters.save_import_cursor(cursor_name, reached),
                                                bar.advance)
         if first is not None and since is None and start is None:
@@ -197,8 +208,7 @@ def _columns(store: Store, available: set[str]) -> list[Column]:
     columns = []
     for spec in store.schema.api_fields:
         if spec.name in available:
-            suffix = "" if spec.kind is Kind.DECIMAL else "i"
-            columns.append(Column(spec.name, spec.kind, spec.name + "=", suffix, store.schema.bits[spec.name]))
+            columns.append(Column(spec.name, spec.kind, store.schema.bits[spec.name]))
     return columns
 
 
@@ -210,19 +220,50 @@ def _hourly_gas(database: Database) -> bool:
     return gas_is_hourly(rows[0][0]) if rows else False
 
 
-def _write_readings(store: Store, rows: Iterator[list[str | None]], columns: list[Column], meter: str,
-                    hourly_gas: bool, save_cursor: Callable[[dt.datetime], None],
-                    advance: Callable[[int], None]) -> tuple[int, dt.datetime | None, dt.datetime | None]:
-    """Rows -> line protocol batches, IN_FLIGHT writes at once; the cursor follows the stored ones."""
-    tag = lineprotocol.escape_tag(meter)
-    head = f"{lineprotocol.READING},meter={tag} "
-    gas_head = f"{lineprotocol.GAS},meter={tag} {lineprotocol.GAS_FIELD}="
-    gas_value = next((i for i, c in enumerate(columns) if c.name == lineprotocol.GAS_FIELD), None)
-    gas_time = next((i for i, c in enumerate(columns) if c.name == "extra_device_timestamp"), None)
+def _readings_sql(database: Database, columns: list[Column], where: str) -> str:
+    """Each reading as the fields and time of its line-protocol line, written by the database (its
+    C formats the numbers; Python only prefixes the measurement): a NULL column leaves its field
+    out, and `present` says which fields the reading has."""
+    fields = []
+    for column in columns:
+        value = database.epoch(column.name) if column.kind is Kind.DATETIME else column.name
+        suffix = "" if column.kind is Kind.DECIMAL else "i"
+        field = database.concat([f"'{column.name}='", value, f"'{suffix},'"])
+        fields.append(f"COALESCE({field}, '')")
+    present = " + ".join(f"CASE WHEN {column.name} IS NULL THEN 0 ELSE {column.bit} END" for column in columns)
+    line = database.concat([*fields, f"'{lineprotocol.PRESENT_FIELD}='", f"({present or 0})", "'i '",
+                            database.epoch("timestamp"), "'000000000'"])
+    return f"SELECT {line} FROM {READINGS_TABLE} {where} ORDER BY timestamp"
+
+
+def _write_gas(store: Store, database: Database, columns: list[Column], where: str, params: tuple, meter: str,
+               hourly_gas: bool) -> None:
+    """The gas positions, each once (a reading repeats the last one until the next arrives), at the
+    time they count in."""
+    if not {lineprotocol.GAS_FIELD, "extra_device_timestamp"} <= {column.name for column in columns}:
+        return
+    where = f"{where} AND" if where else "WHERE"
+    rows = database.query(f"SELECT {database.epoch('extra_device_timestamp')}, {lineprotocol.GAS_FIELD}"
+                          f" FROM {READINGS_TABLE} {where} extra_device_timestamp IS NOT NULL"
+                          f" AND {lineprotocol.GAS_FIELD} IS NOT NULL"
+                          f" GROUP BY extra_device_timestamp, {lineprotocol.GAS_FIELD} ORDER BY MIN(timestamp)", params)
     shift = 3600 if hourly_gas else 0
+    for batch_start in range(0, len(rows), BATCH):
+        lines, hours = [], set()
+        for stamp, value in rows[batch_start:batch_start + BATCH]:
+            booked = int(stamp) - shift
+            lines.append(lineprotocol.line(lineprotocol.GAS, meter, {lineprotocol.GAS_FIELD: float(value)}, booked))
+            hours.add(booked - booked % 3600)
+        _write(store, "\n".join(lines).encode(), hours, meter)
+
+
+def _write_readings(store: Store, blocks: Iterator[bytes], meter: str, save_cursor: Callable[[dt.datetime], None],
+                    advance: Callable[[int], None]) -> tuple[int, dt.datetime | None, dt.datetime | None]:
+    """Blocks of reading lines (fields and time) -> writes of BATCH readings, IN_FLIGHT at once;
+    the cursor follows the stored ones."""
+    head = f"{lineprotocol.READING},meter={lineprotocol.escape_tag(meter)} ".encode()
     in_flight: deque[tuple[Future, int, int]] = deque()  # (write, readings, newest timestamp)
     written, first, newest = 0, None, 0
-    last_gas = None
 
     def settle(keep: int) -> None:
         nonlocal written
@@ -233,47 +274,44 @@ def _write_readings(store: Store, rows: Iterator[list[str | None]], columns: lis
             save_cursor(dt.datetime.fromtimestamp(reached, dt.timezone.utc))
             advance(count)
 
+    def submit(batch: list[bytes], count: int) -> None:
+        nonlocal first, newest
+        text = b"".join(batch).rstrip(b"\n")
+        oldest, newest = _seconds_of_line(text, text.find(b"\n")), _seconds_of_line(text, len(text))
+        first = oldest if first is None else first
+        hours = range(oldest - oldest % 3600, newest + 1, 3600)  # (an empty hour's mark is harmless)
+        body = head + text.replace(b"\n", b"\n" + head)
+        in_flight.append((pool.submit(_write, store, body, hours, meter), count, newest))
+        settle(IN_FLIGHT)
+
     with ThreadPoolExecutor(IN_FLIGHT) as pool:
-        lines: list[str] = []
-        hours: set[int] = set()
+        batch: list[bytes] = []
         count = 0
-        for row in rows:
-            stamp = int(row[0])
-            values = row[1:]
-            parts = []
-            present = 0
-            for column, value in zip(columns, values):
-                if value is not None:
-                    parts.append(column.prefix + value + column.suffix)
-                    present |= column.bit
-            lines.append(f"{head}{','.join(parts)},{lineprotocol.PRESENT_FIELD}={present}i {stamp}000000000")
-            hours.add(stamp - stamp % 3600)
-            if gas_value is not None and gas_time is not None and values[gas_value] and values[gas_time]:
-                gas = (values[gas_time], values[gas_value])
-                if gas != last_gas:  # every reading repeats the gas value until the next one
-                    last_gas = gas
-                    booked = int(gas[0]) - shift
-                    lines.append(f"{gas_head}{gas[1]} {booked}000000000")
-                    hours.add(booked - booked % 3600)
-            first = first if first is not None else stamp
-            newest = stamp
-            count += 1
-            if count == BATCH:
-                in_flight.append((pool.submit(_write, store, lines, hours, meter), count, newest))
-                lines, hours, count = [], set(), 0
-                settle(IN_FLIGHT)
+        for block in blocks:
+            batch.append(block)
+            count += block.count(b"\n")
+            if count >= BATCH:
+                submit(batch, count)
+                batch, count = [], 0
         if count:
-            in_flight.append((pool.submit(_write, store, lines, hours, meter), count, newest))
+            submit(batch, count)
         settle(0)
     as_time = (lambda s: dt.datetime.fromtimestamp(s, dt.timezone.utc))
     return written, (as_time(first) if first is not None else None), (as_time(newest) if first is not None else None)
 
 
-def _write(store: Store, lines: list[str], hours: set[int], meter: str) -> None:
+def _seconds_of_line(text: bytes, end: int) -> int:
+    """The time (Unix s) of the line ending at `end` (-1: the first line is all of text); a line
+    ends in its time in ns."""
+    end = len(text) if end < 0 else end
+    return int(text[text.rfind(b" ", 0, end) + 1:end - 9])
+
+
+def _write(store: Store, body: bytes, hours: Iterable[int], meter: str) -> None:
     """One batch, with the repair marks of the (ended) hours it fills, so counts stay right while
     the import runs (the regenerate afterwards takes them up)."""
     marks = lineprotocol.repair_lines({(meter, hour) for hour in hours}, dt.datetime.now(dt.timezone.utc))
-    store.client.write("\n".join(lines + marks))
+    store.client.write(body + b"\n" + "\n".join(marks).encode())
 
 
 def _import_older_days(store: Store, database: Database, meter: str, first: dt.datetime, timezone: str) -> None:

@@ -12,6 +12,7 @@ import shutil
 import sqlite3
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 from typing import Iterable
 
@@ -85,6 +86,11 @@ class Postgres:
         self.url = f"postgresql://postgres@127.0.0.1:{self.port}/dsmrreader"
         self.execute_in("postgres", "CREATE DATABASE dsmrreader")
 
+    @property
+    def pid(self) -> int:
+        """The postmaster's process id (for a benchmark's CPU figures)."""
+        return int((self.folder / "data" / "postmaster.pid").read_text().split()[0])
+
     def _run(self, program: str, *args: str) -> None:
         subprocess.run([*self.as_postgres, str(self.bin / program), *args], check=True, capture_output=True,
                        timeout=120)
@@ -121,6 +127,79 @@ class Postgres:
     def stop(self) -> None:
         try:
             self._run("pg_ctl", "-D", str(self.folder / "data"), "-m", "fast", "-w", "stop")
+        finally:
+            shutil.rmtree(self.folder, ignore_errors=True)
+
+
+class MariaDB:
+    """MariaDB from Debian (DSMR-reader's MySQL option) in a throwaway folder, no grant tables."""
+
+    def __init__(self) -> None:
+        from dsmr_ts.influx.server import free_port
+
+        if not Path("/usr/sbin/mariadbd").exists():
+            subprocess.run(["apt-get", "update", "-qq"], check=True, capture_output=True, timeout=600)
+            subprocess.run(["apt-get", "install", "-y", "-qq", "mariadb-server"], check=True, capture_output=True,
+                           timeout=900, env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
+        self.port = free_port()
+        self.folder = Path(tempfile.mkdtemp(prefix="dsmr-ts-mariadb-", dir="/tmp"))
+        user = "root" if os.geteuid() == 0 else os.environ.get("USER", "nobody")
+        subprocess.run(["mariadb-install-db", "--no-defaults", f"--datadir={self.folder / 'data'}", f"--user={user}",
+                        "--skip-test-db"], check=True, capture_output=True, timeout=300)
+        self.process = subprocess.Popen(
+            ["/usr/sbin/mariadbd", "--no-defaults", f"--datadir={self.folder / 'data'}", f"--user={user}",
+             f"--socket={self.folder / 'mysqld.sock'}", f"--port={self.port}", "--bind-address=127.0.0.1",
+             "--skip-grant-tables", f"--pid-file={self.folder / 'mysqld.pid'}"],
+            stdout=subprocess.DEVNULL, stderr=open(self.folder / "mariadb.log", "w"))
+        self.url = f"mysql://root@127.0.0.1:{self.port}/dsmrreader"
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                self._connect(None).cursor().execute("CREATE DATABASE dsmrreader")
+                break
+            except Exception:  # noqa: BLE001 - starting up: pymysql's OperationalError until it listens
+                if time.monotonic() > deadline or self.process.poll() is not None:
+                    raise RuntimeError(f"MariaDB did not start; see {self.folder / 'mariadb.log'}") from None
+                time.sleep(0.2)
+
+    def _connect(self, database: str | None):
+        import pymysql
+
+        return pymysql.connect(host="127.0.0.1", port=self.port, user="root", database=database, autocommit=True)
+
+    def load(self, readings: Iterable[tuple], days: Iterable[tuple] = (), dsmr_version: str = "42") -> None:
+        """DSMR-reader's tables as its migrations make them on MySQL (datetimes as UTC DATETIME(6))."""
+        db = self._connect("dsmrreader")
+        cursor = db.cursor()
+        cursor.execute("SET time_zone = '+00:00'")
+        mysql_type = {"timestamp with time zone": "datetime(6)", "date": "date"}
+
+        def column(kind: str) -> str:
+            base, _, rest = kind.partition(" NOT NULL")
+            return mysql_type.get(base, base) + (" NOT NULL" if _ else "") + rest
+
+        for table, columns in (("dsmr_datalogger_dsmrreading", READING_COLUMNS), ("dsmr_stats_daystatistics", DAY_COLUMNS)):
+            cursor.execute(f"CREATE TABLE {table} (id integer AUTO_INCREMENT PRIMARY KEY, "
+                           + ", ".join(f"{name} {column(kind)}" for name, kind in columns) + ")")
+        cursor.execute("CREATE INDEX dsmr_reading_timestamp ON dsmr_datalogger_dsmrreading (timestamp)")
+        cursor.execute("CREATE TABLE dsmr_datalogger_meterstatistics (id integer AUTO_INCREMENT PRIMARY KEY,"
+                       " timestamp datetime(6), dsmr_version varchar(2), electricity_tariff integer)")
+
+        def cell(value):
+            return value.astimezone(dt.timezone.utc).replace(tzinfo=None) if isinstance(value, dt.datetime) else value
+
+        for table, columns, rows in (("dsmr_datalogger_dsmrreading", READING_COLUMNS, readings),
+                                     ("dsmr_stats_daystatistics", DAY_COLUMNS, days)):
+            cursor.executemany(f"INSERT INTO {table} ({', '.join(n for n, _ in columns)})"
+                               f" VALUES ({', '.join(['%s'] * len(columns))})", [[cell(v) for v in row] for row in rows])
+        cursor.execute("INSERT INTO dsmr_datalogger_meterstatistics (timestamp, dsmr_version) VALUES (now(), %s)",
+                       (dsmr_version,))
+        db.close()
+
+    def stop(self) -> None:
+        try:
+            self.process.terminate()
+            self.process.wait(timeout=60)
         finally:
             shutil.rmtree(self.folder, ignore_errors=True)
 

@@ -1,5 +1,5 @@
 """`dsmr-ts import dsmr-reader --database`: DSMR-reader's own database read directly, against a
-real PostgreSQL (Debian) holding its tables, and a SQLite file."""
+real PostgreSQL and a real MariaDB (Debian) holding its tables, and a SQLite file."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import subprocess
 import pytest
 
 from dsmr_ts.influx.store import Store
-from dsmr_reader_db import Postgres, reading_rows, sqlite_database
+from dsmr_reader_db import MariaDB, Postgres, reading_rows, sqlite_database
 from helpers import REPO, dsmr_ts_command, flux, stored_reading
 
 UTC = dt.timezone.utc
@@ -79,12 +79,25 @@ def test_import_from_postgresql_then_resume(postgres, import_target, capsys):
     assert store.readings.brute_force_count("E-PG", None, None) == COUNT
 
 
+def test_import_from_mariadb(import_target):
+    database = MariaDB()
+    try:
+        database.load(reading_rows(COUNT, START), DAYS)
+        config_path, store = import_target
+        result = run(config_path, "--database", database.url, "--meter", "E-MARIA")
+        assert result.returncode == 0, result.stderr
+    finally:
+        database.stop()
+    check_imported(store, "E-MARIA")
+
+
 def test_import_from_sqlite(tmp_path, import_target):
     config_path, store = import_target
     url = sqlite_database(tmp_path / "db.sqlite3", reading_rows(COUNT, START), DAYS)
-    result = run(config_path, "--database", url, "--meter", "E-SQLITE")
+    # A meter name that line protocol must escape (the database writes the lines, dsmr-ts their head).
+    result = run(config_path, "--database", url, "--meter", "E SQLITE,2=b")
     assert result.returncode == 0, result.stderr
-    check_imported(store, "E-SQLITE")
+    check_imported(store, "E SQLITE,2=b")
 
 
 def test_a_database_that_cannot_be_read_is_one_line_without_the_password(import_target, postgres):
