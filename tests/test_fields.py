@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import urllib.parse
+from decimal import Decimal
 
 import pytest
 from falcon import testing
@@ -164,3 +165,26 @@ def test_a_page_of_readings_as_text_is_exactly_the_readings_as_json(tz):
     for reading, text in zip(readings, texts):
         assert text == json.dumps(reading_json(reading.timestamp, reading.values, tz))
     assert '"electricity_delivered_1": "0.001"' in texts[-2] and '"electricity_delivered_2": "0.000"' in texts[-2]
+
+
+def test_reading_lines_of_different_fields_each_say_their_own():
+    """reading_line fills a template kept per set of fields: readings with other fields, NULLs or
+    names outside the schema each get their own line, typed as the schema says."""
+    moment = dt.datetime(2024, 2, 3, 4, 5, 6, tzinfo=UTC)
+    gas_time = dt.datetime(2024, 2, 3, 4, 0, tzinfo=UTC)
+    bits = SCHEMA.bits
+    full = Reading(moment, "E 1,a=b", {"electricity_delivered_1": Decimal("001234.567"), "phase_power_current_l1": 2,
+                                       "extra_device_timestamp": gas_time, "extra_device_delivered": 5})
+    assert lineprotocol.reading_line(full) == (
+        "reading,meter=E\\ 1\\,a\\=b electricity_delivered_1=1234.567,phase_power_current_l1=2i,"
+        f"extra_device_timestamp={int(gas_time.timestamp())}i,extra_device_delivered=5.0,"
+        f"present={bits['electricity_delivered_1'] | bits['phase_power_current_l1'] | bits['extra_device_timestamp'] | bits['extra_device_delivered']}i"
+        f" {int(moment.timestamp())}000000000")
+    # The same fields in another reading: the same template, its own values.
+    later = Reading(moment + dt.timedelta(seconds=1), "E 1,a=b", {**full.values, "electricity_delivered_1": 0.1})
+    assert "electricity_delivered_1=0.1," in lineprotocol.reading_line(later)
+    # A NULL and a name the schema does not know are left out, and out of the mask.
+    sparse = Reading(moment, "E2", {"electricity_delivered_1": 1.5, "phase_voltage_l2": None, "no_such_field": 7})
+    assert lineprotocol.reading_line(sparse) == (
+        f"reading,meter=E2 electricity_delivered_1=1.5,present={bits['electricity_delivered_1']}i"
+        f" {int(moment.timestamp())}000000000")

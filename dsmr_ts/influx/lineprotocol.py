@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
-from typing import Iterable, Mapping
+from typing import Callable, Iterable, Mapping
 
 from dsmr_ts.fields import SCHEMA, Kind, ReadingSchema
 from dsmr_ts.telegram import Reading
@@ -69,25 +69,42 @@ def _unix(moment: dt.datetime) -> int:
 
 
 def reading_line(reading: Reading, schema: ReadingSchema = SCHEMA) -> str:
-    """One reading: its fields typed as the schema says (the bulk path writes millions of these,
-    so this is the one place formatting is done inline), and its `present` mask."""
-    parts = []
-    present = 0
-    by_name, bits = schema.by_name, schema.bits
-    for name, value in reading.values.items():
-        spec = by_name.get(name)
-        if spec is None or value is None:
+    """One reading: its fields typed as the schema says, and its `present` mask. The bulk path
+    writes millions of these: the readings of one meter mostly have the same fields, so each set
+    of fields gets its line template once, and a reading only fills it in."""
+    values = reading.values
+    if None in values.values():
+        values = {name: value for name, value in values.items() if value is not None}
+    template, conversions = _reading_template(tuple(values), schema)
+    filled = [convert(value) for convert, value in zip(conversions, values.values()) if convert is not None]
+    filled.append(int(reading.timestamp.timestamp()))
+    return f"{READING},meter={escape_tag(reading.meter)} " + template % tuple(filled)
+
+
+# A field's placeholder in a reading's line, and what turns its value into what fills it in.
+_PLACEHOLDERS: dict[Kind, tuple[str, Callable[[object], object]]] = {
+    Kind.DECIMAL: ("%r", float),  # float repr: the shortest text that reads back the same
+    Kind.INTEGER: ("%di", int),
+    Kind.DATETIME: ("%di", _unix),  # Unix seconds
+}
+
+
+@functools.lru_cache(maxsize=1024)
+def _reading_template(names: tuple[str, ...], schema: ReadingSchema) -> tuple[str, tuple[Callable | None, ...]]:
+    """The fields and time of the line of a reading with these fields, in this order, as a `%`
+    template; and per name the conversion of its value (None: not a field of the schema, left out)."""
+    parts, conversions, present = [], [], 0
+    for name in names:
+        spec = schema.by_name.get(name)
+        if spec is None:
+            conversions.append(None)
             continue
-        kind = spec.kind
-        if kind is Kind.DECIMAL:
-            parts.append(f"{name}={float(value)!r}")
-        elif kind is Kind.INTEGER:
-            parts.append(f"{name}={int(value)}i")
-        else:
-            parts.append(f"{name}={int(value.timestamp())}i")
-        present |= bits[name]
+        placeholder, convert = _PLACEHOLDERS[spec.kind]
+        parts.append(f"{name}={placeholder}")
+        conversions.append(convert)
+        present |= schema.bits[name]
     parts.append(f"{PRESENT_FIELD}={present}i")
-    return f"{READING},meter={escape_tag(reading.meter)} {','.join(parts)} {int(reading.timestamp.timestamp()) * NS}"
+    return ",".join(parts) + " %d000000000", tuple(conversions)
 
 
 def gas_booked_at(reading: Reading, hourly: bool) -> dt.datetime | None:
