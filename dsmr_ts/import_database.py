@@ -28,10 +28,9 @@ import urllib.parse
 import zoneinfo
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator, TextIO
 
-from dsmr_ts.fields import Kind
+from dsmr_ts.fields import ReadingField, ReadingSchema
 from dsmr_ts.influx import lineprotocol
 from dsmr_ts.influx.statistics import DAY_MEASUREMENT, day_start
 from dsmr_ts.influx.store import Store
@@ -60,13 +59,6 @@ def describe(url: str) -> str:
         return url
     netloc = f"{parts.username}@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
     return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
-
-
-@dataclass(frozen=True)
-class Column:
-    name: str
-    kind: Kind
-    bit: int  # in the `present` mask
 
 
 class Database:
@@ -189,8 +181,8 @@ def import_database(store: Store, url: str, meter: str, timezone: str, since: dt
         log.info("importing %d readings from %s%s", total, describe(url), f" since {start:%Y-%m-%d %H:%M}" if start else "")
         _write_gas(store, database, columns, where, params, meter, hourly_gas)
         bar = ProgressBar(int(total), "readings", stream=progress)
-        written, first, last = _write_readings(store, database.text_lines(_readings_sql(database, columns, where),
-                                                                          params), meter,
+        lines = database.text_lines(_readings_sql(database, columns, where, store.schema), params)
+        written, first, last = _write_readings(store, lines, meter,
                                                lambda reached: store.meters.save_import_cursor(cursor_name, reached),
                                                bar.advance)
         if first is not None and since is None and start is None:
@@ -203,13 +195,9 @@ def import_database(store: Store, url: str, meter: str, timezone: str, since: dt
     return written
 
 
-def _columns(store: Store, available: set[str]) -> list[Column]:
+def _columns(store: Store, available: set[str]) -> list[ReadingField]:
     """The v2 reading's fields that this DSMR-reader's table has (older versions lack some)."""
-    columns = []
-    for spec in store.schema.api_fields:
-        if spec.name in available:
-            columns.append(Column(spec.name, spec.kind, store.schema.bits[spec.name]))
-    return columns
+    return [spec for spec in store.schema.api_fields if spec.name in available]
 
 
 def _hourly_gas(database: Database) -> bool:
@@ -220,23 +208,14 @@ def _hourly_gas(database: Database) -> bool:
     return gas_is_hourly(rows[0][0]) if rows else False
 
 
-def _readings_sql(database: Database, columns: list[Column], where: str) -> str:
-    """Each reading as the fields and time of its line-protocol line, written by the database (its
-    C formats the numbers; Python only prefixes the measurement): a NULL column leaves its field
-    out, and `present` says which fields the reading has."""
-    fields = []
-    for column in columns:
-        value = database.epoch(column.name) if column.kind is Kind.DATETIME else column.name
-        suffix = "" if column.kind is Kind.DECIMAL else "i"
-        field = database.concat([f"'{column.name}='", value, f"'{suffix},'"])
-        fields.append(f"COALESCE({field}, '')")
-    present = " + ".join(f"CASE WHEN {column.name} IS NULL THEN 0 ELSE {column.bit} END" for column in columns)
-    line = database.concat([*fields, f"'{lineprotocol.PRESENT_FIELD}='", f"({present or 0})", "'i '",
-                            database.epoch("timestamp"), "'000000000'"])
+def _readings_sql(database: Database, columns: list[ReadingField], where: str, schema: ReadingSchema) -> str:
+    """Each reading as the fields and time of its line, written by the database (its C formats the
+    numbers; Python only puts the measurement and meter in front)."""
+    line = lineprotocol.reading_fields_sql(columns, database.concat, database.epoch, schema)
     return f"SELECT {line} FROM {READINGS_TABLE} {where} ORDER BY timestamp"
 
 
-def _write_gas(store: Store, database: Database, columns: list[Column], where: str, params: tuple, meter: str,
+def _write_gas(store: Store, database: Database, columns: list[ReadingField], where: str, params: tuple, meter: str,
                hourly_gas: bool) -> None:
     """The gas positions, each once (a reading repeats the last one until the next arrives), at the
     time they count in."""

@@ -1,4 +1,5 @@
-"""The points dsmr-ts stores, and the one place that writes InfluxDB line protocol.
+"""The points dsmr-ts stores, and the one place that writes InfluxDB line protocol (also the SQL
+with which an import has its source database write reading lines).
 
 Bucket `dsmr` (readings):
 - `reading,meter=M <fields> <time>`: one point per reading; field types from the ReadingSchema
@@ -21,7 +22,7 @@ import datetime as dt
 import functools
 from typing import Callable, Iterable, Mapping
 
-from dsmr_ts.fields import SCHEMA, Kind, ReadingSchema
+from dsmr_ts.fields import SCHEMA, Kind, ReadingField, ReadingSchema
 from dsmr_ts.telegram import Reading
 
 READING = "reading"
@@ -105,6 +106,23 @@ def _reading_template(names: tuple[str, ...], schema: ReadingSchema) -> tuple[st
         present |= schema.bits[name]
     parts.append(f"{PRESENT_FIELD}={present}i")
     return ",".join(parts) + " %d000000000", tuple(conversions)
+
+
+def reading_fields_sql(columns: Iterable[ReadingField], concat: Callable[[list[str]], str],
+                       epoch: Callable[[str], str], schema: ReadingSchema = SCHEMA) -> str:
+    """SQL that writes what reading_line writes after the meter tag (fields, `present`, time) from a
+    row of a table whose columns are named as the fields and that has a `timestamp`: imports let the
+    database format the numbers. concat and epoch are the database's text concatenation and Unix
+    seconds of a datetime column. A NULL column leaves its field out, and out of the mask."""
+    fields, present = [], []
+    for spec in columns:
+        value = epoch(spec.name) if spec.kind is Kind.DATETIME else spec.name
+        suffix = "" if spec.kind is Kind.DECIMAL else "i"  # as in _PLACEHOLDERS
+        field = concat([f"'{spec.name}='", value, f"'{suffix},'"])
+        fields.append(f"COALESCE({field}, '')")
+        present.append(f"CASE WHEN {spec.name} IS NULL THEN 0 ELSE {schema.bits[spec.name]} END")
+    return concat([*fields, f"'{PRESENT_FIELD}='", f"({' + '.join(present) or 0})", "'i '", epoch("timestamp"),
+                   "'000000000'"])
 
 
 def gas_booked_at(reading: Reading, hourly: bool) -> dt.datetime | None:
