@@ -5,6 +5,7 @@ Used by `dsmr-ts serve`, `dsmr-ts run`, the Dockerfile and the docs:
 bind and workers come from the dsmr-ts config ($DSMR_TS_CONFIG or ./dsmr-ts.yaml).
 """
 
+import glob
 import os
 import shutil
 import tempfile
@@ -57,10 +58,28 @@ def on_starting(server):
 
 
 # Prometheus multiprocess mode: one fresh directory per gunicorn master, set before the workers
-# import dsmr_ts.metrics (see dsmr_ts/metrics.py).
+# import dsmr_ts.metrics (see dsmr_ts/metrics.py). Named with the master's pid: a master that was
+# killed (SIGKILL skips on_exit) leaves its directory, and the next one removes it.
+_METRICS_PREFIX = "dsmr-ts-metrics-"
+
+
+def _remove_dead_masters_metrics(parent: str) -> None:
+    for path in glob.glob(os.path.join(parent, _METRICS_PREFIX + "*")):
+        pid = os.path.basename(path)[len(_METRICS_PREFIX):].split("-")[0]
+        if not pid.isdigit() or os.stat(path).st_uid != os.getuid():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            shutil.rmtree(path, ignore_errors=True)
+        except PermissionError:  # alive, someone else's
+            pass
+
+
 _metrics_dir = None
 if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-    _metrics_dir = os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="dsmr-ts-metrics-")
+    _remove_dead_masters_metrics(tempfile.gettempdir())
+    _metrics_dir = os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix=f"{_METRICS_PREFIX}{os.getpid()}-")
 
 
 def child_exit(server, worker):  # a worker's live gauges go away with it

@@ -53,3 +53,29 @@ def test_metrics_through_gunicorn_count_requests_telegrams_and_latency(api_serve
     # Made-up URLs are one series, not one per URL.
     requests.get(api_server + "/no/such/" + urllib.parse.quote("thing"), headers=KEY)
     assert 'route="unmatched"' in requests.get(api_server + "/metrics", headers=KEY).text
+
+
+def test_a_killed_masters_metrics_directory_is_removed_by_the_next_master(config, tmp_path):
+    """SIGKILL skips gunicorn's on_exit: the next master (gunicorn_conf, as gunicorn loads it) removes
+    the directories of masters that are gone, and only those."""
+    import os
+    import subprocess
+    import sys
+
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    stale = tmp_path / f"dsmr-ts-metrics-{gone.pid}-abc123"
+    alive = tmp_path / f"dsmr-ts-metrics-{os.getpid()}-def456"  # this test's own process
+    unnamed = tmp_path / "dsmr-ts-metrics-ghi789"  # an older version's: no pid to check
+    for folder in (stale, alive, unnamed):
+        folder.mkdir()
+        (folder / "counter_1.db").write_bytes(b"x")
+    env = {k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"}
+    master = subprocess.run([sys.executable, "-c", "import os, dsmr_ts.gunicorn_conf;"
+                             " print(os.environ['PROMETHEUS_MULTIPROC_DIR'], os.getpid())"],
+                            env={**env, "TMPDIR": str(tmp_path), "DSMR_TS_CONFIG": str(config.path)},
+                            capture_output=True, text=True, timeout=60)
+    assert master.returncode == 0, master.stderr
+    made, pid = master.stdout.split()
+    assert not stale.exists() and alive.exists() and unnamed.exists()
+    assert os.path.basename(made).startswith(f"dsmr-ts-metrics-{pid}-") and os.path.dirname(made) == str(tmp_path)
