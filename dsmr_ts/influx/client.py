@@ -65,6 +65,11 @@ def quote(value: str) -> str:
     return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
+def meter_between(meter: str, start: dt.datetime, stop: dt.datetime) -> str:
+    """The WHERE clause of one meter's points in [start, stop)."""
+    return f"WHERE meter = {quote(meter)} AND time >= {ns(start)} AND time < {ns(stop)}"
+
+
 def ident(name: str) -> str:
     """An InfluxQL identifier (bucket, measurement, field)."""
     return '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'

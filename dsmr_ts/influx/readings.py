@@ -25,7 +25,7 @@ from typing import Callable, Iterator
 
 from dsmr_ts.fields import SCHEMA, Kind, ReadingSchema
 from dsmr_ts.influx import lineprotocol
-from dsmr_ts.influx.client import EARLIEST, LATEST, InfluxClient, Series, ident, ns, quote
+from dsmr_ts.influx.client import EARLIEST, LATEST, InfluxClient, Series, ident, meter_between, ns, quote
 from dsmr_ts.influx.statistics import (COUNT_FIELD, COUNTED_FIELD, GAS_COUNT_FIELD, HOUR_MEASUREMENT, LOOKBACK_DELTA,
                                       MINUTE_COUNT_FIELD, REPAIR_SLACK, SPAN, Statistics, floor_hour, page_rows,
                                       pending_from, row_in)
@@ -37,10 +37,6 @@ DIRECT_OFFSET = 3600  # rows InfluxQL may skip itself (about 2 ms per thousand)
 EDGE = dt.timedelta(days=1)  # a page near an end of the range is first looked for within a day of it
 WATERMARK_TTL = 60.0  # seconds: a stale watermark only means more raw counting, never a wrong count
 Row = dict[str, object]
-
-
-def _where(meter: str, start: dt.datetime, stop: dt.datetime) -> str:
-    return f"WHERE meter = {quote(meter)} AND time >= {ns(start)} AND time < {ns(stop)}"
 
 
 def ceil_hour(moment: dt.datetime) -> dt.datetime:
@@ -66,7 +62,7 @@ class RowKind:
 
     def count(self, meter: str, start: dt.datetime, stop: dt.datetime, group: str = "") -> str:
         """Rows in [start, stop), optionally grouped (group: ' GROUP BY ...')."""
-        where = _where(meter, start, stop)
+        where = meter_between(meter, start, stop)
         if self.per_minute:
             # The outer query gets the time bounds too: without them it opens every shard of
             # history (20 ms at 100 M readings, for a range that holds nothing).
@@ -228,7 +224,7 @@ class IndexedRows:
         """Raw count minus index count of each pending hour (hours waiting for the repair job)."""
         start = dt.datetime.fromtimestamp(hours[0], dt.timezone.utc)
         stop = dt.datetime.fromtimestamp(hours[-1], dt.timezone.utc) + HOUR
-        where = _where(meter, start, stop)
+        where = meter_between(meter, start, stop)
         raw, index = self.client.influxql([
             self.kind.count(meter, start, stop, " GROUP BY time(1h) fill(0)"),
             f"SELECT {ident(self.kind.index_field)} FROM {self._stats_hour} {where}",
@@ -273,7 +269,7 @@ class IndexedRows:
             statements.append(self._select(meter, start, stop, descending, limit, offset))
             if edge and not descending and gte is None:  # the meter's first point, as remembered
                 statements.append(f"SELECT {ident(self.kind.counted)} FROM {ident(self.kind.measurement)}"
-                                  f" {_where(meter, plan.start, edge[0])} LIMIT 1")
+                                  f" {meter_between(meter, plan.start, edge[0])} LIMIT 1")
         results = self.client.influxql(statements)
         self._take_counts(meter, plan, results[:counted])
         total = plan.total
@@ -349,13 +345,13 @@ class IndexedRows:
 
     def _select(self, meter: str, start: dt.datetime, stop: dt.datetime, descending: bool, limit: int,
                 offset: int) -> str:
-        return self.kind.page(_where(meter, start, stop), descending, limit, offset)
+        return self.kind.page(meter_between(meter, start, stop), descending, limit, offset)
 
     def _index_sums(self, meter: str, plan: _Plan, by_span: bool) -> str:
         """The index's rows of the proven hours summed (by_span: per span)."""
         group = f" GROUP BY time({int(SPAN.total_seconds())}s) fill(none)" if by_span else ""
         return (f"SELECT sum({ident(self.kind.index_field)}) FROM {self._stats_hour} "
-                f"{_where(meter, plan.indexed_start, plan.indexed_stop)}{group}")
+                f"{meter_between(meter, plan.indexed_start, plan.indexed_stop)}{group}")
 
     def _locate(self, meter: str, plan: _Plan, spans: list[tuple[int, int]], row: int,
                 hours: dict[dt.datetime, dict[int, int]]) -> tuple[dt.datetime, int]:
@@ -389,7 +385,7 @@ class IndexedRows:
         start, stop = max(span, plan.indexed_start), min(span + SPAN, plan.indexed_stop)
         field = self.kind.index_field
         (hours,) = self.client.influxql([f"SELECT {ident(field)} FROM {self._stats_hour} "
-                                         f"{_where(meter, start, stop)}"])
+                                         f"{meter_between(meter, start, stop)}"])
         counts = {int(r["time"]): int(r[field] or 0) for found in hours for r in found.rows()}
         for hour, correction in corrections.items():
             if int(start.timestamp()) <= hour < int(stop.timestamp()):
@@ -460,14 +456,14 @@ class ReadingQueries(IndexedRows):
     def between(self, meter: str, start: dt.datetime, stop: dt.datetime) -> Iterator[Row]:
         """Every reading of a meter in [start, stop), oldest first (export; callers chunk by day)."""
         (series,) = self.client.influxql([f"SELECT * FROM {ident(lineprotocol.READING)} "
-                                          f"{_where(meter, start, stop)} ORDER BY time ASC"])
+                                          f"{meter_between(meter, start, stop)} ORDER BY time ASC"])
         return self._rows(series)
 
     def latest_gas(self, meter: str, count: int = 2, before: dt.datetime | None = None) -> list[tuple[dt.datetime, float]]:
         """The newest gas positions (time booked, m3) before `before`, newest first."""
         (series,) = self.client.influxql([
             f"SELECT {ident(lineprotocol.GAS_FIELD)} FROM {ident(lineprotocol.GAS)} "
-            f"{_where(meter, EARLIEST, before or LATEST)} ORDER BY time DESC LIMIT {count}"])
+            f"{meter_between(meter, EARLIEST, before or LATEST)} ORDER BY time DESC LIMIT {count}"])
         return [(dt.datetime.fromtimestamp(int(row["time"]), dt.timezone.utc), float(row[lineprotocol.GAS_FIELD]))
                 for found in series for row in found.rows()]
 
@@ -516,7 +512,7 @@ class GasQueries(IndexedRows):
         """The gas value booked last before `moment` (a page's first row differs from it)."""
         (series,) = self.client.influxql([
             f"SELECT {ident(lineprotocol.GAS_FIELD)} FROM {ident(lineprotocol.GAS)} "
-            f"{_where(meter, moment - LOOKBACK_DELTA, moment)} ORDER BY time DESC LIMIT 1"])
+            f"{meter_between(meter, moment - LOOKBACK_DELTA, moment)} ORDER BY time DESC LIMIT 1"])
         return next((float(row[lineprotocol.GAS_FIELD]) for found in series for row in found.rows()), None)
 
 

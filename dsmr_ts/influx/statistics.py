@@ -43,7 +43,7 @@ from influxdb_client.domain.task_update_request import TaskUpdateRequest
 from dsmr_ts.config import Config, InfluxConfig
 from dsmr_ts.fields import SCHEMA, ReadingSchema
 from dsmr_ts.influx import lineprotocol
-from dsmr_ts.influx.client import LATEST, InfluxClient, StoreUnavailable, ident, ns, quote
+from dsmr_ts.influx.client import LATEST, InfluxClient, StoreUnavailable, ident, meter_between, ns, quote
 
 log = logging.getLogger(__name__)
 
@@ -630,8 +630,7 @@ class Statistics:
             return 0, []
         # A statistics row is one with electricity usage (computed or imported; DSMR-reader's rows
         # always have it), so that the count and the page agree.
-        where = (f"WHERE meter = {quote(meter)} AND time >= {ns(start)} AND time < {ns(stop)}"
-                 " AND (electricity1 >= 0 OR electricity1 < 0)")
+        where = meter_between(meter, start, stop) + " AND (electricity1 >= 0 OR electricity1 < 0)"
         source = self.client.in_stats(measurement)
         counted, rows = self.client.influxql([
             f"SELECT count(electricity1) FROM {source} {where}",
