@@ -82,11 +82,12 @@ def reading_line(reading: Reading, schema: ReadingSchema = SCHEMA) -> str:
     return f"{READING},meter={escape_tag(reading.meter)} " + template % tuple(filled)
 
 
-# A field's placeholder in a reading's line, and what turns its value into what fills it in.
-_PLACEHOLDERS: dict[Kind, tuple[str, Callable[[object], object]]] = {
-    Kind.DECIMAL: ("%r", float),  # float repr: the shortest text that reads back the same
-    Kind.INTEGER: ("%di", int),
-    Kind.DATETIME: ("%di", _unix),  # Unix seconds
+# Per kind of field: its placeholder in a reading's line, the type suffix line protocol wants after
+# the value, and what turns a value into what fills the placeholder in.
+_PLACEHOLDERS: dict[Kind, tuple[str, str, Callable[[object], object]]] = {
+    Kind.DECIMAL: ("%r", "", float),  # float repr: the shortest text that reads back the same
+    Kind.INTEGER: ("%d", "i", int),
+    Kind.DATETIME: ("%d", "i", _unix),  # Unix seconds
 }
 
 
@@ -100,8 +101,8 @@ def _reading_template(names: tuple[str, ...], schema: ReadingSchema) -> tuple[st
         if spec is None:
             conversions.append(None)
             continue
-        placeholder, convert = _PLACEHOLDERS[spec.kind]
-        parts.append(f"{name}={placeholder}")
+        placeholder, suffix, convert = _PLACEHOLDERS[spec.kind]
+        parts.append(f"{name}={placeholder}{suffix}")
         conversions.append(convert)
         present |= schema.bits[name]
     parts.append(f"{PRESENT_FIELD}={present}i")
@@ -117,8 +118,7 @@ def reading_fields_sql(columns: Iterable[ReadingField], concat: Callable[[list[s
     fields, present = [], []
     for spec in columns:
         value = epoch(spec.name) if spec.kind is Kind.DATETIME else spec.name
-        suffix = "" if spec.kind is Kind.DECIMAL else "i"  # as in _PLACEHOLDERS
-        field = concat([f"'{spec.name}='", value, f"'{suffix},'"])
+        field = concat([f"'{spec.name}='", value, f"'{_PLACEHOLDERS[spec.kind][1]},'"])
         fields.append(f"COALESCE({field}, '')")
         present.append(f"CASE WHEN {spec.name} IS NULL THEN 0 ELSE {schema.bits[spec.name]} END")
     return concat([*fields, f"'{PRESENT_FIELD}='", f"({' + '.join(present) or 0})", "'i '", epoch("timestamp"),
