@@ -14,7 +14,7 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable
 
 READING_COLUMNS = [  # name, PostgreSQL type (DSMR-reader v5's dsmr_datalogger_dsmrreading)
     ("timestamp", "timestamp with time zone NOT NULL"),
@@ -50,14 +50,15 @@ def reading_rows(count: int, start: dt.datetime, step: int = 10) -> Iterable[tup
                "0.000", None, None, f"{230 + i % 5:.1f}", None, None, i % 3, None, None)
 
 
-def create_tables(execute, serial: str) -> None:
+def create_tables(execute, serial: str, column_type: Callable[[str], str] = lambda kind: kind) -> None:
+    """DSMR-reader's tables; column_type turns a PostgreSQL column type into the database's own."""
     execute(f"CREATE TABLE dsmr_datalogger_dsmrreading (id {serial}, processed boolean NOT NULL DEFAULT false, "
-            + ", ".join(f"{name} {kind}" for name, kind in READING_COLUMNS) + ")")
+            + ", ".join(f"{name} {column_type(kind)}" for name, kind in READING_COLUMNS) + ")")
     execute("CREATE INDEX dsmr_reading_timestamp ON dsmr_datalogger_dsmrreading (timestamp)")
     execute(f"CREATE TABLE dsmr_stats_daystatistics (id {serial}, "
-            + ", ".join(f"{name} {kind}" for name, kind in DAY_COLUMNS) + ")")
-    execute(f"CREATE TABLE dsmr_datalogger_meterstatistics (id {serial}, timestamp timestamp with time zone, "
-            "dsmr_version varchar(2), electricity_tariff integer)")
+            + ", ".join(f"{name} {column_type(kind)}" for name, kind in DAY_COLUMNS) + ")")
+    execute(f"CREATE TABLE dsmr_datalogger_meterstatistics (id {serial},"
+            f" timestamp {column_type('timestamp with time zone')}, dsmr_version varchar(2), electricity_tariff integer)")
 
 
 class Postgres:
@@ -172,18 +173,9 @@ class MariaDB:
         db = self._connect("dsmrreader")
         cursor = db.cursor()
         cursor.execute("SET time_zone = '+00:00'")
-        mysql_type = {"timestamp with time zone": "datetime(6)", "date": "date"}
-
-        def column(kind: str) -> str:
-            base, _, rest = kind.partition(" NOT NULL")
-            return mysql_type.get(base, base) + (" NOT NULL" if _ else "") + rest
-
-        for table, columns in (("dsmr_datalogger_dsmrreading", READING_COLUMNS), ("dsmr_stats_daystatistics", DAY_COLUMNS)):
-            cursor.execute(f"CREATE TABLE {table} (id integer AUTO_INCREMENT PRIMARY KEY, "
-                           + ", ".join(f"{name} {column(kind)}" for name, kind in columns) + ")")
-        cursor.execute("CREATE INDEX dsmr_reading_timestamp ON dsmr_datalogger_dsmrreading (timestamp)")
-        cursor.execute("CREATE TABLE dsmr_datalogger_meterstatistics (id integer AUTO_INCREMENT PRIMARY KEY,"
-                       " timestamp datetime(6), dsmr_version varchar(2), electricity_tariff integer)")
+        # Django's MySQL datetimes: UTC in datetime(6).
+        create_tables(cursor.execute, "integer AUTO_INCREMENT PRIMARY KEY",
+                      lambda kind: kind.replace("timestamp with time zone", "datetime(6)"))
 
         def cell(value):
             return value.astimezone(dt.timezone.utc).replace(tzinfo=None) if isinstance(value, dt.datetime) else value
