@@ -1,12 +1,19 @@
 # dsmr-ts API / reader image. InfluxDB runs from the official influxdb:2 image (docker-compose.yml).
-FROM python:3.11-slim
+# BASE: any Debian-like image with Python 3.11+ and its venv module (python:3.11-slim; the tests
+# build it FROM a Debian made with debootstrap, as no image registry is reachable there).
+ARG BASE=python:3.11-slim
+FROM ${BASE}
 # tzdata: zoneinfo for Europe/Amsterdam; the slim image has none.
 RUN apt-get update && apt-get install -y --no-install-recommends tzdata && rm -rf /var/lib/apt/lists/*
 WORKDIR /app
-COPY setup.py README.md ./
+COPY setup.py README.md constraints.txt ./
 COPY dsmr_ts ./dsmr_ts
 COPY config ./config
-RUN pip install --no-cache-dir .
+# The exact versions the test suite passed with (constraints.txt), in a venv of the image's own.
+RUN python3 -m venv /opt/dsmr-ts \
+    && /opt/dsmr-ts/bin/pip install --no-cache-dir -c constraints.txt . \
+    && rm -rf /app/build
+ENV PATH=/opt/dsmr-ts/bin:$PATH
 # An unprivileged user (group 0, as Grafana's image runs, so Grafana may read the read-only token
 # setup writes with mode 0640). Named volumes start out owned by it; a bind-mounted config folder
 # must be too: chown 10001:0 docker/config.

@@ -8,11 +8,12 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.11",
     packages=find_packages(include=["dsmr_ts", "dsmr_ts.*"]),
-    # The Go build module for influxd ships with the package.
-    package_data={"dsmr_ts.influx": ["build/go.mod", "build/go.sum"]},
+    # The Go build module for influxd, and the example config a first start writes (a symlink to
+    # config/dsmr-ts.example.yaml: the wheel gets a copy).
+    package_data={"dsmr_ts": ["dsmr-ts.example.yaml"], "dsmr_ts.influx": ["build/go.mod", "build/go.sum"]},
     install_requires=[
         "falcon>=4.0,<5",
-        "gunicorn>=23,<28",
+        "gunicorn[gevent]>=23,<28",  # the gevent worker; gunicorn 27 needs the extra for it (packaging)
         "gevent>=24,<27",
         "influxdb-client>=1.40,<2",
         "pyserial>=3.5,<4",
@@ -26,7 +27,8 @@ setup(
         "psycopg[binary]>=3.1,<4",  # dsmr-ts import dsmr-reader --database (PostgreSQL)
         "PyMySQL>=1.1,<2",  # ... (MySQL, MariaDB)
     ],
+    # Tests, and the linter and type checker `make lint` (and so `make test`) runs.
     extras_require={"test": ["pytest>=8,<10", "requests>=2.31,<3", "jsonschema>=4.18,<5", "openapi-spec-validator>=0.7,<1",
-                           "schemathesis>=4,<5"]},
+                             "schemathesis>=4,<5", "ruff>=0.15,<1", "mypy>=1.15,<3", "types-PyYAML>=6,<7"]},
     entry_points={"console_scripts": ["dsmr-ts=dsmr_ts.cli:main"]},
 )

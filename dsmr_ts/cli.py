@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 
 from dsmr_ts import __version__
 from dsmr_ts.config import Config, ConfigError, load_config
-from dsmr_ts.supervisor import stop_event
+from dsmr_ts.supervisor import Process, stop_event
 
 if TYPE_CHECKING:
     from dsmr_ts.influx.store import Store
@@ -415,10 +415,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         children = []
         if config.influxdb.managed:
             children.append(Child("influxd", _influxd_service(config)))
-        children.append(Child("api", Command(_gunicorn_command(), _child_env(config))))
+        api = Command(_gunicorn_command(), _child_env(config))
+        children.append(Child("api", api))
         # The reader process also keeps the statistics (repair, count index), meter or not.
         children.append(Child("reader", Command(_dsmr_ts_command("reader"), _child_env(config))))
-        after_start = {"api": lambda: _wait_for_api(config, stop)}
+        after_start = {"api": lambda: _wait_for_api(config, stop, api)}
         if config.influxdb.managed:
             after_start["influxd"] = lambda: _bootstrap(config)
         supervisor = Supervisor(children, stop, after_start)
@@ -517,10 +518,13 @@ def _check_ports(config: Config) -> None:
             raise CliError(f"influxdb.url {config.influxdb.url}: the port is in use; set influxdb.url to a free port")
 
 
-def _wait_for_api(config: Config, stop: threading.Event, timeout: float = 120.0) -> None:
-    """Until the API answers (so the welcome text never promises what does not work yet)."""
+def _wait_for_api(config: Config, stop: threading.Event, api: Process, timeout: float = 120.0) -> None:
+    """Until the API answers (so the welcome text never promises what does not work yet); an API
+    that exits meanwhile stops `run` at once with its last error line."""
     import urllib.error
     import urllib.request
+
+    from dsmr_ts.supervisor import describe_status
 
     bind = config.server.bind
     if bind.startswith("unix:"):
@@ -528,6 +532,9 @@ def _wait_for_api(config: Config, stop: threading.Event, timeout: float = 120.0)
     url = f"http://{_local_address(bind)}/health"
     deadline = time.monotonic() + timeout
     while not stop.is_set():
+        status = api.exit_status()
+        if status is not None:
+            raise CliError(f"the API (gunicorn) {describe_status(status)} while starting: {api.describe_exit()}")
         try:
             with urllib.request.urlopen(url, timeout=2):
                 return

@@ -28,7 +28,9 @@ from typing import Any
 import yaml
 
 ENV_PREFIX = "DSMR_TS_"
-EXAMPLE_PATH = Path(__file__).resolve().parent.parent / "config" / "dsmr-ts.example.yaml"
+# The documented config a first start writes: config/dsmr-ts.example.yaml, in the package as a
+# symlink to it (an installed package holds a copy).
+EXAMPLE_PATH = Path(__file__).parent / "dsmr-ts.example.yaml"
 KEY_ALPHABET = string.ascii_uppercase + string.digits
 KEY_LENGTH = 64
 DSMR_VERSIONS = ("2.2", "3", "4", "5", "fluvius", "smarty", "iskra_ie", "eon_hu", "sweden", "q3d")

@@ -9,14 +9,16 @@ in a row: then one line says which child and why, and everything stops.
 
 from __future__ import annotations
 
+import collections
 import logging
-import os
+import re
 import signal
 import subprocess
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Protocol
+from typing import IO, Callable, Protocol
 
 log = logging.getLogger("dsmr_ts.run")
 
@@ -47,16 +49,36 @@ class Process(Protocol):
 
 class Command:
     """A child process of our own (gunicorn, the reader), in its own session so that Ctrl-C in a
-    terminal reaches only us and we stop the children in order."""
+    terminal reaches only us and we stop the children in order.
 
-    def __init__(self, argv: list[str], env: dict[str, str], stop_timeout: float = 30.0):
+    Its output goes on to our stderr line by line, and its last lines are kept: when it ends, the
+    reason is its last error line, not a traceback that scrolled away long ago."""
+
+    def __init__(self, argv: list[str], env: dict[str, str], stop_timeout: float = 30.0, keep_lines: int = 50):
         self.argv = argv
         self.env = env
         self.stop_timeout = stop_timeout
         self.process: subprocess.Popen | None = None
+        self._tail: collections.deque[str] = collections.deque(maxlen=keep_lines)
+        self._relay: threading.Thread | None = None
 
     def start(self) -> None:
-        self.process = subprocess.Popen(self.argv, env=self.env, start_new_session=True)
+        self._tail.clear()
+        self.process = subprocess.Popen(self.argv, env=self.env, start_new_session=True, stdout=subprocess.PIPE,
+                                        stderr=subprocess.STDOUT)
+        self._relay = threading.Thread(target=self._pass_on, args=(self.process.stdout,), daemon=True,
+                                       name=f"output of pid {self.process.pid}")
+        self._relay.start()
+
+    def _pass_on(self, output: IO[bytes]) -> None:
+        for raw in output:
+            try:
+                sys.stderr.buffer.write(raw)
+                sys.stderr.flush()
+            except (OSError, ValueError):  # our stderr is gone: keep draining, or the child would block
+                pass
+            self._tail.append(raw.decode("utf-8", "replace").rstrip())
+        output.close()
 
     def exit_status(self) -> int | None:
         return self.process.poll() if self.process else None
@@ -78,7 +100,20 @@ class Command:
             child.wait()
 
     def describe_exit(self) -> str:
-        return ""
+        """The child's last error line (once its output has been read to the end)."""
+        if self._relay is not None:
+            self._relay.join(timeout=5)
+        return last_error_line(list(self._tail))
+
+
+_ERROR_LINE = re.compile(r"\b\w*(Error|Exception)\b|\b(ERROR|CRITICAL|FATAL)\b|lvl=error|^error:", re.IGNORECASE)
+
+
+def last_error_line(lines: list[str], width: int = 300) -> str:
+    """The last line that says what went wrong (an exception, an error log line), else the last line."""
+    lines = [line.strip(" []") for line in lines if line.strip(" []")]
+    found = next((line for line in reversed(lines) if _ERROR_LINE.search(line)), lines[-1] if lines else "")
+    return found[-width:]
 
 
 @dataclass
@@ -189,12 +224,3 @@ def stop_event() -> threading.Event:
     signal.signal(signal.SIGTERM, handler)
     return stop
 
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass
-    return True
