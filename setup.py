@@ -28,7 +28,17 @@ setup(
         "PyMySQL>=1.1,<2",  # ... (MySQL, MariaDB)
     ],
     # Tests, and the linter and type checker `make lint` (and so `make test`) runs.
-    extras_require={"test": ["pytest>=8,<10", "requests>=2.31,<3", "jsonschema>=4.18,<5", "openapi-spec-validator>=0.7,<1",
-                             "schemathesis>=4,<5", "ruff>=0.15,<1", "mypy>=1.15,<3", "types-PyYAML>=6,<7"]},
+    extras_require={
+        "test": [
+            "pytest>=8,<10",
+            "requests>=2.31,<3",
+            "jsonschema>=4.18,<5",
+            "openapi-spec-validator>=0.7,<1",
+            "schemathesis>=4,<5",
+            "ruff>=0.15,<1",
+            "mypy>=1.15,<3",
+            "types-PyYAML>=6,<7",
+        ]
+    },
     entry_points={"console_scripts": ["dsmr-ts=dsmr_ts.cli:main"]},
 )

@@ -7,8 +7,8 @@ seconds the API (gunicorn and its workers) and influxd spent per 1,000 telegrams
     .venv/bin/python benchmarks/ingest.py [--seconds 20] [--clients 1,8,32] [--only v1|v2] [--mqtt default|all]
 
 --mqtt default|all also runs `dsmr-ts reader` publishing MQTT (its default sources, or all of them
-including every raw telegram) to a mosquitto, and a subscriber counting what arrives. Needs wrk (Debian: apt-get install wrk; and
-mosquitto for --mqtt). Starts its own influxd and API in a temp dir.
+including every raw telegram) to a mosquitto, and a subscriber counting what arrives. Needs wrk
+(Debian: apt-get install wrk; and mosquitto for --mqtt). Starts its own influxd and API in a temp dir.
 """
 
 from __future__ import annotations
@@ -29,17 +29,42 @@ WRK = Path(__file__).resolve().parent / "wrk"
 DAY = 86400
 
 # Measured separately (not in this run) on this machine kind: DSMR-reader v5.11, PostgreSQL, 4 workers.
-DSMR_READER = {("v1", 1): "71 (p99 347 ms)", ("v1", 8): "120-125", ("v1", 32): "108-121 (p99 1 s)",
-               ("v2", 8): "140-143", ("v2", 32): "110-190"}
+DSMR_READER = {
+    ("v1", 1): "71 (p99 347 ms)",
+    ("v1", 8): "120-125",
+    ("v1", 32): "108-121 (p99 1 s)",
+    ("v2", 8): "140-143",
+    ("v2", 32): "110-190",
+}
 
 
 def run_wrk(url: str, version: str, clients: int, seconds: int, ts_base: int, meter: str) -> dict[str, float]:
     threads = min(clients, 2)
-    env = {**os.environ, "TPL": str(WRK / "telegram.txt"), "TS_BASE": str(ts_base), "AUTHKEY": KEY,
-           "NTHREADS": str(threads), "METER": meter}
+    env = {
+        **os.environ,
+        "TPL": str(WRK / "telegram.txt"),
+        "TS_BASE": str(ts_base),
+        "AUTHKEY": KEY,
+        "NTHREADS": str(threads),
+        "METER": meter,
+    }
     result = subprocess.run(
-        ["wrk", f"-t{threads}", f"-c{clients}", f"-d{seconds}s", "--timeout", "10s", "-s", str(WRK / f"{version}.lua"),
-         url], env=env, capture_output=True, text=True, check=True)
+        [
+            "wrk",
+            f"-t{threads}",
+            f"-c{clients}",
+            f"-d{seconds}s",
+            "--timeout",
+            "10s",
+            "-s",
+            str(WRK / f"{version}.lua"),
+            url,
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     found = re.search(r"RESULT (.*)", result.stdout)
     if not found:
         raise SystemExit(f"wrk printed no result:\n{result.stdout}\n{result.stderr}")
@@ -58,11 +83,15 @@ def telegrams(count: int, meter: str, start: int) -> list[str]:
     out = []
     for i in range(count):
         t = start + i
-        text = (template.replace("@TS@", time.strftime("%y%m%d%H%M%S", time.gmtime(t + 3600)) + "W")
-                .replace("@GTS@", time.strftime("%y%m%d%H%M", time.gmtime(t + 3600 - t % 300)) + "00W")
-                .replace("@E1@", f"{1000 + i * 0.001:010.3f}").replace("@E2@", f"{2000 + i * 0.0005:010.3f}")
-                .replace("@R1@", "000010.000").replace("@R2@", "000020.000")
-                .replace("@CD@", f"{1 + (i % 1000) / 1000:06.3f}"))
+        text = (
+            template.replace("@TS@", time.strftime("%y%m%d%H%M%S", time.gmtime(t + 3600)) + "W")
+            .replace("@GTS@", time.strftime("%y%m%d%H%M", time.gmtime(t + 3600 - t % 300)) + "00W")
+            .replace("@E1@", f"{1000 + i * 0.001:010.3f}")
+            .replace("@E2@", f"{2000 + i * 0.0005:010.3f}")
+            .replace("@R1@", "000010.000")
+            .replace("@R2@", "000020.000")
+            .replace("@CD@", f"{1 + (i % 1000) / 1000:06.3f}")
+        )
         out.append(text + f"{crc16_arc(text.encode('latin-1')):04X}\r\n")
     return out
 
@@ -96,12 +125,14 @@ events {{ worker_connections 256; }}
 http {{ access_log off; client_body_temp_path {folder}/nginx-body;
   server {{ listen 127.0.0.1:{port}; location / {{ return 201; }} }} }}
 """)
-    process = subprocess.Popen([binary, "-p", str(folder), "-c", str(conf)], stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        [binary, "-p", str(folder), "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     for _ in range(100):
         try:
-            urllib.request.urlopen(urllib.request.Request(f"http://127.0.0.1:{port}/", method="POST", data=b"x"),
-                                   timeout=1)
+            urllib.request.urlopen(
+                urllib.request.Request(f"http://127.0.0.1:{port}/", method="POST", data=b"x"), timeout=1
+            )
         except urllib.error.HTTPError as exc:
             if exc.code == 201:
                 return process, f"http://127.0.0.1:{port}"
@@ -136,15 +167,18 @@ def reader_paths(stack: Stack, count: int) -> None:
             service.flush_spool()
         elapsed = time.perf_counter() - began
         influx_cpu = (stack.cpu()[1] - cpu[1]) / count * 1000
-        print(f"reader: spool replay of {count:,} telegrams {count / elapsed:,.0f}/s"
-              f"  (influxd {influx_cpu:.2f} cpu-s/1k)")
+        print(
+            f"reader: spool replay of {count:,} telegrams {count / elapsed:,.0f}/s  (influxd {influx_cpu:.2f} cpu-s/1k)"
+        )
         remotes = [("this stack's API (on the same 2 cores)", stack.url)]
         nginx = _nginx_answering_201(stack.tmp)
         if nginx:
             remotes.append(("nginx answering 201 (a remote elsewhere: only the forwarder's own cost)", nginx[1]))
         for index, (what, base) in enumerate(remotes):
-            forwarder = Forwarder(ForwardTarget(url=base + "/api/v1/datalogger/dsmrreading", key=KEY),
-                                  Spool(stack.tmp / "spool", f"forward-bench-{index}", 1 << 30))
+            forwarder = Forwarder(
+                ForwardTarget(url=base + "/api/v1/datalogger/dsmrreading", key=KEY),
+                Spool(stack.tmp / "spool", f"forward-bench-{index}", 1 << 30),
+            )
             for text in telegrams(count, f"BENCH-FORWARD-{index}", int(time.time()) - DAY):
                 forwarder.spool.append(text, received)
             began, own_cpu = time.perf_counter(), time.process_time()
@@ -154,8 +188,10 @@ def reader_paths(stack: Stack, count: int) -> None:
                     raise SystemExit("forwarding failed")
             elapsed, own_cpu = time.perf_counter() - began, time.process_time() - own_cpu
             forwarder.close()
-            print(f"reader: forwarding {count:,} telegrams {count / elapsed:,.0f}/s to {what};"
-                  f" {Forwarder.CONNECTIONS} connections, the forwarder {own_cpu / count * 1000:.2f} cpu-s/1k")
+            print(
+                f"reader: forwarding {count:,} telegrams {count / elapsed:,.0f}/s to {what};"
+                f" {Forwarder.CONNECTIONS} connections, the forwarder {own_cpu / count * 1000:.2f} cpu-s/1k"
+            )
         if nginx:
             nginx[0].terminate()
             nginx[0].wait(30)
@@ -168,9 +204,14 @@ def main() -> None:
     parser.add_argument("--seconds", type=int, default=20, help="length of each run (default 20)")
     parser.add_argument("--clients", default="1,8,32", help="client counts to sweep (default 1,8,32)")
     parser.add_argument("--only", choices=["v1", "v2"], help="only one API version")
-    parser.add_argument("--spooled", type=int, default=20_000, help="telegrams for the reader's replay and forwarding (0: skip)")
-    parser.add_argument("--mqtt", choices=["default", "all"],
-                        help="with the MQTT publisher running: its default sources (what Home Assistant reads), or all")
+    parser.add_argument(
+        "--spooled", type=int, default=20_000, help="telegrams for the reader's replay and forwarding (0: skip)"
+    )
+    parser.add_argument(
+        "--mqtt",
+        choices=["default", "all"],
+        help="with the MQTT publisher running: its default sources (what Home Assistant reads), or all",
+    )
     args = parser.parse_args()
     if not shutil.which("wrk"):
         raise SystemExit("wrk is not installed (Debian: apt-get install wrk)")
@@ -192,10 +233,14 @@ def main() -> None:
             stack.broker = broker
             stack.start_reader()
             received = count_messages(port)
-        print(f"dsmr-ts API: gunicorn with {workers} workers; influxd {stack.influxd.url}; {args.seconds} s per run;"
-              f" MQTT {'on (' + args.mqtt + ' sources)' if broker else 'off'}")
-        print(f"{'run':<22} {'telegrams/s':>11} {'p50 ms':>7} {'p99 ms':>7} {'failed':>6}"
-              f" {'API cpu-s/1k':>12} {'influxd cpu-s/1k':>16}   DSMR-reader (measured separately)")
+        print(
+            f"dsmr-ts API: gunicorn with {workers} workers; influxd {stack.influxd.url}; {args.seconds} s per run;"
+            f" MQTT {'on (' + args.mqtt + ' sources)' if broker else 'off'}"
+        )
+        print(
+            f"{'run':<22} {'telegrams/s':>11} {'p50 ms':>7} {'p99 ms':>7} {'failed':>6}"
+            f" {'API cpu-s/1k':>12} {'influxd cpu-s/1k':>16}   DSMR-reader (measured separately)"
+        )
         follow: dict[str, int] = {}  # with MQTT: one meter per version whose live readings continue run to run
         for version in versions:
             for timing in ("live",) if broker else ("live", "historic"):
@@ -218,21 +263,29 @@ def main() -> None:
                     api_cpu = (after[0] - before[0]) / done * 1000
                     influx_cpu = (after[1] - before[1]) / done * 1000
                     reference = DSMR_READER.get((version, count), "-") if timing == "live" else "-"
-                    print(f"{version} {timing:<8} {count:>2} clients {rate:>11,.0f} {figures['p50_ms']:>7.1f}"
-                          f" {figures['p99_ms']:>7.1f} {int(figures['failed']):>6} {api_cpu:>12.2f}"
-                          f" {influx_cpu:>16.2f}   {reference}", flush=True)
+                    print(
+                        f"{version} {timing:<8} {count:>2} clients {rate:>11,.0f} {figures['p50_ms']:>7.1f}"
+                        f" {figures['p99_ms']:>7.1f} {int(figures['failed']):>6} {api_cpu:>12.2f}"
+                        f" {influx_cpu:>16.2f}   {reference}",
+                        flush=True,
+                    )
                     if received is not None:
-                        print(f"   MQTT: {received():,} messages received so far; reader + mosquitto"
-                              f" {(side_after - side_before) / done * 1000:.2f} cpu-s/1k", flush=True)
+                        print(
+                            f"   MQTT: {received():,} messages received so far; reader + mosquitto"
+                            f" {(side_after - side_before) / done * 1000:.2f} cpu-s/1k",
+                            flush=True,
+                        )
         print()
         if stack.reader and stack.reader.poll() is not None:
             raise SystemExit("the reader process stopped: " + (stack.tmp / "reader.log").read_text()[-2000:])
         if args.spooled:
             reader_paths(stack, args.spooled)
-        with urllib.request.urlopen(urllib.request.Request(
-                url + "/metrics", headers={"X-AUTHKEY": KEY})) as response:
-            rejected = [line for line in response.read().decode().splitlines()
-                        if line.startswith("dsmr_ts_telegrams_total{") and "rejected" in line]
+        with urllib.request.urlopen(urllib.request.Request(url + "/metrics", headers={"X-AUTHKEY": KEY})) as response:
+            rejected = [
+                line
+                for line in response.read().decode().splitlines()
+                if line.startswith("dsmr_ts_telegrams_total{") and "rejected" in line
+            ]
         print("rejected telegrams:", rejected[0].rsplit(" ", 1)[1] if rejected else "0")
 
 

@@ -35,19 +35,26 @@ UTC = dt.timezone.utc
 def year(start: int, count: int) -> Iterator[Reading]:
     """A steady 400 W: the tariff-1 register grows from 00:00 to 07:00 UTC, tariff 2 otherwise;
     gas 0.002 m3 every 5 minutes (0.576 m3 a day)."""
+
     def night_seconds(t: int) -> int:  # of 00:00-07:00 UTC, from the epoch up to t
         return (t // 86400) * 7 * 3600 + min(t % 86400, 7 * 3600)
 
     for i in range(count):
         t = start + i * STEP
         night = night_seconds(t) - night_seconds(start)
-        values = {"electricity_delivered_1": round(1000 + night / 3600 * 0.4, 3),
-                  "electricity_delivered_2": round(2000 + (i * STEP - night) / 3600 * 0.4, 3),
-                  "electricity_returned_1": 0.0, "electricity_returned_2": 0.0,
-                  "electricity_currently_delivered": 0.4, "electricity_currently_returned": 0.0}
+        values = {
+            "electricity_delivered_1": round(1000 + night / 3600 * 0.4, 3),
+            "electricity_delivered_2": round(2000 + (i * STEP - night) / 3600 * 0.4, 3),
+            "electricity_returned_1": 0.0,
+            "electricity_returned_2": 0.0,
+            "electricity_currently_delivered": 0.4,
+            "electricity_currently_returned": 0.0,
+        }
         gas_time = t - t % 300
-        values.update(extra_device_timestamp=dt.datetime.fromtimestamp(gas_time, UTC),
-                      extra_device_delivered=round(500 + (gas_time - start) / 300 * 0.002, 3))
+        values.update(
+            extra_device_timestamp=dt.datetime.fromtimestamp(gas_time, UTC),
+            extra_device_delivered=round(500 + (gas_time - start) / 300 * 0.002, 3),
+        )
         yield Reading(dt.datetime.fromtimestamp(t, UTC), METER, values)
 
 
@@ -68,31 +75,45 @@ def main() -> None:
         print(f"write cache snapshotted after {wait_for_cache_snapshot(stack.influxd.url):.0f} s")
         env = {**os.environ, "DSMR_TS_CONFIG": str(stack.config_path)}
         began = time.perf_counter()
-        result = subprocess.run([sys.executable, "-m", "dsmr_ts.cli", "regenerate"], env=env, capture_output=True,
-                                text=True)
+        result = subprocess.run(
+            [sys.executable, "-m", "dsmr_ts.cli", "regenerate"], env=env, capture_output=True, text=True
+        )
         elapsed = time.perf_counter() - began
         if result.returncode != 0:
             sys.exit(f"regenerate failed:\n{result.stderr}")
-        print(f"dsmr-ts regenerate, {args.days} days: {elapsed:.1f} s = {count / elapsed:,.0f} readings/s"
-              "  (DSMR-reader, measured separately: ~300 readings/s, about 3 h for this year)")
+        print(
+            f"dsmr-ts regenerate, {args.days} days: {elapsed:.1f} s = {count / elapsed:,.0f} readings/s"
+            "  (DSMR-reader, measured separately: ~300 readings/s, about 3 h for this year)"
+        )
         base = stack.start_api()
         day_times = timed_get(base + "/api/v2/statistics/day", {"limit": 366}, 30)
         month_start = dt.datetime.fromtimestamp(now - 40 * 86400, UTC)
-        hour_times = timed_get(base + "/api/v2/statistics/hour", {
-            "limit": 744, "hour_start__gte": month_start.isoformat(),
-            "hour_start__lte": (month_start + dt.timedelta(days=31)).isoformat()}, 30)
-        for name, times in (("statistics/day, a year (limit 366)", day_times),
-                            ("statistics/hour, a month (limit 744)", hour_times)):
+        hour_times = timed_get(
+            base + "/api/v2/statistics/hour",
+            {
+                "limit": 744,
+                "hour_start__gte": month_start.isoformat(),
+                "hour_start__lte": (month_start + dt.timedelta(days=31)).isoformat(),
+            },
+            30,
+        )
+        for name, times in (
+            ("statistics/day, a year (limit 366)", day_times),
+            ("statistics/hour, a month (limit 744)", hour_times),
+        ):
             print(f"GET {name}: p50 {percentile(times, 0.5):.1f} ms, p99 {percentile(times, 0.99):.1f} ms")
-        request = urllib.request.Request(base + "/api/v2/statistics/day?" + urllib.parse.urlencode({"limit": 366}),
-                                         headers={"X-AUTHKEY": KEY})
+        request = urllib.request.Request(
+            base + "/api/v2/statistics/day?" + urllib.parse.urlencode({"limit": 366}), headers={"X-AUTHKEY": KEY}
+        )
         with urllib.request.urlopen(request) as response:
             days = json.loads(response.read())
         print(f"  days returned: {len(days['results'])} of count {days['count']}")
         sample = days["results"][len(days["results"]) // 2]
         usage = float(sample["electricity1"]) + float(sample["electricity2"])
-        print(f"  check {sample['day']}: electricity {usage:.3f} kWh (expected 9.600 on a 24-hour day),"
-              f" gas {sample['gas']} m3 (expected 0.576)")
+        print(
+            f"  check {sample['day']}: electricity {usage:.3f} kWh (expected 9.600 on a 24-hour day),"
+            f" gas {sample['gas']} m3 (expected 0.576)"
+        )
 
 
 if __name__ == "__main__":

@@ -52,11 +52,17 @@ def telegrams(count: int, prefix: str) -> list[bytes]:
     start = dt.datetime.now(dt.timezone.utc).replace(microsecond=0) + dt.timedelta(minutes=1)
     out = []
     for i in range(count):
-        values = {"electricity_delivered_1": 1000 + i / 1000, "electricity_delivered_2": 1.0,
-                  "electricity_returned_1": 0.0, "electricity_returned_2": 0.0,
-                  "electricity_currently_delivered": 0.4, "electricity_currently_returned": 0.0}
-        reading = Reading(timestamp=start + dt.timedelta(seconds=i // METERS), meter=f"{prefix}{i % METERS}",
-                          values=values)
+        values = {
+            "electricity_delivered_1": 1000 + i / 1000,
+            "electricity_delivered_2": 1.0,
+            "electricity_returned_1": 0.0,
+            "electricity_returned_2": 0.0,
+            "electricity_currently_delivered": 0.4,
+            "electricity_currently_returned": 0.0,
+        }
+        reading = Reading(
+            timestamp=start + dt.timedelta(seconds=i // METERS), meter=f"{prefix}{i % METERS}", values=values
+        )
         out.append(build_telegram(reading).encode("latin-1"))
     return out
 
@@ -70,15 +76,21 @@ def main() -> None:
     with ManagedInfluxd(ensure_influxd(), tmp / "influxd", port=free_port()) as influxd:
         meter_port = free_port()
         config_path = tmp / "dsmr-ts.yaml"
-        config_path.write_text(f"api: {{enabled: true, key: {KEY}}}\ninfluxdb: {{managed: false, url: {influxd.url}}}\n"
-                               f"reader: {{port: 'socket://127.0.0.1:{meter_port}', spool_dir: ./spool}}\n")
+        config_path.write_text(
+            f"api: {{enabled: true, key: {KEY}}}\ninfluxdb: {{managed: false, url: {influxd.url}}}\n"
+            f"reader: {{port: 'socket://127.0.0.1:{meter_port}', spool_dir: ./spool}}\n"
+        )
         config_path.chmod(0o600)  # it holds the key: dsmr-ts refuses a world-readable one
         bootstrap(load_config(config_path))
         config = load_config(config_path)
         env = {**os.environ, "DSMR_TS_CONFIG": str(config_path)}
         port = free_port()
-        api = subprocess.Popen([sys.executable, "-m", "dsmr_ts.cli", "serve"], env={**env, "DSMR_TS_SERVER_BIND":
-                               f"127.0.0.1:{port}"}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        api = subprocess.Popen(
+            [sys.executable, "-m", "dsmr_ts.cli", "serve"],
+            env={**env, "DSMR_TS_SERVER_BIND": f"127.0.0.1:{port}"},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         url = f"http://127.0.0.1:{port}/api/v1/datalogger/dsmrreading"
         for _ in range(600):
             try:
@@ -105,8 +117,10 @@ def main() -> None:
             end_rss = {pid: rss_mib(pid) for pid in children(api.pid)}
             print(f"API: {len(codes)} telegrams, {codes.count(201)} stored, {(len(codes) - 2000) / elapsed:.0f}/s")
             for pid in workers:
-                print(f"  gunicorn worker {pid}: RSS {start_rss[pid]:.1f} MiB after warm-up -> "
-                      f"{end_rss.get(pid, float('nan')):.1f} MiB at the end")
+                print(
+                    f"  gunicorn worker {pid}: RSS {start_rss[pid]:.1f} MiB after warm-up -> "
+                    f"{end_rss.get(pid, float('nan')):.1f} MiB at the end"
+                )
         finally:
             api.terminate()
             api.wait()
@@ -116,8 +130,12 @@ def main() -> None:
         server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         server.bind(("127.0.0.1", meter_port))
         server.listen(1)
-        reader = subprocess.Popen([sys.executable, "-m", "dsmr_ts.cli", "reader"], env=env,
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        reader = subprocess.Popen(
+            [sys.executable, "-m", "dsmr_ts.cli", "reader"],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         connection, _ = server.accept()
         store = Store(config.influxdb, timeout_ms=600_000)
         try:
@@ -128,26 +146,32 @@ def main() -> None:
             start = rss_mib(reader.pid)
             began = time.perf_counter()
             connection.sendall(b"".join(stream[1000:]))
-            while (stored := sum(store.readings.brute_force_count(f"RDR{m}", None, None)
-                                 for m in range(METERS))) < args.reader:
+            while (
+                stored := sum(store.readings.brute_force_count(f"RDR{m}", None, None) for m in range(METERS))
+            ) < args.reader:
                 time.sleep(1)
             elapsed = time.perf_counter() - began
-            print(f"reader: {stored} telegrams stored, {(args.reader - 1000) / elapsed:.0f}/s; "
-                  f"RSS {start:.1f} MiB -> {rss_mib(reader.pid):.1f} MiB")
+            print(
+                f"reader: {stored} telegrams stored, {(args.reader - 1000) / elapsed:.0f}/s; "
+                f"RSS {start:.1f} MiB -> {rss_mib(reader.pid):.1f} MiB"
+            )
         finally:
             reader.terminate()
             reader.wait()
             connection.close()
             server.close()
-        total = sum(store.readings.brute_force_count(f"{p}{m}", None, None) for p in ("API", "RDR")
-                    for m in range(METERS))
+        total = sum(
+            store.readings.brute_force_count(f"{p}{m}", None, None) for p in ("API", "RDR") for m in range(METERS)
+        )
         store.close()
         files = [f.stat() for f in (tmp / "influxd").rglob("*") if f.is_file()]
         # Allocated blocks, not apparent sizes: each bucket's series file is a sparse 32 MiB preallocation.
         used = sum(st.st_blocks * 512 for st in files) / 2**20
         apparent = sum(st.st_size for st in files) / 2**20
-        print(f"influxd disk: {used:.0f} MiB used ({apparent:.0f} MiB apparent) for {total} readings = "
-              f"{used / max(total, 1) * 1e6:.0f} MiB per million readings, before compaction settles")
+        print(
+            f"influxd disk: {used:.0f} MiB used ({apparent:.0f} MiB apparent) for {total} readings = "
+            f"{used / max(total, 1) * 1e6:.0f} MiB per million readings, before compaction settles"
+        )
 
 
 if __name__ == "__main__":

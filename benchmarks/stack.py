@@ -68,14 +68,15 @@ class Stack:
         self.broker: subprocess.Popen | None = None
         self.url = ""
 
-    def __enter__(self) -> "Stack":
+    def __enter__(self) -> Stack:
         # A benchmark stopped with SIGTERM (kill, timeout) still stops its influxd and API.
         signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(f"stopped by signal {signum}"))
         self.influxd = ManagedInfluxd(ensure_influxd(), self.tmp / "influxd", port=free_port()).start()
         self.config_path = self.tmp / "dsmr-ts.yaml"
         self.config_path.write_text(
             f"api: {{enabled: true, key: {KEY}}}\ninfluxdb: {{managed: false, url: {self.influxd.url}}}\n"
-            "reader: {enabled: false}\n" + self.extra_config)
+            "reader: {enabled: false}\n" + self.extra_config
+        )
         self.config_path.chmod(0o600)  # it holds the key: dsmr-ts refuses a world-readable one
         bootstrap(load_config(self.config_path))
         self.config = load_config(self.config_path)
@@ -83,13 +84,22 @@ class Stack:
 
     def start_api(self) -> str:
         port = free_port()
-        env = {**{k: v for k, v in os.environ.items() if not k.startswith("DSMR_TS_")},
-               "DSMR_TS_CONFIG": str(self.config_path), "DSMR_TS_SERVER_BIND": f"127.0.0.1:{port}", **self.env}
+        env = {
+            **{k: v for k, v in os.environ.items() if not k.startswith("DSMR_TS_")},
+            "DSMR_TS_CONFIG": str(self.config_path),
+            "DSMR_TS_SERVER_BIND": f"127.0.0.1:{port}",
+            **self.env,
+        }
         if os.environ.get("DSMR_TS_INFLUXD"):
             env["DSMR_TS_INFLUXD"] = os.environ["DSMR_TS_INFLUXD"]
         self.api_log = open(self.tmp / "api.log", "w")
-        self.api = subprocess.Popen([sys.executable, "-m", "dsmr_ts.cli", "serve"], env=env, cwd=self.tmp,
-                                    stdout=self.api_log, stderr=subprocess.STDOUT)
+        self.api = subprocess.Popen(
+            [sys.executable, "-m", "dsmr_ts.cli", "serve"],
+            env=env,
+            cwd=self.tmp,
+            stdout=self.api_log,
+            stderr=subprocess.STDOUT,
+        )
         self.url = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 60
         while True:
@@ -120,7 +130,9 @@ class Stack:
             raise SystemExit("mosquitto is not installed (Debian: apt-get install mosquitto)")
         port = free_port()
         conf = folder / "mosquitto.conf"
-        conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\n" + ("user root\n" if os.geteuid() == 0 else ""))
+        conf.write_text(
+            f"listener {port} 127.0.0.1\nallow_anonymous true\n" + ("user root\n" if os.geteuid() == 0 else "")
+        )
         broker = subprocess.Popen([binary, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         time.sleep(0.5)
         return broker, port
@@ -130,8 +142,13 @@ class Stack:
         env = {k: v for k, v in os.environ.items() if not k.startswith("DSMR_TS_")}
         env["DSMR_TS_CONFIG"] = str(self.config_path)
         self.reader_log = open(self.tmp / "reader.log", "w")
-        self.reader = subprocess.Popen([sys.executable, "-m", "dsmr_ts.cli", "reader"], env=env, cwd=self.tmp,
-                                       stdout=self.reader_log, stderr=subprocess.STDOUT)
+        self.reader = subprocess.Popen(
+            [sys.executable, "-m", "dsmr_ts.cli", "reader"],
+            env=env,
+            cwd=self.tmp,
+            stdout=self.reader_log,
+            stderr=subprocess.STDOUT,
+        )
 
     def __exit__(self, exc_type: type | None, *exc: object) -> None:
         for process in (self.reader, self.broker):

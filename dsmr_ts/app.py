@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import falcon
 
 from dsmr_ts.config import Config, load_config
@@ -30,19 +32,29 @@ from dsmr_ts.resources.openapi import SchemaResource
 from dsmr_ts.resources.statistics import DayStatisticsResource, HourStatisticsResource
 
 
-def create_app(config: Config | None = None, store: Store | None = None, schema: ReadingSchema | None = None
-               ) -> falcon.App:
+def create_app(
+    config: Config | None = None, store: Store | None = None, schema: ReadingSchema | None = None
+) -> falcon.App:
     """Build the app. gunicorn calls it with no arguments: the config then comes from
     $DSMR_TS_CONFIG or ./dsmr-ts.yaml. `schema` (the reading field table) defaults to the store's."""
     config = config or load_config()
     store = store or Store(config.influxdb, timezone=config.timezone, schema=schema or SCHEMA)
-    context = ApiContext(store=store, tz=config.tz, output_tz=config.tz if config.api.local_datetimes else None,
-                         trust_forwarded=config.server.trust_forwarded_headers, prices=config.prices)
+    context = ApiContext(
+        store=store,
+        tz=config.tz,
+        output_tz=config.tz if config.api.local_datetimes else None,
+        trust_forwarded=config.server.trust_forwarded_headers,
+        prices=config.prices,
+    )
     spool_dir = config.resolve_path(config.reader.spool_dir)
     relay = RawRelay(spool_dir) if config.mqtt.enabled and "raw" in config.mqtt.publish else None
     ingest = Ingest(store, on_telegram=relay.send if relay else None)
 
-    app = falcon.App(middleware=[RequestMetricsMiddleware(), ApiAccessMiddleware(config.api, config.server.trust_forwarded_headers)])
+    middleware: list[Any] = [
+        RequestMetricsMiddleware(),
+        ApiAccessMiddleware(config.api, config.server.trust_forwarded_headers),
+    ]
+    app = falcon.App(middleware=middleware)
     errors.install(app)
     app.add_route("/health", HealthResource(store))
     app.add_route("/api/v2/schema", SchemaResource(store.schema))

@@ -93,9 +93,12 @@ def build_parser() -> argparse.ArgumentParser:
     q = _command(import_sub, "dsmr-reader", "readings (and older day statistics) from a running DSMR-reader")
     origin = q.add_mutually_exclusive_group()
     origin.add_argument("--url", help="the DSMR-reader base URL, e.g. http://dsmr-host (its API)")
-    origin.add_argument("--database", metavar="URL",
-                        help="its database, read directly (fast): postgresql://user@host/dsmrreader, mysql://...,"
-                             " sqlite:///path (or DSMR_READER_DATABASE; a password there stays out of the process list)")
+    origin.add_argument(
+        "--database",
+        metavar="URL",
+        help="its database, read directly (fast): postgresql://user@host/dsmrreader, mysql://...,"
+        " sqlite:///path (or DSMR_READER_DATABASE; a password there stays out of the process list)",
+    )
     q.add_argument("--key-file", help="a file holding its API key (or set DSMR_READER_KEY)")
     q.add_argument("--key", help="its API key (visible in the process list: prefer --key-file or DSMR_READER_KEY)")
     q.add_argument("--since", type=_date_arg, help="only readings from this local day on (default: resume or all)")
@@ -118,9 +121,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = _command(sub, "influxd", "the InfluxDB server dsmr-ts builds and manages")
     influxd_sub = p.add_subparsers(dest="influxd_command", required=True, metavar="ACTION")
     _command(influxd_sub, "path", "build influxd if it is not cached, then print its path").set_defaults(
-        func=cmd_influxd_path)
+        func=cmd_influxd_path
+    )
     _command(influxd_sub, "run", "run the managed influxd in the foreground (for a service manager)").set_defaults(
-        func=cmd_influxd_run)
+        func=cmd_influxd_run
+    )
     return parser
 
 
@@ -134,10 +139,8 @@ def _command(sub: argparse._SubParsersAction, name: str, summary: str) -> argpar
 def _common_options(parser: argparse.ArgumentParser, default: object) -> None:
     """--config and -v, before the command or after it: a subcommand's copy has no default of its
     own (SUPPRESS), so it never overwrites a value given before the command."""
-    parser.add_argument("--config", default=default,
-                        help="YAML config (default: $DSMR_TS_CONFIG or ./dsmr-ts.yaml)")
-    parser.add_argument("-v", "--verbose", action="store_true", default=default,
-                        help="debug logging")
+    parser.add_argument("--config", default=default, help="YAML config (default: $DSMR_TS_CONFIG or ./dsmr-ts.yaml)")
+    parser.add_argument("-v", "--verbose", action="store_true", default=default, help="debug logging")
 
 
 # --- commands ------------------------------------------------------------------------------
@@ -229,8 +232,11 @@ def cmd_simulate(args: argparse.Namespace) -> int:
                 sent += 1
                 continue
             request = urllib.request.Request(
-                args.url, data=urllib.parse.urlencode({"telegram": telegram}).encode(),
-                headers={"X-AUTHKEY": key}, method="POST")
+                args.url,
+                data=urllib.parse.urlencode({"telegram": telegram}).encode(),
+                headers={"X-AUTHKEY": key},
+                method="POST",
+            )
             try:
                 with urllib.request.urlopen(request, timeout=10) as response:
                     response.read()
@@ -266,8 +272,12 @@ def cmd_regenerate(args: argparse.Namespace) -> int:
         if stop <= start:
             raise CliError("--since is after --until: nothing to do")
         days = max(1, round((stop - start) / dt.timedelta(days=1)))
-        log.info("regenerating statistics from %s to %s, %d days at a time", start.astimezone(tz).date(),
-                 (stop - dt.timedelta(seconds=1)).astimezone(tz).date(), CHUNK_DAYS)
+        log.info(
+            "regenerating statistics from %s to %s, %d days at a time",
+            start.astimezone(tz).date(),
+            (stop - dt.timedelta(seconds=1)).astimezone(tz).date(),
+            CHUNK_DAYS,
+        )
         bar = ProgressBar(days, "days")
         began = time.monotonic()
         store.statistics.regenerate(start, stop, CHUNK_DAYS, progress=bar.advance)
@@ -295,8 +305,14 @@ def cmd_import_dsmr_reader(args: argparse.Namespace) -> int:
                 raise CliError(f"{stopped}: {exc}") from None
         else:
             try:
-                count = import_readings(store, Source(args.url, _source_key(args), args.source_meter), meter,
-                                        config.timezone, since, progress=sys.stderr)
+                count = import_readings(
+                    store,
+                    Source(args.url, _source_key(args), args.source_meter),
+                    meter,
+                    config.timezone,
+                    since,
+                    progress=sys.stderr,
+                )
             except SourceError as exc:
                 raise CliError(f"{stopped}: {exc}") from None
         print(f"imported {count} readings as meter {meter}")
@@ -342,8 +358,11 @@ def cmd_export(args: argparse.Namespace) -> int:
         meter = args.meter or store.meters.default()
         span = store.readings.time_range()
         start = _local_midnight_of(args.since, config) if args.since else (span[0] if span else None)
-        stop = (_local_midnight_of(args.until, config, 1) if args.until
-                else dt.datetime.now(dt.timezone.utc) + dt.timedelta(hours=1))
+        stop = (
+            _local_midnight_of(args.until, config, 1)
+            if args.until
+            else dt.datetime.now(dt.timezone.utc) + dt.timedelta(hours=1)
+        )
         if start is None:
             rows = 0
         elif args.what == "readings":
@@ -469,7 +488,9 @@ def _influxd_service(config: Config):
         binary = ensure_influxd()
     except BuildError as exc:
         raise CliError(str(exc)) from None
-    return InfluxdService(binary, config.resolve_path(config.influxdb.data_dir), url.hostname, url.port or 8086)
+    return InfluxdService(
+        binary, config.resolve_path(config.influxdb.data_dir), url.hostname or "127.0.0.1", url.port or 8086
+    )
 
 
 @contextlib.contextmanager
@@ -514,7 +535,7 @@ def _check_ports(config: Config) -> None:
     data_dir = config.resolve_path(config.influxdb.data_dir)
     if config.influxdb.managed and not influxd_running(data_dir):
         url = urlsplit(config.influxdb.url)
-        if not port_is_free(url.hostname, url.port or 8086):
+        if not port_is_free(url.hostname or "127.0.0.1", url.port or 8086):
             raise CliError(f"influxdb.url {config.influxdb.url}: the port is in use; set influxdb.url to a free port")
 
 
@@ -597,8 +618,10 @@ def _meter_description(config: Config) -> str:
     if not config.reader.enabled:
         return "no reader (reader.enabled: false)"
     if config.reader.port is None:
-        return ("a simulated DSMR 5 meter, a telegram a second (set reader.port for your meter, or"
-                " reader.enabled: false when a remote datalogger posts to the API)")
+        return (
+            "a simulated DSMR 5 meter, a telegram a second (set reader.port for your meter, or"
+            " reader.enabled: false when a remote datalogger posts to the API)"
+        )
     return f"{config.reader.port} (DSMR {config.reader.dsmr_version})"
 
 

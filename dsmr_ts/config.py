@@ -122,8 +122,9 @@ class MqttConfig:
     qos: int = 2
     prefix: str = "dsmr"
     # What HA's dsmr_reader integration reads; add raw, json and discovery as you like.
-    publish: list[str] = field(default_factory=lambda: ["reading", "day", "period", "meter_stats", "gas",
-                                                        "quarter_hour_peaks"])
+    publish: list[str] = field(
+        default_factory=lambda: ["reading", "day", "period", "meter_stats", "gas", "quarter_hour_peaks"]
+    )
     discovery_prefix: str = "homeassistant"
     local_datetimes: bool = False  # datetimes in payloads: UTC (as DSMR-reader) or in `timezone`
     # Messages wait on disk while the broker is away; over this many the older messages of a topic go first.
@@ -213,7 +214,7 @@ def _apply_env_overrides(raw: dict, environ: os._Environ | dict) -> None:
     for name, value in environ.items():
         if not name.startswith(ENV_PREFIX) or name == "DSMR_TS_CONFIG":
             continue
-        rest = name[len(ENV_PREFIX):].lower()
+        rest = name[len(ENV_PREFIX) :].lower()
         try:
             parsed = yaml.safe_load(value) if value != "" else ""
         except yaml.YAMLError:
@@ -226,7 +227,7 @@ def _apply_env_overrides(raw: dict, environ: os._Environ | dict) -> None:
                 sub = raw.get(section)
                 if not isinstance(sub, dict):
                     sub = raw[section] = {}
-                sub[rest[len(section) + 1:]] = parsed
+                sub[rest[len(section) + 1 :]] = parsed
                 break
 
 
@@ -306,7 +307,7 @@ def _coerce(hint: Any, value: Any, problems: _Problems, key: str) -> Any:
             return None
         hint = next(o for o in options if o is not type(None))
         origin = typing.get_origin(hint)
-    if dataclasses.is_dataclass(hint):
+    if isinstance(hint, type) and dataclasses.is_dataclass(hint):
         return _build(hint, value, problems, key + ".")
     if origin is list:
         if value is None:
@@ -373,12 +374,15 @@ def _show(value: Any) -> str:
 def _check_semantics(config: Config, problems: _Problems) -> None:
     """Checks that go beyond types; each adds a problem (see _Problems for which one is reported)."""
     try:
-        config.tz
+        _ = config.tz
     except (zoneinfo.ZoneInfoNotFoundError, ValueError):
         problems.add("timezone", f"unknown time zone {config.timezone!r} (e.g. Europe/Amsterdam)")
     if config.api.key and not re.fullmatch(r"[\x21-\x7e]{32,256}", config.api.key):
-        problems.add("api.key", f"use 32 to 256 printable characters without spaces (got {len(config.api.key)}):"
-                                " a short key can be guessed; delete the line and a 64-character one is made")
+        problems.add(
+            "api.key",
+            f"use 32 to 256 printable characters without spaces (got {len(config.api.key)}):"
+            " a short key can be guessed; delete the line and a 64-character one is made",
+        )
     if config.server.workers < 1:
         problems.add("server.workers", f"must be at least 1, got {config.server.workers}")
     bind_problem = _bind_problem(config.server.bind)
@@ -394,12 +398,15 @@ def _check_semantics(config: Config, problems: _Problems) -> None:
     if config.reader.spool_max_bytes < 1024:
         problems.add("reader.spool_max_bytes", f"must be at least 1024, got {config.reader.spool_max_bytes}")
     if config.reader.dsmr_version not in DSMR_VERSIONS:
-        problems.add("reader.dsmr_version", f"expected one of {', '.join(DSMR_VERSIONS)}, "
-                                            f"got {config.reader.dsmr_version!r}")
+        problems.add(
+            "reader.dsmr_version", f"expected one of {', '.join(DSMR_VERSIONS)}, got {config.reader.dsmr_version!r}"
+        )
     for name in ("decryption_key", "authentication_key"):
         value = getattr(config.reader, name)
         if value and not re.fullmatch(r"[0-9A-Fa-f]{32}", value):
-            problems.add(f"reader.{name}", f"expected 32 hexadecimal characters (16 bytes), got {len(value)} characters")
+            problems.add(
+                f"reader.{name}", f"expected 32 hexadecimal characters (16 bytes), got {len(value)} characters"
+            )
     if config.reader.authentication_key and not config.reader.decryption_key:
         problems.add("reader.authentication_key", "is used only with reader.decryption_key; set that too")
     for i, target in enumerate(config.reader.forward):
@@ -410,8 +417,9 @@ def _check_semantics(config: Config, problems: _Problems) -> None:
                 problems.add(f"reader.forward[{i}].key_file", str(exc).split(": ", 1)[1])
             else:
                 if not target.key:
-                    problems.add(f"reader.forward[{i}].key_file", f"{config.resolve_path(target.key_file)} is empty"
-                                                                  " or missing")
+                    problems.add(
+                        f"reader.forward[{i}].key_file", f"{config.resolve_path(target.key_file)} is empty or missing"
+                    )
         target_problem = _url_problem(target.url, managed=False)
         if target_problem:
             problems.add(f"reader.forward[{i}].url", target_problem)
@@ -419,11 +427,15 @@ def _check_semantics(config: Config, problems: _Problems) -> None:
     for i in range(1, len(config.prices)):
         previous, period = config.prices[i - 1].start, config.prices[i].start
         if period == previous:
-            problems.add(f"prices[{i}].start", f"{period} is also the start of prices[{i - 1}]; each period starts"
-                                              " on its own day")
+            problems.add(
+                f"prices[{i}].start",
+                f"{period} is also the start of prices[{i - 1}]; each period starts on its own day",
+            )
         elif period < previous:
-            problems.add(f"prices[{i}].start", f"{period} comes before prices[{i - 1}].start ({previous});"
-                                              " list the periods oldest first")
+            problems.add(
+                f"prices[{i}].start",
+                f"{period} comes before prices[{i - 1}].start ({previous}); list the periods oldest first",
+            )
 
 
 def _check_mqtt(config: Config, problems: _Problems) -> None:
@@ -476,7 +488,10 @@ def _url_problem(url: str, managed: bool) -> str:
     if port == 0:
         return f"the port must be 1 to 65535 in {url!r}"
     if managed and (parts.scheme != "http" or parts.hostname not in ("127.0.0.1", "localhost", "::1")):
-        return f"with influxdb.managed: true dsmr-ts starts influxd itself on this machine: use http://127.0.0.1:PORT, got {url!r}"
+        return (
+            f"with influxdb.managed: true dsmr-ts starts influxd itself on this machine:"
+            f" use http://127.0.0.1:PORT, got {url!r}"
+        )
     return ""
 
 
@@ -493,21 +508,29 @@ def _check_writable_dir(config: Config, key: str, value: str, problems: _Problem
     try:
         tempfile.TemporaryDirectory(dir=existing, prefix=".dsmr-ts-probe-").cleanup()
     except OSError as exc:
-        problems.add(key, f"{'cannot write to' if existing == path else 'cannot create'} {path}"
-                          f" ({existing} refused it: {exc.strerror.lower() if exc.strerror else 'not writable'})")
+        problems.add(
+            key,
+            f"{'cannot write to' if existing == path else 'cannot create'} {path}"
+            f" ({existing} refused it: {exc.strerror.lower() if exc.strerror else 'not writable'})",
+        )
 
 
 # --- secret files ----------------------------------------------------------------------------------
 
 
-SECRET_KEYS = {"api": ("key",), "influxdb": ("token", "admin_token"), "mqtt": ("password",),
-               "reader": ("decryption_key", "authentication_key")}
+SECRET_KEYS = {
+    "api": ("key",),
+    "influxdb": ("token", "admin_token"),
+    "mqtt": ("password",),
+    "reader": ("decryption_key", "authentication_key"),
+}
 
 
 def _holds_secrets(raw: dict) -> bool:
     sections = [(name, raw.get(name)) for name in SECRET_KEYS]
-    found = any(isinstance(section, dict) and any(section.get(key) for key in SECRET_KEYS[name])
-                for name, section in sections)
+    found = any(
+        isinstance(section, dict) and any(section.get(key) for key in SECRET_KEYS[name]) for name, section in sections
+    )
     forward = (raw.get("reader") or {}).get("forward") if isinstance(raw.get("reader"), dict) else None
     return found or any(isinstance(target, dict) and target.get("key") for target in forward or [])
 

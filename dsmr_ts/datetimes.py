@@ -30,5 +30,3 @@ def parse_datetime(value: Any, tz: dt.tzinfo, allow_date: bool = False) -> dt.da
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=tz)
     return moment.astimezone(dt.timezone.utc)
-
-

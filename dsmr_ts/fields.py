@@ -16,7 +16,7 @@ from __future__ import annotations
 import enum
 import functools
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Any, Iterable
 
 
 class Kind(enum.Enum):
@@ -64,54 +64,134 @@ class ReadingField:
 
 def _phases(template: str, codes: tuple[str, str, str], **options) -> list[ReadingField]:
     """Three rows, one per phase; each averaged per minute under its own name."""
-    return [ReadingField(template.format(n=n), obis=(code,), per_minute=(template.format(n=n), "mean"), **options)
-            for n, code in zip((1, 2, 3), codes)]
+    return [
+        ReadingField(template.format(n=n), obis=(code,), per_minute=(template.format(n=n), "mean"), **options)
+        for n, code in zip((1, 2, 3), codes)
+    ]
 
 
-KW = {"unit": "kW"}
+KW: dict[str, Any] = {"unit": "kW"}
 READING_FIELDS: tuple[ReadingField, ...] = (
-    ReadingField("electricity_delivered_1", "kWh", obis=("1-0:1.8.1", "1-0:1.8.0"), adds=("1-0:1.8.3",),
-                 post=Post.REQUIRED,
-                 usage="electricity1", per_minute=("delivered_1", "last"),
-                 description="meter position delivered to you, tariff 1 (low)"),
-    ReadingField("electricity_returned_1", "kWh", obis=("1-0:2.8.1", "1-0:2.8.0"), adds=("1-0:2.8.3",),
-                 post=Post.REQUIRED,
-                 usage="electricity1_returned", per_minute=("returned_1", "last"),
-                 description="meter position returned by you, tariff 1"),
-    ReadingField("electricity_delivered_2", "kWh", obis=("1-0:1.8.2",), adds=("1-0:1.8.4",), post=Post.REQUIRED,
-                 zero_when_missing=True,
-                 usage="electricity2", per_minute=("delivered_2", "last"),
-                 description="meter position delivered to you, tariff 2 (normal)"),
-    ReadingField("electricity_returned_2", "kWh", obis=("1-0:2.8.2",), adds=("1-0:2.8.4",), post=Post.REQUIRED,
-                 zero_when_missing=True,
-                 usage="electricity2_returned", per_minute=("returned_2", "last"),
-                 description="meter position returned by you, tariff 2"),
-    ReadingField("electricity_currently_delivered", obis=("1-0:1.7.0",), post=Post.REQUIRED,
-                 per_minute=("currently_delivered", "mean"), **KW),
-    ReadingField("electricity_currently_returned", obis=("1-0:2.7.0",), post=Post.REQUIRED,
-                 per_minute=("currently_returned", "mean"), **KW),
+    ReadingField(
+        "electricity_delivered_1",
+        "kWh",
+        obis=("1-0:1.8.1", "1-0:1.8.0"),
+        adds=("1-0:1.8.3",),
+        post=Post.REQUIRED,
+        usage="electricity1",
+        per_minute=("delivered_1", "last"),
+        description="meter position delivered to you, tariff 1 (low)",
+    ),
+    ReadingField(
+        "electricity_returned_1",
+        "kWh",
+        obis=("1-0:2.8.1", "1-0:2.8.0"),
+        adds=("1-0:2.8.3",),
+        post=Post.REQUIRED,
+        usage="electricity1_returned",
+        per_minute=("returned_1", "last"),
+        description="meter position returned by you, tariff 1",
+    ),
+    ReadingField(
+        "electricity_delivered_2",
+        "kWh",
+        obis=("1-0:1.8.2",),
+        adds=("1-0:1.8.4",),
+        post=Post.REQUIRED,
+        zero_when_missing=True,
+        usage="electricity2",
+        per_minute=("delivered_2", "last"),
+        description="meter position delivered to you, tariff 2 (normal)",
+    ),
+    ReadingField(
+        "electricity_returned_2",
+        "kWh",
+        obis=("1-0:2.8.2",),
+        adds=("1-0:2.8.4",),
+        post=Post.REQUIRED,
+        zero_when_missing=True,
+        usage="electricity2_returned",
+        per_minute=("returned_2", "last"),
+        description="meter position returned by you, tariff 2",
+    ),
+    ReadingField(
+        "electricity_currently_delivered",
+        obis=("1-0:1.7.0",),
+        post=Post.REQUIRED,
+        per_minute=("currently_delivered", "mean"),
+        **KW,
+    ),
+    ReadingField(
+        "electricity_currently_returned",
+        obis=("1-0:2.7.0",),
+        post=Post.REQUIRED,
+        per_minute=("currently_returned", "mean"),
+        **KW,
+    ),
     *_phases("phase_currently_delivered_l{n}", ("1-0:21.7.0", "1-0:41.7.0", "1-0:61.7.0"), **KW),
-    ReadingField("extra_device_timestamp", kind=Kind.DATETIME, mbus=("gas", "time"),
-                 description="when the gas meter took extra_device_delivered"),
-    ReadingField("extra_device_delivered", "m3", mbus=("gas", "value"), usage="gas",
-                 description="gas meter position"),
+    ReadingField(
+        "extra_device_timestamp",
+        kind=Kind.DATETIME,
+        mbus=("gas", "time"),
+        description="when the gas meter took extra_device_delivered",
+    ),
+    ReadingField("extra_device_delivered", "m3", mbus=("gas", "value"), usage="gas", description="gas meter position"),
     *_phases("phase_currently_returned_l{n}", ("1-0:22.7.0", "1-0:42.7.0", "1-0:62.7.0"), **KW),
     *_phases("phase_voltage_l{n}", ("1-0:32.7.0", "1-0:52.7.0", "1-0:72.7.0"), unit="V", places=1, max_digits=4),
-    *_phases("phase_power_current_l{n}", ("1-0:31.7.0", "1-0:51.7.0", "1-0:71.7.0"), unit="A", kind=Kind.INTEGER,
-             places=0, minimum=0, maximum=999),
+    *_phases(
+        "phase_power_current_l{n}",
+        ("1-0:31.7.0", "1-0:51.7.0", "1-0:71.7.0"),
+        unit="A",
+        kind=Kind.INTEGER,
+        places=0,
+        minimum=0,
+        maximum=999,
+    ),
     # Not in DSMR-reader's reading: stored (InfluxDB, Grafana) but not part of the v2 reading.
-    ReadingField("water_delivered", "m3", mbus=("water", "value"), post=Post.REFUSED, in_api=False,
-                 description="water meter position (an M-Bus device of type 7)"),
+    ReadingField(
+        "water_delivered",
+        "m3",
+        mbus=("water", "value"),
+        post=Post.REFUSED,
+        in_api=False,
+        description="water meter position (an M-Bus device of type 7)",
+    ),
     ReadingField("water_timestamp", kind=Kind.DATETIME, mbus=("water", "time"), post=Post.REFUSED, in_api=False),
-    ReadingField("heat_delivered", "GJ", mbus=("heat", "value"), post=Post.REFUSED, in_api=False,
-                 description="heat meter position (an M-Bus device of type 4 or 12)"),
+    ReadingField(
+        "heat_delivered",
+        "GJ",
+        mbus=("heat", "value"),
+        post=Post.REFUSED,
+        in_api=False,
+        description="heat meter position (an M-Bus device of type 4 or 12)",
+    ),
     ReadingField("heat_timestamp", kind=Kind.DATETIME, mbus=("heat", "time"), post=Post.REFUSED, in_api=False),
-    ReadingField("electricity_average_demand", obis=("1-0:1.4.0",), post=Post.REFUSED, in_api=False, **KW,
-                 description="Fluvius: average power of the current quarter hour"),
-    ReadingField("electricity_month_peak", obis=("1-0:1.6.0",), value_index=1, post=Post.REFUSED, in_api=False, **KW,
-                 description="Fluvius: this month's highest quarter-hour average"),
-    ReadingField("electricity_month_peak_timestamp", kind=Kind.DATETIME, obis=("1-0:1.6.0",), value_index=0,
-                 post=Post.REFUSED, in_api=False, description="Fluvius: when this month's peak was"),
+    ReadingField(
+        "electricity_average_demand",
+        obis=("1-0:1.4.0",),
+        post=Post.REFUSED,
+        in_api=False,
+        **KW,
+        description="Fluvius: average power of the current quarter hour",
+    ),
+    ReadingField(
+        "electricity_month_peak",
+        obis=("1-0:1.6.0",),
+        value_index=1,
+        post=Post.REFUSED,
+        in_api=False,
+        **KW,
+        description="Fluvius: this month's highest quarter-hour average",
+    ),
+    ReadingField(
+        "electricity_month_peak_timestamp",
+        kind=Kind.DATETIME,
+        obis=("1-0:1.6.0",),
+        value_index=0,
+        post=Post.REFUSED,
+        in_api=False,
+        description="Fluvius: when this month's peak was",
+    ),
 )
 
 # M-Bus device types (EN 13757-3 medium codes, as 0-n:24.1.0 sends them) -> the medium of our fields.
@@ -145,8 +225,9 @@ class ReadingSchema:
     """The views every part of dsmr-ts derives from the rows. Build one per table (the default is
     SCHEMA); it is immutable and cheap to share."""
 
-    def __init__(self, fields: Iterable[ReadingField] = READING_FIELDS,
-                 statistics: Iterable[MeterStatistic] = METER_STATISTICS):
+    def __init__(
+        self, fields: Iterable[ReadingField] = READING_FIELDS, statistics: Iterable[MeterStatistic] = METER_STATISTICS
+    ):
         self.fields = tuple(fields)
         self.statistics = tuple(statistics)
         names = [f.name for f in self.fields]
@@ -162,17 +243,21 @@ class ReadingSchema:
         self.summed = tuple(f for f in self.fields if f.adds)
         self.by_mbus = {f.mbus: f for f in self.fields if f.mbus}
         # An M-Bus value and the time it was taken go together: (value field, time field) per medium.
-        self.mbus_pairs = tuple((self.by_mbus[(medium, "value")].name, self.by_mbus[(medium, "time")].name)
-                                for medium, part in self.by_mbus if part == "value" and (medium, "time") in self.by_mbus)
+        self.mbus_pairs = tuple(
+            (self.by_mbus[(medium, "value")].name, self.by_mbus[(medium, "time")].name)
+            for medium, part in self.by_mbus
+            if part == "value" and (medium, "time") in self.by_mbus
+        )
         self.api_fields = tuple(f for f in self.fields if f.in_api)
-        self.minute_fields = tuple(f for f in self.fields if f.per_minute)  # consumption/electricity
+        # consumption/electricity: (field, its name there, "last" or "mean") per column
+        self.minute_columns = tuple((f, *f.per_minute) for f in self.fields if f.per_minute)
         self.post_fields = tuple(f for f in self.fields if f.post is not Post.REFUSED)
         self.required = tuple(f.name for f in self.fields if f.post is Post.REQUIRED)
         self.zero_when_missing = tuple(f.name for f in self.fields if f.zero_when_missing)
         self.usage = {f.name: f.usage for f in self.fields if f.usage}  # meter position -> statistics field
         self.statistics_by_obis = {code: s for s in self.statistics for code in s.obis}
 
-    def with_fields(self, *extra: ReadingField) -> "ReadingSchema":
+    def with_fields(self, *extra: ReadingField) -> ReadingSchema:
         """A copy with more rows (appended, so stored bit masks keep their meaning)."""
         return ReadingSchema((*self.fields, *extra), self.statistics)
 

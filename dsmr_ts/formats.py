@@ -6,7 +6,7 @@ import datetime as dt
 import json
 import math
 from decimal import ROUND_HALF_UP, Decimal
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping, Sequence, overload
 
 from dsmr_ts.fields import SCHEMA, Kind, ReadingField, ReadingSchema
 
@@ -24,6 +24,10 @@ def rounded(value: Decimal, places: int) -> Decimal:
     return abs(result) if result.is_zero() else result
 
 
+@overload
+def decimal_string(value: float, places: int) -> str: ...
+@overload
+def decimal_string(value: None, places: int) -> None: ...
 def decimal_string(value: float | None, places: int) -> str | None:
     """1.5 -> '1.500'; None stays None. Half-up from the value as written (0.0005 -> '0.001')."""
     if value is None:
@@ -46,6 +50,10 @@ def money(value: Decimal) -> str:
     return str(rounded(value, 2))
 
 
+@overload
+def datetime_string(moment: dt.datetime, tz: dt.tzinfo | None = None) -> str: ...
+@overload
+def datetime_string(moment: None, tz: dt.tzinfo | None = None) -> None: ...
 def datetime_string(moment: dt.datetime | None, tz: dt.tzinfo | None = None) -> str | None:
     """UTC with 'Z' (as documented), or in `tz` with its offset when configured so."""
     if moment is None:
@@ -60,27 +68,36 @@ def field_json(spec: ReadingField, value: Any, tz: dt.tzinfo | None = None) -> A
     if value is None:
         return None
     if spec.kind is Kind.DATETIME:
-        return datetime_string(value if isinstance(value, dt.datetime)
-                               else dt.datetime.fromtimestamp(int(value), dt.timezone.utc), tz)
+        return datetime_string(
+            value if isinstance(value, dt.datetime) else dt.datetime.fromtimestamp(int(value), dt.timezone.utc), tz
+        )
     if spec.kind is Kind.INTEGER:
         return int(value)
     return decimal_string(value, spec.places)
 
 
-def reading_json(timestamp: dt.datetime, values: dict[str, Any], tz: dt.tzinfo | None = None,
-                 schema: ReadingSchema = SCHEMA) -> dict[str, Any]:
+def reading_json(
+    timestamp: dt.datetime, values: dict[str, Any], tz: dt.tzinfo | None = None, schema: ReadingSchema = SCHEMA
+) -> dict[str, Any]:
     """A stored reading as the API shows it, its fields in the table's order. id = Unix seconds."""
     out: dict[str, Any] = {"id": int(timestamp.timestamp()), "timestamp": datetime_string(timestamp, tz)}
     for spec in schema.api_fields:
         value = values.get(spec.name)
         # Decimals inline: the common case of a page of a thousand readings.
-        out[spec.name] = (decimal_string(value, spec.places) if spec.kind is Kind.DECIMAL and value is not None
-                          else field_json(spec, value, tz))
+        out[spec.name] = (
+            decimal_string(value, spec.places)
+            if spec.kind is Kind.DECIMAL and value is not None
+            else field_json(spec, value, tz)
+        )
     return out
 
 
-def readings_text(times: Sequence[int], columns: Mapping[str, Sequence[Any]], tz: dt.tzinfo | None = None,
-                  schema: ReadingSchema = SCHEMA) -> list[str]:
+def readings_text(
+    times: Sequence[int],
+    columns: Mapping[str, Sequence[Any]],
+    tz: dt.tzinfo | None = None,
+    schema: ReadingSchema = SCHEMA,
+) -> list[str]:
     """Readings (times in Unix s, field -> values, None where absent; datetimes as Unix s) as JSON
     text, one str each: json.dumps(reading_json(...)) of each, the same text, made a column at a
     time (a page of a thousand readings spent most of its time formatting them one by one)."""
@@ -108,7 +125,7 @@ def decimal_column(column: Sequence[float | None], places: int) -> list[str]:
     is formatted once: a meter's positions, voltages and powers repeat from reading to reading."""
     known: dict[float | None, str] = {None: "null"}  # -0.0 and 0.0 are one key, and one text
 
-    def shown(value: float) -> str:
+    def shown(value: float | None) -> str:
         known[value] = '"' + str(decimal_string(value, places)) + '"'
         return known[value]
 
@@ -139,12 +156,17 @@ def datetime_column(column: Sequence[int | None], tz: dt.tzinfo | None) -> list[
 
 def gas_json(read_at: dt.datetime, delivered: float, used: float, tz: dt.tzinfo | None = None) -> dict[str, Any]:
     """A gas value and the gas used since the one before (consumption/gas and its MQTT topics)."""
-    return {"read_at": datetime_string(read_at, tz), "delivered": decimal_string(delivered, 3),
-            "currently_delivered": decimal_string(used, 3)}
+    return {
+        "read_at": datetime_string(read_at, tz),
+        "delivered": decimal_string(delivered, 3),
+        "currently_delivered": decimal_string(used, 3),
+    }
 
 
 def quarter_peak_json(quarter: dict[str, Any], tz: dt.tzinfo | None = None) -> dict[str, Any]:
     """A completed quarter hour's average power (quarter-hour-peak-electricity and its MQTT topics)."""
-    return {"read_at_start": datetime_string(quarter["read_at_start"], tz),
-            "read_at_end": datetime_string(quarter["read_at_end"], tz),
-            "average_delivered": decimal_string(quarter["average_delivered"], 3)}
+    return {
+        "read_at_start": datetime_string(quarter["read_at_start"], tz),
+        "read_at_end": datetime_string(quarter["read_at_end"], tz),
+        "average_delivered": decimal_string(quarter["average_delivered"], 3),
+    }

@@ -53,8 +53,11 @@ else:
 
 def on_starting(server):
     if len(str(_control_socket)) > _CONTROL_SOCKET_MAX:
-        server.log.warning("control socket off: %s is longer than %d characters (server.control_socket)",
-                           _control_socket, _CONTROL_SOCKET_MAX)
+        server.log.warning(
+            "control socket off: %s is longer than %d characters (server.control_socket)",
+            _control_socket,
+            _CONTROL_SOCKET_MAX,
+        )
 
 
 # Prometheus multiprocess mode: one fresh directory per gunicorn master, set before the workers
@@ -65,7 +68,7 @@ _METRICS_PREFIX = "dsmr-ts-metrics-"
 
 def _remove_dead_masters_metrics(parent: str) -> None:
     for path in glob.glob(os.path.join(parent, _METRICS_PREFIX + "*")):
-        pid = os.path.basename(path)[len(_METRICS_PREFIX):].split("-")[0]
+        pid = os.path.basename(path)[len(_METRICS_PREFIX) :].split("-")[0]
         if not pid.isdigit() or os.stat(path).st_uid != os.getuid():
             continue
         try:

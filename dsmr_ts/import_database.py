@@ -28,7 +28,7 @@ import urllib.parse
 import zoneinfo
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Callable, Iterable, Iterator, TextIO
+from typing import Any, Callable, Iterable, Iterator, TextIO
 
 from dsmr_ts.fields import ReadingField, ReadingSchema
 from dsmr_ts.influx import lineprotocol
@@ -67,6 +67,7 @@ class Database:
     def __init__(self, url: str):
         self.url = url
         self.scheme = urllib.parse.urlsplit(url).scheme.split("+")[0]
+        self.connection: Any  # a DB-API connection of one of three drivers
         try:
             if self.scheme in ("postgresql", "postgres"):
                 import psycopg
@@ -76,10 +77,14 @@ class Database:
                 import pymysql
 
                 parts = urllib.parse.urlsplit(url)
-                self.connection = pymysql.connect(host=parts.hostname or "localhost", port=parts.port or 3306,
-                                                  user=urllib.parse.unquote(parts.username or ""),
-                                                  password=urllib.parse.unquote(parts.password or ""),
-                                                  database=parts.path.lstrip("/"), charset="utf8mb4")
+                self.connection = pymysql.connect(
+                    host=parts.hostname or "localhost",
+                    port=parts.port or 3306,
+                    user=urllib.parse.unquote(parts.username or ""),
+                    password=urllib.parse.unquote(parts.password or ""),
+                    database=parts.path.lstrip("/"),
+                    charset="utf8mb4",
+                )
                 with self.connection.cursor() as cursor:
                     cursor.execute("SET time_zone = '+00:00'")  # UNIX_TIMESTAMP reads stored UTC as UTC
             elif self.scheme == "sqlite":
@@ -91,7 +96,7 @@ class Database:
                 raise DatabaseError(f"{describe(url)}: use postgresql://, mysql:// or sqlite:///")
         except DatabaseError:
             raise
-        except Exception as exc:  # noqa: BLE001 - each driver has its own errors; one line for all
+        except Exception as exc:
             raise DatabaseError(f"cannot open {describe(url)}: {_first_line(exc)}") from None
 
     def query(self, sql: str, params: tuple = ()) -> list[tuple]:
@@ -100,7 +105,7 @@ class Database:
             cursor = self.connection.cursor()
             cursor.execute(sql, params)
             return list(cursor.fetchall())
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             raise DatabaseError(f"{describe(self.url)}: {_first_line(exc)}") from None
 
     def columns(self, table: str) -> list[str]:
@@ -162,8 +167,9 @@ def _first_line(exc: Exception) -> str:
     return text[0] if text else exc.__class__.__name__
 
 
-def import_database(store: Store, url: str, meter: str, timezone: str, since: dt.datetime | None = None,
-                    progress: TextIO | None = None) -> int:
+def import_database(
+    store: Store, url: str, meter: str, timezone: str, since: dt.datetime | None = None, progress: TextIO | None = None
+) -> int:
     """Import DSMR-reader's readings (and older day statistics) from its database; returns how many
     readings were written."""
     began = dt.datetime.now(dt.timezone.utc)
@@ -178,18 +184,20 @@ def import_database(store: Store, url: str, meter: str, timezone: str, since: dt
         start = since or store.meters.import_cursor(cursor_name)
         where, params = ("WHERE timestamp >= %s", (start,)) if start else ("", ())
         (total,) = database.query(f"SELECT COUNT(*) FROM {READINGS_TABLE} {where}", params)[0]
-        log.info("importing %d readings from %s%s", total, describe(url), f" since {start:%Y-%m-%d %H:%M}" if start else "")
+        log.info(
+            "importing %d readings from %s%s", total, describe(url), f" since {start:%Y-%m-%d %H:%M}" if start else ""
+        )
         _write_gas(store, database, columns, where, params, meter, hourly_gas)
         bar = ProgressBar(int(total), "readings", stream=progress)
         lines = database.text_lines(_readings_sql(database, columns, where, store.schema), params)
-        written, first, last = _write_readings(store, lines, meter,
-                                               lambda reached: store.meters.save_import_cursor(cursor_name, reached),
-                                               bar.advance)
+        written, first, last = _write_readings(
+            store, lines, meter, lambda reached: store.meters.save_import_cursor(cursor_name, reached), bar.advance
+        )
         if first is not None and since is None and start is None:
             _import_older_days(store, database, meter, first, timezone)
     finally:
         database.close()
-    if first is not None:
+    if first is not None and last is not None:
         log.info("regenerating statistics for %s .. %s", first.date(), last.date())
         regenerate_range(store, first, last, meter, began)
     return written
@@ -215,29 +223,44 @@ def _readings_sql(database: Database, columns: list[ReadingField], where: str, s
     return f"SELECT {line} FROM {READINGS_TABLE} {where} ORDER BY timestamp"
 
 
-def _write_gas(store: Store, database: Database, columns: list[ReadingField], where: str, params: tuple, meter: str,
-               hourly_gas: bool) -> None:
+def _write_gas(
+    store: Store,
+    database: Database,
+    columns: list[ReadingField],
+    where: str,
+    params: tuple,
+    meter: str,
+    hourly_gas: bool,
+) -> None:
     """The gas positions, each once (a reading repeats the last one until the next arrives), at the
     time they count in."""
     if not {lineprotocol.GAS_FIELD, "extra_device_timestamp"} <= {column.name for column in columns}:
         return
     where = f"{where} AND" if where else "WHERE"
-    rows = database.query(f"SELECT {database.epoch('extra_device_timestamp')}, {lineprotocol.GAS_FIELD}"
-                          f" FROM {READINGS_TABLE} {where} extra_device_timestamp IS NOT NULL"
-                          f" AND {lineprotocol.GAS_FIELD} IS NOT NULL"
-                          f" GROUP BY extra_device_timestamp, {lineprotocol.GAS_FIELD} ORDER BY MIN(timestamp)", params)
+    rows = database.query(
+        f"SELECT {database.epoch('extra_device_timestamp')}, {lineprotocol.GAS_FIELD}"
+        f" FROM {READINGS_TABLE} {where} extra_device_timestamp IS NOT NULL"
+        f" AND {lineprotocol.GAS_FIELD} IS NOT NULL"
+        f" GROUP BY extra_device_timestamp, {lineprotocol.GAS_FIELD} ORDER BY MIN(timestamp)",
+        params,
+    )
     shift = 3600 if hourly_gas else 0
     for batch_start in range(0, len(rows), BATCH):
         lines, hours = [], set()
-        for stamp, value in rows[batch_start:batch_start + BATCH]:
+        for stamp, value in rows[batch_start : batch_start + BATCH]:
             booked = int(stamp) - shift
             lines.append(lineprotocol.line(lineprotocol.GAS, meter, {lineprotocol.GAS_FIELD: float(value)}, booked))
             hours.add(booked - booked % 3600)
         _write(store, "\n".join(lines).encode(), hours, meter)
 
 
-def _write_readings(store: Store, blocks: Iterator[bytes], meter: str, save_cursor: Callable[[dt.datetime], None],
-                    advance: Callable[[int], None]) -> tuple[int, dt.datetime | None, dt.datetime | None]:
+def _write_readings(
+    store: Store,
+    blocks: Iterator[bytes],
+    meter: str,
+    save_cursor: Callable[[dt.datetime], None],
+    advance: Callable[[int], None],
+) -> tuple[int, dt.datetime | None, dt.datetime | None]:
     """Blocks of reading lines (fields and time) -> writes of BATCH readings, IN_FLIGHT at once;
     the cursor follows the stored ones."""
     head = f"{lineprotocol.READING},meter={lineprotocol.escape_tag(meter)} ".encode()
@@ -275,7 +298,7 @@ def _write_readings(store: Store, blocks: Iterator[bytes], meter: str, save_curs
         if count:
             submit(batch, count)
         settle(0)
-    as_time = (lambda s: dt.datetime.fromtimestamp(s, dt.timezone.utc))
+    as_time = lambda s: dt.datetime.fromtimestamp(s, dt.timezone.utc)
     return written, (as_time(first) if first is not None else None), (as_time(newest) if first is not None else None)
 
 
@@ -283,7 +306,7 @@ def _seconds_of_line(text: bytes, end: int) -> int:
     """The time (Unix s) of the line ending at `end` (-1: the first line is all of text); a line
     ends in its time in ns."""
     end = len(text) if end < 0 else end
-    return int(text[text.rfind(b" ", 0, end) + 1:end - 9])
+    return int(text[text.rfind(b" ", 0, end) + 1 : end - 9])
 
 
 def _write(store: Store, body: bytes, hours: Iterable[int], meter: str) -> None:
@@ -302,8 +325,9 @@ def _import_older_days(store: Store, database: Database, meter: str, first: dt.d
     fields = [name for name in DAY_FIELDS if name in available]
     tz = zoneinfo.ZoneInfo(timezone)
     last_day = (first.astimezone(tz) - dt.timedelta(days=1)).date()
-    rows = database.query(f"SELECT day, {', '.join(fields)} FROM {DAYS_TABLE} WHERE day <= %s ORDER BY day",
-                          (last_day.isoformat(),))
+    rows = database.query(
+        f"SELECT day, {', '.join(fields)} FROM {DAYS_TABLE} WHERE day <= %s ORDER BY day", (last_day.isoformat(),)
+    )
     lines = []
     for day, *values in rows:
         day = day if isinstance(day, dt.date) else dt.date.fromisoformat(str(day)[:10])

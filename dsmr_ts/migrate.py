@@ -50,8 +50,10 @@ class Source:
     def get(self, path_or_url: str, **params: Any) -> Any:
         url = path_or_url if "://" in path_or_url else self.base + path_or_url
         if _origin(url) != _origin(self.base):  # a `next` link elsewhere: the key goes nowhere else
-            raise SourceError(f"{self.base} sent a link to {_origin(url)}; the key is sent only to {_origin(self.base)},"
-                              " so the import stops here")
+            raise SourceError(
+                f"{self.base} sent a link to {_origin(url)}; the key is sent only to {_origin(self.base)},"
+                " so the import stops here"
+            )
         if params:
             if self.meter:
                 params["meter"] = self.meter  # dsmr-ts sources; DSMR-reader ignores unknown parameters
@@ -61,8 +63,10 @@ class Source:
             with urllib.request.urlopen(request, timeout=self.timeout) as response:
                 return json.loads(response.read())
         except urllib.error.HTTPError as exc:
-            raise SourceError(f"{self.base} answered {exc.code} for {urllib.parse.urlsplit(url).path}"
-                               + (" (is the API enabled, and the key right?)" if exc.code in (403, 405) else ""))
+            raise SourceError(
+                f"{self.base} answered {exc.code} for {urllib.parse.urlsplit(url).path}"
+                + (" (is the API enabled, and the key right?)" if exc.code in (403, 405) else "")
+            ) from None
         except (urllib.error.URLError, OSError, ValueError) as exc:
             raise SourceError(f"cannot read {self.base}: {getattr(exc, 'reason', exc)}") from None
 
@@ -101,8 +105,14 @@ def reading_from_api(row: dict[str, Any], meter: str, store: Store) -> Reading:
     return Reading(timestamp=_datetime(row["timestamp"]), meter=meter, values=values)
 
 
-def import_readings(store: Store, source: Source, meter: str, timezone: str, since: dt.datetime | None = None,
-                    progress: TextIO | None = None) -> int:
+def import_readings(
+    store: Store,
+    source: Source,
+    meter: str,
+    timezone: str,
+    since: dt.datetime | None = None,
+    progress: TextIO | None = None,
+) -> int:
     """Import readings (and older day statistics); returns how many readings were written."""
     began = dt.datetime.now(dt.timezone.utc)
     cursor_name = source.base + (f"#{source.meter}" if source.meter else "")
@@ -124,7 +134,7 @@ def import_readings(store: Store, source: Source, meter: str, timezone: str, sin
             readings.append(reading)
         written += len(page["results"])
         if len(readings) >= BATCH or not page["next"]:
-            if readings:
+            if readings and last is not None:
                 store.writer.bulk(readings, hourly_gas)
                 readings = []
                 store.meters.save_import_cursor(cursor_name, last)  # resumable from here
@@ -134,7 +144,7 @@ def import_readings(store: Store, source: Source, meter: str, timezone: str, sin
         page = source.get(page["next"])
     if first is not None and since is None and start is None:
         _import_older_day_statistics(store, source, meter, first, timezone)
-    if first is not None:
+    if first is not None and last is not None:
         log.info("regenerating statistics for %s .. %s", first.date(), last.date())
         regenerate_range(store, first, last, meter, began)
     return written
@@ -198,8 +208,9 @@ def export_readings(store: Store, meter: str, start: dt.datetime, stop: dt.datet
     return rows
 
 
-def export_statistics(store: Store, measurement: str, meter: str, start: dt.datetime, stop: dt.datetime,
-                      out: TextIO) -> int:
+def export_statistics(
+    store: Store, measurement: str, meter: str, start: dt.datetime, stop: dt.datetime, out: TextIO
+) -> int:
     writer = csv.writer(out)
     fields = list(USAGE_FIELDS) + ["reading_count"]
     writer.writerow(["day" if measurement == DAY_MEASUREMENT else "hour_start", *fields])

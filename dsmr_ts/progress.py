@@ -27,8 +27,10 @@ class ProgressBar:
         rate = self.done / elapsed if elapsed > 0 else 0.0
         eta = (self.total - self.done) / rate if rate else 0.0
         filled = int(fraction * self.width)
-        line = (f"[{'#' * filled}{'.' * (self.width - filled)}] {self.done}/{self.total} {self.unit}"
-                f"  {rate:.1f} {self.unit}/s  ETA {_clock(eta)}")
+        line = (
+            f"[{'#' * filled}{'.' * (self.width - filled)}] {self.done}/{self.total} {self.unit}"
+            f"  {rate:.1f} {self.unit}/s  ETA {_clock(eta)}"
+        )
         if self.tty:
             self.stream.write("\r\033[K" + line)
             if self.done == self.total:

@@ -64,10 +64,12 @@ class Command:
 
     def start(self) -> None:
         self._tail.clear()
-        self.process = subprocess.Popen(self.argv, env=self.env, start_new_session=True, stdout=subprocess.PIPE,
-                                        stderr=subprocess.STDOUT)
-        self._relay = threading.Thread(target=self._pass_on, args=(self.process.stdout,), daemon=True,
-                                       name=f"output of pid {self.process.pid}")
+        self.process = subprocess.Popen(
+            self.argv, env=self.env, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+        )
+        self._relay = threading.Thread(
+            target=self._pass_on, args=(self.process.stdout,), daemon=True, name=f"output of pid {self.process.pid}"
+        )
         self._relay.start()
 
     def _pass_on(self, output: IO[bytes]) -> None:
@@ -141,8 +143,13 @@ class Supervisor:
     """Starts `children` in order (after_start runs after each one, e.g. setup after influxd),
     then keeps them running until `stop` is set."""
 
-    def __init__(self, children: list[Child], stop: threading.Event,
-                 after_start: dict[str, Callable[[], None]] | None = None, clock: Callable[[], float] = time.monotonic):
+    def __init__(
+        self,
+        children: list[Child],
+        stop: threading.Event,
+        after_start: dict[str, Callable[[], None]] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ):
         self.children = children
         self.stop_event = stop
         self.after_start = after_start or {}
@@ -182,7 +189,7 @@ class Supervisor:
                 log.info("restarting %s (after %s)", child.name, child.last_reason)
                 try:
                     self._start(child)
-                except Exception as exc:  # noqa: BLE001 - a failed start is one more failure
+                except Exception as exc:
                     self._exited(child, None, self.clock(), reason=f"could not start: {exc}")
 
     def _exited(self, child: Child, status: int | None, now: float, reason: str = "") -> None:
@@ -195,10 +202,13 @@ class Supervisor:
         else:
             child.failures_at_once = 0
         if child.failures_at_once >= GIVE_UP_AFTER:
-            raise SupervisorError(f"{child.name} failed {GIVE_UP_AFTER} times in a row right after starting"
-                                  f" (last: {reason}){': ' + detail if detail else ''}; stopping everything")
-        log.warning("%s %s; restarting it in %.0f s%s", child.name, reason, child.backoff,
-                    f" ({detail})" if detail else "")
+            raise SupervisorError(
+                f"{child.name} failed {GIVE_UP_AFTER} times in a row right after starting"
+                f" (last: {reason}){': ' + detail if detail else ''}; stopping everything"
+            )
+        log.warning(
+            "%s %s; restarting it in %.0f s%s", child.name, reason, child.backoff, f" ({detail})" if detail else ""
+        )
         child.restart_at = now + child.backoff
         child.backoff = min(MAX_BACKOFF, child.backoff * 2)
 
@@ -208,7 +218,7 @@ class Supervisor:
             child.restart_at = None
             try:
                 child.process.stop()
-            except Exception:  # noqa: BLE001 - stop the others whatever happens
+            except Exception:
                 log.exception("stopping %s failed", child.name)
             child.running = False
 
@@ -223,4 +233,3 @@ def stop_event() -> threading.Event:
     signal.signal(signal.SIGINT, handler)
     signal.signal(signal.SIGTERM, handler)
     return stop
-

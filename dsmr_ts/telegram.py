@@ -72,9 +72,16 @@ MBUS_TYPE = re.compile(r"^0-(\d):24\.1\.0$")
 MBUS_READING = re.compile(r"^0-(\d):24\.2\.[13]$")
 MBUS_READING_DSMR22 = re.compile(r"^0-(\d):24\.3\.0$")
 # (unit sent, unit stored) -> factor; a value in an unknown other unit is skipped.
-UNIT_FACTORS = {("Wh", "kWh"): Decimal("0.001"), ("W", "kW"): Decimal("0.001"), ("MWh", "kWh"): Decimal(1000),
-                ("kWh", "GJ"): Decimal("0.0036"), ("MWh", "GJ"): Decimal("3.6"), ("MJ", "GJ"): Decimal("0.001"),
-                ("dm3", "m3"): Decimal("0.001"), ("l", "m3"): Decimal("0.001")}
+UNIT_FACTORS = {
+    ("Wh", "kWh"): Decimal("0.001"),
+    ("W", "kW"): Decimal("0.001"),
+    ("MWh", "kWh"): Decimal(1000),
+    ("kWh", "GJ"): Decimal("0.0036"),
+    ("MWh", "GJ"): Decimal("3.6"),
+    ("MJ", "GJ"): Decimal("0.001"),
+    ("dm3", "m3"): Decimal("0.001"),
+    ("l", "m3"): Decimal("0.001"),
+}
 
 _LINE = re.compile(r"^(\d+-\d+:\d+\.\d+\.\d+)(?:\*\d+)?((?:\([^()]*\))+)$")
 _INF = float("inf")
@@ -95,7 +102,7 @@ class Reading:
     def gas(self) -> tuple[dt.datetime, float] | None:
         """(when, m3) of the gas meter, if the reading has one."""
         when, value = self.values.get("extra_device_timestamp"), self.values.get("extra_device_delivered")
-        return (when, value) if isinstance(when, dt.datetime) and value is not None else None
+        return (when, float(value)) if isinstance(when, dt.datetime) and isinstance(value, (int, float)) else None
 
 
 @dataclass
@@ -157,15 +164,15 @@ def parse_telegram(text: str | bytes, now: dt.datetime | None = None, schema: Re
         if not match:
             continue  # blank, '!', or a garbled line: skipped, the rest is kept
         code = match.group(1)
-        values = match.group(2)[1:-1].split(")(")
-        codes[code] = values  # last line wins
+        parts = match.group(2)[1:-1].split(")(")
+        codes[code] = parts  # last line wins
         if code[1] == "-" and ":24." in code:  # an M-Bus device (cheap test first: most lines are not)
-            if (device := MBUS_TYPE.match(code)) and values:
-                devices[device.group(1)] = values[0]
-            elif (reading := MBUS_READING.match(code)) and len(values) > 1:
-                mbus.append((reading.group(1), values[0], values[1]))
-            elif (reading := MBUS_READING_DSMR22.match(code)) and index + 1 < len(lines):
-                mbus.append((reading.group(1), values[0], lines[index + 1].strip().strip("()")))
+            if (device := MBUS_TYPE.match(code)) and parts:
+                devices[device.group(1)] = parts[0]
+            elif (channel := MBUS_READING.match(code)) and len(parts) > 1:
+                mbus.append((channel.group(1), parts[0], parts[1]))
+            elif (channel := MBUS_READING_DSMR22.match(code)) and index + 1 < len(lines):
+                mbus.append((channel.group(1), parts[0], lines[index + 1].strip().strip("()")))
 
     timestamp = _reading_timestamp(codes, now)
     values: dict[str, Value] = {}
@@ -177,16 +184,20 @@ def parse_telegram(text: str | bytes, now: dt.datetime | None = None, schema: Re
                 if value is not None:
                     values[spec.name] = value
     for spec in schema.summed:  # registers that add to a tariff (only beside its own register)
-        extra = [codes[code][0] for code in spec.adds if code in codes and spec.name in values
-                 and codes.get(spec.obis[0])]
+        extra = [
+            codes[code][0] for code in spec.adds if code in codes and spec.name in values and codes.get(spec.obis[0])
+        ]
         for raw_value in extra:
             value = _field_value(spec, raw_value)
             if value is not None:
                 values[spec.name] = float(Decimal(repr(values[spec.name])) + Decimal(repr(value)))
     for name in schema.zero_when_missing:
         values.setdefault(name, 0.0)
-    missing = [name for name in ("electricity_delivered_1", "electricity_currently_delivered")
-               if name in schema.by_name and name not in values]
+    missing = [
+        name
+        for name in ("electricity_delivered_1", "electricity_currently_delivered")
+        if name in schema.by_name and name not in values
+    ]
     if missing:
         raise ParseError(f"telegram has no {' or '.join(missing)} (not a DSMR electricity telegram?)")
     values.update(_mbus_values(mbus, devices, timestamp, schema))
@@ -226,21 +237,24 @@ def _field_value(spec: ReadingField, raw: str) -> Value | None:
     return int(number) if spec.kind is Kind.INTEGER else number  # currents: truncated, as DSMR-reader
 
 
-def _mbus_values(readings: list[tuple[str, str, str]], devices: dict[str, str], timestamp: dt.datetime,
-                 schema: ReadingSchema) -> dict[str, Value]:
+def _mbus_values(
+    readings: list[tuple[str, str, str]], devices: dict[str, str], timestamp: dt.datetime, schema: ReadingSchema
+) -> dict[str, Value]:
     """The value and time of each medium's device (see the module doc for which channel wins)."""
-    candidates: dict[str, list[tuple[dt.datetime, Value]]] = {}
+    candidates: dict[str, list[tuple[dt.datetime, float]]] = {}
     for channel, raw_time, raw_value in readings:
         try:
             medium = MBUS_MEDIA.get(int(devices[channel])) if channel in devices else "gas"
         except ValueError:
             medium = None
-        value_field = schema.by_mbus.get((medium, "value"))
+        value_field = schema.by_mbus.get((medium, "value")) if medium else None
         when = parse_p1_timestamp(raw_time)
-        if value_field is None or when is None or when - timestamp > MAX_FUTURE:  # 700101010000W = 2070
+        if (
+            medium is None or value_field is None or when is None or when - timestamp > MAX_FUTURE
+        ):  # 700101010000W = 2070
             continue
         value = _field_value(value_field, raw_value)
-        if value is not None:
+        if isinstance(value, (int, float)):
             candidates.setdefault(medium, []).append((when, value))
     values: dict[str, Value] = {}
     for medium, found in candidates.items():
@@ -285,7 +299,8 @@ def _to_bytes(text: str | bytes) -> bytes:
         return text.encode("latin-1")
     except UnicodeEncodeError as exc:
         raise EncodingError(
-            f"telegram contains {text[exc.start]!r}, which is not a latin-1 character; send the meter's bytes as they are"
+            f"telegram contains {text[exc.start]!r}, which is not a latin-1 character;"
+            " send the meter's bytes as they are"
         ) from None
 
 
@@ -303,14 +318,14 @@ def _check_crc(body: bytes, tail: str, lines: list[str]) -> None:
         raise CrcError("CRC missing: DSMR 4 and later end the telegram with '!' and a 4-digit CRC")
 
 
-def _reading_timestamp(codes: dict[str, tuple[str, ...]], now: dt.datetime) -> dt.datetime:
+def _reading_timestamp(codes: dict[str, list[str]], now: dt.datetime) -> dt.datetime:
     values = codes.get(TIMESTAMP_CODE)
     stamp = parse_p1_timestamp(values[0]) if values else None
     # DSMR 2.2 has no timestamp and a broken one is useless: the reading happens now.
     return stamp if stamp is not None else now
 
 
-def _meter_id(codes: dict[str, tuple[str, ...]]) -> str:
+def _meter_id(codes: dict[str, list[str]]) -> str:
     for code in METER_ID_CODES:
         values = codes.get(code)
         if values and values[0].strip():
@@ -331,8 +346,14 @@ def decode_equipment_id(raw: str) -> str:
 # --- writing telegrams (the simulator and tests) ---------------------------------------------
 
 # How a DSMR 5 meter writes a value of each unit (the inverse of the parsing).
-UNIT_FORMATS = {"kWh": "{:010.3f}*kWh", "kW": "{:06.3f}*kW", "V": "{:05.1f}*V", "A": "{:03d}*A", "m3": "{:09.3f}*m3",
-                "GJ": "{:08.3f}*GJ"}
+UNIT_FORMATS = {
+    "kWh": "{:010.3f}*kWh",
+    "kW": "{:06.3f}*kW",
+    "V": "{:05.1f}*V",
+    "A": "{:03d}*A",
+    "m3": "{:09.3f}*m3",
+    "GJ": "{:08.3f}*GJ",
+}
 MBUS_CHANNELS = {"gas": (1, 3), "water": (2, 7), "heat": (3, 4)}  # medium -> (channel, device type) written
 
 
@@ -343,8 +364,12 @@ def p1_timestamp(moment: dt.datetime) -> str:
     return local.strftime("%y%m%d%H%M%S") + flag
 
 
-def build_telegram(reading: Reading, statistics: dict[str, str | int] | None = None,
-                   header: str = "XDSMR-TS-SIMULATOR", schema: ReadingSchema = SCHEMA) -> str:
+def build_telegram(
+    reading: Reading,
+    statistics: dict[str, str | int] | None = None,
+    header: str = "XDSMR-TS-SIMULATOR",
+    schema: ReadingSchema = SCHEMA,
+) -> str:
     """A DSMR 5 telegram for a reading, with a valid CRC ('\\r\\n' line ends)."""
     statistics = {"dsmr_version": "50", **(statistics or {})}
     lines = [f"/{header}", ""]
@@ -361,8 +386,11 @@ def build_telegram(reading: Reading, statistics: dict[str, str | int] | None = N
         value = reading.values.get(spec.name)
         if value is None or not spec.obis:
             continue
-        text = p1_timestamp(value) if isinstance(value, dt.datetime) else UNIT_FORMATS.get(
-            spec.unit, "{:06.3f}").format(value)
+        text = (
+            p1_timestamp(value)
+            if isinstance(value, dt.datetime)
+            else UNIT_FORMATS.get(spec.unit, "{:06.3f}").format(value)
+        )
         slots = pairs.setdefault(spec.obis[0], [])
         slots.extend([""] * (spec.value_index + 1 - len(slots)))
         slots[spec.value_index] = text
@@ -371,7 +399,7 @@ def build_telegram(reading: Reading, statistics: dict[str, str | int] | None = N
         value_field, time_field = schema.by_mbus.get((medium, "value")), schema.by_mbus.get((medium, "time"))
         value = reading.values.get(value_field.name) if value_field else None
         when = reading.values.get(time_field.name) if time_field else None
-        if value is not None and isinstance(when, dt.datetime):
+        if value_field is not None and value is not None and isinstance(when, dt.datetime):
             lines.append(f"0-{channel}:24.1.0({device_type:03d})")
             lines.append(f"0-{channel}:24.2.1({p1_timestamp(when)})({UNIT_FORMATS[value_field.unit].format(value)})")
     body = "\r\n".join(lines) + "\r\n!"

@@ -27,8 +27,13 @@ COSTS = ("total_cost", "electricity1_cost", "electricity2_cost", "gas_cost")
 TEMPERATURES = ("lowest_temperature", "highest_temperature", "average_temperature")
 SUMMED = (*USAGE, *COSTS, "fixed_cost")  # what a period adds up over its days
 DAY_FIELDS = (*SUMMED, *TEMPERATURES)  # what a stored day row may hold (DSMR-reader's DayStatistics)
-PRICE_FIELDS = ("electricity_delivered_1", "electricity_delivered_2", "electricity_returned_1",
-                "electricity_returned_2", "gas")
+PRICE_FIELDS = (
+    "electricity_delivered_1",
+    "electricity_delivered_2",
+    "electricity_returned_1",
+    "electricity_returned_2",
+    "gas",
+)
 
 
 def price_for(day: dt.date, prices: list[PricePeriod]) -> PricePeriod | None:
@@ -44,14 +49,24 @@ def day_costs(row: dict[str, Any], price: PricePeriod | None) -> dict[str, str |
     def amount(field: str) -> Decimal:
         return exact(row.get(field) or 0.0)
 
-    e1 = rounded(amount("electricity1") * exact(price.electricity_delivered_1)
-                 - amount("electricity1_returned") * exact(price.electricity_returned_1), 2)
-    e2 = rounded(amount("electricity2") * exact(price.electricity_delivered_2)
-                 - amount("electricity2_returned") * exact(price.electricity_returned_2), 2)
+    e1 = rounded(
+        amount("electricity1") * exact(price.electricity_delivered_1)
+        - amount("electricity1_returned") * exact(price.electricity_returned_1),
+        2,
+    )
+    e2 = rounded(
+        amount("electricity2") * exact(price.electricity_delivered_2)
+        - amount("electricity2_returned") * exact(price.electricity_returned_2),
+        2,
+    )
     gas = rounded(amount("gas") * exact(price.gas), 2)
     total = e1 + e2 + gas + exact(price.fixed_daily_cost)
-    return {"total_cost": money(total), "electricity1_cost": money(e1), "electricity2_cost": money(e2),
-            "gas_cost": money(gas)}
+    return {
+        "total_cost": money(total),
+        "electricity1_cost": money(e1),
+        "electricity2_cost": money(e2),
+        "gas_cost": money(gas),
+    }
 
 
 def stored_or_computed_costs(row: dict[str, Any], day: dt.date, prices: list[PricePeriod]) -> dict[str, str | None]:
@@ -87,6 +102,7 @@ def today(store: Store, meter: str, now: dt.datetime, tz: dt.tzinfo, prices: lis
     if latest is None or latest["_time"] < midnight:
         return None
     base = store.readings.latest(meter, before=midnight) or store.readings.latest(meter, after=midnight, first=True)
+    assert base is not None  # the latest reading is today's, so today has a first one
     usage: dict[str, float] = {}
     for position, name in usage_fields(store.schema)[0].items():
         used = exact(latest.get(position) or 0.0) - exact(base.get(position) or 0.0)
@@ -96,12 +112,12 @@ def today(store: Store, meter: str, now: dt.datetime, tz: dt.tzinfo, prices: lis
     gas = exact(gas_now[0][1]) - exact(gas_before[0][1]) if gas_now and gas_before else Decimal(0)
     usage["gas"] = float(max(gas, Decimal(0)))
     price = price_for(day, prices)
-    return DayTotals(day, usage, day_costs(usage, price), exact(price.fixed_daily_cost) if price else Decimal(0),
-                     price)
+    return DayTotals(day, usage, day_costs(usage, price), exact(price.fixed_daily_cost) if price else Decimal(0), price)
 
 
-def period(store: Store, meter: str, first_day: dt.date, live_today: DayTotals | None, tz: dt.tzinfo,
-           prices: list[PricePeriod]) -> dict[str, Decimal]:
+def period(
+    store: Store, meter: str, first_day: dt.date, live_today: DayTotals | None, tz: dt.tzinfo, prices: list[PricePeriod]
+) -> dict[str, Decimal]:
     """Usage and costs summed over the local days from first_day up to today: the day statistics
     before today, and today live. Costs per day at that day's prices (or as posted)."""
     today_date = live_today.day if live_today else dt.datetime.now(tz).date()

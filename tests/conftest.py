@@ -7,13 +7,13 @@ from pathlib import Path
 from typing import Iterator
 
 import pytest
+from helpers import TEST_KEY, start_api
 
 from dsmr_ts.config import Config, load_config
 from dsmr_ts.influx.bootstrap import bootstrap
 from dsmr_ts.influx.build import ensure_influxd
 from dsmr_ts.influx.server import ManagedInfluxd, free_port
 from dsmr_ts.influx.store import Store
-from helpers import TEST_KEY, start_api
 
 pytest_plugins = ["openapi_check"]
 
@@ -59,8 +59,7 @@ def session_config(influxd: ManagedInfluxd, tmp_path_factory: pytest.TempPathFac
     """A config pointing at the session influxd, onboarded, API enabled with a known key."""
     path = tmp_path_factory.mktemp("config") / "dsmr-ts.yaml"
     path.write_text(
-        f"api:\n  enabled: true\n  key: {TEST_KEY}\n"
-        f"influxdb:\n  managed: false\n  url: {influxd.url}\n  token: ''\n"
+        f"api:\n  enabled: true\n  key: {TEST_KEY}\ninfluxdb:\n  managed: false\n  url: {influxd.url}\n  token: ''\n"
     )
     bootstrap(load_config(path, create=False))
     return load_config(path, create=False)
@@ -70,11 +69,17 @@ def _secrets_of(config_file: Path) -> set[str]:
     """Every secret a config (and the token files beside it) holds."""
     try:
         config = load_config(config_file, create=False)
-    except Exception:  # noqa: BLE001 - a test's deliberately broken config
+    except Exception:
         return set()
-    found = {config.api.key, config.influxdb.token, config.influxdb.admin_token, config.mqtt.password,
-             config.reader.decryption_key, config.reader.authentication_key,
-             *(target.key for target in config.reader.forward)}
+    found = {
+        config.api.key,
+        config.influxdb.token,
+        config.influxdb.admin_token,
+        config.mqtt.password,
+        config.reader.decryption_key,
+        config.reader.authentication_key,
+        *(target.key for target in config.reader.forward),
+    }
     for name in (config.influxdb.admin_token_file, config.influxdb.grafana_token_file):
         path = config.resolve_path(name)
         if path.is_file():
@@ -95,8 +100,9 @@ def no_secret_in_any_log(tmp_path_factory: pytest.TempPathFactory) -> Iterator[s
     for config_file in base.rglob("*.yaml"):
         secrets |= _secrets_of(config_file)
     logs = [path for path in base.rglob("*.log") if path.is_file()]
-    leaks = [f"{path}: {secret[:6]}..." for path in logs for secret in secrets
-             if secret in path.read_text(errors="replace")]
+    leaks = [
+        f"{path}: {secret[:6]}..." for path in logs for secret in secrets if secret in path.read_text(errors="replace")
+    ]
     assert not leaks, f"secrets in logs: {leaks}"
     assert any(path.name == "responses.log" for path in logs), "the responses were not recorded"
 

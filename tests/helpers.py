@@ -21,9 +21,21 @@ TELEGRAMS = Path(__file__).resolve().parent / "telegrams"
 # Every sample the tests use, named here so that a missing file fails a test instead of
 # silently parametrizing over nothing.
 SAMPLE_TELEGRAMS = (
-    "dsmr22_nl_1.txt", "dsmr40_nl_1.txt", "dsmr42_nl_1.txt", "dsmr42_nl_2.txt", "dsmr42_nl_3.txt",
-    "dsmr50_nl_1.txt", "dsmr50_nl_2.txt", "dsmr50_nl_3.txt", "fluvius_be_1.txt", "fluvius_be_2.txt",
-    "fluvius_be_3.txt", "fluvius_be_4.txt", "fluvius_be_5.txt", "kamstrup_se_1.txt", "smarty_lu_1.txt",
+    "dsmr22_nl_1.txt",
+    "dsmr40_nl_1.txt",
+    "dsmr42_nl_1.txt",
+    "dsmr42_nl_2.txt",
+    "dsmr42_nl_3.txt",
+    "dsmr50_nl_1.txt",
+    "dsmr50_nl_2.txt",
+    "dsmr50_nl_3.txt",
+    "fluvius_be_1.txt",
+    "fluvius_be_2.txt",
+    "fluvius_be_3.txt",
+    "fluvius_be_4.txt",
+    "fluvius_be_5.txt",
+    "kamstrup_se_1.txt",
+    "smarty_lu_1.txt",
 )
 
 
@@ -32,6 +44,8 @@ def sample_telegram(name: str) -> bytes:
     path = TELEGRAMS / name
     assert path.is_file(), f"test fixture {path} is missing"
     return path.read_bytes()
+
+
 TEST_KEY = "TESTKEY0123456789TESTKEY0123456789TESTKEY0123456789TESTKEY012345"
 
 
@@ -86,8 +100,9 @@ def start_api(config, log_path: Path, **env: str) -> tuple[subprocess.Popen, str
     environment = {k: v for k, v in os.environ.items() if not k.startswith("DSMR_TS_")}
     environment.update(DSMR_TS_CONFIG=str(config.path), DSMR_TS_SERVER_BIND=f"127.0.0.1:{port}", **env)
     with open(log_path, "w") as log:
-        proc = subprocess.Popen(dsmr_ts_command("serve"), cwd=REPO, env=environment, stdout=log,
-                                stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            dsmr_ts_command("serve"), cwd=REPO, env=environment, stdout=log, stderr=subprocess.STDOUT
+        )
     url = f"http://127.0.0.1:{port}"
 
     def healthy() -> bool:
@@ -100,7 +115,6 @@ def start_api(config, log_path: Path, **env: str) -> tuple[subprocess.Popen, str
 
     wait_for(healthy, timeout=60, what="gunicorn to answer")
     return proc, url
-
 
 
 class FakeSer2net:
@@ -183,13 +197,24 @@ def debian_binary(package: str, binary: str) -> str:
     import shutil
 
     def found() -> str | None:
-        return shutil.which(binary) or next((f"{d}/{binary}" for d in ("/usr/sbin", "/usr/bin", "/usr/lib/postgresql")
-                                             if os.path.exists(f"{d}/{binary}")), None)
+        return shutil.which(binary) or next(
+            (
+                f"{d}/{binary}"
+                for d in ("/usr/sbin", "/usr/bin", "/usr/lib/postgresql")
+                if os.path.exists(f"{d}/{binary}")
+            ),
+            None,
+        )
 
     if not found():
         subprocess.run(["apt-get", "update", "-qq"], check=True, capture_output=True, timeout=600)
-        subprocess.run(["apt-get", "install", "-y", "-qq", package], check=True, capture_output=True, timeout=900,
-                       env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
+        subprocess.run(
+            ["apt-get", "install", "-y", "-qq", package],
+            check=True,
+            capture_output=True,
+            timeout=900,
+            env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"},
+        )
     path = found()
     assert path, f"{binary} is missing after installing the Debian package {package}"
     return path

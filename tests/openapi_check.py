@@ -23,8 +23,7 @@ CHECKED = {"responses": 0}
 _URL_DOCUMENTS: dict[tuple[str, str], dict | None] = {}
 
 
-def check_response(document: dict | None, method: str, path: str, status: int, content_type: str,
-                   body: bytes) -> None:
+def check_response(document: dict | None, method: str, path: str, status: int, content_type: str, body: bytes) -> None:
     if document is None:
         return
     paths = document["paths"]
@@ -78,8 +77,9 @@ def responses_match_the_schema(tmp_path_factory):
         key = (f"{parts.scheme}://{parts.netloc}", server)
         if key not in _URL_DOCUMENTS:
             try:
-                response = original_request(session, "GET", key[0] + "/api/v2/schema", params={"format": "json"},
-                                            timeout=10, verify=False)
+                response = original_request(
+                    session, "GET", key[0] + "/api/v2/schema", params={"format": "json"}, timeout=10, verify=False
+                )
                 document = response.json() if response.status_code == 200 else None
             except (requests.RequestException, ValueError):
                 return None  # not answering now: try again with the next response
@@ -89,8 +89,9 @@ def responses_match_the_schema(tmp_path_factory):
     def simulate_request(self, method="GET", path="/", *args, **kwargs):
         result = original_simulate(self, method, path, *args, **kwargs)
         record(method, path, result.status_code, result.content)
-        check_response(app_document(self), method, path, result.status_code,
-                       result.headers.get("content-type", ""), result.content)
+        check_response(
+            app_document(self), method, path, result.status_code, result.headers.get("content-type", ""), result.content
+        )
         return result
 
     def request(self, method, url, *args, **kwargs):
@@ -100,8 +101,9 @@ def responses_match_the_schema(tmp_path_factory):
             path = urllib.parse.urlsplit(url).path
             record(method, path, response.status_code, response.content)
             document = url_document(self, url, response.headers.get("Server", ""))
-            check_response(document, method, path, response.status_code,
-                           response.headers.get("content-type", ""), response.content)
+            check_response(
+                document, method, path, response.status_code, response.headers.get("content-type", ""), response.content
+            )
         return response
 
     falcon.testing.TestClient.simulate_request = simulate_request

@@ -11,12 +11,12 @@ import urllib.parse
 
 import pytest
 from falcon import testing
+from helpers import SAMPLE_TELEGRAMS, TEST_KEY, flux, sample_telegram, stored_reading
 
 from dsmr_ts.app import create_app
 from dsmr_ts.influx.store import Store
 from dsmr_ts.resources.access import MAX_FAILURES, WINDOW, FailedKeys
 from dsmr_ts.telegram import Reading, build_telegram
-from helpers import SAMPLE_TELEGRAMS, TEST_KEY, flux, sample_telegram, stored_reading
 
 UTC = dt.timezone.utc
 V1 = "/api/v1/datalogger/dsmrreading"
@@ -62,8 +62,12 @@ def stored_fields(store: Store, meter: str, moment: dt.datetime) -> dict:
 
 def a_reading(moment: dt.datetime, meter: str = "E-API-TEST", **values) -> Reading:
     base = {
-        "electricity_delivered_1": 100.0, "electricity_delivered_2": 200.0, "electricity_returned_1": 1.0,
-        "electricity_returned_2": 2.0, "electricity_currently_delivered": 0.5, "electricity_currently_returned": 0.0,
+        "electricity_delivered_1": 100.0,
+        "electricity_delivered_2": 200.0,
+        "electricity_returned_1": 1.0,
+        "electricity_returned_2": 2.0,
+        "electricity_currently_delivered": 0.5,
+        "electricity_currently_returned": 0.0,
     }
     return Reading(timestamp=moment, meter=meter, values={**base, **values})
 
@@ -82,8 +86,15 @@ def test_disabled_api_answers_like_dsmr_reader(config, store):
 
 @pytest.mark.parametrize(
     "headers",
-    [{}, {"X-AUTHKEY": "wrong"}, {"X-AUTHKEY": TEST_KEY[:-1]}, {"Authorization": f"Bearer {TEST_KEY}"},
-     {"Authorization": f"Token  {TEST_KEY}"}, {"Authorization": f"token {TEST_KEY}"}, {"X-AUTHKEY": TEST_KEY.lower()}],
+    [
+        {},
+        {"X-AUTHKEY": "wrong"},
+        {"X-AUTHKEY": TEST_KEY[:-1]},
+        {"Authorization": f"Bearer {TEST_KEY}"},
+        {"Authorization": f"Token  {TEST_KEY}"},
+        {"Authorization": f"token {TEST_KEY}"},
+        {"X-AUTHKEY": TEST_KEY.lower()},
+    ],
 )
 def test_wrong_or_missing_key_is_403(client, headers):
     v1 = client.simulate_post(V1, **form({"telegram": "x"}, headers))
@@ -137,13 +148,10 @@ def test_v1_stores_reading_and_meter_statistics(client, store):
 def test_v1_multipart_and_nul_bytes(client, store):
     moment = unique_moment()
     telegram = "\x00" + build_telegram(a_reading(moment, meter="E-MULTIPART")) + "\x00\x00"
-    body = (
-        "--XyZ\r\nContent-Disposition: form-data; name=\"telegram\"\r\n\r\n"
-        f"{telegram}\r\n--XyZ--\r\n"
-    ).encode("latin-1")
-    response = client.simulate_post(
-        V1, headers={**KEY, "Content-Type": "multipart/form-data; boundary=XyZ"}, body=body
+    body = (f'--XyZ\r\nContent-Disposition: form-data; name="telegram"\r\n\r\n{telegram}\r\n--XyZ--\r\n').encode(
+        "latin-1"
     )
+    response = client.simulate_post(V1, headers={**KEY, "Content-Type": "multipart/form-data; boundary=XyZ"}, body=body)
     assert response.status_code == 201, response.text
     assert stored_fields(store, "E-MULTIPART", moment)["electricity_delivered_1"] == 100.0
 
@@ -184,9 +192,12 @@ def test_v1_documentation_example_gives_the_crc_reason(client):
 # --- v2 POST -------------------------------------------------------------------------------
 
 DOC_POST = {
-    "electricity_currently_delivered": 1.500, "electricity_currently_returned": 0.025,
-    "electricity_delivered_1": 2000, "electricity_delivered_2": 3000,
-    "electricity_returned_1": 0, "electricity_returned_2": 0,
+    "electricity_currently_delivered": 1.500,
+    "electricity_currently_returned": 0.025,
+    "electricity_delivered_1": 2000,
+    "electricity_delivered_2": 3000,
+    "electricity_returned_1": 0,
+    "electricity_returned_2": 0,
 }
 
 
@@ -197,21 +208,41 @@ def test_v2_post_documentation_example_urlencoded(client, store):
     assert response.json == {
         "id": 1492207200,
         "timestamp": "2017-04-14T22:00:00Z",
-        "electricity_delivered_1": "2000.000", "electricity_returned_1": "0.000",
-        "electricity_delivered_2": "3000.000", "electricity_returned_2": "0.000",
-        "electricity_currently_delivered": "1.500", "electricity_currently_returned": "0.025",
-        "phase_currently_delivered_l1": None, "phase_currently_delivered_l2": None,
-        "phase_currently_delivered_l3": None, "extra_device_timestamp": None, "extra_device_delivered": None,
-        "phase_currently_returned_l1": None, "phase_currently_returned_l2": None,
-        "phase_currently_returned_l3": None, "phase_voltage_l1": None, "phase_voltage_l2": None,
-        "phase_voltage_l3": None, "phase_power_current_l1": None, "phase_power_current_l2": None,
+        "electricity_delivered_1": "2000.000",
+        "electricity_returned_1": "0.000",
+        "electricity_delivered_2": "3000.000",
+        "electricity_returned_2": "0.000",
+        "electricity_currently_delivered": "1.500",
+        "electricity_currently_returned": "0.025",
+        "phase_currently_delivered_l1": None,
+        "phase_currently_delivered_l2": None,
+        "phase_currently_delivered_l3": None,
+        "extra_device_timestamp": None,
+        "extra_device_delivered": None,
+        "phase_currently_returned_l1": None,
+        "phase_currently_returned_l2": None,
+        "phase_currently_returned_l3": None,
+        "phase_voltage_l1": None,
+        "phase_voltage_l2": None,
+        "phase_voltage_l3": None,
+        "phase_power_current_l1": None,
+        "phase_power_current_l2": None,
         "phase_power_current_l3": None,
     }
     assert list(response.json)[:13] == [
-        "id", "timestamp", "electricity_delivered_1", "electricity_returned_1", "electricity_delivered_2",
-        "electricity_returned_2", "electricity_currently_delivered", "electricity_currently_returned",
-        "phase_currently_delivered_l1", "phase_currently_delivered_l2", "phase_currently_delivered_l3",
-        "extra_device_timestamp", "extra_device_delivered",
+        "id",
+        "timestamp",
+        "electricity_delivered_1",
+        "electricity_returned_1",
+        "electricity_delivered_2",
+        "electricity_returned_2",
+        "electricity_currently_delivered",
+        "electricity_currently_returned",
+        "phase_currently_delivered_l1",
+        "phase_currently_delivered_l2",
+        "phase_currently_delivered_l3",
+        "extra_device_timestamp",
+        "extra_device_delivered",
     ]
     fields = stored_fields(store, "E-V2-DOC", dt.datetime(2017, 4, 14, 22, tzinfo=UTC))
     assert fields["electricity_currently_returned"] == 0.025
@@ -219,40 +250,60 @@ def test_v2_post_documentation_example_urlencoded(client, store):
 
 def test_v2_post_json_z_and_naive_local(client, store):
     moment = unique_moment()
-    data = {**DOC_POST, "timestamp": moment.strftime("%Y-%m-%dT%H:%M:%SZ"), "meter": "E-V2-JSON",
-            "extra_device_timestamp": "2021-06-01T04:00:00", "extra_device_delivered": "12.5",
-            "phase_voltage_l1": 231.4, "phase_power_current_l1": 12}
+    data = {
+        **DOC_POST,
+        "timestamp": moment.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "meter": "E-V2-JSON",
+        "extra_device_timestamp": "2021-06-01T04:00:00",
+        "extra_device_delivered": "12.5",
+        "phase_voltage_l1": 231.4,
+        "phase_power_current_l1": 12,
+    }
     response = client.simulate_post(V2, headers=KEY, json=data)
     assert response.status_code == 201, response.text
     body = response.json
     assert body["timestamp"] == moment.strftime("%Y-%m-%dT%H:%M:%SZ")
     assert body["extra_device_timestamp"] == "2021-06-01T02:00:00Z"  # naive = Europe/Amsterdam (CEST)
     assert (body["extra_device_delivered"], body["phase_voltage_l1"], body["phase_power_current_l1"]) == (
-        "12.500", "231.4", 12)
+        "12.500",
+        "231.4",
+        12,
+    )
 
 
 def test_v2_post_multipart(client, store):
     moment = unique_moment()
     data = {**DOC_POST, "timestamp": moment.isoformat(), "meter": "E-V2-MULTI"}
-    body = "".join(
-        f"--B\r\nContent-Disposition: form-data; name=\"{k}\"\r\n\r\n{v}\r\n" for k, v in data.items()
-    ) + "--B--\r\n"
-    response = client.simulate_post(V2, headers={**KEY, "Content-Type": "multipart/form-data; boundary=B"},
-                                    body=body.encode())
+    body = (
+        "".join(f'--B\r\nContent-Disposition: form-data; name="{k}"\r\n\r\n{v}\r\n' for k, v in data.items())
+        + "--B--\r\n"
+    )
+    response = client.simulate_post(
+        V2, headers={**KEY, "Content-Type": "multipart/form-data; boundary=B"}, body=body.encode()
+    )
     assert response.status_code == 201, response.text
     assert stored_fields(store, "E-V2-MULTI", moment)["electricity_delivered_2"] == 3000.0
 
 
 def test_v2_post_errors_name_each_field(client, store):
     moment = unique_moment()
-    data = {"timestamp": "yesterday", "electricity_currently_delivered": "abc", "electricity_delivered_1": "1.2345",
-            "electricity_delivered_2": "12345678", "electricity_returned_1": None, "phase_power_current_l1": 1000,
-            "phase_voltage_l1": "230.12", "meter": "E-V2-BAD"}
+    data = {
+        "timestamp": "yesterday",
+        "electricity_currently_delivered": "abc",
+        "electricity_delivered_1": "1.2345",
+        "electricity_delivered_2": "12345678",
+        "electricity_returned_1": None,
+        "phase_power_current_l1": 1000,
+        "phase_voltage_l1": "230.12",
+        "meter": "E-V2-BAD",
+    }
     response = client.simulate_post(V2, headers=KEY, json=data)
     assert response.status_code == 400
     assert response.json == {
-        "timestamp": ["Datetime has wrong format. Use one of these formats instead: "
-                      "YYYY-MM-DDThh:mm[:ss[.uuuuuu]][+HH:MM|-HH:MM|Z]."],
+        "timestamp": [
+            "Datetime has wrong format. Use one of these formats instead: "
+            "YYYY-MM-DDThh:mm[:ss[.uuuuuu]][+HH:MM|-HH:MM|Z]."
+        ],
         "electricity_currently_delivered": ["A valid number is required."],
         "electricity_currently_returned": ["This field is required."],
         "electricity_delivered_1": ["Ensure that there are no more than 3 decimal places."],
@@ -275,8 +326,12 @@ def test_v2_post_current_must_be_a_finite_whole_number(client, value):
 
 @pytest.mark.parametrize(
     "body, content_type, status",
-    [(b"[1, 2]", "application/json", 400), (b"{not json", "application/json", 400),
-     (b"<xml/>", "application/xml", 415), (b"x" * 70_000, "application/x-www-form-urlencoded", 413)],
+    [
+        (b"[1, 2]", "application/json", 400),
+        (b"{not json", "application/json", 400),
+        (b"<xml/>", "application/xml", 415),
+        (b"x" * 70_000, "application/x-www-form-urlencoded", 413),
+    ],
 )
 def test_v2_post_bad_bodies_are_4xx(client, body, content_type, status):
     response = client.simulate_post(V2, headers={**KEY, "Content-Type": content_type}, body=body)
@@ -293,15 +348,20 @@ def test_v2_same_timestamp_twice_keeps_one_reading_the_second(client, store):
     fields = stored_fields(store, "E-V2-TWICE", moment)
     assert fields["electricity_delivered_1"] == 2001.0
     assert "phase_currently_delivered_l1" not in fields  # nothing of the first reading survives
-    rows = flux(store,
-        'from(bucket: bucket) |> range(start: 2021-01-01T00:00:00Z, stop: 2022-01-01T00:00:00Z)'
+    rows = flux(
+        store,
+        "from(bucket: bucket) |> range(start: 2021-01-01T00:00:00Z, stop: 2022-01-01T00:00:00Z)"
         ' |> filter(fn: (r) => r._measurement == "reading" and r.meter == "E-V2-TWICE"'
-        ' and r._field == "electricity_delivered_1") |> count()')
+        ' and r._field == "electricity_delivered_1") |> count()',
+    )
     assert rows[0]["_value"] == 1
     # ... and the API serves exactly the second one (no request queried or deleted the first:
     # its phase value is still a field of the point, but not of the reading its mask describes).
-    served = client.simulate_get(V2, headers=KEY, params={"meter": "E-V2-TWICE", "timestamp__gte": moment.isoformat(),
-                                                           "timestamp__lte": moment.isoformat()}).json["results"]
+    served = client.simulate_get(
+        V2,
+        headers=KEY,
+        params={"meter": "E-V2-TWICE", "timestamp__gte": moment.isoformat(), "timestamp__lte": moment.isoformat()},
+    ).json["results"]
     assert len(served) == 1 and served[0]["phase_currently_delivered_l1"] is None
     assert served[0]["electricity_delivered_1"] == "2001.000"
 
@@ -309,12 +369,22 @@ def test_v2_same_timestamp_twice_keeps_one_reading_the_second(client, store):
 def test_a_page_of_readings_with_different_fields_shows_each_its_own(client):
     """A page is formatted a column at a time: each reading still shows only the fields it had."""
     first, second = unique_moment(), unique_moment()
-    for moment, extra in ((first, {"phase_currently_delivered_l1": 0.7}), (second, {"phase_currently_delivered_l1": 0.5}),
-                          (second, {})):  # the second posted again without its phase
+    for moment, extra in (
+        (first, {"phase_currently_delivered_l1": 0.7}),
+        (second, {"phase_currently_delivered_l1": 0.5}),
+        (second, {}),
+    ):  # the second posted again without its phase
         body = {**DOC_POST, "timestamp": moment.isoformat(), "meter": "E-V2-MIXED", **extra}
         assert client.simulate_post(V2, headers=KEY, json=body).status_code == 201
-    served = client.simulate_get(V2, headers=KEY, params={"meter": "E-V2-MIXED", "timestamp__gte": min(first, second).isoformat(),
-                                                           "timestamp__lte": max(first, second).isoformat()}).json["results"]
+    served = client.simulate_get(
+        V2,
+        headers=KEY,
+        params={
+            "meter": "E-V2-MIXED",
+            "timestamp__gte": min(first, second).isoformat(),
+            "timestamp__lte": max(first, second).isoformat(),
+        },
+    ).json["results"]
     phases = {row["id"]: row["phase_currently_delivered_l1"] for row in served}
     assert phases == {int(first.timestamp()): "0.700", int(second.timestamp()): None}
 

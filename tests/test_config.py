@@ -8,9 +8,9 @@ import subprocess
 
 import pytest
 import yaml
+from helpers import REPO, dsmr_ts_command
 
 from dsmr_ts.config import ConfigError, load_config, save_setting, set_yaml_scalar
-from helpers import REPO, dsmr_ts_command
 
 
 def test_defaults_api_disabled_and_key_generated(tmp_path):
@@ -117,7 +117,7 @@ def test_bad_config_on_the_command_line_is_one_line_without_traceback(tmp_path):
 
 def test_save_setting_edits_one_line(tmp_path):
     path = tmp_path / "dsmr-ts.yaml"
-    original = "# top\ninfluxdb:\n  url: http://x:1  # where\n  token: \"\"  # set by setup\nreader:\n  port: null\n"
+    original = '# top\ninfluxdb:\n  url: http://x:1  # where\n  token: ""  # set by setup\nreader:\n  port: null\n'
     path.write_text(original)
     save_setting(path, "influxdb", "token", "abc==-_")
     text = path.read_text()
@@ -158,11 +158,14 @@ def test_a_config_every_user_can_read_is_refused(tmp_path):
     path = tmp_path / "dsmr-ts.yaml"
     load_config(path)  # created 0600 with a generated key
     path.chmod(0o644)
-    result = subprocess.run(dsmr_ts_command("serve", "--config", str(path)), capture_output=True, text=True,
-                            timeout=60, cwd=REPO)
+    result = subprocess.run(
+        dsmr_ts_command("serve", "--config", str(path)), capture_output=True, text=True, timeout=60, cwd=REPO
+    )
     assert result.returncode == 2
-    assert result.stderr == (f"dsmr-ts: config error: {path}: the config (it holds the API key and tokens) is readable"
-                             f" by every user (mode 0644); run: chmod 600 {path}\n")
+    assert result.stderr == (
+        f"dsmr-ts: config error: {path}: the config (it holds the API key and tokens) is readable"
+        f" by every user (mode 0644); run: chmod 600 {path}\n"
+    )
     path.chmod(0o640)  # a group of its own may read it (a docker or service group)
     assert load_config(path).api.key
 
@@ -171,7 +174,9 @@ def test_forward_key_from_a_file_of_its_own(tmp_path):
     key_file = tmp_path / "remote-key"
     key_file.write_text("REMOTEKEY0123456789REMOTEKEY0123456789\n")
     path = tmp_path / "dsmr-ts.yaml"
-    path.write_text("reader:\n  forward:\n    - {url: 'http://remote/api/v1/datalogger/dsmrreading', key_file: remote-key}\n")
+    path.write_text(
+        "reader:\n  forward:\n    - {url: 'http://remote/api/v1/datalogger/dsmrreading', key_file: remote-key}\n"
+    )
     assert load_config(path).reader.forward[0].key == "REMOTEKEY0123456789REMOTEKEY0123456789"
     key_file.chmod(0o644)
     with pytest.raises(ConfigError, match=r"reader.forward\[0\].key_file: a forward target's key is readable by every"):

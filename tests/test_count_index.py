@@ -13,6 +13,7 @@ import urllib.parse
 
 import pytest
 from falcon import testing
+from helpers import REPO, TEST_KEY, dsmr_ts_command, flux, run_task, wait_for, write_lines
 from influxdb_client import InfluxDBClient
 
 from dsmr_ts.app import create_app
@@ -22,7 +23,6 @@ from dsmr_ts.influx.server import ManagedInfluxd, free_port
 from dsmr_ts.influx.statistics import HOUR_TASK, INDEX_MEASUREMENT, INDEX_VERSION, floor_hour
 from dsmr_ts.influx.store import Store
 from dsmr_ts.telegram import Reading
-from helpers import REPO, TEST_KEY, dsmr_ts_command, flux, run_task, wait_for, write_lines
 
 UTC = dt.timezone.utc
 KEY = {"X-AUTHKEY": TEST_KEY}
@@ -34,9 +34,11 @@ def private(influxd_binary, tmp_path_factory):
     folder = tmp_path_factory.mktemp("count-index")
     server = ManagedInfluxd(influxd_binary, folder / "influxd", port=free_port()).start()
     config_path = folder / "dsmr-ts.yaml"
-    config_path.write_text(f"api:\n  enabled: true\n  key: {TEST_KEY}\n"
-                           f"influxdb:\n  managed: false\n  url: {server.url}\n"
-                           f"reader:\n  enabled: false\n  spool_dir: ./spool\n")
+    config_path.write_text(
+        f"api:\n  enabled: true\n  key: {TEST_KEY}\n"
+        f"influxdb:\n  managed: false\n  url: {server.url}\n"
+        f"reader:\n  enabled: false\n  spool_dir: ./spool\n"
+    )
     bootstrap(load_config(config_path))
     config = load_config(config_path)
     store = Store(config.influxdb)
@@ -46,15 +48,27 @@ def private(influxd_binary, tmp_path_factory):
 
 
 def history(meter: str, start: dt.datetime, count: int, step: dt.timedelta) -> list[Reading]:
-    return [Reading(start + i * step, meter, {
-        "electricity_delivered_1": round(1000 + 0.1 * i, 3), "electricity_delivered_2": 50.0,
-        "electricity_returned_1": 0.0, "electricity_returned_2": 0.0, "electricity_currently_delivered": 0.6,
-        "electricity_currently_returned": 0.0}) for i in range(count)]
+    return [
+        Reading(
+            start + i * step,
+            meter,
+            {
+                "electricity_delivered_1": round(1000 + 0.1 * i, 3),
+                "electricity_delivered_2": 50.0,
+                "electricity_returned_1": 0.0,
+                "electricity_returned_2": 0.0,
+                "electricity_currently_delivered": 0.6,
+                "electricity_currently_returned": 0.0,
+            },
+        )
+        for i in range(count)
+    ]
 
 
 def stats_points(store: Store) -> int:
-    rows = flux(store, 'from(bucket: stats) |> range(start: 0, stop: 2200-01-01T00:00:00Z) |> count()'
-                       ' |> group() |> sum()')
+    rows = flux(
+        store, "from(bucket: stats) |> range(start: 0, stop: 2200-01-01T00:00:00Z) |> count() |> group() |> sum()"
+    )
     return int(rows[0]["_value"]) if rows else 0
 
 
@@ -72,20 +86,29 @@ def test_bulk_history_then_hour_task_then_first_get_is_exact_and_builds_nothing(
     config, store = private
     readings = history("E-BULK", dt.datetime(2025, 3, 1, 10, 0, 7, tzinfo=UTC), 2000, dt.timedelta(seconds=30))
     for first in range(0, len(readings), 500):
-        store.writer.store_readings(readings[first:first + 500])
+        store.writer.store_readings(readings[first : first + 500])
     now = dt.datetime.now(UTC)
     _run_hour_task(config, floor_hour(now))  # the hourly task runs before anyone asks
     before = stats_points(store)
     client = testing.TestClient(create_app(config, store))
-    for params in ({}, {"ordering": "-timestamp", "limit": 1}, {"timestamp__gte": "2025-03-01T12:17:00Z"},
-                   {"offset": 1500, "limit": 7}):
-        body = client.simulate_get(PATH, headers=KEY, query_string=urllib.parse.urlencode(
-            {"meter": "E-BULK", **params})).json
+    for params in (
+        {},
+        {"ordering": "-timestamp", "limit": 1},
+        {"timestamp__gte": "2025-03-01T12:17:00Z"},
+        {"offset": 1500, "limit": 7},
+    ):
+        body = client.simulate_get(
+            PATH, headers=KEY, query_string=urllib.parse.urlencode({"meter": "E-BULK", **params})
+        ).json
         gte = dt.datetime(2025, 3, 1, 12, 17, tzinfo=UTC) if "timestamp__gte" in params else None
-        assert body["count"] == store.readings.brute_force_count("E-BULK", gte, None) == len(
-            [r for r in readings if gte is None or r.timestamp >= gte])
-    assert client.simulate_get(PATH, headers=KEY, query_string="meter=E-BULK&offset=1500&limit=7").json[
-        "results"][0]["id"] == int(readings[1500].timestamp.timestamp())
+        assert (
+            body["count"]
+            == store.readings.brute_force_count("E-BULK", gte, None)
+            == len([r for r in readings if gte is None or r.timestamp >= gte])
+        )
+    assert client.simulate_get(PATH, headers=KEY, query_string="meter=E-BULK&offset=1500&limit=7").json["results"][0][
+        "id"
+    ] == int(readings[1500].timestamp.timestamp())
     assert stats_points(store) == before  # a GET never writes the index
 
 
@@ -102,8 +125,13 @@ def test_raw_points_in_a_proven_hour_would_be_miscounted_so_every_path_marks(pri
     store.statistics.repair()
     store.readings.proof.forget()  # the cursor it just moved, not the one remembered a minute
     assert store.readings.count("E-MARK", None, None) == 10
-    write_lines(store, [f"reading,meter=E-MARK electricity_delivered_1=1.0 {int((hour + dt.timedelta(minutes=30)).timestamp())}"
-                        "000000000"])  # behind dsmr-ts' back: no mark
+    write_lines(
+        store,
+        [
+            f"reading,meter=E-MARK electricity_delivered_1=1.0 {int((hour + dt.timedelta(minutes=30)).timestamp())}"
+            "000000000"
+        ],
+    )  # behind dsmr-ts' back: no mark
     assert store.readings.count("E-MARK", None, None) == 10  # the proven row, not the raw point
     store.writer.store_readings(history("E-MARK", hour + dt.timedelta(minutes=40), 1, dt.timedelta(minutes=1)))
     assert store.readings.count("E-MARK", None, None) == 12 == store.readings.brute_force_count("E-MARK", None, None)
@@ -123,8 +151,11 @@ def test_the_hour_task_moves_the_watermark_to_its_last_successful_run(influxd_bi
             hour = store.statistics.watermark()
             assert hour == floor_hour(dt.datetime.now(UTC))
             # As if the task had been off for three hours (only a test moves a watermark back).
-            write_lines(store, [f"{INDEX_MEASUREMENT} complete_until={int((hour - dt.timedelta(hours=3)).timestamp())}i 0"],
-                        config.influxdb.stats_bucket)
+            write_lines(
+                store,
+                [f"{INDEX_MEASUREMENT} complete_until={int((hour - dt.timedelta(hours=3)).timestamp())}i 0"],
+                config.influxdb.stats_bucket,
+            )
             assert store.statistics.follow_hour_task() == hour - dt.timedelta(hours=3)  # no run yet
             for step in (2, 1, 0):
                 before = store.statistics.watermark()
@@ -141,19 +172,25 @@ def test_without_a_watermark_everything_is_counted_raw_and_monitoring_says_so(in
     server = ManagedInfluxd(influxd_binary, tmp_path / "influxd", port=free_port()).start()
     try:
         config_path = tmp_path / "dsmr-ts.yaml"
-        config_path.write_text(f"api:\n  enabled: true\n  key: {TEST_KEY}\n"
-                               f"influxdb:\n  managed: false\n  url: {server.url}\n")
+        config_path.write_text(
+            f"api:\n  enabled: true\n  key: {TEST_KEY}\ninfluxdb:\n  managed: false\n  url: {server.url}\n"
+        )
         bootstrap(load_config(config_path))
         config = load_config(config_path)
         with InfluxDBClient(url=config.influxdb.url, token=admin_token(config), org=config.influxdb.org) as c:
-            c.delete_api().delete(dt.datetime(1970, 1, 1, tzinfo=UTC), dt.datetime(1970, 1, 1, 0, 0, 1, tzinfo=UTC),
-                                  f'_measurement="{INDEX_MEASUREMENT}"', bucket=config.influxdb.stats_bucket,
-                                  org=config.influxdb.org)
+            c.delete_api().delete(
+                dt.datetime(1970, 1, 1, tzinfo=UTC),
+                dt.datetime(1970, 1, 1, 0, 0, 1, tzinfo=UTC),
+                f'_measurement="{INDEX_MEASUREMENT}"',
+                bucket=config.influxdb.stats_bucket,
+                org=config.influxdb.org,
+            )
         store = Store(config.influxdb)
         try:
             assert store.statistics.watermark() is None
-            store.writer.store_readings(history("E-RAW", dt.datetime(2024, 1, 1, tzinfo=UTC), 100,
-                                                dt.timedelta(minutes=7)))
+            store.writer.store_readings(
+                history("E-RAW", dt.datetime(2024, 1, 1, tzinfo=UTC), 100, dt.timedelta(minutes=7))
+            )
             client = testing.TestClient(create_app(config, store))
             assert client.simulate_get(PATH, headers=KEY, query_string="meter=E-RAW").json["count"] == 100
             details = client.simulate_get("/api/v2/application/monitoring", headers=KEY).json["details"]
@@ -177,27 +214,53 @@ def test_the_reader_repairs_a_day_of_history_posted_out_of_order(private, tmp_pa
     reading is the baseline): 0.5; the day 14.3 (143 steps)."""
     config, store = private
     midnight = dt.datetime(2026, 6, 9, 22, 0, tzinfo=UTC)
-    readings = [Reading(midnight + dt.timedelta(minutes=5 + 10 * i), "E-LATE", {
-        "electricity_delivered_1": round(1000 + 0.1 * i, 3), "electricity_delivered_2": 50.0,
-        "electricity_returned_1": 0.0, "electricity_returned_2": 0.0, "electricity_currently_delivered": 0.6,
-        "electricity_currently_returned": 0.0}) for i in range(144)]
+    readings = [
+        Reading(
+            midnight + dt.timedelta(minutes=5 + 10 * i),
+            "E-LATE",
+            {
+                "electricity_delivered_1": round(1000 + 0.1 * i, 3),
+                "electricity_delivered_2": 50.0,
+                "electricity_returned_1": 0.0,
+                "electricity_returned_2": 0.0,
+                "electricity_currently_delivered": 0.6,
+                "electricity_currently_returned": 0.0,
+            },
+        )
+        for i in range(144)
+    ]
     random.Random(7).shuffle(readings)
     client = testing.TestClient(create_app(config, store))
     for reading in readings:
-        body = {"timestamp": reading.timestamp.isoformat(), "meter": reading.meter,
-                **{k: str(v) for k, v in reading.values.items()}}
+        body = {
+            "timestamp": reading.timestamp.isoformat(),
+            "meter": reading.meter,
+            **{k: str(v) for k, v in reading.values.items()},
+        }
         assert client.simulate_post(PATH, headers=KEY, json=body).status_code == 201
     env = {k: v for k, v in os.environ.items() if not k.startswith("DSMR_TS_") or k == "DSMR_TS_INFLUXD"}
     with open(tmp_path / "reader.log", "w") as log:
-        reader = subprocess.Popen(dsmr_ts_command("reader", "--config", str(config.path)), cwd=REPO, env=env,
-                                  stdout=log, stderr=subprocess.STDOUT)
+        reader = subprocess.Popen(
+            dsmr_ts_command("reader", "--config", str(config.path)),
+            cwd=REPO,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
     try:
+
         def repaired() -> dict | None:
             assert reader.poll() is None, (tmp_path / "reader.log").read_text()
-            hours = client.simulate_get("/api/v2/statistics/hour", headers=KEY, query_string=urllib.parse.urlencode(
-                {"meter": "E-LATE", "limit": 100})).json["results"]
-            day = client.simulate_get("/api/v2/statistics/day", headers=KEY,
-                                      query_string="meter=E-LATE&day__gte=2026-06-10&day__lte=2026-06-10").json
+            hours = client.simulate_get(
+                "/api/v2/statistics/hour",
+                headers=KEY,
+                query_string=urllib.parse.urlencode({"meter": "E-LATE", "limit": 100}),
+            ).json["results"]
+            day = client.simulate_get(
+                "/api/v2/statistics/day",
+                headers=KEY,
+                query_string="meter=E-LATE&day__gte=2026-06-10&day__lte=2026-06-10",
+            ).json
             done = len(hours) == 24 and day["count"] == 1 and not store.statistics.pending_marks("E-LATE", 0, 2**31)
             return {"hours": hours, "day": day} if done else None
 
@@ -220,15 +283,23 @@ def test_setup_rebuilds_a_store_indexed_by_an_older_version(private):
     config, store = private
     hour = dt.datetime(2025, 3, 1, 11, tzinfo=UTC)
     with InfluxDBClient(url=config.influxdb.url, token=config.influxdb.token, org=config.influxdb.org) as client:
-        client.delete_api().delete(hour, hour + dt.timedelta(hours=1), '_measurement="hour" AND meter="E-BULK"',
-                                   bucket=config.influxdb.stats_bucket, org=config.influxdb.org)
+        client.delete_api().delete(
+            hour,
+            hour + dt.timedelta(hours=1),
+            '_measurement="hour" AND meter="E-BULK"',
+            bucket=config.influxdb.stats_bucket,
+            org=config.influxdb.org,
+        )
     write_lines(store, [f"{INDEX_MEASUREMENT} version=1i 0"], config.influxdb.stats_bucket)
     assert store.statistics.index_version() == 1
     bootstrap(config)
     assert store.statistics.index_version() == INDEX_VERSION
-    minutes = flux(store, 'from(bucket: stats) |> range(start: start, stop: stop) |> filter(fn: (r) =>'
-                          ' r._measurement == "hour" and r.meter == "E-BULK" and r._field == "minute_count")',
-                   {"start": hour, "stop": hour + dt.timedelta(hours=1)})
+    minutes = flux(
+        store,
+        "from(bucket: stats) |> range(start: start, stop: stop) |> filter(fn: (r) =>"
+        ' r._measurement == "hour" and r.meter == "E-BULK" and r._field == "minute_count")',
+        {"start": hour, "stop": hour + dt.timedelta(hours=1)},
+    )
     assert [row["_value"] for row in minutes] == [60]  # a reading every 30 s
     assert store.minutes.brute_force_count("E-BULK", hour, hour + dt.timedelta(minutes=59, seconds=59)) == 60
     bootstrap(config)  # once

@@ -18,14 +18,14 @@ from typing import Iterator
 import pytest
 import requests
 import yaml
+from helpers import REPO, TEST_KEY, debian_binary, port_open, start_api, wait_for
+from test_api_ingest import a_reading, unique_moment
 
 from dsmr_ts import config as config_module
 from dsmr_ts.influx.server import free_port
 from dsmr_ts.influx.store import Store
-from dsmr_ts.telegram import Reading, build_telegram
-from helpers import REPO, TEST_KEY, debian_binary, port_open, start_api, wait_for
 from dsmr_ts.resources.access import MAX_FAILURES
-from test_api_ingest import a_reading, unique_moment
+from dsmr_ts.telegram import Reading, build_telegram
 
 KEY = {"X-AUTHKEY": TEST_KEY}
 V1 = "/api/v1/datalogger/dsmrreading"
@@ -43,26 +43,33 @@ def nginx_binary() -> str:
 
 def self_signed_certificate(folder: Path) -> tuple[Path, Path]:
     """A certificate for 127.0.0.1 and its key, made here (cryptography), as a user would with openssl."""
+    import ipaddress
+
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
     from cryptography.x509.oid import NameOID
-    import ipaddress
 
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "dsmr-ts test")])
     now = dt.datetime.now(dt.timezone.utc)
-    certificate = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-                   .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(minutes=5))
-                   .not_valid_after(now + dt.timedelta(days=1))
-                   .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-                                  critical=False)
-                   .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-                   .sign(key, hashes.SHA256()))
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
     cert_path, key_path = folder / "fullchain.pem", folder / "privkey.pem"
     cert_path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
+    key_path.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
     return cert_path, key_path
 
 
@@ -83,11 +90,13 @@ def behind_nginx(nginx_binary, session_config, tmp_path) -> Iterator[Nginx]:
     http_port, https_port = free_port(), free_port()
     certificate, key = self_signed_certificate(tmp_path)
     shipped = (REPO / "deploy" / "nginx" / "dsmr-ts.conf").read_text()
-    site = (shipped.replace("server api:7777;", f"server {api_url.removeprefix('http://')};")
-            .replace("listen 80;", f"listen 127.0.0.1:{http_port};")
-            .replace("listen 443 ssl;", f"listen 127.0.0.1:{https_port} ssl;")
-            .replace("/etc/dsmr-ts/tls/fullchain.pem", str(certificate))
-            .replace("/etc/dsmr-ts/tls/privkey.pem", str(key)))
+    site = (
+        shipped.replace("server api:7777;", f"server {api_url.removeprefix('http://')};")
+        .replace("listen 80;", f"listen 127.0.0.1:{http_port};")
+        .replace("listen 443 ssl;", f"listen 127.0.0.1:{https_port} ssl;")
+        .replace("/etc/dsmr-ts/tls/fullchain.pem", str(certificate))
+        .replace("/etc/dsmr-ts/tls/privkey.pem", str(key))
+    )
     assert str(https_port) in site and str(certificate) in site and str(key) in site
     (tmp_path / "site.conf").write_text(site)
     user = "user root;" if os.geteuid() == 0 else ""
@@ -108,8 +117,11 @@ http {{
     include {tmp_path}/site.conf;
 }}
 """)
-    nginx = subprocess.Popen([nginx_binary, "-p", str(tmp_path), "-c", str(tmp_path / "nginx.conf")],
-                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    nginx = subprocess.Popen(
+        [nginx_binary, "-p", str(tmp_path), "-c", str(tmp_path / "nginx.conf")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
     try:
         wait_for(lambda: nginx.poll() is None and port_open("127.0.0.1", https_port), what="nginx to listen")
         yield Nginx(f"https://127.0.0.1:{https_port}", f"http://127.0.0.1:{http_port}", certificate, shipped)
@@ -127,8 +139,9 @@ def test_api_through_nginx_over_tls(behind_nginx):
     response = requests.post(url + V1, headers=KEY, data={"telegram": telegram}, **tls)
     assert (response.status_code, response.text) == (201, "")
     for i in range(3):
-        requests.post(url + V1, headers=KEY, data={"telegram": build_telegram(a_reading(unique_moment(),
-                                                                                          meter="E-NGINX"))}, **tls)
+        requests.post(
+            url + V1, headers=KEY, data={"telegram": build_telegram(a_reading(unique_moment(), meter="E-NGINX"))}, **tls
+        )
     body = requests.get(url + V2, headers=KEY, params={"meter": "E-NGINX", "limit": 2, "offset": 1}, **tls).json()
     assert body["count"] == 4
     # The links show the address and scheme the client used (nginx, https), not gunicorn's.
@@ -145,8 +158,11 @@ def test_nginx_speaks_modern_tls_only(behind_nginx):
 
     assert re.search(r"^\s*ssl_protocols TLSv1\.2 TLSv1\.3;$", behind_nginx.site, re.MULTILINE)
     port = int(behind_nginx.url.rsplit(":", 1)[1])
-    for version, works in ((ssl.TLSVersion.TLSv1_3, True), (ssl.TLSVersion.TLSv1_2, True),
-                           (ssl.TLSVersion.TLSv1_1, False)):
+    for version, works in (
+        (ssl.TLSVersion.TLSv1_3, True),
+        (ssl.TLSVersion.TLSv1_2, True),
+        (ssl.TLSVersion.TLSv1_1, False),
+    ):
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
         context.load_verify_locations(behind_nginx.certificate)
         context.minimum_version = context.maximum_version = version
@@ -162,19 +178,23 @@ def test_nginx_speaks_modern_tls_only(behind_nginx):
 
 
 def test_nginx_refuses_oversized_bodies(behind_nginx):
-    response = requests.post(behind_nginx.url + V1, headers=KEY, data={"telegram": "x" * 200_000},
-                             verify=str(behind_nginx.certificate))
+    response = requests.post(
+        behind_nginx.url + V1, headers=KEY, data={"telegram": "x" * 200_000}, verify=str(behind_nginx.certificate)
+    )
     assert response.status_code == 413
 
 
 def test_nginx_limits_the_request_rate_per_client(behind_nginx):
     """A burst beyond what a meter and a few clients send gets 429 from nginx; the API stays up."""
     session = requests.Session()
-    statuses = [session.get(behind_nginx.url + "/health", verify=str(behind_nginx.certificate)).status_code
-                for _ in range(150)]
+    statuses = [
+        session.get(behind_nginx.url + "/health", verify=str(behind_nginx.certificate)).status_code for _ in range(150)
+    ]
     assert statuses.count(200) >= 60 and 429 in statuses
-    wait_for(lambda: session.get(behind_nginx.url + "/health", verify=str(behind_nginx.certificate)).status_code
-             == 200, what="the rate to allow requests again")
+    wait_for(
+        lambda: session.get(behind_nginx.url + "/health", verify=str(behind_nginx.certificate)).status_code == 200,
+        what="the rate to allow requests again",
+    )
 
 
 def test_slow_readers_never_hold_the_api(behind_nginx, many_readings):
@@ -188,13 +208,22 @@ def test_slow_readers_never_hold_the_api(behind_nginx, many_readings):
     for _ in range(12):
         raw = socket.create_connection(("127.0.0.1", port), timeout=30)
         connection = context.wrap_socket(raw, server_hostname="127.0.0.1")
-        connection.sendall((f"GET {V2}?meter={many_readings}&limit=30000 HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-                            f"X-AUTHKEY: {TEST_KEY}\r\n\r\n").encode())
+        connection.sendall(
+            (
+                f"GET {V2}?meter={many_readings}&limit=30000 HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                f"X-AUTHKEY: {TEST_KEY}\r\n\r\n"
+            ).encode()
+        )
         connection.recv(64)  # the answer has started; nothing more is read
         slow.append(connection)
     try:
-        fresh = requests.get(behind_nginx.url + V2, headers=KEY, params={"meter": many_readings, "limit": 5},
-                             verify=str(behind_nginx.certificate), timeout=10)
+        fresh = requests.get(
+            behind_nginx.url + V2,
+            headers=KEY,
+            params={"meter": many_readings, "limit": 5},
+            verify=str(behind_nginx.certificate),
+            timeout=10,
+        )
         assert fresh.status_code == 200 and len(fresh.json()["results"]) == 5
     finally:
         for connection in slow:
@@ -209,20 +238,27 @@ def test_guessing_keys_through_nginx_is_refused_and_spoofed_addresses_do_not_hel
 
     port = int(behind_nginx.url.rsplit(":", 1)[1])
     context = ssl.create_default_context(cafile=str(behind_nginx.certificate))
-    attacker = http.client.HTTPSConnection("127.0.0.1", port, source_address=("127.0.0.2", 0), context=context,
-                                           timeout=10)
+    attacker = http.client.HTTPSConnection(
+        "127.0.0.1", port, source_address=("127.0.0.2", 0), context=context, timeout=10
+    )
     statuses = []
     for guess in range(2 * MAX_FAILURES + 2):  # two gunicorn workers count on their own
-        attacker.request("GET", V2, headers={"X-AUTHKEY": f"guess-{guess}", "X-Forwarded-For": f"10.0.0.{guess}",
-                                             "Forwarded": f"for=10.1.0.{guess}"})
+        attacker.request(
+            "GET",
+            V2,
+            headers={
+                "X-AUTHKEY": f"guess-{guess}",
+                "X-Forwarded-For": f"10.0.0.{guess}",
+                "Forwarded": f"for=10.1.0.{guess}",
+            },
+        )
         response = attacker.getresponse()
         response.read()
         statuses.append(response.status)
         if response.status == 429:
             break
     assert statuses[-1] == 429 and set(statuses[:-1]) == {403}
-    meter = requests.get(behind_nginx.url + V2, headers=KEY, params={"limit": 1},
-                         verify=str(behind_nginx.certificate))
+    meter = requests.get(behind_nginx.url + V2, headers=KEY, params={"limit": 1}, verify=str(behind_nginx.certificate))
     assert meter.status_code == 200
 
 
@@ -238,11 +274,16 @@ def workers_of(pid: int) -> set[int]:
 def many_readings(session_config):
     store = Store(session_config.influxdb)
     start = dt.datetime.fromtimestamp(1_700_000_000, dt.timezone.utc)
-    readings = [Reading(start + dt.timedelta(seconds=i), "E-GRACEFUL",
-                        {"electricity_delivered_1": float(i), "electricity_currently_delivered": 0.1})
-                for i in range(30_000)]
+    readings = [
+        Reading(
+            start + dt.timedelta(seconds=i),
+            "E-GRACEFUL",
+            {"electricity_delivered_1": float(i), "electricity_currently_delivered": 0.1},
+        )
+        for i in range(30_000)
+    ]
     for first in range(0, len(readings), 5000):
-        store.writer.store_readings(readings[first:first + 5000])
+        store.writer.store_readings(readings[first : first + 5000])
     store.close()
     return "E-GRACEFUL"
 
@@ -261,8 +302,9 @@ class Load:
         session = requests.Session()
         while not self.stop.is_set():
             try:
-                response = session.get(self.url + V2, headers=KEY, params={"meter": "E-GRACEFUL", "limit": 50},
-                                        timeout=30)
+                response = session.get(
+                    self.url + V2, headers=KEY, params={"meter": "E-GRACEFUL", "limit": 50}, timeout=30
+                )
                 if response.status_code == 200 and len(response.json()["results"]) == 50:
                     self.ok += 1
                 else:
@@ -284,8 +326,9 @@ def test_hup_reloads_workers_without_failing_a_request(session_config, many_read
         load = Load(url)
         wait_for(lambda: load.ok >= 20, what="requests flowing")
         api.send_signal(signal.SIGHUP)
-        wait_for(lambda: len(workers_of(api.pid)) == 2 and not (workers_of(api.pid) & before),
-                 what="both workers replaced")
+        wait_for(
+            lambda: len(workers_of(api.pid)) == 2 and not (workers_of(api.pid) & before), what="both workers replaced"
+        )
         served = load.ok
         wait_for(lambda: load.ok >= served + 20, what="requests served by the new workers")
         load.finish()
@@ -298,8 +341,10 @@ def test_hup_reloads_workers_without_failing_a_request(session_config, many_read
 def test_term_lets_requests_in_flight_finish(session_config, many_readings, tmp_path):
     api, url = start_api(session_config, tmp_path / "api.log")
     # Big streamed pages, started before the TERM and read after it.
-    responses = [requests.get(url + V2, headers=KEY, params={"meter": many_readings, "limit": 30_000}, stream=True,
-                              timeout=60) for _ in range(2)]
+    responses = [
+        requests.get(url + V2, headers=KEY, params={"meter": many_readings, "limit": 30_000}, stream=True, timeout=60)
+        for _ in range(2)
+    ]
     for response in responses:
         assert response.status_code == 200
     api.send_signal(signal.SIGTERM)
@@ -319,7 +364,7 @@ def config_key_for_env(name: str) -> bool:
         return True
     raw: dict = {}
     config_module._apply_env_overrides(raw, {name: "x"})
-    (section, value), = raw.items()
+    ((section, value),) = raw.items()
     if not isinstance(value, dict):
         return section in {f.name for f in dataclasses.fields(config_module.Config)}
     (key,) = value
@@ -333,8 +378,14 @@ def test_docker_compose_structure():
     assert set(services) == {"influxdb", "setup", "api", "reader", "mosquitto", "nginx", "grafana"}
     assert services["influxdb"]["image"] == "influxdb:2"
     init = services["influxdb"]["environment"]
-    for name in ("DOCKER_INFLUXDB_INIT_MODE", "DOCKER_INFLUXDB_INIT_USERNAME", "DOCKER_INFLUXDB_INIT_PASSWORD",
-                 "DOCKER_INFLUXDB_INIT_ORG", "DOCKER_INFLUXDB_INIT_BUCKET", "DOCKER_INFLUXDB_INIT_ADMIN_TOKEN"):
+    for name in (
+        "DOCKER_INFLUXDB_INIT_MODE",
+        "DOCKER_INFLUXDB_INIT_USERNAME",
+        "DOCKER_INFLUXDB_INIT_PASSWORD",
+        "DOCKER_INFLUXDB_INIT_ORG",
+        "DOCKER_INFLUXDB_INIT_BUCKET",
+        "DOCKER_INFLUXDB_INIT_ADMIN_TOKEN",
+    ):
         assert name in init
     assert init["DOCKER_INFLUXDB_INIT_BUCKET"] == "dsmr"
     for name in ("setup", "api", "reader"):
@@ -346,8 +397,11 @@ def test_docker_compose_structure():
         assert env["DSMR_TS_INFLUXDB_ORG"] == init["DOCKER_INFLUXDB_INIT_ORG"]
         assert env["DSMR_TS_INFLUXDB_URL"] == "http://influxdb:8086"
     # Least privilege: only the one-shot setup sees the all-access token; the rest wait for it.
-    holders = {name for name, service in services.items()
-               if "${INFLUXDB_TOKEN" in yaml.safe_dump(service.get("environment", {}))}
+    holders = {
+        name
+        for name, service in services.items()
+        if "${INFLUXDB_TOKEN" in yaml.safe_dump(service.get("environment", {}))
+    }
     assert holders == {"influxdb", "setup"}
     assert services["setup"]["command"] == ["dsmr-ts", "setup"] and services["setup"]["restart"] == "no"
     for name in ("api", "reader", "grafana"):

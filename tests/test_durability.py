@@ -13,13 +13,13 @@ from pathlib import Path
 
 import pytest
 import requests
+from helpers import TEST_KEY, flux, start_api, wait_for
 
 from dsmr_ts.config import load_config
 from dsmr_ts.influx.bootstrap import bootstrap
 from dsmr_ts.influx.server import ManagedInfluxd, free_port
 from dsmr_ts.influx.store import Store
 from dsmr_ts.telegram import Reading, build_telegram
-from helpers import TEST_KEY, flux, start_api, wait_for
 
 METER = "E-KILL"
 START = dt.datetime(2025, 2, 3, 4, 0, 0, tzinfo=dt.timezone.utc)
@@ -27,9 +27,14 @@ TOTAL = 1500
 
 
 def telegram(index: int) -> str:
-    values = {"electricity_delivered_1": 1000 + index / 1000, "electricity_delivered_2": 5.0,
-              "electricity_returned_1": 0.0, "electricity_returned_2": 0.0,
-              "electricity_currently_delivered": 0.5, "electricity_currently_returned": 0.0}
+    values = {
+        "electricity_delivered_1": 1000 + index / 1000,
+        "electricity_delivered_2": 5.0,
+        "electricity_returned_1": 0.0,
+        "electricity_returned_2": 0.0,
+        "electricity_currently_delivered": 0.5,
+        "electricity_currently_returned": 0.0,
+    }
     return build_telegram(Reading(timestamp=START + dt.timedelta(seconds=index), meter=METER, values=values))
 
 
@@ -54,8 +59,12 @@ class Load:
             if index >= TOTAL:
                 return
             try:
-                response = session.post(self.url + "/api/v1/datalogger/dsmrreading", headers={"X-AUTHKEY": TEST_KEY},
-                                        data={"telegram": telegram(index)}, timeout=30)
+                response = session.post(
+                    self.url + "/api/v1/datalogger/dsmrreading",
+                    headers={"X-AUTHKEY": TEST_KEY},
+                    data={"telegram": telegram(index)},
+                    timeout=30,
+                )
                 ok = response.status_code == 201
             except requests.RequestException:
                 ok = False
@@ -77,8 +86,9 @@ def system(influxd_binary, tmp_path):
     port = free_port()
     influxd = ManagedInfluxd(influxd_binary, tmp_path / "influxd", port=port).start()
     config_path = tmp_path / "dsmr-ts.yaml"
-    config_path.write_text(f"api:\n  enabled: true\n  key: {TEST_KEY}\n"
-                           f"influxdb:\n  managed: false\n  url: {influxd.url}\n")
+    config_path.write_text(
+        f"api:\n  enabled: true\n  key: {TEST_KEY}\ninfluxdb:\n  managed: false\n  url: {influxd.url}\n"
+    )
     bootstrap(load_config(config_path))
     config = load_config(config_path)
     api, url = start_api(config, tmp_path / "api.log")
@@ -104,22 +114,29 @@ def test_every_acknowledged_reading_survives_kill_9_of_influxd_and_a_worker(syst
     wait_for(lambda: load.done >= 800, timeout=60, what="load running again")
     victim = workers_of(api.pid)[0]
     os.kill(victim, signal.SIGKILL)
-    wait_for(lambda: victim not in workers_of(api.pid) and len(workers_of(api.pid)) == 2,
-             what="gunicorn to replace the killed worker")
+    wait_for(
+        lambda: victim not in workers_of(api.pid) and len(workers_of(api.pid)) == 2,
+        what="gunicorn to replace the killed worker",
+    )
     load.join()
 
     store = Store(config.influxdb)
-    rows = flux(store,
-        'from(bucket: bucket) |> range(start: 2025-02-01T00:00:00Z, stop: 2025-02-05T00:00:00Z)'
+    rows = flux(
+        store,
+        "from(bucket: bucket) |> range(start: 2025-02-01T00:00:00Z, stop: 2025-02-05T00:00:00Z)"
         ' |> filter(fn: (r) => r._measurement == "reading" and r.meter == meter'
-        ' and r._field == "electricity_delivered_1")', {"meter": METER})
+        ' and r._field == "electricity_delivered_1")',
+        {"meter": METER},
+    )
     store.close()
     stored = [int((row["_time"] - START).total_seconds()) for row in rows]
     acknowledged = set(load.acknowledged)
     lost = acknowledged - set(stored)
     with capsys.disabled():
-        print(f"\nkill test: {len(acknowledged)} acknowledged, {len(load.refused)} refused (not acknowledged), "
-              f"{len(stored)} stored, {len(lost)} lost")
+        print(
+            f"\nkill test: {len(acknowledged)} acknowledged, {len(load.refused)} refused (not acknowledged), "
+            f"{len(stored)} stored, {len(lost)} lost"
+        )
     assert len(load.acknowledged) + len(load.refused) == TOTAL
     assert len(load.refused) > 0  # the outage really happened under load
     assert lost == set()
@@ -127,17 +144,19 @@ def test_every_acknowledged_reading_survives_kill_9_of_influxd_and_a_worker(syst
 
 
 def test_reader_killed_during_a_spool_replay_loses_nothing(influxd_binary, tmp_path):
-    from dsmr_ts.reader.spool import has_pending, waiting
-    from dsmr_ts.reader.simulator import MeterSimulator
     from helpers import FakeSer2net
     from test_reader import start_reader, stored
+
+    from dsmr_ts.reader.simulator import MeterSimulator
+    from dsmr_ts.reader.spool import has_pending, waiting
 
     meter, count = "E-REPLAY", 3000  # the replay writes 500 a time: several writes to be killed between
     influxd = ManagedInfluxd(influxd_binary, tmp_path / "influxd", port=free_port()).start()
     ser2net = FakeSer2net()
     config_path = tmp_path / "dsmr-ts.yaml"
-    config_path.write_text(f"influxdb:\n  managed: false\n  url: {influxd.url}\n"
-                           f"reader:\n  port: {ser2net.url}\n  spool_dir: ./spool\n")
+    config_path.write_text(
+        f"influxdb:\n  managed: false\n  url: {influxd.url}\nreader:\n  port: {ser2net.url}\n  spool_dir: ./spool\n"
+    )
     bootstrap(load_config(config_path))
     store = Store(load_config(config_path).influxdb)
     spool = tmp_path / "spool"
@@ -152,9 +171,11 @@ def test_reader_killed_during_a_spool_replay_loses_nothing(influxd_binary, tmp_p
         wait_for(lambda: waiting(spool, "influxdb") >= count, what="all telegrams spooled")
 
         influxd.start()  # the reader starts replaying within seconds
+
         def replay_under_way() -> bool:
             text = offset_file.read_text() if offset_file.exists() else ""
             return bool(text) and int(text) > 0 and has_pending(spool, "influxdb")
+
         wait_for(replay_under_way, what="the replay to be under way")
         reader.send_signal(signal.SIGKILL)
         reader.wait(10)

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-
 import requests
-
-from dsmr_ts.telegram import build_telegram
 from helpers import TEST_KEY, sample_telegram
 from test_api_ingest import a_reading, stored_fields, unique_moment
+
+from dsmr_ts.telegram import build_telegram
 
 V1 = "/api/v1/datalogger/dsmrreading"
 V2 = "/api/v2/datalogger/dsmrreading"
@@ -35,9 +34,14 @@ def test_datalogger_script_posts_telegrams(api_server, config):
 
 def test_v2_post_and_errors_over_http(api_server):
     data = {
-        "timestamp": "2017-04-15T00:00:00+02", "electricity_currently_delivered": 1.5,
-        "electricity_currently_returned": 0.025, "electricity_delivered_1": 2000, "electricity_delivered_2": 3000,
-        "electricity_returned_1": 0, "electricity_returned_2": 0, "meter": "E-E2E-V2",
+        "timestamp": "2017-04-15T00:00:00+02",
+        "electricity_currently_delivered": 1.5,
+        "electricity_currently_returned": 0.025,
+        "electricity_delivered_1": 2000,
+        "electricity_delivered_2": 3000,
+        "electricity_returned_1": 0,
+        "electricity_returned_2": 0,
+        "meter": "E-E2E-V2",
     }
     response = requests.post(api_server + V2, headers={"X-AUTHKEY": TEST_KEY}, data=data)
     assert response.status_code == 201
@@ -50,13 +54,21 @@ def test_v2_post_and_errors_over_http(api_server):
 
 def test_posted_reading_is_served_by_get_over_http(api_server):
     data = {
-        "timestamp": "2018-01-02T03:04:05Z", "electricity_currently_delivered": 0.5,
-        "electricity_currently_returned": 0, "electricity_delivered_1": 10, "electricity_delivered_2": 20,
-        "electricity_returned_1": 0, "electricity_returned_2": 0, "meter": "E-E2E-GET",
+        "timestamp": "2018-01-02T03:04:05Z",
+        "electricity_currently_delivered": 0.5,
+        "electricity_currently_returned": 0,
+        "electricity_delivered_1": 10,
+        "electricity_delivered_2": 20,
+        "electricity_returned_1": 0,
+        "electricity_returned_2": 0,
+        "meter": "E-E2E-GET",
     }
     assert requests.post(api_server + V2, headers={"X-AUTHKEY": TEST_KEY}, data=data).status_code == 201
-    response = requests.get(api_server + V2, headers={"X-AUTHKEY": TEST_KEY},
-                            params={"meter": "E-E2E-GET", "ordering": "-timestamp", "limit": 1})
+    response = requests.get(
+        api_server + V2,
+        headers={"X-AUTHKEY": TEST_KEY},
+        params={"meter": "E-E2E-GET", "ordering": "-timestamp", "limit": 1},
+    )
     assert response.status_code == 200
     body = response.json()
     assert body["count"] == 1 and body["next"] is None

@@ -17,13 +17,13 @@ from pathlib import Path
 import pytest
 import requests
 import yaml
+from helpers import REPO, TEST_KEY, dsmr_ts_command, wait_for
 
 from dsmr_ts.cli import build_parser
 from dsmr_ts.config import Config, load_config
-from dsmr_ts.influx.server import free_port
 from dsmr_ts.formats import decimal_string, money
+from dsmr_ts.influx.server import free_port
 from dsmr_ts.totals import day_costs
-from helpers import REPO, TEST_KEY, dsmr_ts_command, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -47,9 +47,22 @@ def test_a_clone_without_shared_beside_it_passes_the_telegram_tests(tmp_path):
         shutil.copytree(REPO, clone, ignore=shutil.ignore_patterns(".venv", "__pycache__", "data", "*.egg-info"))
     assert not (clone.parent.parent / "shared").exists() and not (clone.parent / "shared").exists()
     result = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_telegram.py",
-         "tests/test_reader.py::test_framing_dsmr22_without_crc"],
-        cwd=clone, env=clean_env(PYTHONPATH=str(clone)), capture_output=True, text=True, timeout=600)
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "tests/test_telegram.py",
+            "tests/test_reader.py::test_framing_dsmr22_without_crc",
+        ],
+        cwd=clone,
+        env=clean_env(PYTHONPATH=str(clone)),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
     summary = result.stdout.strip().splitlines()[-1]
     assert "passed" in summary and "skipped" not in summary and "failed" not in summary, summary
@@ -58,12 +71,21 @@ def test_a_clone_without_shared_beside_it_passes_the_telegram_tests(tmp_path):
 # --- 2. options after the command ---------------------------------------------------------------
 
 
-@pytest.mark.parametrize("argv", [
-    ["run", "--config", "X"], ["--config", "X", "run"], ["regenerate", "--config", "X", "--since", "2024-01-01"],
-    ["import", "csv", "file.csv", "--config", "X"], ["influxd", "run", "--config", "X"],
-    ["export", "day", "--config", "X"], ["setup", "--config", "X"], ["reader", "--config", "X"],
-    ["serve", "--config", "X"], ["simulate", "--serial", "/dev/null", "--config", "X"],
-])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["run", "--config", "X"],
+        ["--config", "X", "run"],
+        ["regenerate", "--config", "X", "--since", "2024-01-01"],
+        ["import", "csv", "file.csv", "--config", "X"],
+        ["influxd", "run", "--config", "X"],
+        ["export", "day", "--config", "X"],
+        ["setup", "--config", "X"],
+        ["reader", "--config", "X"],
+        ["serve", "--config", "X"],
+        ["simulate", "--serial", "/dev/null", "--config", "X"],
+    ],
+)
 def test_config_and_verbose_are_taken_before_and_after_the_command(argv):
     args = build_parser().parse_args(argv + ["-v"])
     assert args.config == "X" and args.verbose
@@ -72,9 +94,21 @@ def test_config_and_verbose_are_taken_before_and_after_the_command(argv):
 def test_every_command_has_a_one_line_description_and_there_is_a_version():
     version = subprocess.run(dsmr_ts_command("--version"), capture_output=True, text=True, timeout=60)
     assert version.returncode == 0 and version.stdout.strip().startswith("dsmr-ts ")
-    commands = [["run"], ["serve"], ["setup"], ["reader"], ["simulate"], ["regenerate"], ["import"],
-                ["import", "dsmr-reader"], ["import", "csv"], ["export"], ["influxd"], ["influxd", "path"],
-                ["influxd", "run"]]
+    commands = [
+        ["run"],
+        ["serve"],
+        ["setup"],
+        ["reader"],
+        ["simulate"],
+        ["regenerate"],
+        ["import"],
+        ["import", "dsmr-reader"],
+        ["import", "csv"],
+        ["export"],
+        ["influxd"],
+        ["influxd", "path"],
+        ["influxd", "run"],
+    ]
     for command in commands:
         text = subprocess.run(dsmr_ts_command(*command, "--help"), capture_output=True, text=True, timeout=60).stdout
         paragraphs = text.split("\n\n")
@@ -88,10 +122,12 @@ def test_every_command_has_a_one_line_description_and_there_is_a_version():
 
 def write_config(folder: Path, **sections: str) -> Path:
     api_port, influx_port = free_port(), free_port()
-    text = (f"api:\n  enabled: true\n  key: {TEST_KEY}\n"
-            f"server:\n  bind: 127.0.0.1:{api_port}\n  workers: 1\n"
-            f"influxdb:\n  url: http://127.0.0.1:{influx_port}\n  data_dir: ./influx-data\n"
-            f"reader:\n  spool_dir: ./spool\n")
+    text = (
+        f"api:\n  enabled: true\n  key: {TEST_KEY}\n"
+        f"server:\n  bind: 127.0.0.1:{api_port}\n  workers: 1\n"
+        f"influxdb:\n  url: http://127.0.0.1:{influx_port}\n  data_dir: ./influx-data\n"
+        f"reader:\n  spool_dir: ./spool\n"
+    )
     for name, body in sections.items():
         text += f"{name}:\n{body}"
     path = folder / "dsmr-ts.yaml"
@@ -104,14 +140,24 @@ def test_commands_use_the_influxd_that_run_started_and_a_second_run_is_refused(t
     config = load_config(config_path)
     api = f"http://{config.server.bind}"
     log = open(tmp_path / "run.log", "w+")
-    run = subprocess.Popen(dsmr_ts_command("run", "--config", str(config_path)), env=clean_env(), stdout=log,
-                           stderr=subprocess.STDOUT, start_new_session=True)
+    run = subprocess.Popen(
+        dsmr_ts_command("run", "--config", str(config_path)),
+        env=clean_env(),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     try:
+
         def readings() -> int:
             assert run.poll() is None, (tmp_path / "run.log").read_text()
             try:
-                response = requests.get(api + "/api/v2/datalogger/dsmrreading", headers={"X-AUTHKEY": TEST_KEY},
-                                        params={"limit": 1}, timeout=5)
+                response = requests.get(
+                    api + "/api/v2/datalogger/dsmrreading",
+                    headers={"X-AUTHKEY": TEST_KEY},
+                    params={"limit": 1},
+                    timeout=5,
+                )
             except requests.ConnectionError:
                 return 0
             return response.json()["count"] if response.status_code == 200 else 0
@@ -128,8 +174,14 @@ def test_commands_use_the_influxd_that_run_started_and_a_second_run_is_refused(t
         influxd_pid = yaml.safe_load((tmp_path / "influx-data" / "influxd.pid").read_text())["pid"]
 
         def command(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-            return subprocess.run(dsmr_ts_command(*args, "--config", str(config_path)), env=clean_env(),
-                                  capture_output=True, text=True, timeout=timeout, cwd=tmp_path)
+            return subprocess.run(
+                dsmr_ts_command(*args, "--config", str(config_path)),
+                env=clean_env(),
+                capture_output=True,
+                text=True,
+                timeout=timeout,
+                cwd=tmp_path,
+            )
 
         regenerate = command("regenerate", "--since", dt.date.today().isoformat())
         assert regenerate.returncode == 0, regenerate.stderr
@@ -146,8 +198,10 @@ def test_commands_use_the_influxd_that_run_started_and_a_second_run_is_refused(t
 
         second = command("run", timeout=60)
         assert second.returncode == 1
-        assert second.stderr.strip() == (f"dsmr-ts: dsmr-ts run is already running for {tmp_path / 'influx-data'}"
-                                         f" (pid {run.pid}); stop that one first")
+        assert second.stderr.strip() == (
+            f"dsmr-ts: dsmr-ts run is already running for {tmp_path / 'influx-data'}"
+            f" (pid {run.pid}); stop that one first"
+        )
         assert run.poll() is None and readings() > 0
     finally:
         os.killpg(run.pid, signal.SIGINT)
@@ -158,29 +212,47 @@ def test_commands_use_the_influxd_that_run_started_and_a_second_run_is_refused(t
 # --- 4. config mistakes ----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("text, message", [
-    ("server:\n  bind: 127.0.0.1:70000\n", "server.bind: the port must be 1 to 65535, got 70000"),
-    ("server:\n  bind: localhost\n", "server.bind: expected host:port (e.g. 127.0.0.1:7777) or unix:PATH"),
-    ("influxdb:\n  url: influx.local:8086\n", "influxdb.url: expected an http:// or https:// URL with a host"),
-    ("influxdb:\n  managed: false\n  url: http://influx:99999\n", "influxdb.url: the port must be 1 to 65535"),
-    ("influxdb:\n  url: http://influx.example:8086\n", "influxdb.url: with influxdb.managed: true dsmr-ts starts"),
-    ("reader:\n  forward:\n    - {url: ftp://x, key: K}\n", "reader.forward[0].url: expected an http:// or https://"),
-    ("prices:\n  - {start: 2024-01-01}\n  - {start: 2023-01-01}\n",
-     "prices[1].start: 2023-01-01 comes before prices[0].start (2024-01-01); list the periods oldest first"),
-    ("prices:\n  - {start: 2024-01-01}\n  - {start: 2024-01-01}\n", "prices[1].start: 2024-01-01 is also the start"),
-    ("reader:\n  spool_max_bytes: 10\n", "reader.spool_max_bytes: must be at least 1024"),
-    ("mqtt:\n  port: 70000\n", "mqtt.port: the port must be 1 to 65535, got 70000"),
-    ("reader:\n  decryption_key: abc\n", "reader.decryption_key: expected 32 hexadecimal characters (16 bytes), got 3"),
-    ("reader:\n  dsmr_version: austria\n", "reader.dsmr_version: expected one of 2.2, 3, 4, 5, fluvius, smarty, iskra_ie,"),
-    ("mqtt:\n  publish: [reading, readings]\n", "mqtt.publish[1]: expected one of raw, json, reading, day,"),
-    ("mqtt:\n  tls: strict\n", "mqtt.tls: expected one of off, verify, insecure, got 'strict'"),
-    ("mqtt:\n  prefix: dsmr/#\n", "mqtt.prefix: expected a topic like dsmr"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("server:\n  bind: 127.0.0.1:70000\n", "server.bind: the port must be 1 to 65535, got 70000"),
+        ("server:\n  bind: localhost\n", "server.bind: expected host:port (e.g. 127.0.0.1:7777) or unix:PATH"),
+        ("influxdb:\n  url: influx.local:8086\n", "influxdb.url: expected an http:// or https:// URL with a host"),
+        ("influxdb:\n  managed: false\n  url: http://influx:99999\n", "influxdb.url: the port must be 1 to 65535"),
+        ("influxdb:\n  url: http://influx.example:8086\n", "influxdb.url: with influxdb.managed: true dsmr-ts starts"),
+        (
+            "reader:\n  forward:\n    - {url: ftp://x, key: K}\n",
+            "reader.forward[0].url: expected an http:// or https://",
+        ),
+        (
+            "prices:\n  - {start: 2024-01-01}\n  - {start: 2023-01-01}\n",
+            "prices[1].start: 2023-01-01 comes before prices[0].start (2024-01-01); list the periods oldest first",
+        ),
+        (
+            "prices:\n  - {start: 2024-01-01}\n  - {start: 2024-01-01}\n",
+            "prices[1].start: 2024-01-01 is also the start",
+        ),
+        ("reader:\n  spool_max_bytes: 10\n", "reader.spool_max_bytes: must be at least 1024"),
+        ("mqtt:\n  port: 70000\n", "mqtt.port: the port must be 1 to 65535, got 70000"),
+        (
+            "reader:\n  decryption_key: abc\n",
+            "reader.decryption_key: expected 32 hexadecimal characters (16 bytes), got 3",
+        ),
+        (
+            "reader:\n  dsmr_version: austria\n",
+            "reader.dsmr_version: expected one of 2.2, 3, 4, 5, fluvius, smarty, iskra_ie,",
+        ),
+        ("mqtt:\n  publish: [reading, readings]\n", "mqtt.publish[1]: expected one of raw, json, reading, day,"),
+        ("mqtt:\n  tls: strict\n", "mqtt.tls: expected one of off, verify, insecure, got 'strict'"),
+        ("mqtt:\n  prefix: dsmr/#\n", "mqtt.prefix: expected a topic like dsmr"),
+    ],
+)
 def test_value_mistakes_are_one_line_naming_file_and_key(tmp_path, text, message):
     path = tmp_path / "dsmr-ts.yaml"
     path.write_text("api:\n  key: ABCDEFGH12345678ABCDEFGH12345678\n" + text)
-    result = subprocess.run(dsmr_ts_command("setup", "--config", str(path)), env=clean_env(), capture_output=True,
-                            text=True, timeout=60)
+    result = subprocess.run(
+        dsmr_ts_command("setup", "--config", str(path)), env=clean_env(), capture_output=True, text=True, timeout=60
+    )
     assert result.returncode == 2
     assert result.stderr.startswith(f"dsmr-ts: config error: {path}: {message}"), result.stderr
     assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
@@ -191,8 +263,9 @@ def test_a_folder_that_cannot_be_created_is_named(tmp_path):
     blocker.write_text("")
     path = tmp_path / "dsmr-ts.yaml"
     path.write_text(f"api:\n  key: ABCDEFGH12345678ABCDEFGH12345678\ninfluxdb:\n  data_dir: {blocker}/influx\n")
-    result = subprocess.run(dsmr_ts_command("setup", "--config", str(path)), env=clean_env(), capture_output=True,
-                            text=True, timeout=60)
+    result = subprocess.run(
+        dsmr_ts_command("setup", "--config", str(path)), env=clean_env(), capture_output=True, text=True, timeout=60
+    )
     assert result.stderr.strip() == f"dsmr-ts: config error: {path}: influxdb.data_dir: {blocker} is not a folder"
 
 
@@ -201,27 +274,33 @@ def test_a_folder_the_system_refuses_is_named_even_for_root(tmp_path):
     path = tmp_path / "dsmr-ts.yaml"
     path.write_text("influxdb:\n  data_dir: /proc/dsmr-ts-data\n")
     path.chmod(0o600)
-    result = subprocess.run(dsmr_ts_command("run", "--config", str(path)), env=clean_env(), capture_output=True,
-                            text=True, timeout=60)
+    result = subprocess.run(
+        dsmr_ts_command("run", "--config", str(path)), env=clean_env(), capture_output=True, text=True, timeout=60
+    )
     assert result.returncode == 2
-    assert result.stderr.startswith(f"dsmr-ts: config error: {path}: influxdb.data_dir: cannot create"
-                                    " /proc/dsmr-ts-data (/proc refused it: ")
+    assert result.stderr.startswith(
+        f"dsmr-ts: config error: {path}: influxdb.data_dir: cannot create /proc/dsmr-ts-data (/proc refused it: "
+    )
     assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
 
 
 def test_with_several_mistakes_the_first_in_the_file_is_reported_every_time(tmp_path):
     path = tmp_path / "dsmr-ts.yaml"
-    path.write_text("server:\n  workers: 0\n  bind: nowhere\ntimezone: Mars/Base\napi:\n  enabled: perhaps\n"
-                    "reader:\n  dsmr_version: 9\n  colour: blue\n")
+    path.write_text(
+        "server:\n  workers: 0\n  bind: nowhere\ntimezone: Mars/Base\napi:\n  enabled: perhaps\n"
+        "reader:\n  dsmr_version: 9\n  colour: blue\n"
+    )
     messages = set()
     for _ in range(5):
-        result = subprocess.run(dsmr_ts_command("setup", "--config", str(path)), env=clean_env(),
-                                capture_output=True, text=True, timeout=60)
+        result = subprocess.run(
+            dsmr_ts_command("setup", "--config", str(path)), env=clean_env(), capture_output=True, text=True, timeout=60
+        )
         messages.add(result.stderr.strip())
     assert messages == {f"dsmr-ts: config error: {path}: server.workers: must be at least 1, got 0"}
     path.write_text("reader:\n  colour: blue\nserver:\n  workers: 0\n")
-    result = subprocess.run(dsmr_ts_command("setup", "--config", str(path)), env=clean_env(), capture_output=True,
-                            text=True, timeout=60)
+    result = subprocess.run(
+        dsmr_ts_command("setup", "--config", str(path)), env=clean_env(), capture_output=True, text=True, timeout=60
+    )
     assert result.stderr.startswith(f"dsmr-ts: config error: {path}: reader.colour: unknown key")
 
 
@@ -234,11 +313,17 @@ def test_ports_are_checked_before_anything_starts_or_the_welcome_is_printed(tmp_
     with socket.socket() as taken:
         taken.bind((host, int(port)))
         taken.listen()
-        result = subprocess.run(dsmr_ts_command("run", "--config", str(config_path)), env=clean_env(),
-                                capture_output=True, text=True, timeout=120)
+        result = subprocess.run(
+            dsmr_ts_command("run", "--config", str(config_path)),
+            env=clean_env(),
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
     assert result.returncode == 1
     assert result.stderr.strip().endswith(
-        f"dsmr-ts: server.bind {config.server.bind}: the port is in use (is dsmr-ts or another server running?)")
+        f"dsmr-ts: server.bind {config.server.bind}: the port is in use (is dsmr-ts or another server running?)"
+    )
     assert "dsmr-ts is running" not in result.stdout
     assert not (tmp_path / "influx-data" / "engine").exists()  # influxd never started
 
@@ -318,8 +403,9 @@ def test_two_api_instances_keep_their_control_sockets_apart(session_config):
     processes = []
     try:
         for folder in folders:
-            proc, _ = start_api(session_config, folder / "api.log",
-                                DSMR_TS_SERVER_CONTROL_SOCKET=str(folder / "data" / "gunicorn.ctl"))
+            proc, _ = start_api(
+                session_config, folder / "api.log", DSMR_TS_SERVER_CONTROL_SOCKET=str(folder / "data" / "gunicorn.ctl")
+            )
             processes.append(proc)
         for folder in folders:
             wait_for(lambda: (folder / "data" / "gunicorn.ctl").is_socket(), what=f"a control socket in {folder}")
@@ -343,16 +429,26 @@ def test_health_names_a_refused_token_and_setup_replaces_it(tmp_path):
     from dsmr_ts.influx.store import Store
 
     config_path = write_config(tmp_path, reader="  enabled: false\n")
-    setup = subprocess.run(dsmr_ts_command("setup", "--config", str(config_path)), env=clean_env(),
-                           capture_output=True, text=True, timeout=300)
+    setup = subprocess.run(
+        dsmr_ts_command("setup", "--config", str(config_path)),
+        env=clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert setup.returncode == 0, setup.stderr
     assert (tmp_path / "influx-data" / "influxdb-login.txt").is_file()
     old_token = load_config(config_path).influxdb.token
     shutil.rmtree(tmp_path / "influx-data")  # a fresh data dir; the config keeps its tokens
 
     # influxd up on the fresh data dir (setup not run yet), the old token in the config.
-    influxd = subprocess.Popen(dsmr_ts_command("influxd", "run", "--config", str(config_path)), env=clean_env(),
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    influxd = subprocess.Popen(
+        dsmr_ts_command("influxd", "run", "--config", str(config_path)),
+        env=clean_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     try:
         config = load_config(config_path)
         wait_for(lambda: _answers(config), timeout=60, what="influxd")
@@ -365,8 +461,13 @@ def test_health_names_a_refused_token_and_setup_replaces_it(tmp_path):
         assert health.json["influxdb"] == "unauthorized"
         assert health.json["detail"].startswith("InfluxDB refused influxdb.token (HTTP 401)")
 
-        regenerate = subprocess.run(dsmr_ts_command("regenerate", "--config", str(config_path)), env=clean_env(),
-                                    capture_output=True, text=True, timeout=300)
+        regenerate = subprocess.run(
+            dsmr_ts_command("regenerate", "--config", str(config_path)),
+            env=clean_env(),
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert regenerate.returncode == 0, regenerate.stderr
         assert "HTTP 401" not in regenerate.stderr
         new_config = load_config(config_path)

@@ -9,29 +9,47 @@ import subprocess
 import sys
 from pathlib import Path
 
+from helpers import TEST_KEY, start_api
+
 from dsmr_ts.config import load_config
 from dsmr_ts.influx.bootstrap import bootstrap
 from dsmr_ts.influx.server import ManagedInfluxd, free_port
-from helpers import TEST_KEY, start_api
 
-CHECKS = "not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance," \
-         "response_headers_conformance"
+CHECKS = (
+    "not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance,"
+    "response_headers_conformance"
+)
 
 
 def test_schemathesis_finds_no_server_error_and_no_schema_mismatch(influxd_binary, tmp_path):
     influxd = ManagedInfluxd(influxd_binary, tmp_path / "influxd", port=free_port()).start()
     config_path = tmp_path / "dsmr-ts.yaml"
-    config_path.write_text(f"api:\n  enabled: true\n  key: {TEST_KEY}\n"
-                           f"influxdb:\n  managed: false\n  url: {influxd.url}\n")
+    config_path.write_text(
+        f"api:\n  enabled: true\n  key: {TEST_KEY}\ninfluxdb:\n  managed: false\n  url: {influxd.url}\n"
+    )
     bootstrap(load_config(config_path))
     # The access log (off by default) shows every status the fuzzer got.
     api, url = start_api(load_config(config_path), tmp_path / "api.log", DSMR_TS_SERVER_ACCESS_LOG="true")
     try:
         result = subprocess.run(
-            [str(Path(sys.executable).parent / "schemathesis"), "run", f"{url}/api/v2/schema?format=json",
-             "-H", f"X-AUTHKEY: {TEST_KEY}", "--max-examples", "150", "--checks", CHECKS,
-             "--seed", "20261125", "--no-color"],
-            capture_output=True, text=True, timeout=900, cwd=tmp_path,  # its cache stays out of the repo
+            [
+                str(Path(sys.executable).parent / "schemathesis"),
+                "run",
+                f"{url}/api/v2/schema?format=json",
+                "-H",
+                f"X-AUTHKEY: {TEST_KEY}",
+                "--max-examples",
+                "150",
+                "--checks",
+                CHECKS,
+                "--seed",
+                "20261125",
+                "--no-color",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=900,
+            cwd=tmp_path,  # its cache stays out of the repo
         )
     finally:
         api.terminate()

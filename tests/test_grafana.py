@@ -10,10 +10,10 @@ import re
 
 import pytest
 import yaml
+from helpers import REPO, flux
 
 from dsmr_ts.influx.store import Store, StoreUnavailable
 from dsmr_ts.reader.simulator import MeterSimulator
-from helpers import REPO, flux
 
 GRAFANA = REPO / "grafana"
 DASHBOARDS = sorted((GRAFANA / "dashboards").glob("*.json"))
@@ -34,7 +34,7 @@ def week_store(session_config):
         readings.append(simulator.reading(moment))
         moment += dt.timedelta(minutes=1)
     for first in range(0, len(readings), 5000):
-        store.writer.store_readings(readings[first:first + 5000])
+        store.writer.store_readings(readings[first : first + 5000])
     hour = now.replace(minute=0, second=0)
     store.statistics.recompute(hour - WEEK - dt.timedelta(hours=1), hour + dt.timedelta(hours=1), "E-GRAFANA")
     # The panels run with Grafana's own token: read-only on the two buckets (made by setup).
@@ -68,8 +68,20 @@ QUERIES = panel_queries()
 
 def test_there_are_dashboards_with_the_panels_users_expect():
     titles = " | ".join(title for _, title, _, _ in QUERIES).lower()
-    for wanted in ("live power", "phase", "voltage", "today", "this month", "daily usage", "daily cost", "gas",
-                   "heat map", "quarter-hour peaks", "month peak", "water"):
+    for wanted in (
+        "live power",
+        "phase",
+        "voltage",
+        "today",
+        "this month",
+        "daily usage",
+        "daily cost",
+        "gas",
+        "heat map",
+        "quarter-hour peaks",
+        "month peak",
+        "water",
+    ):
         assert wanted in titles
 
 

@@ -8,11 +8,11 @@ import urllib.parse
 import pytest
 import requests
 from falcon import testing
+from helpers import TEST_KEY, start_api
 
 from dsmr_ts.app import create_app
 from dsmr_ts.resources.access import MAX_FAILURES
 from dsmr_ts.telegram import crc16_arc
-from helpers import TEST_KEY, start_api
 
 KEY = {"X-AUTHKEY": TEST_KEY}
 V1 = "/api/v1/datalogger/dsmrreading"
@@ -43,8 +43,9 @@ def test_deep_and_huge_json(api_server, config):
     response = requests.post(api_server + V2, headers={**KEY, "Content-Type": "application/json"}, data=deep)
     assert response.status_code == 400 and "detail" in response.json()
     wide = '{"timestamp": "2020-01-01T00:00:00Z", ' + ", ".join(f'"f{i}": {i}' for i in range(20_000)) + "}"
-    assert requests.post(api_server + V2, headers={**KEY, "Content-Type": "application/json"},
-                         data=wide).status_code in (400, 413)
+    assert requests.post(
+        api_server + V2, headers={**KEY, "Content-Type": "application/json"}, data=wide
+    ).status_code in (400, 413)
     # In-process too, where a RecursionError would surface as a 500.
     client = testing.TestClient(create_app(config))
     assert client.simulate_post(V2, headers={**KEY, "Content-Type": "application/json"}, body=deep).status_code == 400
@@ -53,34 +54,40 @@ def test_deep_and_huge_json(api_server, config):
 
 def test_latin1_telegrams_and_non_utf8_bodies(api_server):
     # A header with a latin-1 character and a valid CRC over the latin-1 bytes: accepted.
-    body = ("/ISk5\xe9MT382\r\n\r\n1-3:0.2.8(50)\r\n0-0:1.0.0(200101120000W)\r\n0-0:96.1.1(E-LATIN1)\r\n"
-            "1-0:1.8.1(000001.000*kWh)\r\n1-0:1.7.0(00.100*kW)\r\n!")
+    body = (
+        "/ISk5\xe9MT382\r\n\r\n1-3:0.2.8(50)\r\n0-0:1.0.0(200101120000W)\r\n0-0:96.1.1(E-LATIN1)\r\n"
+        "1-0:1.8.1(000001.000*kWh)\r\n1-0:1.7.0(00.100*kW)\r\n!"
+    )
     telegram = f"{body}{crc16_arc(body.encode('latin-1')):04X}\r\n"
     assert requests.post(api_server + V1, headers=KEY, data={"telegram": telegram}).status_code == 201
     # Raw latin-1 bytes in a url-encoded body are not UTF-8: a clear 400, nothing stored.
     raw = b"telegram=" + urllib.parse.quote_from_bytes(telegram.encode("latin-1")).encode()
-    response = requests.post(api_server + V1, headers={**KEY, "Content-Type": "application/x-www-form-urlencoded"},
-                             data=raw)
+    response = requests.post(
+        api_server + V1, headers={**KEY, "Content-Type": "application/x-www-form-urlencoded"}, data=raw
+    )
     assert response.status_code == 400 and response.text
     # Binary garbage as JSON.
-    response = requests.post(api_server + V2, headers={**KEY, "Content-Type": "application/json"},
-                             data=b"\xff\xfe\x00garbage")
+    response = requests.post(
+        api_server + V2, headers={**KEY, "Content-Type": "application/json"}, data=b"\xff\xfe\x00garbage"
+    )
     assert response.status_code == 400
     still_serving(api_server)
 
 
-@pytest.mark.parametrize("key", [b"\x00" + TEST_KEY.encode(), TEST_KEY.encode() + b"\xe9", b"a" * 8000,
-                                 TEST_KEY.encode() + b" X-Other: 1"])
+@pytest.mark.parametrize(
+    "key", [b"\x00" + TEST_KEY.encode(), TEST_KEY.encode() + b"\xe9", b"a" * 8000, TEST_KEY.encode() + b" X-Other: 1"]
+)
 def test_odd_keys_are_refused_not_crashed(api_server, key):
-    request = (b"GET " + V2.encode() + b" HTTP/1.1\r\nHost: x\r\nX-AUTHKEY: " + key + b"\r\nConnection: close\r\n\r\n")
+    request = b"GET " + V2.encode() + b" HTTP/1.1\r\nHost: x\r\nX-AUTHKEY: " + key + b"\r\nConnection: close\r\n\r\n"
     status = raw_request(api_server, request)
     assert status.split(b" ")[1] in (b"400", b"403", b"431"), status
     still_serving(api_server)
 
 
 def test_header_injection_is_refused_by_the_server(api_server):
-    request = (b"GET " + V2.encode() + b" HTTP/1.1\r\nHost: x\r\nX-AUTHKEY: nope\rX-Injected: 1\r\n"
-               b"Connection: close\r\n\r\n")
+    request = (
+        b"GET " + V2.encode() + b" HTTP/1.1\r\nHost: x\r\nX-AUTHKEY: nope\rX-Injected: 1\r\nConnection: close\r\n\r\n"
+    )
     status = raw_request(api_server, request)
     assert status.split(b" ")[1] in (b"400", b"403"), status
     still_serving(api_server)
@@ -88,15 +95,22 @@ def test_header_injection_is_refused_by_the_server(api_server):
 
 @pytest.mark.parametrize(
     "path, expected",
-    [("/api/v2/../../../../etc/passwd", b"4"), ("/%2e%2e/%2e%2e/etc/passwd", b"4"),
-     ("/api/v2/datalogger/dsmrreading/..%2f..%2fx", b"4"), ("/" + "a" * 9000, b"4"),
-     ("/api/v2/datalogger/dsmrreading?limit=1%00", b"4"), ("/api/v2/%00", b"4"),
-     # Harmless: the same resource, unknown parameters ignored. Never a 5xx.
-     ("//api/v2/datalogger/dsmrreading", b"2"), ("/api/v2/datalogger/dsmrreading?" + "a=1&" * 2000, b"2")],
+    [
+        ("/api/v2/../../../../etc/passwd", b"4"),
+        ("/%2e%2e/%2e%2e/etc/passwd", b"4"),
+        ("/api/v2/datalogger/dsmrreading/..%2f..%2fx", b"4"),
+        ("/" + "a" * 9000, b"4"),
+        ("/api/v2/datalogger/dsmrreading?limit=1%00", b"4"),
+        ("/api/v2/%00", b"4"),
+        # Harmless: the same resource, unknown parameters ignored. Never a 5xx.
+        ("//api/v2/datalogger/dsmrreading", b"2"),
+        ("/api/v2/datalogger/dsmrreading?" + "a=1&" * 2000, b"2"),
+    ],
 )
 def test_odd_urls(api_server, path, expected):
-    status = raw_request(api_server, f"GET {path} HTTP/1.1\r\nHost: x\r\nX-AUTHKEY: {TEST_KEY}\r\n"
-                                     "Connection: close\r\n\r\n".encode())
+    status = raw_request(
+        api_server, f"GET {path} HTTP/1.1\r\nHost: x\r\nX-AUTHKEY: {TEST_KEY}\r\nConnection: close\r\n\r\n".encode()
+    )
     assert status.split(b" ")[1].startswith(expected), (path[:60], status)
     still_serving(api_server)
 
@@ -109,8 +123,9 @@ def test_thousands_of_wrong_keys(session_config, tmp_path):
     try:
         attacker = {"X-Forwarded-For": "203.0.113.9"}
         session = requests.Session()
-        statuses = [session.get(url + V2, headers={**attacker, "X-AUTHKEY": f"guess{i:05d}"}).status_code
-                    for i in range(2000)]
+        statuses = [
+            session.get(url + V2, headers={**attacker, "X-AUTHKEY": f"guess{i:05d}"}).status_code for i in range(2000)
+        ]
         assert set(statuses) == {403, 429}
         assert statuses.count(403) <= 2 * MAX_FAILURES  # each of the two workers counts on its own
         assert statuses[-100:] == [429] * 100

@@ -9,19 +9,47 @@ import sqlite3
 import subprocess
 
 import pytest
-
-from dsmr_ts.influx.store import Store
 from dsmr_reader_db import MariaDB, Postgres, reading_rows, sqlite_database
 from helpers import REPO, dsmr_ts_command, flux, stored_reading
+
+from dsmr_ts.influx.store import Store
 
 UTC = dt.timezone.utc
 START = dt.datetime(2024, 3, 5, 10, 0, 0, tzinfo=UTC)
 COUNT = 12_000  # 10-second readings: 33 hours, more than one write batch in flight
 DAYS = [  # DSMR-reader keeps day statistics of days whose readings it deleted
-    (dt.date(2024, 3, 1), "3.14", "7.500", "1.250", "0.000", "0.500", "1.88", "0.33", "2.000", "2.40", "0.50",
-     "-1.5", "7.9", "3.2"),
-    (dt.date(2024, 3, 2), "2.00", "8.250", "0.000", "0.000", "0.000", "2.06", "0.00", None, None, "0.50",
-     None, None, None),
+    (
+        dt.date(2024, 3, 1),
+        "3.14",
+        "7.500",
+        "1.250",
+        "0.000",
+        "0.500",
+        "1.88",
+        "0.33",
+        "2.000",
+        "2.40",
+        "0.50",
+        "-1.5",
+        "7.9",
+        "3.2",
+    ),
+    (
+        dt.date(2024, 3, 2),
+        "2.00",
+        "8.250",
+        "0.000",
+        "0.000",
+        "0.000",
+        "2.06",
+        "0.00",
+        None,
+        None,
+        "0.50",
+        None,
+        None,
+        None,
+    ),
 ]
 
 
@@ -35,8 +63,14 @@ def postgres():
 
 def run(config_path, *args: str, **env: str) -> subprocess.CompletedProcess:
     environment = {k: v for k, v in os.environ.items() if not k.startswith(("DSMR_TS_", "DSMR_READER_"))}
-    return subprocess.run(dsmr_ts_command("--config", str(config_path), "import", "dsmr-reader", *args), cwd=REPO,
-                          env={**environment, **env}, capture_output=True, text=True, timeout=600)
+    return subprocess.run(
+        dsmr_ts_command("--config", str(config_path), "import", "dsmr-reader", *args),
+        cwd=REPO,
+        env={**environment, **env},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
 
 
 def check_imported(store: Store, meter: str) -> None:
@@ -52,9 +86,13 @@ def check_imported(store: Store, meter: str) -> None:
     gas = store.readings.latest_gas(meter, count=50)
     assert (START + dt.timedelta(hours=1) - dt.timedelta(hours=1), 500.1) in gas
     # Statistics of the imported range: 360 readings in the first hour, 0.001 kWh each step.
-    hours = flux(store, 'from(bucket: stats) |> range(start: 2024-03-05T10:00:00Z, stop: 2024-03-05T11:00:00Z)'
-                        ' |> filter(fn: (r) => r._measurement == "hour" and r.meter == meter'
-                        ' and (r._field == "electricity1" or r._field == "reading_count"))', {"meter": meter})
+    hours = flux(
+        store,
+        "from(bucket: stats) |> range(start: 2024-03-05T10:00:00Z, stop: 2024-03-05T11:00:00Z)"
+        ' |> filter(fn: (r) => r._measurement == "hour" and r.meter == meter'
+        ' and (r._field == "electricity1" or r._field == "reading_count"))',
+        {"meter": meter},
+    )
     assert {row["_field"]: round(row["_value"], 3) for row in hours} == {"electricity1": 0.359, "reading_count": 360}
 
 
@@ -66,8 +104,12 @@ def test_import_from_postgresql_then_resume(postgres, import_target, capsys):
     assert f"{COUNT}/{COUNT} readings" in first.stderr and "ETA" in first.stderr
     check_imported(store, "E-PG")
     # The days before the oldest reading, with DSMR-reader's own costs and temperatures.
-    days = flux(store, 'from(bucket: stats) |> range(start: 2024-02-29T00:00:00Z, stop: 2024-03-02T23:00:00Z)'
-                       ' |> filter(fn: (r) => r._measurement == "day" and r.meter == "E-PG")', {})
+    days = flux(
+        store,
+        "from(bucket: stats) |> range(start: 2024-02-29T00:00:00Z, stop: 2024-03-02T23:00:00Z)"
+        ' |> filter(fn: (r) => r._measurement == "day" and r.meter == "E-PG")',
+        {},
+    )
     by_field = {(row["_time"].date().isoformat(), row["_field"]): row["_value"] for row in days}
     assert by_field[("2024-02-29", "electricity1")] == 7.5  # local midnight of March 1st is 23:00 UTC
     assert by_field[("2024-02-29", "total_cost")] == 3.14 and by_field[("2024-02-29", "lowest_temperature")] == -1.5

@@ -8,6 +8,7 @@ import subprocess
 
 import pytest
 from falcon import testing
+from helpers import REPO, dsmr_ts_command
 from influxdb_client import InfluxDBClient, Point, WritePrecision
 from influxdb_client.client.write_api import SYNCHRONOUS
 from influxdb_client.domain.task_update_request import TaskUpdateRequest
@@ -19,7 +20,6 @@ from dsmr_ts.influx.bootstrap import BootstrapError, admin_token, bootstrap
 from dsmr_ts.influx.build import cache_dir
 from dsmr_ts.influx.server import free_port, is_healthy
 from dsmr_ts.influx.store import Store
-from helpers import REPO, dsmr_ts_command
 
 
 def test_influxd_path_answers_from_cache(influxd_binary):
@@ -59,7 +59,8 @@ def test_onboarding_then_second_setup_changes_nothing(private_influxd, tmp_path)
     assert sorted(buckets) == ["dsmr", "dsmr_stats"]
     # Both keep everything; statistics in shard groups of a year (counts sum hour rows of all of history).
     assert [(r.every_seconds, r.shard_group_duration_seconds) for r in buckets["dsmr_stats"].retention_rules] == [
-        (0, 52 * 7 * 86400)]
+        (0, 52 * 7 * 86400)
+    ]
     assert [r.every_seconds for r in buckets["dsmr"].retention_rules] == [0]
 
 
@@ -78,7 +79,11 @@ def test_api_token_reaches_its_two_buckets_and_nothing_else(session_config):
         assert names == {"dsmr", "dsmr_stats"}  # not even the system buckets
         # The tasks can be read (the housekeeping job follows the hour task's runs), never changed.
         tasks = client.tasks_api().find_tasks()
-        assert sorted(t.name for t in tasks) == ["dsmr-ts day statistics", "dsmr-ts hour statistics", "dsmr-ts quarter-hour peaks"]
+        assert sorted(t.name for t in tasks) == [
+            "dsmr-ts day statistics",
+            "dsmr-ts hour statistics",
+            "dsmr-ts quarter-hour peaks",
+        ]
         with pytest.raises(ApiException) as denied:
             client.tasks_api().update_task_request(tasks[0].id, TaskUpdateRequest(status="inactive"))
         assert "unauthorized" in str(denied.value)  # influxd 2.9 says so with a 500
@@ -170,8 +175,12 @@ def test_influxql_answers_keep_their_types_and_a_refused_statement_names_the_rea
     store = Store(session_config.influxdb)
     try:
         store.client.write("typecheck,meter=T value=1000.0,count=3i 1600000000000000000")
-        (points, counted) = store.client.influxql(["SELECT value, \"count\" FROM typecheck WHERE meter = 'T'",
-                                                   "SELECT count(value) FROM typecheck WHERE meter = 'T'"])
+        (points, counted) = store.client.influxql(
+            [
+                "SELECT value, \"count\" FROM typecheck WHERE meter = 'T'",
+                "SELECT count(value) FROM typecheck WHERE meter = 'T'",
+            ]
+        )
         row = next(points[0].rows())
         assert row == {"time": 1600000000, "value": 1000.0, "count": 3}
         assert isinstance(row["value"], float) and isinstance(row["count"], int)

@@ -15,11 +15,11 @@ from pathlib import Path
 import pytest
 import requests
 import yaml
+from helpers import REPO, TEST_KEY, wait_for
 from packaging.requirements import Requirement
 from packaging.version import Version
 
 from dsmr_ts.influx.server import free_port
-from helpers import REPO, TEST_KEY, wait_for
 
 CONSTRAINTS = REPO / "constraints.txt"
 
@@ -39,11 +39,20 @@ def _normal(name: str) -> str:
 
 def _setup_requirements() -> list[Requirement]:
     """install_requires and every extra of setup.py, as written there."""
-    call = next(node for node in ast.walk(ast.parse((REPO / "setup.py").read_text()))
-                if isinstance(node, ast.Call) and getattr(node.func, "id", "") == "setup")
-    arguments = {keyword.arg: ast.literal_eval(keyword.value) for keyword in call.keywords
-                 if keyword.arg in ("install_requires", "extras_require")}
-    specs = [*arguments["install_requires"], *(spec for extra in arguments["extras_require"].values() for spec in extra)]
+    call = next(
+        node
+        for node in ast.walk(ast.parse((REPO / "setup.py").read_text()))
+        if isinstance(node, ast.Call) and getattr(node.func, "id", "") == "setup"
+    )
+    arguments = {
+        keyword.arg: ast.literal_eval(keyword.value)
+        for keyword in call.keywords
+        if keyword.arg in ("install_requires", "extras_require")
+    }
+    specs = [
+        *arguments["install_requires"],
+        *(spec for extra in arguments["extras_require"].values() for spec in extra),
+    ]
     return [Requirement(spec) for spec in specs]
 
 
@@ -57,7 +66,8 @@ def test_constraints_pin_every_requirement_within_its_range():
         name = _normal(requirement.name)
         assert name in pins, f"{requirement.name} is not pinned in constraints.txt: run `make lock`"
         assert requirement.specifier.contains(pins[name], prereleases=True), (
-            f"constraints.txt pins {requirement.name}=={pins[name]}, outside setup.py's {requirement.specifier}")
+            f"constraints.txt pins {requirement.name}=={pins[name]}, outside setup.py's {requirement.specifier}"
+        )
     # What gunicorn's gevent worker imports (gunicorn 27 installs it only with its [gevent] extra).
     assert "packaging" in pins and "gevent" in pins
 
@@ -76,8 +86,12 @@ def plain_install(tmp_path_factory: pytest.TempPathFactory) -> Path:
     the pinned versions: its bin directory."""
     venv = tmp_path_factory.mktemp("plain-venv")
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-    result = subprocess.run([str(venv / "bin" / "pip"), "install", "--quiet", "-c", str(CONSTRAINTS), str(REPO)],
-                            capture_output=True, text=True, timeout=600)
+    result = subprocess.run(
+        [str(venv / "bin" / "pip"), "install", "--quiet", "-c", str(CONSTRAINTS), str(REPO)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     return venv / "bin"
 
@@ -95,17 +109,26 @@ def test_a_plain_install_has_no_test_extras_and_serves_the_api(plain_install, se
     for module in ("pytest", "requests", "schemathesis"):
         assert subprocess.run([python, "-c", f"import {module}"], capture_output=True).returncode != 0, module
     # The installed package, not this checkout, is what runs.
-    where = subprocess.run([python, "-c", "import dsmr_ts; print(dsmr_ts.__file__)"], capture_output=True, text=True,
-                           cwd=tmp_path, check=True).stdout
+    where = subprocess.run(
+        [python, "-c", "import dsmr_ts; print(dsmr_ts.__file__)"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        check=True,
+    ).stdout
     assert str(plain_install.parent) in where
     port = free_port()
     log = tmp_path / "serve.log"
     with open(log, "w") as out:
-        proc = subprocess.Popen([str(plain_install / "dsmr-ts"), "serve"], cwd=tmp_path, stdout=out,
-                                stderr=subprocess.STDOUT,
-                                env=_environment(DSMR_TS_CONFIG=str(session_config.path),
-                                                 DSMR_TS_SERVER_BIND=f"127.0.0.1:{port}"))
+        proc = subprocess.Popen(
+            [str(plain_install / "dsmr-ts"), "serve"],
+            cwd=tmp_path,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=_environment(DSMR_TS_CONFIG=str(session_config.path), DSMR_TS_SERVER_BIND=f"127.0.0.1:{port}"),
+        )
     try:
+
         def healthy() -> bool:
             assert proc.poll() is None, log.read_text()
             try:
@@ -126,13 +149,24 @@ def test_a_plain_install_runs_everything_and_writes_the_documented_config(plain_
     """`dsmr-ts run` on a first start: the config it writes is the example, with a generated key."""
     api_port, influx_port = free_port(), free_port()
     config_path = tmp_path / "dsmr-ts.yaml"
-    env = _environment(DSMR_TS_INFLUXD=str(influxd_binary), DSMR_TS_SERVER_BIND=f"127.0.0.1:{api_port}",
-                       DSMR_TS_INFLUXDB_URL=f"http://127.0.0.1:{influx_port}", DSMR_TS_SERVER_WORKERS="1")
+    env = _environment(
+        DSMR_TS_INFLUXD=str(influxd_binary),
+        DSMR_TS_SERVER_BIND=f"127.0.0.1:{api_port}",
+        DSMR_TS_INFLUXDB_URL=f"http://127.0.0.1:{influx_port}",
+        DSMR_TS_SERVER_WORKERS="1",
+    )
     log = tmp_path / "run.log"
     with open(log, "w") as out:
-        proc = subprocess.Popen([str(plain_install / "dsmr-ts"), "run"], cwd=tmp_path, stdout=out,
-                                stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        proc = subprocess.Popen(
+            [str(plain_install / "dsmr-ts"), "run"],
+            cwd=tmp_path,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+        )
     try:
+
         def healthy() -> bool:
             assert proc.poll() is None, log.read_text()[-3000:]
             try:
@@ -166,12 +200,17 @@ def test_run_stops_at_once_with_the_last_error_line_of_an_api_that_cannot_start(
         f"api:\n  key: {TEST_KEY}\n"
         f"server:\n  bind: 127.0.0.1:{free_port()}\n  workers: 1\n"
         f"influxdb:\n  url: http://127.0.0.1:{free_port()}\n  data_dir: ./influx-data\n"
-        "reader:\n  enabled: false\n")
-    env = _environment(DSMR_TS_CONFIG=str(config_path), DSMR_TS_INFLUXD=str(influxd_binary),
-                       GUNICORN_CMD_ARGS="--worker-class no_such_module.Worker")
+        "reader:\n  enabled: false\n"
+    )
+    env = _environment(
+        DSMR_TS_CONFIG=str(config_path),
+        DSMR_TS_INFLUXD=str(influxd_binary),
+        GUNICORN_CMD_ARGS="--worker-class no_such_module.Worker",
+    )
     # Within the 120 s `run` used to wait for /health before it gave up in silence.
-    result = subprocess.run([sys.executable, "-m", "dsmr_ts.cli", "run"], cwd=tmp_path, env=env, capture_output=True,
-                            text=True, timeout=110)
+    result = subprocess.run(
+        [sys.executable, "-m", "dsmr_ts.cli", "run"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=110
+    )
     assert result.returncode == 1, result.stderr[-3000:]
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("dsmr-ts: the API (gunicorn) exited with status "), last

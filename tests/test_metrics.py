@@ -8,17 +8,20 @@ import urllib.parse
 
 import requests
 from falcon import testing
+from helpers import TEST_KEY, sample_telegram
 from prometheus_client.parser import text_string_to_metric_families
 
 from dsmr_ts.app import create_app
-from helpers import TEST_KEY, sample_telegram
 
 KEY = {"X-AUTHKEY": TEST_KEY}
 
 
 def samples(text: str) -> dict[tuple, float]:
-    return {(s.name, tuple(sorted(s.labels.items()))): s.value
-            for family in text_string_to_metric_families(text) for s in family.samples}
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
 
 
 def test_metrics_behind_the_key_by_default_and_public_when_configured(config):
@@ -33,8 +36,12 @@ def test_metrics_through_gunicorn_count_requests_telegrams_and_latency(api_serve
     telegram = sample_telegram("dsmr50_nl_3.txt").decode("latin-1")
     before = samples(requests.get(api_server + "/metrics", headers=KEY).text)
     for _ in range(4):  # spread over both workers
-        assert requests.post(api_server + "/api/v1/datalogger/dsmrreading", headers=KEY,
-                             data={"telegram": telegram}).status_code == 201
+        assert (
+            requests.post(
+                api_server + "/api/v1/datalogger/dsmrreading", headers=KEY, data={"telegram": telegram}
+            ).status_code
+            == 201
+        )
     requests.post(api_server + "/api/v1/datalogger/dsmrreading", headers=KEY, data={"telegram": "/broken\r\n!"})
     text = requests.get(api_server + "/metrics", headers=KEY).text
     after = samples(text)
@@ -45,8 +52,7 @@ def test_metrics_through_gunicorn_count_requests_telegrams_and_latency(api_serve
 
     assert grew("dsmr_ts_telegrams_total", result="accepted") == 4
     assert grew("dsmr_ts_telegrams_total", result="rejected") == 1
-    assert grew("dsmr_ts_http_requests_total", route="/api/v1/datalogger/dsmrreading", method="POST",
-                status="201") == 4
+    assert grew("dsmr_ts_http_requests_total", route="/api/v1/datalogger/dsmrreading", method="POST", status="201") == 4
     assert grew("dsmr_ts_ingest_seconds_count") == 4
     assert "dsmr_ts_last_reading_age_seconds" in text
     assert TEST_KEY not in text and session_config.influxdb.token not in text
@@ -71,10 +77,17 @@ def test_a_killed_masters_metrics_directory_is_removed_by_the_next_master(config
         folder.mkdir()
         (folder / "counter_1.db").write_bytes(b"x")
     env = {k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"}
-    master = subprocess.run([sys.executable, "-c", "import os, dsmr_ts.gunicorn_conf;"
-                             " print(os.environ['PROMETHEUS_MULTIPROC_DIR'], os.getpid())"],
-                            env={**env, "TMPDIR": str(tmp_path), "DSMR_TS_CONFIG": str(config.path)},
-                            capture_output=True, text=True, timeout=60)
+    master = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import os, dsmr_ts.gunicorn_conf; print(os.environ['PROMETHEUS_MULTIPROC_DIR'], os.getpid())",
+        ],
+        env={**env, "TMPDIR": str(tmp_path), "DSMR_TS_CONFIG": str(config.path)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert master.returncode == 0, master.stderr
     made, pid = master.stdout.split()
     assert not stale.exists() and alive.exists() and unnamed.exists()

@@ -12,11 +12,11 @@ import subprocess
 import threading
 
 import pytest
+from helpers import REPO, TEST_KEY, dsmr_ts_command, flux, write_lines
 
 from dsmr_ts.influx.server import free_port
 from dsmr_ts.influx.store import Store
 from dsmr_ts.telegram import Reading
-from helpers import REPO, TEST_KEY, dsmr_ts_command, flux, write_lines
 
 UTC = dt.timezone.utc
 SOURCE_METER = "E-SOURCE"
@@ -28,16 +28,29 @@ COUNT = 2500  # readings, one per 10 s: about 7 hours
 def source(session_config):
     """History in the source: readings, and day statistics of two older days whose readings are gone."""
     store = Store(session_config.influxdb)
-    store.writer.store_readings([
-        Reading(FIRST + dt.timedelta(seconds=10 * i), SOURCE_METER, {
-            "electricity_delivered_1": 100 + i * 0.001, "electricity_delivered_2": 50.0, "electricity_returned_1": 0.0,
-            "electricity_returned_2": 0.0, "electricity_currently_delivered": 0.36,
-            "electricity_currently_returned": 0.0})
-        for i in range(COUNT)])
+    store.writer.store_readings(
+        [
+            Reading(
+                FIRST + dt.timedelta(seconds=10 * i),
+                SOURCE_METER,
+                {
+                    "electricity_delivered_1": 100 + i * 0.001,
+                    "electricity_delivered_2": 50.0,
+                    "electricity_returned_1": 0.0,
+                    "electricity_returned_2": 0.0,
+                    "electricity_currently_delivered": 0.36,
+                    "electricity_currently_returned": 0.0,
+                },
+            )
+            for i in range(COUNT)
+        ]
+    )
     # Day statistics as DSMR-reader keeps them after its readings are gone (no readings here).
-    older = [f"day,meter={SOURCE_METER} electricity1={e1!r},electricity2=1.0,electricity1_returned=0.0,"
-             f"electricity2_returned=0.0,gas=2.5 {int(day.timestamp()) * 10**9}"
-             for day, e1 in ((dt.datetime(2024, 3, 2, 23, tzinfo=UTC), 7.5), (dt.datetime(2024, 3, 3, 23, tzinfo=UTC), 8.25))]
+    older = [
+        f"day,meter={SOURCE_METER} electricity1={e1!r},electricity2=1.0,electricity1_returned=0.0,"
+        f"electricity2_returned=0.0,gas=2.5 {int(day.timestamp()) * 10**9}"
+        for day, e1 in ((dt.datetime(2024, 3, 2, 23, tzinfo=UTC), 7.5), (dt.datetime(2024, 3, 3, 23, tzinfo=UTC), 8.25))
+    ]
     write_lines(store, older, session_config.influxdb.stats_bucket)
     store.close()
     return SOURCE_METER
@@ -45,30 +58,51 @@ def source(session_config):
 
 def run(*args: str, **env: str) -> subprocess.CompletedProcess:
     environment = {k: v for k, v in os.environ.items() if not k.startswith("DSMR_TS_") and k != "DSMR_READER_KEY"}
-    return subprocess.run(dsmr_ts_command(*args), cwd=REPO, env={**environment, **env}, capture_output=True,
-                          text=True, timeout=300)
+    return subprocess.run(
+        dsmr_ts_command(*args), cwd=REPO, env={**environment, **env}, capture_output=True, text=True, timeout=300
+    )
 
 
 def test_import_from_a_running_server_then_resume_then_export(source, import_target, api_server, tmp_path):
     config_path, store = import_target
     key_file = tmp_path / "source-key"
     key_file.write_text(TEST_KEY + "\n")  # 0600: the tests' umask
-    command = ("--config", str(config_path), "import", "dsmr-reader", "--url", api_server, "--key-file", str(key_file),
-               "--source-meter", source, "--meter", "E-TARGET")
+    command = (
+        "--config",
+        str(config_path),
+        "import",
+        "dsmr-reader",
+        "--url",
+        api_server,
+        "--key-file",
+        str(key_file),
+        "--source-meter",
+        source,
+        "--meter",
+        "E-TARGET",
+    )
     first = run(*command)
     assert first.returncode == 0, first.stderr
     assert f"imported {COUNT} readings as meter E-TARGET" in first.stdout
     assert f"{COUNT}/{COUNT} readings" in first.stderr and "ETA" in first.stderr
     assert store.readings.brute_force_count("E-TARGET", None, None) == COUNT
     # Statistics of the imported range were regenerated (0.001 kWh per 10-second step).
-    hours = flux(store, 'from(bucket: stats) |> range(start: 2024-03-05T10:00:00Z, stop: 2024-03-05T11:00:00Z)'
-                         ' |> filter(fn: (r) => r._measurement == "hour" and r.meter == "E-TARGET"'
-                         ' and r._field == "electricity1")', {})
+    hours = flux(
+        store,
+        "from(bucket: stats) |> range(start: 2024-03-05T10:00:00Z, stop: 2024-03-05T11:00:00Z)"
+        ' |> filter(fn: (r) => r._measurement == "hour" and r.meter == "E-TARGET"'
+        ' and r._field == "electricity1")',
+        {},
+    )
     assert round(hours[0]["_value"], 3) == 0.359  # 359 steps of 0.001 kWh within the first hour
     # Day statistics of the days before the first reading came along.
-    older = flux(store, 'from(bucket: stats) |> range(start: 2024-03-01T00:00:00Z, stop: 2024-03-04T23:00:00Z)'
-                         ' |> filter(fn: (r) => r._measurement == "day" and r.meter == "E-TARGET"'
-                         ' and r._field == "electricity1")', {})
+    older = flux(
+        store,
+        "from(bucket: stats) |> range(start: 2024-03-01T00:00:00Z, stop: 2024-03-04T23:00:00Z)"
+        ' |> filter(fn: (r) => r._measurement == "day" and r.meter == "E-TARGET"'
+        ' and r._field == "electricity1")',
+        {},
+    )
     assert sorted(round(r["_value"], 3) for r in older) == [7.5, 8.25]
 
     # Re-running continues from the cursor: at most the last page again, no duplicates (the key
@@ -79,16 +113,38 @@ def test_import_from_a_running_server_then_resume_then_export(source, import_tar
     assert store.readings.brute_force_count("E-TARGET", None, None) == COUNT
 
     out = tmp_path / "readings.csv"
-    export = run("--config", str(config_path), "export", "readings", "--meter", "E-TARGET", "--since", "2024-03-05",
-                 "--until", "2024-03-05", "--output", str(out))
+    export = run(
+        "--config",
+        str(config_path),
+        "export",
+        "readings",
+        "--meter",
+        "E-TARGET",
+        "--since",
+        "2024-03-05",
+        "--until",
+        "2024-03-05",
+        "--output",
+        str(out),
+    )
     assert export.returncode == 0, export.stderr
     rows = list(csv.DictReader(out.open()))
     assert len(rows) == COUNT
     assert rows[0]["timestamp"] == "2024-03-05T10:00:00Z" and float(rows[0]["electricity_delivered_1"]) == 100.0
     assert rows[-1]["phase_voltage_l1"] == ""  # absent stays absent
 
-    days = run("--config", str(config_path), "export", "day", "--meter", "E-TARGET", "--since", "2024-03-01",
-               "--until", "2024-03-06")
+    days = run(
+        "--config",
+        str(config_path),
+        "export",
+        "day",
+        "--meter",
+        "E-TARGET",
+        "--since",
+        "2024-03-01",
+        "--until",
+        "2024-03-06",
+    )
     assert days.returncode == 0, days.stderr
     assert days.stdout.splitlines()[0].startswith("day,electricity1,")
     assert len(days.stdout.splitlines()) == 1 + 3  # the two older days and the imported day
@@ -113,10 +169,16 @@ def test_the_key_goes_only_to_the_origin_it_was_given_for(import_target, tmp_pat
     other_port = free_port()
 
     class Source(http.server.BaseHTTPRequestHandler):
-        def do_GET(self):  # noqa: N802 - http.server's name
+        def do_GET(self):
             seen.append((self.headers["Host"], self.headers.get("X-AUTHKEY")))
-            body = json.dumps({"count": 2, "next": f"http://127.0.0.1:{other_port}/api/v2/datalogger/dsmrreading?offset=1",
-                               "previous": None, "results": []}).encode()
+            body = json.dumps(
+                {
+                    "count": 2,
+                    "next": f"http://127.0.0.1:{other_port}/api/v2/datalogger/dsmrreading?offset=1",
+                    "previous": None,
+                    "results": [],
+                }
+            ).encode()
             self.send_response(200)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(body)))
@@ -129,8 +191,15 @@ def test_the_key_goes_only_to_the_origin_it_was_given_for(import_target, tmp_pat
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Source)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
-        result = run("--config", str(config_path), "import", "dsmr-reader", "--url",
-                     f"http://127.0.0.1:{server.server_port}", DSMR_READER_KEY=TEST_KEY)
+        result = run(
+            "--config",
+            str(config_path),
+            "import",
+            "dsmr-reader",
+            "--url",
+            f"http://127.0.0.1:{server.server_port}",
+            DSMR_READER_KEY=TEST_KEY,
+        )
     finally:
         server.shutdown()
     assert result.returncode == 1
@@ -142,14 +211,20 @@ def test_import_csv_of_day_statistics(import_target, tmp_path):
     config_path, store = import_target
     path = tmp_path / "day-statistics.csv"
     # As DSMR-reader's admin exports them: its field names, semicolons, extra columns.
-    path.write_text("id;day;total_cost;electricity1;electricity2;electricity1_returned;electricity2_returned;gas\n"
-                    "1;2019-06-01;1.23;3.5;4.25;0.5;0;1.75\n"
-                    "2;2019-06-02;1.50;2.0;5.0;0;0;\n")
+    path.write_text(
+        "id;day;total_cost;electricity1;electricity2;electricity1_returned;electricity2_returned;gas\n"
+        "1;2019-06-01;1.23;3.5;4.25;0.5;0;1.75\n"
+        "2;2019-06-02;1.50;2.0;5.0;0;0;\n"
+    )
     result = run("--config", str(config_path), "import", "csv", str(path), "--meter", "E-CSV")
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "imported 2 day statistics as meter E-CSV"
-    rows = flux(store, 'from(bucket: stats) |> range(start: 2019-05-31T00:00:00Z, stop: 2019-06-03T00:00:00Z)'
-                        ' |> filter(fn: (r) => r._measurement == "day" and r.meter == "E-CSV")', {})
+    rows = flux(
+        store,
+        "from(bucket: stats) |> range(start: 2019-05-31T00:00:00Z, stop: 2019-06-03T00:00:00Z)"
+        ' |> filter(fn: (r) => r._measurement == "day" and r.meter == "E-CSV")',
+        {},
+    )
     found = {(r["_time"].isoformat(), r["_field"]): r["_value"] for r in rows}
     assert found[("2019-05-31T22:00:00+00:00", "electricity2")] == 4.25  # local midnight, summer time
     assert found[("2019-05-31T22:00:00+00:00", "gas")] == 1.75

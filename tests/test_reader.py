@@ -13,6 +13,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from helpers import REPO, TEST_KEY, FakeSer2net, dsmr_ts_command, flux, sample_telegram, wait_for
 
 from dsmr_ts.config import load_config
 from dsmr_ts.influx.bootstrap import bootstrap
@@ -23,7 +24,6 @@ from dsmr_ts.reader.service import serial_settings
 from dsmr_ts.reader.simulator import MeterSimulator
 from dsmr_ts.reader.spool import Spool, has_pending, waiting
 from dsmr_ts.telegram import parse_telegram
-from helpers import REPO, TEST_KEY, flux, sample_telegram, FakeSer2net, dsmr_ts_command, wait_for
 
 UTC = dt.timezone.utc
 
@@ -120,8 +120,13 @@ def test_serial_presets_and_override(config):
 def start_reader(config_path: Path, log_path: Path) -> subprocess.Popen:
     env = {k: v for k, v in os.environ.items() if not k.startswith("DSMR_TS_")}
     with open(log_path, "a") as log:
-        return subprocess.Popen(dsmr_ts_command("--config", str(config_path), "reader"), cwd=REPO, env=env,
-                                stdout=log, stderr=subprocess.STDOUT)
+        return subprocess.Popen(
+            dsmr_ts_command("--config", str(config_path), "reader"),
+            cwd=REPO,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
 
 
 def stored(store: Store, meter: str) -> int:
@@ -132,8 +137,10 @@ def test_reader_through_drop_outage_and_kill_9(private_influxd, tmp_path):
     meter = "E-READER"
     ser2net = FakeSer2net()
     config_path = tmp_path / "dsmr-ts.yaml"
-    config_path.write_text(f"influxdb:\n  managed: false\n  url: {private_influxd.url}\n"
-                           f"reader:\n  port: {ser2net.url}\n  spool_dir: ./spool\n")
+    config_path.write_text(
+        f"influxdb:\n  managed: false\n  url: {private_influxd.url}\n"
+        f"reader:\n  port: {ser2net.url}\n  spool_dir: ./spool\n"
+    )
     bootstrap(load_config(config_path))
     config = load_config(config_path)
     store = Store(config.influxdb)
@@ -176,8 +183,12 @@ def test_reader_through_drop_outage_and_kill_9(private_influxd, tmp_path):
         wait_for(lambda: stored(store, meter) == 13, timeout=60, what="all 13 readings after the outage")
         wait_for(lambda: not has_pending(tmp_path / "spool", "influxdb"), what="the spool to drain")
         expected = [parse_telegram(t).reading.timestamp for t in batch]
-        rows = flux(store, 'from(bucket: bucket) |> range(start: 0) |> filter(fn: (r) => r._measurement == "reading"'
-                            ' and r.meter == meter and r._field == "electricity_delivered_1")', {"meter": meter})
+        rows = flux(
+            store,
+            'from(bucket: bucket) |> range(start: 0) |> filter(fn: (r) => r._measurement == "reading"'
+            ' and r.meter == meter and r._field == "electricity_delivered_1")',
+            {"meter": meter},
+        )
         assert sorted(r["_time"] for r in rows) == expected
     finally:
         reader.send_signal(signal.SIGTERM)
@@ -186,8 +197,7 @@ def test_reader_through_drop_outage_and_kill_9(private_influxd, tmp_path):
         store.close()
 
 
-def test_forwarding_to_a_remote_and_a_dead_remote_never_blocks(api_server, session_config, private_influxd,
-                                                               tmp_path):
+def test_forwarding_to_a_remote_and_a_dead_remote_never_blocks(api_server, session_config, private_influxd, tmp_path):
     meter = "E-FORWARD"
     ser2net = FakeSer2net()
     dead = f"http://127.0.0.1:{free_port()}/api/v1/datalogger/dsmrreading"
@@ -233,9 +243,21 @@ def test_simulate_posts_valid_telegrams(api_server, session_config):
     try:
         start = stored(before, "simulated")
         result = subprocess.run(
-            dsmr_ts_command("--config", str(session_config.path), "simulate", "--url",
-                            f"{api_server}/api/v1/datalogger/dsmrreading", "--rate", "50", "--count", "20"),
-            cwd=REPO, capture_output=True, text=True, timeout=120,
+            dsmr_ts_command(
+                "--config",
+                str(session_config.path),
+                "simulate",
+                "--url",
+                f"{api_server}/api/v1/datalogger/dsmrreading",
+                "--rate",
+                "50",
+                "--count",
+                "20",
+            ),
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=120,
         )
         assert result.returncode == 0, result.stderr
         assert result.stdout.strip() == "sent 20 telegrams"

@@ -9,12 +9,12 @@ import urllib.parse
 
 import pytest
 from falcon import testing
+from helpers import TEST_KEY
 
 from dsmr_ts.app import create_app
 from dsmr_ts.influx.readings import DIRECT_OFFSET
 from dsmr_ts.influx.store import Store
 from dsmr_ts.telegram import Reading
-from helpers import TEST_KEY
 
 UTC = dt.timezone.utc
 PATH = "/api/v2/datalogger/dsmrreading"
@@ -46,14 +46,36 @@ def loaded(session_config):
     store = Store(session_config.influxdb)
     readings = []
     for index, moment in enumerate(TIMES):
-        readings.append(Reading(moment, METER, {
-            "electricity_delivered_1": 1000 + index * 0.001, "electricity_delivered_2": 5.0,
-            "electricity_returned_1": 0.0, "electricity_returned_2": 0.0, "electricity_currently_delivered": 0.25,
-            "electricity_currently_returned": 0.0, "phase_voltage_l1": 231.0, "phase_power_current_l1": 2}))
-        readings.append(Reading(moment + dt.timedelta(seconds=1), OTHER, {
-            "electricity_delivered_1": 1.0, "electricity_delivered_2": 1.0, "electricity_returned_1": 0.0,
-            "electricity_returned_2": 0.0, "electricity_currently_delivered": 0.1,
-            "electricity_currently_returned": 0.0}))
+        readings.append(
+            Reading(
+                moment,
+                METER,
+                {
+                    "electricity_delivered_1": 1000 + index * 0.001,
+                    "electricity_delivered_2": 5.0,
+                    "electricity_returned_1": 0.0,
+                    "electricity_returned_2": 0.0,
+                    "electricity_currently_delivered": 0.25,
+                    "electricity_currently_returned": 0.0,
+                    "phase_voltage_l1": 231.0,
+                    "phase_power_current_l1": 2,
+                },
+            )
+        )
+        readings.append(
+            Reading(
+                moment + dt.timedelta(seconds=1),
+                OTHER,
+                {
+                    "electricity_delivered_1": 1.0,
+                    "electricity_delivered_2": 1.0,
+                    "electricity_returned_1": 0.0,
+                    "electricity_returned_2": 0.0,
+                    "electricity_currently_delivered": 0.1,
+                    "electricity_currently_returned": 0.0,
+                },
+            )
+        )
     store.writer.store_readings(readings)
     store.statistics.repair()
     assert not store.statistics.pending_marks(METER, 0, 2**31)  # every hour indexed
@@ -104,8 +126,9 @@ LTE = dt.datetime(2026, 10, 25, 1, 12, 0, tzinfo=UTC)
 @pytest.mark.parametrize("ordering", ["timestamp", "-timestamp", "bogus"])
 @pytest.mark.parametrize("bounds", [(None, None), (GTE, None), (None, LTE), (GTE, LTE)])
 @pytest.mark.parametrize("located", [False, True], ids=["offset", "located"])
-def test_walking_all_pages_gives_every_reading_once_in_order(client, loaded, limit, ordering, bounds, located,
-                                                            monkeypatch):
+def test_walking_all_pages_gives_every_reading_once_in_order(
+    client, loaded, limit, ordering, bounds, located, monkeypatch
+):
     # located: every page found through the count index (span sums, hours), not InfluxQL's OFFSET.
     monkeypatch.setattr(loaded.readings, "direct_offset", 0 if located else 3600)
     gte, lte = bounds
@@ -124,7 +147,7 @@ def test_walking_all_pages_gives_every_reading_once_in_order(client, loaded, lim
 def test_offsets_and_previous_links(client, offset):
     response = get(client, meter=METER, limit=10, offset=offset, ordering="-timestamp")
     body = response.json
-    assert [r["id"] for r in body["results"]] == expected_ids(descending=True)[offset:offset + 10]
+    assert [r["id"] for r in body["results"]] == expected_ids(descending=True)[offset : offset + 10]
     if offset == 0:
         assert body["previous"] is None
     else:
@@ -136,9 +159,7 @@ def test_offsets_and_previous_links(client, offset):
 def test_default_limit_and_documented_url_shape(client):
     body = get(client, meter=METER, ordering="-timestamp").json
     assert len(body["results"]) == 25
-    assert body["next"] == (
-        f"http://falconframework.org{PATH}?limit=25&meter={METER}&offset=25&ordering=-timestamp"
-    )
+    assert body["next"] == (f"http://falconframework.org{PATH}?limit=25&meter={METER}&offset=25&ordering=-timestamp")
     assert body["results"][0]["id"] == int(TIMES[-1].timestamp())  # the latest reading
 
 
@@ -155,8 +176,10 @@ def test_limit_zero_means_default_like_dsmr_reader(client):
         ({"offset": "-5"}, {"offset": ["A non-negative integer is required."]}),
         ({"timestamp__gte": "yesterday"}, {"timestamp__gte": ["Enter a valid date/time."]}),
         ({"timestamp__lte": "2026-13-01"}, {"timestamp__lte": ["Enter a valid date/time."]}),
-        ({"limit": "x", "timestamp__lte": "?"}, {"limit": ["A positive integer is required."],
-                                                 "timestamp__lte": ["Enter a valid date/time."]}),
+        (
+            {"limit": "x", "timestamp__lte": "?"},
+            {"limit": ["A positive integer is required."], "timestamp__lte": ["Enter a valid date/time."]},
+        ),
     ],
 )
 def test_bad_parameters_are_400_naming_them(client, params, errors):
@@ -168,10 +191,19 @@ def test_bad_parameters_are_400_naming_them(client, params, errors):
 def test_output_format(client):
     row = get(client, meter=METER, limit=1).json["results"][0]
     assert list(row)[:13] == [
-        "id", "timestamp", "electricity_delivered_1", "electricity_returned_1", "electricity_delivered_2",
-        "electricity_returned_2", "electricity_currently_delivered", "electricity_currently_returned",
-        "phase_currently_delivered_l1", "phase_currently_delivered_l2", "phase_currently_delivered_l3",
-        "extra_device_timestamp", "extra_device_delivered",
+        "id",
+        "timestamp",
+        "electricity_delivered_1",
+        "electricity_returned_1",
+        "electricity_delivered_2",
+        "electricity_returned_2",
+        "electricity_currently_delivered",
+        "electricity_currently_returned",
+        "phase_currently_delivered_l1",
+        "phase_currently_delivered_l2",
+        "phase_currently_delivered_l3",
+        "extra_device_timestamp",
+        "extra_device_delivered",
     ]
     assert row["timestamp"] == TIMES[0].strftime("%Y-%m-%dT%H:%M:%SZ")
     assert row["id"] == int(TIMES[0].timestamp())
@@ -218,11 +250,20 @@ def test_counts_equal_brute_force_also_after_late_inserts(client, loaded):
         assert loaded.readings.count(METER, gte, lte) == loaded.readings.brute_force_count(METER, gte, lte)
     # Late data into an old, already indexed hour (a v2 POST of history) and a brand-new old hour.
     for late in (dt.datetime(2026, 3, 29, 1, 33, 33, tzinfo=UTC), dt.datetime(2025, 1, 1, 12, 0, 0, tzinfo=UTC)):
-        response = client.simulate_post(PATH, headers=KEY, json={
-            "timestamp": late.isoformat(), "meter": METER, "electricity_currently_delivered": 0.5,
-            "electricity_currently_returned": 0, "electricity_delivered_1": 1, "electricity_delivered_2": 2,
-            "electricity_returned_1": 0, "electricity_returned_2": 0,
-        })
+        response = client.simulate_post(
+            PATH,
+            headers=KEY,
+            json={
+                "timestamp": late.isoformat(),
+                "meter": METER,
+                "electricity_currently_delivered": 0.5,
+                "electricity_currently_returned": 0,
+                "electricity_delivered_1": 1,
+                "electricity_delivered_2": 2,
+                "electricity_returned_1": 0,
+                "electricity_returned_2": 0,
+            },
+        )
         assert response.status_code == 201
         # Before the repair job: the marked hour is counted raw; after it: from its repaired index row.
         for _ in ("pending", "repaired"):
@@ -242,12 +283,18 @@ def test_big_limit_streams_everything(client):
 def test_next_links_behind_a_trusted_proxy(config, loaded):
     headers = {**KEY, "X-Forwarded-Proto": "https", "X-Forwarded-Host": "dsmr.example.org"}
     untrusted = testing.TestClient(create_app(config, loaded))
-    assert untrusted.simulate_get(PATH, headers=headers, query_string=f"meter={METER}").json["next"].startswith(
-        "http://falconframework.org/")
+    assert (
+        untrusted.simulate_get(PATH, headers=headers, query_string=f"meter={METER}")
+        .json["next"]
+        .startswith("http://falconframework.org/")
+    )
     config.server.trust_forwarded_headers = True
     trusted = testing.TestClient(create_app(config, loaded))
-    assert trusted.simulate_get(PATH, headers=headers, query_string=f"meter={METER}").json["next"].startswith(
-        f"https://dsmr.example.org{PATH}?limit=25&meter={METER}&offset=25")
+    assert (
+        trusted.simulate_get(PATH, headers=headers, query_string=f"meter={METER}")
+        .json["next"]
+        .startswith(f"https://dsmr.example.org{PATH}?limit=25&meter={METER}&offset=25")
+    )
 
 
 def test_dense_hours_across_shard_groups(client, loaded):
@@ -256,9 +303,12 @@ def test_dense_hours_across_shard_groups(client, loaded):
     meter = "E-DENSE"
     starts = [dt.datetime(2025, 5, 5, 10, 0, 0, tzinfo=UTC), dt.datetime(2025, 5, 20, 10, 0, 0, tzinfo=UTC)]
     times = [start + dt.timedelta(seconds=s) for start in starts for s in range(0, 400, 2)]
-    loaded.writer.store_readings([Reading(t, meter, {"electricity_delivered_1": float(i),
-                                                     "electricity_currently_delivered": 0.1})
-                                  for i, t in enumerate(times)])
+    loaded.writer.store_readings(
+        [
+            Reading(t, meter, {"electricity_delivered_1": float(i), "electricity_currently_delivered": 0.1})
+            for i, t in enumerate(times)
+        ]
+    )
     ids = [int(t.timestamp()) for t in times]
     for direct_offset in (loaded.readings.direct_offset, 0):  # near the ends, and located via the index
         loaded.readings.direct_offset = direct_offset
@@ -278,14 +328,25 @@ def test_first_page_sees_readings_older_than_the_remembered_first(client, loaded
     a minute; a reading imported meanwhile before it is still served first."""
     meter = "E-EARLIER"
     start = dt.datetime(2025, 9, 1, 12, tzinfo=UTC)
-    loaded.writer.store_readings([Reading(start + dt.timedelta(minutes=i), meter, {
-        "electricity_delivered_1": float(i), "electricity_currently_delivered": 0.1}) for i in range(30)])
+    loaded.writer.store_readings(
+        [
+            Reading(
+                start + dt.timedelta(minutes=i),
+                meter,
+                {"electricity_delivered_1": float(i), "electricity_currently_delivered": 0.1},
+            )
+            for i in range(30)
+        ]
+    )
     assert [r["id"] for r in get(client, meter=meter, limit=3).json["results"]] == [
-        int((start + dt.timedelta(minutes=i)).timestamp()) for i in range(3)]
+        int((start + dt.timedelta(minutes=i)).timestamp()) for i in range(3)
+    ]
     older = start - dt.timedelta(days=40)
-    loaded.writer.store_readings([Reading(older, meter, {"electricity_delivered_1": 0.5,
-                                                         "electricity_currently_delivered": 0.1})])
+    loaded.writer.store_readings(
+        [Reading(older, meter, {"electricity_delivered_1": 0.5, "electricity_currently_delivered": 0.1})]
+    )
     body = get(client, meter=meter, limit=3).json
     assert body["count"] == 31
     assert [r["id"] for r in body["results"]] == [int(older.timestamp())] + [
-        int((start + dt.timedelta(minutes=i)).timestamp()) for i in range(2)]
+        int((start + dt.timedelta(minutes=i)).timestamp()) for i in range(2)
+    ]

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import requests
 import yaml
+from helpers import REPO, TEST_KEY, wait_for
 
 from dsmr_ts.influx.server import free_port
-from helpers import REPO, TEST_KEY, wait_for
 
 
 def processes_mentioning(text: str) -> list[int]:
@@ -42,9 +42,11 @@ def test_run_starts_everything_with_a_simulated_meter_and_sigint_stops_all(tmp_p
     log = open(tmp_path / "run.log", "w+")
     # The README's run command, exactly, as a newcomer types it (the config comes from the env).
     env = {**{k: v for k, v in os.environ.items() if not k.startswith("DSMR_TS_")}, "DSMR_TS_CONFIG": str(config_path)}
-    proc = subprocess.Popen(["make", "run"], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        ["make", "run"], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+    )
     try:
+
         def api_healthy() -> bool:
             assert proc.poll() is None, (tmp_path / "run.log").read_text()
             try:
@@ -55,8 +57,11 @@ def test_run_starts_everything_with_a_simulated_meter_and_sigint_stops_all(tmp_p
         wait_for(api_healthy, timeout=90, what="the API's /health under `dsmr-ts run`")
 
         def readings_served() -> int:
-            response = requests.get(f"http://127.0.0.1:{api_port}/api/v2/datalogger/dsmrreading",
-                                    headers={"X-AUTHKEY": TEST_KEY}, params={"ordering": "-timestamp", "limit": 1})
+            response = requests.get(
+                f"http://127.0.0.1:{api_port}/api/v2/datalogger/dsmrreading",
+                headers={"X-AUTHKEY": TEST_KEY},
+                params={"ordering": "-timestamp", "limit": 1},
+            )
             assert response.status_code == 200, response.text
             return response.json()["count"]
 

@@ -19,15 +19,15 @@ import urllib.parse
 
 import pytest
 from falcon import testing
+from helpers import REPO, TEST_KEY, dsmr_ts_command, flux, run_task
 from influxdb_client import InfluxDBClient
 
 from dsmr_ts.app import create_app
 from dsmr_ts.config import PricePeriod
-from dsmr_ts.influx.statistics import DAY_TASK, HOUR_TASK, QUARTER_TASK, ensure_tasks, task_specs
 from dsmr_ts.influx.bootstrap import admin_token
+from dsmr_ts.influx.statistics import DAY_TASK, HOUR_TASK, QUARTER_TASK, ensure_tasks, task_specs
 from dsmr_ts.influx.store import Store
 from dsmr_ts.telegram import Reading, build_telegram
-from helpers import REPO, TEST_KEY, dsmr_ts_command, flux, run_task
 
 UTC = dt.timezone.utc
 KEY = {"X-AUTHKEY": TEST_KEY}
@@ -38,11 +38,17 @@ def z(text: str) -> dt.datetime:
     return dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
 
 
-def reading(at: str, d1: float, d2: float, r2: float = 0.0, gas: tuple[str, float] | None = None,
-            meter: str = METER) -> Reading:
-    values = {"electricity_delivered_1": d1, "electricity_delivered_2": d2, "electricity_returned_1": 0.0,
-              "electricity_returned_2": r2, "electricity_currently_delivered": 0.1,
-              "electricity_currently_returned": 0.0}
+def reading(
+    at: str, d1: float, d2: float, r2: float = 0.0, gas: tuple[str, float] | None = None, meter: str = METER
+) -> Reading:
+    values = {
+        "electricity_delivered_1": d1,
+        "electricity_delivered_2": d2,
+        "electricity_returned_1": 0.0,
+        "electricity_returned_2": r2,
+        "electricity_currently_delivered": 0.1,
+        "electricity_currently_returned": 0.0,
+    }
     if gas:
         values.update(extra_device_timestamp=z(gas[0]), extra_device_delivered=gas[1])
     return Reading(timestamp=z(at), meter=meter, values=values)
@@ -73,11 +79,25 @@ def store(session_config):
 
 
 PRICES = [
-    PricePeriod(start=dt.date(2026, 1, 1), electricity_delivered_1=0.25, electricity_delivered_2=0.30,
-                electricity_returned_1=0.10, electricity_returned_2=0.10, gas=1.20, fixed_daily_cost=0.50),
+    PricePeriod(
+        start=dt.date(2026, 1, 1),
+        electricity_delivered_1=0.25,
+        electricity_delivered_2=0.30,
+        electricity_returned_1=0.10,
+        electricity_returned_2=0.10,
+        gas=1.20,
+        fixed_daily_cost=0.50,
+    ),
     # A price change that starts on the 14th.
-    PricePeriod(start=dt.date(2026, 1, 14), electricity_delivered_1=0.40, electricity_delivered_2=0.50,
-                electricity_returned_1=0.20, electricity_returned_2=0.20, gas=1.50, fixed_daily_cost=0.60),
+    PricePeriod(
+        start=dt.date(2026, 1, 14),
+        electricity_delivered_1=0.40,
+        electricity_delivered_2=0.50,
+        electricity_returned_1=0.20,
+        electricity_returned_2=0.20,
+        gas=1.50,
+        fixed_daily_cost=0.60,
+    ),
 ]
 
 
@@ -100,13 +120,26 @@ def hours(client, meter=METER, **params) -> dict[str, dict]:
 
 def test_hour_rows_hand_computed(client):
     rows = hours(client, hour_start__gte="2026-01-13T00:00:00Z", hour_start__lte="2026-01-15T00:00:00Z")
-    assert list(rows) == ["2026-01-13T22:00:00Z", "2026-01-13T23:00:00Z", "2026-01-14T00:00:00Z",
-                          "2026-01-14T07:00:00Z", "2026-01-14T14:00:00Z", "2026-01-14T22:00:00Z",
-                          "2026-01-14T23:00:00Z"]  # no rows for the hours of the gap
+    assert list(rows) == [
+        "2026-01-13T22:00:00Z",
+        "2026-01-13T23:00:00Z",
+        "2026-01-14T00:00:00Z",
+        "2026-01-14T07:00:00Z",
+        "2026-01-14T14:00:00Z",
+        "2026-01-14T22:00:00Z",
+        "2026-01-14T23:00:00Z",
+    ]  # no rows for the hours of the gap
+
     def usage(hour):
         row = rows[hour]
-        return (row["electricity1"], row["electricity2"], row["electricity1_returned"],
-                row["electricity2_returned"], row["gas"])
+        return (
+            row["electricity1"],
+            row["electricity2"],
+            row["electricity1_returned"],
+            row["electricity2_returned"],
+            row["gas"],
+        )
+
     assert usage("2026-01-13T22:00:00Z") == ("0.000", "0.000", "0.000", "0.000", "0.000")
     assert usage("2026-01-13T23:00:00Z") == ("0.500", "0.000", "0.000", "0.000", "0.100")
     assert usage("2026-01-14T00:00:00Z") == ("0.500", "0.000", "0.000", "0.000", "0.200")
@@ -117,7 +150,14 @@ def test_hour_rows_hand_computed(client):
     assert usage("2026-01-14T23:00:00Z") == ("0.000", "0.100", "0.000", "0.000", None)
     assert rows["2026-01-14T14:00:00Z"]["id"] == int(z("2026-01-14T14:00:00Z").timestamp()) // 3600
     assert list(rows["2026-01-14T14:00:00Z"]) == [
-        "id", "hour_start", "electricity1", "electricity2", "electricity1_returned", "electricity2_returned", "gas"]
+        "id",
+        "hour_start",
+        "electricity1",
+        "electricity2",
+        "electricity1_returned",
+        "electricity2_returned",
+        "gas",
+    ]
 
 
 def test_day_rows_hand_computed_with_costs_and_price_change(client):
@@ -126,41 +166,69 @@ def test_day_rows_hand_computed_with_costs_and_price_change(client):
     assert list(days) == ["2026-01-13", "2026-01-14", "2026-01-15"]
     day = days["2026-01-14"]  # local day = 2026-01-13T23:00Z .. 2026-01-14T23:00Z
     assert day == {
-        "id": 20260114, "day": "2026-01-14",
+        "id": 20260114,
+        "day": "2026-01-14",
         "total_cost": "3.73",  # 0.48 + 0.85 + 1.80 + fixed 0.60 (the period starting on the 14th)
-        "electricity1": "1.200", "electricity2": "1.900", "electricity1_returned": "0.000",
+        "electricity1": "1.200",
+        "electricity2": "1.900",
+        "electricity1_returned": "0.000",
         "electricity2_returned": "0.500",
         "electricity1_cost": "0.48",  # 1.2 x 0.40
         "electricity2_cost": "0.85",  # 1.9 x 0.50 - 0.5 x 0.20
-        "gas": "1.200", "gas_cost": "1.80",  # 1.2 x 1.50
-        "lowest_temperature": None, "highest_temperature": None, "average_temperature": None,
+        "gas": "1.200",
+        "gas_cost": "1.80",  # 1.2 x 1.50
+        "lowest_temperature": None,
+        "highest_temperature": None,
+        "average_temperature": None,
     }
     assert list(day) == [  # the documentation's order
-        "id", "day", "total_cost", "electricity1", "electricity2", "electricity1_returned", "electricity2_returned",
-        "electricity1_cost", "electricity2_cost", "gas", "gas_cost", "lowest_temperature", "highest_temperature",
-        "average_temperature"]
+        "id",
+        "day",
+        "total_cost",
+        "electricity1",
+        "electricity2",
+        "electricity1_returned",
+        "electricity2_returned",
+        "electricity1_cost",
+        "electricity2_cost",
+        "gas",
+        "gas_cost",
+        "lowest_temperature",
+        "highest_temperature",
+        "average_temperature",
+    ]
     assert days["2026-01-13"]["total_cost"] == "0.50"  # only the fixed cost of the first period
     assert days["2026-01-15"]["electricity2"] == "0.100"
 
 
 def test_day_without_a_price_period_has_null_costs(client, store):
-    write(store, [reading("2025-06-01T10:00:00Z", 1.0, 1.0, meter="E-NOPRICE"),
-                  reading("2025-06-01T11:00:00Z", 2.0, 1.0, meter="E-NOPRICE")])
+    write(
+        store,
+        [
+            reading("2025-06-01T10:00:00Z", 1.0, 1.0, meter="E-NOPRICE"),
+            reading("2025-06-01T11:00:00Z", 2.0, 1.0, meter="E-NOPRICE"),
+        ],
+    )
     store.statistics.recompute(z("2025-06-01T00:00:00Z"), z("2025-06-02T00:00:00Z"), "E-NOPRICE")
     day = get(client, "/api/v2/statistics/day", meter="E-NOPRICE")["results"][0]
     assert (day["electricity1"], day["total_cost"], day["electricity1_cost"], day["gas_cost"]) == (
-        "1.000", None, None, None)
+        "1.000",
+        None,
+        None,
+        None,
+    )
 
 
 @pytest.mark.parametrize(
     "meter, first, day, hours_in_day",
-    [("E-DST-SPRING", "2026-03-28T22:30:00Z", "2026-03-29", 23),
-     ("E-DST-AUTUMN", "2026-10-24T21:30:00Z", "2026-10-25", 25)],
+    [
+        ("E-DST-SPRING", "2026-03-28T22:30:00Z", "2026-03-29", 23),
+        ("E-DST-AUTUMN", "2026-10-24T21:30:00Z", "2026-10-25", 25),
+    ],
 )
 def test_dst_days_have_23_and_25_hours(client, store, meter, first, day, hours_in_day):
     # One reading at :30 of every UTC hour, 1 kWh more each time, for 30 hours.
-    readings = [reading((z(first) + dt.timedelta(hours=i)).isoformat(), 10.0 + i, 0.0, meter=meter)
-                for i in range(30)]
+    readings = [reading((z(first) + dt.timedelta(hours=i)).isoformat(), 10.0 + i, 0.0, meter=meter) for i in range(30)]
     write(store, readings)
     store.statistics.recompute(z(first) - dt.timedelta(minutes=30), z(first) + dt.timedelta(hours=30), meter)
     row = get(client, "/api/v2/statistics/day", meter=meter, day__gte=day, day__lte=day)["results"][0]
@@ -185,8 +253,11 @@ def test_gas_dsmr4_is_booked_one_hour_earlier_dsmr5_as_stamped(client, store):
         telegram("2026-02-02T11:11:00Z", "2026-02-02T11:10:00Z", 5.6, "E-GAS5", "50"),
     ]
     for text in posts:
-        response = client.simulate_post(v1, headers={**KEY, "Content-Type": "application/x-www-form-urlencoded"},
-                                        body=urllib.parse.urlencode({"telegram": text}))
+        response = client.simulate_post(
+            v1,
+            headers={**KEY, "Content-Type": "application/x-www-form-urlencoded"},
+            body=urllib.parse.urlencode({"telegram": text}),
+        )
         assert response.status_code == 201, response.text
     store.statistics.repair()  # the reader's housekeeping job: these hours ended long ago
     gas4 = {h: r["gas"] for h, r in hours(client, meter="E-GAS4").items()}
@@ -197,10 +268,15 @@ def test_gas_dsmr4_is_booked_one_hour_earlier_dsmr5_as_stamped(client, store):
 
 
 def test_meter_replacement_never_gives_negative_usage(client, store):
-    write(store, [reading("2026-04-01T10:10:00Z", 5000.0, 0.0, meter="E-SWAP"),
-                  reading("2026-04-01T11:10:00Z", 5001.0, 0.0, meter="E-SWAP"),
-                  reading("2026-04-01T12:10:00Z", 0.2, 0.0, meter="E-SWAP"),  # new meter
-                  reading("2026-04-01T13:10:00Z", 0.9, 0.0, meter="E-SWAP")])
+    write(
+        store,
+        [
+            reading("2026-04-01T10:10:00Z", 5000.0, 0.0, meter="E-SWAP"),
+            reading("2026-04-01T11:10:00Z", 5001.0, 0.0, meter="E-SWAP"),
+            reading("2026-04-01T12:10:00Z", 0.2, 0.0, meter="E-SWAP"),  # new meter
+            reading("2026-04-01T13:10:00Z", 0.9, 0.0, meter="E-SWAP"),
+        ],
+    )
     store.statistics.recompute(z("2026-04-01T00:00:00Z"), z("2026-04-02T00:00:00Z"), "E-SWAP")
     rows = hours(client, meter="E-SWAP")
     assert [rows[f"2026-04-01T{h}:00:00Z"]["electricity1"] for h in (11, 12, 13)] == ["1.000", "0.000", "0.700"]
@@ -209,11 +285,20 @@ def test_meter_replacement_never_gives_negative_usage(client, store):
 def test_late_insert_is_repaired_by_the_repair_job(client, store):
     # A v2 POST of history into the gap: hour 10 appears, hour 14 now counts from it, the day keeps
     # its total and counts one reading more (once the reader's housekeeping job has run the repair).
-    response = client.simulate_post("/api/v2/datalogger/dsmrreading", headers=KEY, json={
-        "timestamp": "2026-01-14T10:00:00Z", "meter": METER, "electricity_delivered_1": 101.2,
-        "electricity_delivered_2": 201.0, "electricity_returned_1": 0, "electricity_returned_2": 0.5,
-        "electricity_currently_delivered": 0.1, "electricity_currently_returned": 0,
-    })
+    response = client.simulate_post(
+        "/api/v2/datalogger/dsmrreading",
+        headers=KEY,
+        json={
+            "timestamp": "2026-01-14T10:00:00Z",
+            "meter": METER,
+            "electricity_delivered_1": 101.2,
+            "electricity_delivered_2": 201.0,
+            "electricity_returned_1": 0,
+            "electricity_returned_2": 0.5,
+            "electricity_currently_delivered": 0.1,
+            "electricity_currently_returned": 0,
+        },
+    )
     assert response.status_code == 201
     assert store.readings.count(METER, z("2026-01-13T23:00:00Z"), z("2026-01-14T22:59:59Z")) == 6  # before the repair
     assert "2026-01-14T10:00:00Z" not in hours(client)  # the request did not recompute anything
@@ -233,8 +318,11 @@ def test_late_insert_is_repaired_by_the_repair_job(client, store):
     [
         ("/api/v2/statistics/day", {"day__gte": "soon"}, {"day__gte": ["Enter a valid date."]}),
         ("/api/v2/statistics/day", {"limit": "x"}, {"limit": ["A positive integer is required."]}),
-        ("/api/v2/statistics/hour", {"hour_start__lte": "noon", "offset": "-1"},
-         {"hour_start__lte": ["Enter a valid date/time."], "offset": ["A non-negative integer is required."]}),
+        (
+            "/api/v2/statistics/hour",
+            {"hour_start__lte": "noon", "offset": "-1"},
+            {"hour_start__lte": ["Enter a valid date/time."], "offset": ["A non-negative integer is required."]},
+        ),
     ],
 )
 def test_bad_parameters_are_400(client, path, params, errors):
@@ -265,8 +353,9 @@ def test_tasks_created_once_and_updated_idempotently(session_config):
 
 
 def _statistics_rows(store: Store, measurement: str, start: dt.datetime, stop: dt.datetime) -> list[tuple]:
-    rows = flux(store, 
-        f'from(bucket: stats) |> range(start: start, stop: stop)'
+    rows = flux(
+        store,
+        f"from(bucket: stats) |> range(start: start, stop: stop)"
         f' |> filter(fn: (r) => r._measurement == "{measurement}" and r.meter == meter)',
         {"start": start, "stop": stop, "meter": METER},
     )
@@ -281,10 +370,17 @@ def test_influxdb_tasks_write_the_same_rows_as_regenerate(session_config, store)
     expected_day = _statistics_rows(store, "day", day_start, day_stop)
     assert expected_hours and expected_day
     settings = session_config.influxdb
-    with InfluxDBClient(url=settings.url, token=admin_token(session_config), org=settings.org) as client:  # tasks: admin
+    with InfluxDBClient(
+        url=settings.url, token=admin_token(session_config), org=settings.org
+    ) as client:  # tasks: admin
         for measurement, (a, b) in (("hour", (start, stop)), ("day", (day_start, day_stop))):
-            client.delete_api().delete(a, b - dt.timedelta(seconds=1), f'_measurement="{measurement}" AND meter="{METER}"',
-                                       bucket=settings.stats_bucket, org=settings.org)
+            client.delete_api().delete(
+                a,
+                b - dt.timedelta(seconds=1),
+                f'_measurement="{measurement}" AND meter="{METER}"',
+                bucket=settings.stats_bucket,
+                org=settings.org,
+            )
         assert _statistics_rows(store, "hour", start, stop) == []
     # Each hour task run covers the two hours before its scheduled time.
     for hour in range(14, 25, 2):
@@ -300,13 +396,21 @@ def test_regenerate_command_with_progress(session_config, store, tmp_path):
     store.statistics.recompute(z("2026-01-13T00:00:00Z"), z("2026-01-16T00:00:00Z"), METER)
     expected = _statistics_rows(store, "day", z("2026-01-13T23:00:00Z"), z("2026-01-14T23:00:00Z"))
     with InfluxDBClient(url=settings.url, token=settings.token, org=settings.org) as client:
-        client.delete_api().delete(z("2026-01-13T23:00:00Z"), z("2026-01-14T22:59:59Z"),
-                                   f'_measurement="day" AND meter="{METER}"', bucket=settings.stats_bucket,
-                                   org=settings.org)
+        client.delete_api().delete(
+            z("2026-01-13T23:00:00Z"),
+            z("2026-01-14T22:59:59Z"),
+            f'_measurement="day" AND meter="{METER}"',
+            bucket=settings.stats_bucket,
+            org=settings.org,
+        )
     result = subprocess.run(
-        dsmr_ts_command("--config", str(session_config.path), "regenerate", "--since", "2026-01-10",
-                        "--until", "2026-01-20"),
-        cwd=REPO, capture_output=True, text=True, timeout=300,
+        dsmr_ts_command(
+            "--config", str(session_config.path), "regenerate", "--since", "2026-01-10", "--until", "2026-01-20"
+        ),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert result.returncode == 0, result.stderr
     assert "11/11 days" in result.stderr and "ETA" in result.stderr
@@ -314,10 +418,13 @@ def test_regenerate_command_with_progress(session_config, store, tmp_path):
 
 
 def test_regenerate_rejects_bad_dates(session_config):
-    result = subprocess.run(dsmr_ts_command("--config", str(session_config.path), "regenerate", "--since", "June"),
-                            cwd=REPO, capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        dsmr_ts_command("--config", str(session_config.path), "regenerate", "--since", "June"),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 2
     assert "expected a date like 2024-01-31, got 'June'" in result.stderr
     assert "Traceback" not in result.stderr
-
-

@@ -18,17 +18,24 @@ import pytest
 import requests
 import yaml
 from falcon import testing
+from helpers import REPO, TEST_KEY, FakeSer2net, debian_binary, dsmr_ts_command, flux, wait_for
+from test_deploy import config_key_for_env
 
 from dsmr_ts.app import create_app
 from dsmr_ts.config import load_config
 from dsmr_ts.influx.bootstrap import bootstrap
 from dsmr_ts.influx.server import ManagedInfluxd, free_port
 from dsmr_ts.influx.store import Store
-from dsmr_ts.supervisor import (FAILED_AT_ONCE, GIVE_UP_AFTER, HEALTHY_AFTER, MAX_BACKOFF, Child, Supervisor,
-                                SupervisorError)
+from dsmr_ts.supervisor import (
+    FAILED_AT_ONCE,
+    GIVE_UP_AFTER,
+    HEALTHY_AFTER,
+    MAX_BACKOFF,
+    Child,
+    Supervisor,
+    SupervisorError,
+)
 from dsmr_ts.telegram import Reading, build_telegram
-from helpers import REPO, TEST_KEY, FakeSer2net, debian_binary, dsmr_ts_command, flux, wait_for
-from test_deploy import config_key_for_env
 
 UTC = dt.timezone.utc
 KEY = {"X-AUTHKEY": TEST_KEY}
@@ -61,8 +68,9 @@ class FakeProcess:
 def supervised(*names: str) -> tuple[Supervisor, dict[str, FakeProcess], list[float]]:
     clock = [0.0]
     processes = {name: FakeProcess() for name in names}
-    supervisor = Supervisor([Child(name, process) for name, process in processes.items()], threading.Event(),
-                            clock=lambda: clock[0])
+    supervisor = Supervisor(
+        [Child(name, process) for name, process in processes.items()], threading.Event(), clock=lambda: clock[0]
+    )
     supervisor.start_all()
     return supervisor, processes, clock
 
@@ -116,8 +124,10 @@ def test_a_child_failing_at_once_five_times_stops_everything_with_one_line():
             supervisor.check()
             clock[0] = supervisor.children[1].restart_at
             supervisor.check()
-    assert str(stopped.value) == (f"api failed {GIVE_UP_AFTER} times in a row right after starting"
-                                  " (last: exited with status 3); stopping everything")
+    assert str(stopped.value) == (
+        f"api failed {GIVE_UP_AFTER} times in a row right after starting"
+        " (last: exited with status 3); stopping everything"
+    )
 
 
 # --- while influxd is down ----------------------------------------------------------------------------
@@ -132,20 +142,37 @@ def test_while_influxd_is_down_writes_are_503_and_health_and_schema_still_answer
     store = Store(config.influxdb, timeout_ms=2000)
     client = testing.TestClient(create_app(config, store))
     moment = dt.datetime.now(UTC).replace(microsecond=0)
-    telegram = build_telegram(Reading(moment, "E-DOWN", {"electricity_delivered_1": 1.0,
-                                                         "electricity_currently_delivered": 0.1}))
-    form = {"headers": {**KEY, "Content-Type": "application/x-www-form-urlencoded"},
-            "body": f"telegram={requests.utils.quote(telegram)}"}
+    telegram = build_telegram(
+        Reading(moment, "E-DOWN", {"electricity_delivered_1": 1.0, "electricity_currently_delivered": 0.1})
+    )
+    form = {
+        "headers": {**KEY, "Content-Type": "application/x-www-form-urlencoded"},
+        "body": f"telegram={requests.utils.quote(telegram)}",
+    }
     try:
         server.stop()
         v1 = client.simulate_post(V1, **form)
-        assert (v1.status_code, v1.text) == (503, "Storage is unavailable: InfluxDB unreachable (ConnectionRefusedError)")
-        v2 = client.simulate_post(V2, headers=KEY, json={"timestamp": moment.isoformat(),
-                                                          "electricity_delivered_1": 1, "electricity_returned_1": 0,
-                                                          "electricity_delivered_2": 0, "electricity_returned_2": 0,
-                                                          "electricity_currently_delivered": 0.1,
-                                                          "electricity_currently_returned": 0})
-        assert v2.status_code == 503 and v2.json["detail"] == "Storage is unavailable: InfluxDB unreachable (ConnectionRefusedError)"
+        assert (v1.status_code, v1.text) == (
+            503,
+            "Storage is unavailable: InfluxDB unreachable (ConnectionRefusedError)",
+        )
+        v2 = client.simulate_post(
+            V2,
+            headers=KEY,
+            json={
+                "timestamp": moment.isoformat(),
+                "electricity_delivered_1": 1,
+                "electricity_returned_1": 0,
+                "electricity_delivered_2": 0,
+                "electricity_returned_2": 0,
+                "electricity_currently_delivered": 0.1,
+                "electricity_currently_returned": 0,
+            },
+        )
+        assert (
+            v2.status_code == 503
+            and v2.json["detail"] == "Storage is unavailable: InfluxDB unreachable (ConnectionRefusedError)"
+        )
         assert client.simulate_get("/health").status_code == 503
         assert client.simulate_get("/api/v2/schema").status_code == 200
         server.start()  # back: the same app stores again, nothing restarted
@@ -176,8 +203,13 @@ class Load:
             thread.start()
 
     def telegram(self, index: int) -> str:
-        return build_telegram(Reading(self.START + dt.timedelta(seconds=index), "E-SUPERVISED", {
-            "electricity_delivered_1": 1000 + index / 1000, "electricity_currently_delivered": 0.5}))
+        return build_telegram(
+            Reading(
+                self.START + dt.timedelta(seconds=index),
+                "E-SUPERVISED",
+                {"electricity_delivered_1": 1000 + index / 1000, "electricity_currently_delivered": 0.5},
+            )
+        )
 
     def run(self) -> None:
         session = requests.Session()
@@ -221,12 +253,19 @@ def test_run_heals_itself_after_each_child_is_killed_under_load(tmp_path, influx
     config_path.write_text(
         f"api:\n  enabled: true\n  key: {TEST_KEY}\nserver:\n  bind: 127.0.0.1:{api_port}\n"
         f"influxdb:\n  data_dir: ./influx-data\n  url: http://127.0.0.1:{influx_port}\n"
-        f"reader:\n  port: {meter.url}\n  spool_dir: ./spool\n")
+        f"reader:\n  port: {meter.url}\n  spool_dir: ./spool\n"
+    )
     env = {k: v for k, v in os.environ.items() if not k.startswith("DSMR_TS_")}
     env["DSMR_TS_INFLUXD"] = str(influxd_binary)
     log_path = tmp_path / "run.log"
-    run = subprocess.Popen(dsmr_ts_command("run", "--config", str(config_path)), cwd=tmp_path, env=env,
-                           stdout=open(log_path, "w"), stderr=subprocess.STDOUT, start_new_session=True)
+    run = subprocess.Popen(
+        dsmr_ts_command("run", "--config", str(config_path)),
+        cwd=tmp_path,
+        env=env,
+        stdout=open(log_path, "w"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     url = f"http://127.0.0.1:{api_port}"
 
     def serving() -> bool:
@@ -245,8 +284,15 @@ def test_run_heals_itself_after_each_child_is_killed_under_load(tmp_path, influx
         while not feeding.is_set():
             index = next(sent)
             try:
-                meter.send(build_telegram(Reading(start + dt.timedelta(seconds=index), "E-SUPERVISED-METER", {
-                    "electricity_delivered_1": float(index), "electricity_currently_delivered": 0.2})).encode())
+                meter.send(
+                    build_telegram(
+                        Reading(
+                            start + dt.timedelta(seconds=index),
+                            "E-SUPERVISED-METER",
+                            {"electricity_delivered_1": float(index), "electricity_currently_delivered": 0.2},
+                        )
+                    ).encode()
+                )
             except OSError:
                 pass  # no reader connected right now: like a real meter, it sends anyway
             feeding.wait(0.2)
@@ -276,8 +322,11 @@ def test_run_heals_itself_after_each_child_is_killed_under_load(tmp_path, influx
             os.kill(pid, signal.SIGKILL)
             killed = time.monotonic()
             # Served again within 15 s: answers, takes telegrams again, and the meter is read again.
-            wait_for(lambda: serving() and len(load.acknowledged) > acknowledged_before + 20, timeout=15,
-                     what=f"the service to serve again after {victim} was killed")
+            wait_for(
+                lambda: serving() and len(load.acknowledged) > acknowledged_before + 20,
+                timeout=15,
+                what=f"the service to serve again after {victim} was killed",
+            )
             if victim == "reader":
                 wait_for(lambda: meter.connections > connections_before, timeout=15, what="the reader back")
             recovered[victim] = time.monotonic() - killed
@@ -289,15 +338,21 @@ def test_run_heals_itself_after_each_child_is_killed_under_load(tmp_path, influx
         for victim in ("influxd", "api", "reader"):
             assert text.count(f"{victim} killed by SIGKILL; restarting it in 1 s") == 1, text[-3000:]
             assert text.count(f"restarting {victim} (after killed by SIGKILL)") == 1
-        rows = flux(store, 'from(bucket: bucket) |> range(start: 2025-05-31T00:00:00Z, stop: 2025-06-30T00:00:00Z)'
-                           ' |> filter(fn: (r) => r._measurement == "reading" and r.meter == "E-SUPERVISED"'
-                           ' and r._field == "electricity_delivered_1")', {})
+        rows = flux(
+            store,
+            "from(bucket: bucket) |> range(start: 2025-05-31T00:00:00Z, stop: 2025-06-30T00:00:00Z)"
+            ' |> filter(fn: (r) => r._measurement == "reading" and r.meter == "E-SUPERVISED"'
+            ' and r._field == "electricity_delivered_1")',
+            {},
+        )
         stored = [int((row["_time"] - Load.START).total_seconds()) for row in rows]
         lost = set(load.acknowledged) - set(stored)
         with capsys.disabled():
-            print(f"\nsupervised kill test: {len(load.acknowledged)} acknowledged, {len(load.refused)} refused,"
-                  f" {len(stored)} stored, {len(lost)} lost; serving again after "
-                  + ", ".join(f"{victim} {seconds:.1f} s" for victim, seconds in recovered.items()))
+            print(
+                f"\nsupervised kill test: {len(load.acknowledged)} acknowledged, {len(load.refused)} refused,"
+                f" {len(stored)} stored, {len(lost)} lost; serving again after "
+                + ", ".join(f"{victim} {seconds:.1f} s" for victim, seconds in recovered.items())
+            )
         assert lost == set()
         assert len(stored) == len(set(stored))  # exactly once
         assert run.poll() is None  # it never gave up
@@ -323,16 +378,24 @@ def verify(units: list[Path], folder: Path) -> subprocess.CompletedProcess:
     installed = Path(sys.executable).parent / "dsmr-ts"
     copies = []
     for unit in units:
-        text = (unit.read_text().replace("/opt/dsmr-ts/.venv/bin/dsmr-ts", str(installed))
-                .replace("/etc/dsmr-ts/environment", str(REPO / "deploy" / "systemd" / "environment")))
+        text = (
+            unit.read_text()
+            .replace("/opt/dsmr-ts/.venv/bin/dsmr-ts", str(installed))
+            .replace("/etc/dsmr-ts/environment", str(REPO / "deploy" / "systemd" / "environment"))
+        )
         (folder / unit.name).write_text(text)
         copies.append(str(folder / unit.name))
     return subprocess.run([binary, "verify", *copies], capture_output=True, text=True, timeout=120)
 
 
 def test_the_systemd_units_verify(tmp_path):
-    assert {unit.name for unit in UNITS} == {"dsmr-ts.service", "dsmr-ts-influxd.service", "dsmr-ts-setup.service",
-                                             "dsmr-ts-api.service", "dsmr-ts-reader.service"}
+    assert {unit.name for unit in UNITS} == {
+        "dsmr-ts.service",
+        "dsmr-ts-influxd.service",
+        "dsmr-ts-setup.service",
+        "dsmr-ts-api.service",
+        "dsmr-ts-reader.service",
+    }
     result = verify(UNITS, tmp_path)
     assert result.returncode == 0 and result.stdout + result.stderr == "", result.stdout + result.stderr
     for unit in UNITS:
@@ -342,9 +405,14 @@ def test_the_systemd_units_verify(tmp_path):
             assert "Restart=on-failure" in text
     for name in ("api", "reader"):
         text = (REPO / "deploy" / "systemd" / f"dsmr-ts-{name}.service").read_text()
-        assert "Requires=dsmr-ts-setup.service" in text and "After=dsmr-ts-setup.service dsmr-ts-influxd.service" in text
-    environment = dict(line.split("=", 1) for line in (REPO / "deploy" / "systemd" / "environment").read_text()
-                       .splitlines() if line and not line.startswith("#"))
+        assert (
+            "Requires=dsmr-ts-setup.service" in text and "After=dsmr-ts-setup.service dsmr-ts-influxd.service" in text
+        )
+    environment = dict(
+        line.split("=", 1)
+        for line in (REPO / "deploy" / "systemd" / "environment").read_text().splitlines()
+        if line and not line.startswith("#")
+    )
     for name in environment:  # every override names a real config key (or the influxd binary)
         assert name == "DSMR_TS_INFLUXD" or (name.startswith("DSMR_TS_") and config_key_for_env(name)), name
 
@@ -352,8 +420,11 @@ def test_the_systemd_units_verify(tmp_path):
 def test_systemd_verify_would_catch_a_broken_unit(tmp_path):
     broken = tmp_path / "source" / "dsmr-ts-broken.service"
     broken.parent.mkdir()
-    broken.write_text((REPO / "deploy" / "systemd" / "dsmr-ts-api.service").read_text()
-                      .replace("Restart=on-failure", "Restart=sometimes"))
+    broken.write_text(
+        (REPO / "deploy" / "systemd" / "dsmr-ts-api.service")
+        .read_text()
+        .replace("Restart=on-failure", "Restart=sometimes")
+    )
     (tmp_path / "out").mkdir()
     result = verify([broken], tmp_path / "out")
     assert "Failed to parse service restart specifier" in result.stdout + result.stderr  # what the main test forbids

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 
 import pytest
+from helpers import SAMPLE_TELEGRAMS, TELEGRAMS, sample_telegram
 
 from dsmr_ts.telegram import (
     CrcError,
@@ -19,7 +20,6 @@ from dsmr_ts.telegram import (
     parse_p1_timestamp,
     parse_telegram,
 )
-from helpers import SAMPLE_TELEGRAMS, TELEGRAMS, sample_telegram
 
 UTC = dt.timezone.utc
 NOW = dt.datetime(2026, 11, 25, 12, 0, 0, tzinfo=UTC)
@@ -36,29 +36,110 @@ def parse_file(name: str):
 # file -> (timestamp, d1, d2, r1, r2, currently delivered, currently returned, gas, gas time)
 # taken from EXPECTED.md; None where EXPECTED.md pins nothing (checked against the telegram below).
 EXPECTED = {
-    "dsmr50_nl_1.txt": (utc(2010, 12, 9, 10, 30, 20), 123456.789, 123456.789, 123456.789, 123456.789, 1.193, 0.0,
-                        12785.123, utc(2010, 12, 9, 10, 25, 0)),
-    "fluvius_be_1.txt": (utc(2020, 8, 7, 6, 27, 11), 1924.771, 2549.919, 1968.710, 692.984, 0.0, 0.611,
-                         1414.287, utc(2020, 8, 7, 6, 25, 2)),
+    "dsmr50_nl_1.txt": (
+        utc(2010, 12, 9, 10, 30, 20),
+        123456.789,
+        123456.789,
+        123456.789,
+        123456.789,
+        1.193,
+        0.0,
+        12785.123,
+        utc(2010, 12, 9, 10, 25, 0),
+    ),
+    "fluvius_be_1.txt": (
+        utc(2020, 8, 7, 6, 27, 11),
+        1924.771,
+        2549.919,
+        1968.710,
+        692.984,
+        0.0,
+        0.611,
+        1414.287,
+        utc(2020, 8, 7, 6, 25, 2),
+    ),
     "smarty_lu_1.txt": (utc(2019, 10, 31, 13, 22, 39), 5675.956, 0.0, 0.002, 0.0, 3.074, 0.0, None, None),
     "dsmr22_nl_1.txt": (NOW, 1234.784, 4321.725, 0.0, 0.002, 0.36, 0.0, 7890.693, utc(2016, 4, 10, 11, 0, 0)),
-    "dsmr40_nl_1.txt": (utc(2015, 7, 1, 17, 29, 59), 510.747, 500.013, 0.123, 123.456, 0.192, 0.123,
-                        845.206, utc(2015, 7, 1, 17, 0, 0)),
+    "dsmr40_nl_1.txt": (
+        utc(2015, 7, 1, 17, 29, 59),
+        510.747,
+        500.013,
+        0.123,
+        123.456,
+        0.192,
+        0.123,
+        845.206,
+        utc(2015, 7, 1, 17, 0, 0),
+    ),
     "dsmr42_nl_1.txt": (utc(2016, 3, 3, 15, 43, 47), 1073.079, 1263.199, 0.0, 0.0, 0.143, 0.0, None, None),
-    "dsmr42_nl_2.txt": (utc(2016, 2, 10, 19, 30, 34), 756.849, 714.405, 0.0, 0.0, 0.111, 0.0,
-                        1197.484, utc(2016, 2, 10, 19, 0, 0)),
-    "dsmr42_nl_3.txt": (utc(2016, 3, 17, 21, 10, 58), 1255.252, 1284.838, 0.0, 0.0, 0.187, 0.0,
-                        1438.997, utc(2016, 3, 17, 21, 0, 0)),
-    "dsmr50_nl_2.txt": (utc(2019, 11, 8, 13, 55, 19), 1043.936, 870.706, 0.0, 0.0, 0.189, 0.0,
-                        241.773, utc(2019, 11, 8, 13, 55, 5)),
-    "dsmr50_nl_3.txt": (utc(2017, 1, 10, 19, 40, 57), 9012.345, 9067.890, 9123.456, 9789.012, 0.320, 0.0,
-                        123.456, utc(2017, 1, 10, 19, 40, 9)),
-    "fluvius_be_2.txt": (utc(2019, 8, 21, 19, 0, 25), 260.129, 338.681, 0.010, 0.425, 0.261, 0.0,
-                         29.553, utc(2019, 8, 21, 19, 0, 11)),
+    "dsmr42_nl_2.txt": (
+        utc(2016, 2, 10, 19, 30, 34),
+        756.849,
+        714.405,
+        0.0,
+        0.0,
+        0.111,
+        0.0,
+        1197.484,
+        utc(2016, 2, 10, 19, 0, 0),
+    ),
+    "dsmr42_nl_3.txt": (
+        utc(2016, 3, 17, 21, 10, 58),
+        1255.252,
+        1284.838,
+        0.0,
+        0.0,
+        0.187,
+        0.0,
+        1438.997,
+        utc(2016, 3, 17, 21, 0, 0),
+    ),
+    "dsmr50_nl_2.txt": (
+        utc(2019, 11, 8, 13, 55, 19),
+        1043.936,
+        870.706,
+        0.0,
+        0.0,
+        0.189,
+        0.0,
+        241.773,
+        utc(2019, 11, 8, 13, 55, 5),
+    ),
+    "dsmr50_nl_3.txt": (
+        utc(2017, 1, 10, 19, 40, 57),
+        9012.345,
+        9067.890,
+        9123.456,
+        9789.012,
+        0.320,
+        0.0,
+        123.456,
+        utc(2017, 1, 10, 19, 40, 9),
+    ),
+    "fluvius_be_2.txt": (
+        utc(2019, 8, 21, 19, 0, 25),
+        260.129,
+        338.681,
+        0.010,
+        0.425,
+        0.261,
+        0.0,
+        29.553,
+        utc(2019, 8, 21, 19, 0, 11),
+    ),
     "fluvius_be_3.txt": (utc(2020, 3, 5, 21, 29, 45), 172.987, 160.643, 23.457, 4.819, 0.638, 0.0, None, None),
     "fluvius_be_4.txt": (utc(2023, 2, 1, 14, 50, 56), 143.608, 170.853, 2.963, 0.427, 0.182, 0.0, None, None),
-    "fluvius_be_5.txt": (utc(2023, 1, 19, 11, 46, 38), 4423.770, 2607.237, 1194.693, 755.554, 0.0, 0.204,
-                         734.607, utc(2023, 1, 19, 11, 46, 16)),
+    "fluvius_be_5.txt": (
+        utc(2023, 1, 19, 11, 46, 38),
+        4423.770,
+        2607.237,
+        1194.693,
+        755.554,
+        0.0,
+        0.204,
+        734.607,
+        utc(2023, 1, 19, 11, 46, 16),
+    ),
     "kamstrup_se_1.txt": (utc(2021, 11, 15, 9, 9, 40), 3.997, 0.0, 0.0, 0.0, 0.0, 0.0, None, None),
 }
 
@@ -88,9 +169,16 @@ def test_dsmr50_nl_1_details():
     assert [v[f"phase_power_current_l{n}"] for n in (1, 2, 3)] == [1, 2, 3]
     assert telegram.reading.meter == "K8EG004046395507"  # hex-encoded equipment id, decoded
     assert telegram.statistics == {
-        "dsmr_version": "50", "electricity_tariff": 2, "power_failure_count": 4, "long_power_failure_count": 2,
-        "voltage_sag_count_l1": 2, "voltage_sag_count_l2": 1, "voltage_sag_count_l3": 0,
-        "voltage_swell_count_l1": 0, "voltage_swell_count_l2": 3, "voltage_swell_count_l3": 0,
+        "dsmr_version": "50",
+        "electricity_tariff": 2,
+        "power_failure_count": 4,
+        "long_power_failure_count": 2,
+        "voltage_sag_count_l1": 2,
+        "voltage_sag_count_l2": 1,
+        "voltage_sag_count_l3": 0,
+        "voltage_swell_count_l1": 0,
+        "voltage_swell_count_l2": 3,
+        "voltage_swell_count_l3": 0,
     }
     assert telegram.header == "ISk5\x02MT382-1000"
 
@@ -136,15 +224,33 @@ def test_dsmr40_details():
     assert [v[f"phase_currently_returned_l{n}"] for n in (1, 2, 3)] == [0.111, 0.555, 0.999]
 
 
-DOC_EXAMPLE = "".join([
-    "/KFM5KAIFA-METER\r\n", "\r\n", "1-3:0.2.8(42)\r\n", "0-0:1.0.0(160303164347W)\r\n",
-    "0-0:96.1.1(*******************************)\r\n", "1-0:1.8.1(001073.079*kWh)\r\n",
-    "1-0:1.8.2(001263.199*kWh)\r\n", "1-0:2.8.1(000000.000*kWh)\r\n", "1-0:2.8.2(000000.000*kWh)\r\n",
-    "0-0:96.14.0(0002)\r\n", "1-0:1.7.0(00.143*kW)\r\n", "1-0:2.7.0(00.000*kW)\r\n", "0-0:96.7.21(00006)\r\n",
-    "0-0:96.7.9(00003)\r\n", "1-0:99.97.0(1)(0-0:96.7.19)(000101000001W)(2147483647*s)\r\n",
-    "1-0:32.32.0(00000)\r\n", "1-0:32.36.0(00000)\r\n", "0-0:96.13.1()\r\n", "0-0:96.13.0()\r\n",
-    "1-0:31.7.0(000*A)\r\n", "1-0:21.7.0(00.143*kW)\r\n", "1-0:22.7.0(00.000*kW)\r\n", "!74B0\n",
-])
+DOC_EXAMPLE = "".join(
+    [
+        "/KFM5KAIFA-METER\r\n",
+        "\r\n",
+        "1-3:0.2.8(42)\r\n",
+        "0-0:1.0.0(160303164347W)\r\n",
+        "0-0:96.1.1(*******************************)\r\n",
+        "1-0:1.8.1(001073.079*kWh)\r\n",
+        "1-0:1.8.2(001263.199*kWh)\r\n",
+        "1-0:2.8.1(000000.000*kWh)\r\n",
+        "1-0:2.8.2(000000.000*kWh)\r\n",
+        "0-0:96.14.0(0002)\r\n",
+        "1-0:1.7.0(00.143*kW)\r\n",
+        "1-0:2.7.0(00.000*kW)\r\n",
+        "0-0:96.7.21(00006)\r\n",
+        "0-0:96.7.9(00003)\r\n",
+        "1-0:99.97.0(1)(0-0:96.7.19)(000101000001W)(2147483647*s)\r\n",
+        "1-0:32.32.0(00000)\r\n",
+        "1-0:32.36.0(00000)\r\n",
+        "0-0:96.13.1()\r\n",
+        "0-0:96.13.0()\r\n",
+        "1-0:31.7.0(000*A)\r\n",
+        "1-0:21.7.0(00.143*kW)\r\n",
+        "1-0:22.7.0(00.000*kW)\r\n",
+        "!74B0\n",
+    ]
+)
 
 
 def test_documentation_example_is_rejected_with_a_clear_crc_message():
@@ -159,8 +265,12 @@ def test_crc16_arc_check_value():
 
 def reading_at(timestamp: dt.datetime, **values: float) -> Reading:
     base = {
-        "electricity_delivered_1": 1.0, "electricity_delivered_2": 2.0, "electricity_returned_1": 0.0,
-        "electricity_returned_2": 0.0, "electricity_currently_delivered": 0.5, "electricity_currently_returned": 0.0,
+        "electricity_delivered_1": 1.0,
+        "electricity_delivered_2": 2.0,
+        "electricity_returned_1": 0.0,
+        "electricity_returned_2": 0.0,
+        "electricity_currently_delivered": 0.5,
+        "electricity_currently_returned": 0.0,
     }
     return Reading(timestamp=timestamp, meter="TESTMETER", values={**base, **values})
 
@@ -212,7 +322,9 @@ def test_unusable_timestamp_means_now():
 
 def test_last_line_wins_and_garbled_lines_are_skipped():
     text = build_telegram(reading_at(utc(2020, 1, 1, 12, 0, 0)))
-    text = text.replace("1-0:1.7.0(00.500*kW)", "1-0:1.7.0(00.500*kW)\r\n1-0:1.7.0(00.750*kW)\r\n1-0:21.7.0(12.x*kW\r\nrubbish")
+    text = text.replace(
+        "1-0:1.7.0(00.500*kW)", "1-0:1.7.0(00.500*kW)\r\n1-0:1.7.0(00.750*kW)\r\n1-0:21.7.0(12.x*kW\r\nrubbish"
+    )
     reading = parse_telegram(resign(text)).reading
     assert reading.values["electricity_currently_delivered"] == 0.75
     assert "phase_currently_delivered_l1" not in reading.values

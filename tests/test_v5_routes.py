@@ -14,23 +14,37 @@ import urllib.parse
 
 import pytest
 from falcon import testing
+from helpers import TEST_KEY, write_lines
 
 from dsmr_ts import __version__
 from dsmr_ts.app import create_app
 from dsmr_ts.config import PricePeriod
 from dsmr_ts.influx.server import free_port
-from dsmr_ts.influx.store import Store
 from dsmr_ts.influx.statistics import local_midnight
-from helpers import TEST_KEY, write_lines
+from dsmr_ts.influx.store import Store
 
 UTC = dt.timezone.utc
 KEY = {"X-AUTHKEY": TEST_KEY}
 METER = "E-V5"
 PRICES = [
-    PricePeriod(start=dt.date(2000, 1, 1), electricity_delivered_1=0.25, electricity_delivered_2=0.30,
-                electricity_returned_1=0.10, electricity_returned_2=0.10, gas=1.20, fixed_daily_cost=0.50),
-    PricePeriod(start=dt.date(2099, 1, 1), electricity_delivered_1=9.0, electricity_delivered_2=9.0,
-                electricity_returned_1=9.0, electricity_returned_2=9.0, gas=9.0, fixed_daily_cost=9.0),
+    PricePeriod(
+        start=dt.date(2000, 1, 1),
+        electricity_delivered_1=0.25,
+        electricity_delivered_2=0.30,
+        electricity_returned_1=0.10,
+        electricity_returned_2=0.10,
+        gas=1.20,
+        fixed_daily_cost=0.50,
+    ),
+    PricePeriod(
+        start=dt.date(2099, 1, 1),
+        electricity_delivered_1=9.0,
+        electricity_delivered_2=9.0,
+        electricity_returned_1=9.0,
+        electricity_returned_2=9.0,
+        gas=9.0,
+        fixed_daily_cost=9.0,
+    ),
 ]
 
 
@@ -44,18 +58,21 @@ def store(session_config):
     now = dt.datetime.now(UTC).replace(microsecond=0)
     before_midnight = local_midnight(now, session_config.tz) - dt.timedelta(hours=1)
     newest = now - dt.timedelta(seconds=10)
-    write_lines(store, [
-        f"reading,meter={METER} electricity_delivered_1=100.0,electricity_delivered_2=50.0,electricity_returned_1=0.0,"
-        f"electricity_returned_2=1.0,electricity_currently_delivered=0.1,electricity_currently_returned=0.0 "
-        f"{ns(before_midnight)}",
-        f"gas,meter={METER} extra_device_delivered=10.0 {ns(before_midnight)}",
-        f"reading,meter={METER} electricity_delivered_1=101.2,electricity_delivered_2=50.8,electricity_returned_1=0.0,"
-        f"electricity_returned_2=1.5,electricity_currently_delivered=0.75,electricity_currently_returned=0.0 "
-        f"{ns(newest)}",
-        f"gas,meter={METER} extra_device_delivered=10.4 {ns(now - dt.timedelta(seconds=20))}",
-        f"gas,meter={METER} extra_device_delivered=10.45 {ns(newest)}",
-        f"meter_statistics,meter={METER} electricity_tariff=2i,power_failure_count=3i {ns(newest)}",
-    ])
+    write_lines(
+        store,
+        [
+            f"reading,meter={METER} electricity_delivered_1=100.0,electricity_delivered_2=50.0,electricity_returned_1=0.0,"
+            f"electricity_returned_2=1.0,electricity_currently_delivered=0.1,electricity_currently_returned=0.0 "
+            f"{ns(before_midnight)}",
+            f"gas,meter={METER} extra_device_delivered=10.0 {ns(before_midnight)}",
+            f"reading,meter={METER} electricity_delivered_1=101.2,electricity_delivered_2=50.8,electricity_returned_1=0.0,"
+            f"electricity_returned_2=1.5,electricity_currently_delivered=0.75,electricity_currently_returned=0.0 "
+            f"{ns(newest)}",
+            f"gas,meter={METER} extra_device_delivered=10.4 {ns(now - dt.timedelta(seconds=20))}",
+            f"gas,meter={METER} extra_device_delivered=10.45 {ns(newest)}",
+            f"meter_statistics,meter={METER} electricity_tariff=2i,power_failure_count=3i {ns(newest)}",
+        ],
+    )
     yield store
     store.close()
 
@@ -80,9 +97,15 @@ def test_today_hand_computed(client, config):
     body = get(client, "/api/v2/consumption/today", meter=METER)
     assert body == {
         "day": dt.datetime.now(config.tz).date().isoformat(),
-        "electricity1": "1.200", "electricity2": "0.800", "electricity1_returned": "0.000",
-        "electricity2_returned": "0.500", "electricity1_cost": "0.30", "electricity2_cost": "0.19",
-        "gas": "0.450", "gas_cost": "0.54", "total_cost": "1.53",
+        "electricity1": "1.200",
+        "electricity2": "0.800",
+        "electricity1_returned": "0.000",
+        "electricity2_returned": "0.500",
+        "electricity1_cost": "0.30",
+        "electricity2_cost": "0.19",
+        "gas": "0.450",
+        "gas_cost": "0.54",
+        "total_cost": "1.53",
     }
 
 
@@ -118,18 +141,26 @@ def test_meter_statistics_get_and_patch(client, store):
     body = get(client, "/api/v2/datalogger/meter-statistics", meter=METER)
     assert (body["electricity_tariff"], body["power_failure_count"], body["latest_telegram"]) == (2, 3, None)
     assert body["rejected_telegrams"] == store.meters.rejected_count()
-    response = client.simulate_patch("/api/v2/datalogger/meter-statistics", headers=KEY,
-                                     json={"meter": METER, "electricity_tariff": 1, "power_failure_count": "7",
-                                           "dsmr_version": "50"})
+    response = client.simulate_patch(
+        "/api/v2/datalogger/meter-statistics",
+        headers=KEY,
+        json={"meter": METER, "electricity_tariff": 1, "power_failure_count": "7", "dsmr_version": "50"},
+    )
     assert response.status_code == 200, response.text
-    assert (response.json["electricity_tariff"], response.json["power_failure_count"],
-            response.json["dsmr_version"]) == (1, 7, "50")
-    bad = client.simulate_patch("/api/v2/datalogger/meter-statistics", headers=KEY,
-                                json={"meter": "4\n", "electricity_tariff": -1, "tarif": 2})
+    assert (
+        response.json["electricity_tariff"],
+        response.json["power_failure_count"],
+        response.json["dsmr_version"],
+    ) == (1, 7, "50")
+    bad = client.simulate_patch(
+        "/api/v2/datalogger/meter-statistics", headers=KEY, json={"meter": "4\n", "electricity_tariff": -1, "tarif": 2}
+    )
     assert bad.status_code == 400
-    assert bad.json == {"electricity_tariff": ["Ensure this value is greater than or equal to 0."],
-                        "meter": ["Enter a meter id of 1 to 64 printable characters."],  # found by fuzzing (was 503)
-                        "tarif": ["Not a meter statistic you can set."]}
+    assert bad.json == {
+        "electricity_tariff": ["Ensure this value is greater than or equal to 0."],
+        "meter": ["Enter a meter id of 1 to 64 printable characters."],  # found by fuzzing (was 503)
+        "tarif": ["Not a meter statistic you can set."],
+    }
 
 
 def test_monitoring_healthy_then_problems(client, config, store, tmp_path):
@@ -157,8 +188,13 @@ def test_monitoring_no_recent_readings(config, session_config):
     # A meter whose newest reading is old, made the default meter (the session has many meters;
     # pinning the cached choice keeps this test independent of which reported last).
     store = Store(session_config.influxdb)
-    write_lines(store, ["reading,meter=E-V5-OLD electricity_delivered_1=1.0,electricity_currently_delivered=0.1 "
-                       f"{ns(dt.datetime(2020, 1, 1, tzinfo=UTC))}"])
+    write_lines(
+        store,
+        [
+            "reading,meter=E-V5-OLD electricity_delivered_1=1.0,electricity_currently_delivered=0.1 "
+            f"{ns(dt.datetime(2020, 1, 1, tzinfo=UTC))}"
+        ],
+    )
     store.meters._default = ("E-V5-OLD", float("inf"))
     try:
         body = get(testing.TestClient(create_app(config, store)), "/api/v2/application/monitoring")

@@ -11,12 +11,12 @@ import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
+import yaml
 from influxdb_client import Authorization, BucketRetentionRules, InfluxDBClient, Permission, PermissionResource
 from influxdb_client.domain.onboarding_request import OnboardingRequest
 from influxdb_client.rest import ApiException
 from influxdb_client.service.setup_service import SetupService
 from urllib3.exceptions import HTTPError
-import yaml
 
 from dsmr_ts.config import Config, InfluxConfig, read_secret_file, save_setting, write_secret_file
 from dsmr_ts.influx.client import InfluxClient, StoreUnavailable
@@ -67,11 +67,13 @@ def bootstrap(config: Config, *, login_file: Path | None = None) -> BootstrapRes
             else:
                 raise BootstrapError(
                     f"InfluxDB at {settings.url} is already set up but there is no admin token: put an all-access"
-                    f" token of org {settings.org!r} in {admin_file} (or influxdb.admin_token{_in_file(config)})")
+                    f" token of org {settings.org!r} in {admin_file} (or influxdb.admin_token{_in_file(config)})"
+                )
         with InfluxDBClient(url=settings.url, token=admin, org=settings.org, timeout=30_000) as client:
             org_id = _org_id(client, settings.org, settings.url)
-            bucket_ids = _ensure_buckets(client, org_id, [settings.bucket, settings.stats_bucket],
-                                         {settings.stats_bucket: STATS_SHARD_SECONDS})
+            bucket_ids = _ensure_buckets(
+                client, org_id, [settings.bucket, settings.stats_bucket], {settings.stats_bucket: STATS_SHARD_SECONDS}
+            )
             tasks = ensure_tasks(client, config, org_id)
             _keep_admin_token(config, admin, admin_file)
             if onboarded or not settings.token or settings.token == admin or not token_works(settings):
@@ -89,14 +91,16 @@ def bootstrap(config: Config, *, login_file: Path | None = None) -> BootstrapRes
     except (HTTPError, OSError) as exc:
         raise BootstrapError(f"InfluxDB at {settings.url} is unreachable: {exc.__class__.__name__}") from None
     created = [name for name, (_, new) in bucket_ids.items() if new]
-    return BootstrapResult(token=settings.token, org_id=org_id, onboarded=onboarded, created_buckets=created,
-                           tasks=tasks)
+    return BootstrapResult(
+        token=settings.token, org_id=org_id, onboarded=onboarded, created_buckets=created, tasks=tasks
+    )
 
 
 def admin_token(config: Config) -> str:
     """The all-access token: influxdb.admin_token when given, else its file (setup, tests)."""
-    return config.influxdb.admin_token or read_secret_file(config.resolve_path(config.influxdb.admin_token_file),
-                                                           "the InfluxDB admin token")
+    return config.influxdb.admin_token or read_secret_file(
+        config.resolve_path(config.influxdb.admin_token_file), "the InfluxDB admin token"
+    )
 
 
 def _keep_admin_token(config: Config, admin: str, admin_file: Path) -> None:
@@ -135,10 +139,12 @@ def _scoped_token(client: InfluxDBClient, org_id: str, bucket_ids: dict[str, tup
     hour task's runs). Nothing else: no other bucket, no users, no tokens, no task changes."""
     permissions = [
         Permission(action=action, resource=PermissionResource(type="buckets", id=bucket_id, org_id=org_id))
-        for bucket_id, _ in bucket_ids.values() for action in ("read", "write")
+        for bucket_id, _ in bucket_ids.values()
+        for action in ("read", "write")
     ] + [Permission(action="read", resource=PermissionResource(type="tasks", org_id=org_id))]
-    authorization = client.authorizations_api().create_authorization(authorization=Authorization(
-        org_id=org_id, permissions=permissions, description=SCOPED_TOKEN_DESCRIPTION))
+    authorization = client.authorizations_api().create_authorization(
+        authorization=Authorization(org_id=org_id, permissions=permissions, description=SCOPED_TOKEN_DESCRIPTION)
+    )
     log.info("created a token limited to the buckets %s", ", ".join(bucket_ids))
     return authorization.token
 
@@ -148,10 +154,13 @@ GRAFANA_TOKEN_DESCRIPTION = "dsmr-ts Grafana: read the two buckets, nothing else
 
 def _read_only_token(client: InfluxDBClient, org_id: str, bucket_ids: dict[str, tuple[str, bool]]) -> str:
     """Read on the two buckets: what Grafana's dashboards need, and nothing else."""
-    permissions = [Permission(action="read", resource=PermissionResource(type="buckets", id=bucket_id, org_id=org_id))
-                   for bucket_id, _ in bucket_ids.values()]
-    authorization = client.authorizations_api().create_authorization(authorization=Authorization(
-        org_id=org_id, permissions=permissions, description=GRAFANA_TOKEN_DESCRIPTION))
+    permissions = [
+        Permission(action="read", resource=PermissionResource(type="buckets", id=bucket_id, org_id=org_id))
+        for bucket_id, _ in bucket_ids.values()
+    ]
+    authorization = client.authorizations_api().create_authorization(
+        authorization=Authorization(org_id=org_id, permissions=permissions, description=GRAFANA_TOKEN_DESCRIPTION)
+    )
     log.info("created a read-only token for Grafana")
     return authorization.token
 
@@ -196,8 +205,10 @@ def _onboard(client: InfluxDBClient, config: Config, login_file: Path | None) ->
     if login_file:
         login_file.parent.mkdir(parents=True, exist_ok=True)
         login_file.touch(mode=0o600)
-        login_file.write_text(f"InfluxDB login for {settings.url} (influx CLI; this build has no web UI)\n"
-                              f"user: {ADMIN_USER}\npassword: {password}\n")
+        login_file.write_text(
+            f"InfluxDB login for {settings.url} (influx CLI; this build has no web UI)\n"
+            f"user: {ADMIN_USER}\npassword: {password}\n"
+        )
     log.info("onboarded InfluxDB at %s: org %s, bucket %s", settings.url, settings.org, settings.bucket)
     return token
 
@@ -216,15 +227,20 @@ def _org_id(client: InfluxDBClient, org: str, url: str) -> str:
 STATS_SHARD_SECONDS = 52 * 7 * 86400
 
 
-def _ensure_buckets(client: InfluxDBClient, org_id: str, names: list[str],
-                    shard_seconds: dict[str, int] | None = None) -> dict[str, tuple[str, bool]]:
+def _ensure_buckets(
+    client: InfluxDBClient, org_id: str, names: list[str], shard_seconds: dict[str, int] | None = None
+) -> dict[str, tuple[str, bool]]:
     """name -> (bucket id, created now); a bucket whose shard length differs from `shard_seconds`
     gets it (for shards made from then on)."""
     api = client.buckets_api()
     found = {}
     for name in names:
         wanted = (shard_seconds or {}).get(name)
-        rules = [BucketRetentionRules(type="expire", every_seconds=0, shard_group_duration_seconds=wanted)] if wanted else None
+        rules = (
+            [BucketRetentionRules(type="expire", every_seconds=0, shard_group_duration_seconds=wanted)]
+            if wanted
+            else None
+        )
         bucket = api.find_bucket_by_name(name)
         if bucket is None:
             bucket = api.create_bucket(bucket_name=name, org=org_id, retention_rules=rules)  # kept forever

@@ -63,7 +63,7 @@ def ensure_influxd(progress: TextIO | None = sys.stderr) -> Path:
         return _build(target, _Progress(progress))
 
 
-def _build(target: Path, progress: "_Progress") -> Path:
+def _build(target: Path, progress: _Progress) -> Path:
     for tool in ("go", "cargo"):
         if not shutil.which(tool):
             raise BuildError(f"`{tool}` is not on PATH; influxd is built with Go and Rust (cargo)")
@@ -94,8 +94,16 @@ def _build(target: Path, progress: "_Progress") -> Path:
     progress.say(f"step 3/3: compiling {total} Go packages and the Rust flux engine (libflux)")
     partial = target / "influxd.partial"
     _run(
-        ["go", "build", "-v", "-ldflags", f"-X main.version={INFLUXDB_VERSION.lstrip('v')}", "-o", str(partial),
-         INFLUXD_PACKAGE],
+        [
+            "go",
+            "build",
+            "-v",
+            "-ldflags",
+            f"-X main.version={INFLUXDB_VERSION.lstrip('v')}",
+            "-o",
+            str(partial),
+            INFLUXD_PACKAGE,
+        ],
         env,
         progress,
         "influxd",
@@ -117,7 +125,7 @@ def _rustup_default_toolchain() -> str | None:
 def _run(
     cmd: list[str],
     env: dict[str, str],
-    progress: "_Progress",
+    progress: _Progress,
     what: str,
     *,
     quiet: bool = False,
@@ -132,7 +140,8 @@ def _run(
     assert proc.stderr is not None and proc.stdout is not None
     # stdout is drained by a thread so neither pipe can fill up and stall the build.
     out_chunks: list[str] = []
-    reader = threading.Thread(target=lambda: out_chunks.append(proc.stdout.read()), daemon=True)
+    stdout = proc.stdout
+    reader = threading.Thread(target=lambda: out_chunks.append(stdout.read()), daemon=True)
     reader.start()
     with progress.heartbeat():
         for line in proc.stderr:
@@ -210,4 +219,3 @@ class _Progress:
         if self.stream and self.open_line:
             self.stream.write("\n")
             self.open_line = False
-

@@ -111,8 +111,9 @@ class InfluxClient:
             connection = self._local.connection = cls(self._host, self._port, timeout=self.timeout)
         return connection
 
-    def request(self, method: str, path: str, body: bytes | None = None,
-                headers: dict[str, str] | None = None) -> tuple[int, bytes]:
+    def request(
+        self, method: str, path: str, body: bytes | None = None, headers: dict[str, str] | None = None
+    ) -> tuple[int, bytes]:
         """(status, body); StoreUnavailable when influxd cannot be reached. A kept-alive connection
         that influxd closed meanwhile is reopened once."""
         headers = {"Authorization": f"Token {self.settings.token}", **(headers or {})}
@@ -141,17 +142,18 @@ class InfluxClient:
         """One synchronous write (204: every point is in the WAL). A parse error stores nothing."""
         if isinstance(body, str):
             body = body.encode()
-        query = urllib.parse.urlencode({"org": self.settings.org, "bucket": bucket or self.settings.bucket,
-                                        "precision": "ns"})
-        status, answer = self.request("POST", f"/api/v2/write?{query}", body,
-                                      {"Content-Type": "text/plain; charset=utf-8"})
+        query = urllib.parse.urlencode(
+            {"org": self.settings.org, "bucket": bucket or self.settings.bucket, "precision": "ns"}
+        )
+        status, answer = self.request(
+            "POST", f"/api/v2/write?{query}", body, {"Content-Type": "text/plain; charset=utf-8"}
+        )
         if status != 204:
             raise StoreUnavailable(f"InfluxDB answered HTTP {status}", _message(answer))
 
     def influxql(self, statements: list[str], bucket: str | None = None) -> list[list[Series]]:
         """Run InfluxQL statements in one request; one list of series per statement."""
-        query = urllib.parse.urlencode({"db": bucket or self.settings.bucket, "q": ";".join(statements),
-                                        "epoch": "s"})
+        query = urllib.parse.urlencode({"db": bucket or self.settings.bucket, "q": ";".join(statements), "epoch": "s"})
         # MessagePack, not JSON: a page of a thousand readings took influxd 9 ms to encode as JSON and
         # Python 3 ms to parse, as MessagePack 5 and 1 (the v1 compatibility API documents both).
         status, answer = self.request("GET", f"/query?{query}", headers={"Accept": "application/x-msgpack"})
@@ -181,7 +183,7 @@ class InfluxClient:
             if status != 204:
                 return "unreachable", f"InfluxDB answered HTTP {status} to /ping"
             query = urllib.parse.urlencode({"name": self.settings.bucket})
-            status, answer = self.request("GET", f"/api/v2/buckets?{query}")
+            status, _ = self.request("GET", f"/api/v2/buckets?{query}")
         except StoreUnavailable:
             return "unreachable", f"InfluxDB does not answer at {self.settings.url}"
         if status in (401, 403):
@@ -196,29 +198,36 @@ class InfluxClient:
     def flux_client(self) -> InfluxDBClient:
         with self._lock:
             if self._flux_client is None:
-                self._flux_client = InfluxDBClient(url=self.settings.url, token=self.settings.token,
-                                                   org=self.settings.org, timeout=int(self.timeout * 1000))
+                self._flux_client = InfluxDBClient(
+                    url=self.settings.url,
+                    token=self.settings.token,
+                    org=self.settings.org,
+                    timeout=int(self.timeout * 1000),
+                )
             return self._flux_client
 
-    def flux(self, query: str, params: dict[str, object] | None = None) -> list[dict[str, object]]:
+    def flux(self, query: str, params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
         """Run Flux with `bucket`, `stats` and the params as extern variables; rows as plain dicts."""
         with store_errors():
-            tables = self.flux_client.query_api().query(query, org=self.settings.org,
-                                                        params=self._params(params or {}))
+            tables = self.flux_client.query_api().query(query, org=self.settings.org, params=self._params(params or {}))
         return [record.values for table in tables for record in table.records]
 
-    def flux_stream(self, query: str, params: dict[str, object] | None = None) -> Iterator[dict[str, object]]:
+    def flux_stream(self, query: str, params: dict[str, Any] | None = None) -> Iterator[dict[str, Any]]:
         """Like flux(), rows one by one (constant memory). The request is sent before this returns,
         so an unreachable store raises here."""
         with store_errors():
-            records = self.flux_client.query_api().query_stream(query, org=self.settings.org,
-                                                                params=self._params(params or {}))
+            records = self.flux_client.query_api().query_stream(
+                query, org=self.settings.org, params=self._params(params or {})
+            )
             first = next(records, None)
         return _records(first, records)
 
-    def _params(self, params: dict[str, object]) -> dict[str, object]:
-        return {"bucket": self.settings.bucket, "stats": self.settings.stats_bucket,
-                **{name: clamp(value) for name, value in params.items()}}
+    def _params(self, params: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "bucket": self.settings.bucket,
+            "stats": self.settings.stats_bucket,
+            **{name: clamp(value) for name, value in params.items()},
+        }
 
     def close(self) -> None:
         self._drop_connection()
@@ -226,7 +235,7 @@ class InfluxClient:
             self._flux_client.close()
 
 
-def _records(first: Any, records: Iterator) -> Iterator[dict[str, object]]:
+def _records(first: Any, records: Iterator) -> Iterator[dict[str, Any]]:
     if first is None:
         return
     yield first.values

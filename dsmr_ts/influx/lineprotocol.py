@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
-from typing import Callable, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 from dsmr_ts.fields import SCHEMA, Kind, ReadingField, ReadingSchema
 from dsmr_ts.telegram import Reading
@@ -46,7 +46,7 @@ def _string_field(value: str) -> str:
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def _field(name: str, value: object) -> str:
+def _field(name: str, value: Any) -> str:
     if isinstance(value, str):
         return f"{name}={_string_field(value)}"
     if isinstance(value, bool):
@@ -56,11 +56,12 @@ def _field(name: str, value: object) -> str:
     return f"{name}={float(value)!r}"
 
 
-def line(measurement: str, meter: str | None, fields: Mapping[str, object], seconds: int | None = None,
-         ns: int | None = None) -> str:
+def line(
+    measurement: str, meter: str | None, fields: Mapping[str, object], seconds: int | None = None, ns: int | None = None
+) -> str:
     """One point, tagged with its meter (None: untagged, for the few bookkeeping points); time in
     whole seconds (or ns for the few points that need finer times)."""
-    stamp = ns if ns is not None else seconds * NS
+    stamp = ns if ns is not None else (seconds or 0) * NS
     tags = f",meter={escape_tag(meter)}" if meter is not None else ""
     return f"{measurement}{tags} {','.join(_field(k, v) for k, v in fields.items())} {stamp}"
 
@@ -84,7 +85,7 @@ def reading_line(reading: Reading, schema: ReadingSchema = SCHEMA) -> str:
 
 # Per kind of field: its placeholder in a reading's line, the type suffix line protocol wants after
 # the value, and what turns a value into what fills the placeholder in.
-_PLACEHOLDERS: dict[Kind, tuple[str, str, Callable[[object], object]]] = {
+_PLACEHOLDERS: dict[Kind, tuple[str, str, Callable[[Any], object]]] = {
     Kind.DECIMAL: ("%r", "", float),  # float repr: the shortest text that reads back the same
     Kind.INTEGER: ("%d", "i", int),
     Kind.DATETIME: ("%d", "i", _unix),  # Unix seconds
@@ -95,7 +96,9 @@ _PLACEHOLDERS: dict[Kind, tuple[str, str, Callable[[object], object]]] = {
 def _reading_template(names: tuple[str, ...], schema: ReadingSchema) -> tuple[str, tuple[Callable | None, ...]]:
     """The fields and time of the line of a reading with these fields, in this order, as a `%`
     template; and per name the conversion of its value (None: not a field of the schema, left out)."""
-    parts, conversions, present = [], [], 0
+    parts: list[str] = []
+    conversions: list[Callable[[Any], object] | None] = []
+    present = 0
     for name in names:
         spec = schema.by_name.get(name)
         if spec is None:
@@ -109,8 +112,12 @@ def _reading_template(names: tuple[str, ...], schema: ReadingSchema) -> tuple[st
     return ",".join(parts) + " %d000000000", tuple(conversions)
 
 
-def reading_fields_sql(columns: Iterable[ReadingField], concat: Callable[[list[str]], str],
-                       epoch: Callable[[str], str], schema: ReadingSchema = SCHEMA) -> str:
+def reading_fields_sql(
+    columns: Iterable[ReadingField],
+    concat: Callable[[list[str]], str],
+    epoch: Callable[[str], str],
+    schema: ReadingSchema = SCHEMA,
+) -> str:
     """SQL that writes what reading_line writes after the meter tag (fields, `present`, time) from a
     row of a table whose columns are named as the fields and that has a `timestamp`: imports let the
     database format the numbers. concat and epoch are the database's text concatenation and Unix
@@ -121,8 +128,9 @@ def reading_fields_sql(columns: Iterable[ReadingField], concat: Callable[[list[s
         field = concat([f"'{spec.name}='", value, f"'{_PLACEHOLDERS[spec.kind][1]},'"])
         fields.append(f"COALESCE({field}, '')")
         present.append(f"CASE WHEN {spec.name} IS NULL THEN 0 ELSE {schema.bits[spec.name]} END")
-    return concat([*fields, f"'{PRESENT_FIELD}='", f"({' + '.join(present) or 0})", "'i '", epoch("timestamp"),
-                   "'000000000'"])
+    return concat(
+        [*fields, f"'{PRESENT_FIELD}='", f"({' + '.join(present) or 0})", "'i '", epoch("timestamp"), "'000000000'"]
+    )
 
 
 def gas_booked_at(reading: Reading, hourly: bool) -> dt.datetime | None:
@@ -134,15 +142,14 @@ def gas_booked_at(reading: Reading, hourly: bool) -> dt.datetime | None:
     return gas[0] - dt.timedelta(hours=1 if hourly else 0)
 
 
-def gas_line(reading: Reading, hourly: bool) -> str | None:
-    booked = gas_booked_at(reading, hourly)
-    if booked is None:
-        return None
-    return line(GAS, reading.meter, {GAS_FIELD: float(reading.gas[1])}, _unix(booked))
+def gas_line(meter: str, booked: dt.datetime, m3: float) -> str:
+    """A gas position at the time it is booked (gas_booked_at)."""
+    return line(GAS, meter, {GAS_FIELD: float(m3)}, _unix(booked))
 
 
-def statistics_line(meter: str, timestamp: dt.datetime, statistics: Mapping[str, str | int],
-                    schema: ReadingSchema = SCHEMA) -> str | None:
+def statistics_line(
+    meter: str, timestamp: dt.datetime, statistics: Mapping[str, str | int], schema: ReadingSchema = SCHEMA
+) -> str | None:
     kinds = {s.name: s.kind for s in schema.statistics}
     fields = {name: (str(value) if kinds.get(name) is Kind.TEXT else int(value)) for name, value in statistics.items()}
     return line(METER_STATISTICS, meter, fields, _unix(timestamp)) if fields else None

@@ -7,6 +7,7 @@ from __future__ import annotations
 import datetime as dt
 import threading
 import time
+from typing import Any
 
 from dsmr_ts.fields import SCHEMA, ReadingSchema
 from dsmr_ts.influx import lineprotocol
@@ -26,7 +27,7 @@ class Meters:
 
     def all(self) -> list[str]:
         """Every meter that has readings (from the tag index: no data is read)."""
-        (series,) = self.client.influxql([f"SHOW TAG VALUES FROM {ident(lineprotocol.READING)} WITH KEY = \"meter\""])
+        (series,) = self.client.influxql([f'SHOW TAG VALUES FROM {ident(lineprotocol.READING)} WITH KEY = "meter"'])
         return sorted(str(row["value"]) for found in series for row in found.rows())
 
     def default(self) -> str:
@@ -51,8 +52,11 @@ class Meters:
         return meter
 
     def _last_reported(self, meters: list[str]) -> str:
-        statements = [f"SELECT {ident(COUNTED_FIELD)} FROM {ident(lineprotocol.READING)} WHERE meter = {quote(m)}"
-                      " ORDER BY time DESC LIMIT 1" for m in meters]
+        statements = [
+            f"SELECT {ident(COUNTED_FIELD)} FROM {ident(lineprotocol.READING)} WHERE meter = {quote(m)}"
+            " ORDER BY time DESC LIMIT 1"
+            for m in meters
+        ]
         latest = []
         for meter, series in zip(meters, self.client.influxql(statements)):
             for found in series:
@@ -62,16 +66,18 @@ class Meters:
 
     # --- meter statistics ------------------------------------------------------------------------
 
-    def statistics(self, meter: str) -> dict[str, object]:
+    def statistics(self, meter: str) -> dict[str, Any]:
         """The newest value of every meter statistic of one meter ({} when none), and `_time`: when
         the newest of them was written."""
         names = [s.name for s in self.schema.statistics]
         source = f"FROM {ident(lineprotocol.METER_STATISTICS)} WHERE meter = {quote(meter)}"
-        values, newest = self.client.influxql([
-            f"SELECT {', '.join(f'last({ident(n)}) AS {ident(n)}' for n in names)} {source}",
-            f"SELECT {', '.join(ident(n) for n in names)} {source} ORDER BY time DESC LIMIT 1",
-        ])
-        found: dict[str, object] = {}
+        values, newest = self.client.influxql(
+            [
+                f"SELECT {', '.join(f'last({ident(n)}) AS {ident(n)}' for n in names)} {source}",
+                f"SELECT {', '.join(ident(n) for n in names)} {source} ORDER BY time DESC LIMIT 1",
+            ]
+        )
+        found: dict[str, Any] = {}
         for series in values:
             for row in series.rows():
                 found.update({name: row[name] for name in names if row.get(name) is not None})
@@ -81,19 +87,22 @@ class Meters:
         return found
 
     def rejected_count(self) -> int:
-        (series,) = self.client.influxql([
-            f"SELECT sum({ident(lineprotocol.REJECTED_FIELD)}) FROM {ident(lineprotocol.METER_STATISTICS)}"])
+        (series,) = self.client.influxql(
+            [f"SELECT sum({ident(lineprotocol.REJECTED_FIELD)}) FROM {ident(lineprotocol.METER_STATISTICS)}"]
+        )
         return next((int(row["sum"] or 0) for found in series for row in found.rows()), 0)
 
     # --- import cursors ------------------------------------------------------------------------------
 
     def import_cursor(self, source: str) -> dt.datetime | None:
         """How far an import from `source` got (its newest reading written)."""
-        (series,) = self.client.influxql([
-            f"SELECT last(reached) FROM {self.client.in_stats(lineprotocol.IMPORT)}"
-            f" WHERE source = {quote(source)}"])
-        return next((dt.datetime.fromtimestamp(int(row["last"]), dt.timezone.utc)
-                     for found in series for row in found.rows()), None)
+        (series,) = self.client.influxql(
+            [f"SELECT last(reached) FROM {self.client.in_stats(lineprotocol.IMPORT)} WHERE source = {quote(source)}"]
+        )
+        return next(
+            (dt.datetime.fromtimestamp(int(row["last"]), dt.timezone.utc) for found in series for row in found.rows()),
+            None,
+        )
 
     def save_import_cursor(self, source: str, reached: dt.datetime) -> None:
         self.client.write(lineprotocol.import_cursor_line(source, reached), self.client.settings.stats_bucket)

@@ -21,14 +21,26 @@ import datetime as dt
 import threading
 import time
 from dataclasses import dataclass
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 from dsmr_ts.fields import SCHEMA, Kind, ReadingSchema
 from dsmr_ts.influx import lineprotocol
 from dsmr_ts.influx.client import EARLIEST, LATEST, InfluxClient, Series, ident, meter_between, ns, quote
-from dsmr_ts.influx.statistics import (COUNT_FIELD, COUNTED_FIELD, GAS_COUNT_FIELD, HOUR_MEASUREMENT, LOOKBACK_DELTA,
-                                      MINUTE_COUNT_FIELD, REPAIR_SLACK, SPAN, Statistics, floor_hour, page_rows,
-                                      pending_from, row_in)
+from dsmr_ts.influx.statistics import (
+    COUNT_FIELD,
+    COUNTED_FIELD,
+    GAS_COUNT_FIELD,
+    HOUR_MEASUREMENT,
+    LOOKBACK_DELTA,
+    MINUTE_COUNT_FIELD,
+    REPAIR_SLACK,
+    SPAN,
+    Statistics,
+    floor_hour,
+    page_rows,
+    pending_from,
+    row_in,
+)
 
 HOUR = dt.timedelta(hours=1)
 MINUTE = dt.timedelta(minutes=1)
@@ -36,7 +48,7 @@ SECOND = dt.timedelta(seconds=1)
 DIRECT_OFFSET = 3600  # rows InfluxQL may skip itself (about 2 ms per thousand)
 EDGE = dt.timedelta(days=1)  # a page near an end of the range is first looked for within a day of it
 WATERMARK_TTL = 60.0  # seconds: a stale watermark only means more raw counting, never a wrong count
-Row = dict[str, object]
+Row = dict[str, Any]
 
 
 def ceil_hour(moment: dt.datetime) -> dt.datetime:
@@ -66,23 +78,27 @@ class RowKind:
         if self.per_minute:
             # The outer query gets the time bounds too: without them it opens every shard of
             # history (20 ms at 100 M readings, for a range that holds nothing).
-            return (f"SELECT count(c) FROM (SELECT count({ident(self.counted)}) AS c FROM {ident(self.measurement)}"
-                    f" {where} GROUP BY time(1m) fill(none)) WHERE time >= {ns(start)} AND time < {ns(stop)}{group}")
+            return (
+                f"SELECT count(c) FROM (SELECT count({ident(self.counted)}) AS c FROM {ident(self.measurement)}"
+                f" {where} GROUP BY time(1m) fill(none)) WHERE time >= {ns(start)} AND time < {ns(stop)}{group}"
+            )
         return f"SELECT count({ident(self.counted)}) FROM {ident(self.measurement)} {where}{group}"
 
     def page(self, where: str, descending: bool, limit: int, offset: int) -> str:
         group = " GROUP BY time(1m) fill(none)" if self.per_minute else ""
         limit, offset = (limit + offset, 0) if self.per_minute else (limit, offset)
-        return (f"SELECT {self.select} FROM {ident(self.measurement)} {where}{group}"
-                f" ORDER BY time {'DESC' if descending else 'ASC'} LIMIT {max(limit, 1)} OFFSET {offset}")
+        return (
+            f"SELECT {self.select} FROM {ident(self.measurement)} {where}{group}"
+            f" ORDER BY time {'DESC' if descending else 'ASC'} LIMIT {max(limit, 1)} OFFSET {offset}"
+        )
 
-    def rows(self, series: list[Series], limit: int | None, offset: int) -> Iterator[dict[str, object]]:
+    def rows(self, series: list[Series], limit: int | None, offset: int) -> Iterator[dict[str, Any]]:
         """The rows of a page read with page(limit, offset) (None: all of them)."""
         found = (row for part in series for row in part.rows())
         if not self.per_minute:
             return found
         complete = [row for row in found if row.get(self.counted_column) is not None]
-        return iter(complete[offset:None if limit is None else offset + limit])
+        return iter(complete[offset : None if limit is None else offset + limit])
 
     def align(self, moment: dt.datetime) -> dt.datetime:
         """A bound of a range of rows: whole minutes for minute rows."""
@@ -95,11 +111,17 @@ GAS_VALUES = RowKind(lineprotocol.GAS, lineprotocol.GAS_FIELD, GAS_COUNT_FIELD, 
 
 def minute_kind(schema: ReadingSchema) -> RowKind:
     """Minutes with readings: each one's last meter positions and mean power, voltage and current."""
-    columns = ", ".join(f"{how}({ident(spec.name)}) AS {ident(name)}"
-                        for spec in schema.minute_fields for name, how in [spec.per_minute])
+    columns = ", ".join(f"{how}({ident(spec.name)}) AS {ident(name)}" for spec, name, how in schema.minute_columns)
     # A direct page reads offset + limit minutes; deeper ones are located to the hour (< 60 to skip).
-    return RowKind(lineprotocol.READING, COUNTED_FIELD, MINUTE_COUNT_FIELD, select=columns, per_minute=True,
-                   counted_column=schema.by_name[COUNTED_FIELD].per_minute[0], direct_offset=120)
+    return RowKind(
+        lineprotocol.READING,
+        COUNTED_FIELD,
+        MINUTE_COUNT_FIELD,
+        select=columns,
+        per_minute=True,
+        counted_column=next(name for spec, name, _ in schema.minute_columns if spec.name == COUNTED_FIELD),
+        direct_offset=120,
+    )
 
 
 class Proof:
@@ -153,8 +175,14 @@ class _Plan:
 class IndexedRows:
     """Counts and pages of one kind of row (see the module doc)."""
 
-    def __init__(self, client: InfluxClient, statistics: Statistics, kind: RowKind, proof: Proof,
-                 convert: Callable[[dict[str, object]], Row]):
+    def __init__(
+        self,
+        client: InfluxClient,
+        statistics: Statistics,
+        kind: RowKind,
+        proof: Proof,
+        convert: Callable[[dict[str, Any]], Row],
+    ):
         self.client = client
         self.statistics = statistics
         self.kind = kind
@@ -177,7 +205,9 @@ class IndexedRows:
         indexed_stop = min(floor_hour(stop), watermark or EARLIEST)
         if indexed_stop <= indexed_start:
             indexed_start = indexed_stop = start
-        return _Plan(start, stop, indexed_start, indexed_stop, marks_since=(cursor - REPAIR_SLACK) if cursor else EARLIEST)
+        return _Plan(
+            start, stop, indexed_start, indexed_stop, marks_since=(cursor - REPAIR_SLACK) if cursor else EARLIEST
+        )
 
     def _count_statements(self, meter: str, plan: _Plan, by_span: bool = False) -> list[str]:
         """The counts of a plan: the index sums (with by_span per span, for locating a deep page:
@@ -191,7 +221,7 @@ class IndexedRows:
             kind.count(meter, plan.indexed_stop, plan.stop),
             # Marks the repair job may not have taken up yet: those made since its cursor (read by
             # when they were made, so the query reads minutes, not all history).
-            f"SELECT \"hour\" FROM {ident(lineprotocol.REPAIR_REQUEST)} WHERE meter = {quote(meter)}"
+            f'SELECT "hour" FROM {ident(lineprotocol.REPAIR_REQUEST)} WHERE meter = {quote(meter)}'
             f" AND time > {ns(plan.marks_since)}",
         ]
         if plan.start < plan.indexed_start:
@@ -205,8 +235,8 @@ class IndexedRows:
         plan.indexed, plan.tail = _sum(results[0]), _number(results[1])
         plan.head = _number(results[3]) if len(results) > 3 else 0
         start, stop = int(plan.indexed_start.timestamp()), int(plan.indexed_stop.timestamp())
-        candidates = {int(row["hour"]) for found in results[2] for row in found.rows()}
-        candidates = sorted(hour for hour in candidates if start <= hour < stop)
+        marked = {int(row["hour"]) for found in results[2] for row in found.rows()}
+        candidates = sorted(hour for hour in marked if start <= hour < stop)
         pending = self._still_pending(meter, candidates) if candidates else []
         if pending:
             plan.corrections = self._corrections(meter, pending)
@@ -214,9 +244,12 @@ class IndexedRows:
 
     def _still_pending(self, meter: str, hours: list[int]) -> list[int]:
         """Of the hours marked lately, those whose repair has not been written yet."""
-        (series,) = self.client.influxql([
-            f"SELECT marked, repaired FROM {ident(lineprotocol.REPAIR)} WHERE meter = {quote(meter)}"
-            f" AND time >= {hours[0] * 10**9} AND time <= {hours[-1] * 10**9}"])
+        (series,) = self.client.influxql(
+            [
+                f"SELECT marked, repaired FROM {ident(lineprotocol.REPAIR)} WHERE meter = {quote(meter)}"
+                f" AND time >= {hours[0] * 10**9} AND time <= {hours[-1] * 10**9}"
+            ]
+        )
         pending = pending_from(series)
         return [hour for hour in hours if hour in pending]
 
@@ -225,13 +258,16 @@ class IndexedRows:
         start = dt.datetime.fromtimestamp(hours[0], dt.timezone.utc)
         stop = dt.datetime.fromtimestamp(hours[-1], dt.timezone.utc) + HOUR
         where = meter_between(meter, start, stop)
-        raw, index = self.client.influxql([
-            self.kind.count(meter, start, stop, " GROUP BY time(1h) fill(0)"),
-            f"SELECT {ident(self.kind.index_field)} FROM {self._stats_hour} {where}",
-        ])
+        raw, index = self.client.influxql(
+            [
+                self.kind.count(meter, start, stop, " GROUP BY time(1h) fill(0)"),
+                f"SELECT {ident(self.kind.index_field)} FROM {self._stats_hour} {where}",
+            ]
+        )
         raw_counts = {int(row["time"]): int(row["count"] or 0) for found in raw for row in found.rows()}
-        index_counts = {int(row["time"]): int(row[self.kind.index_field] or 0)
-                        for found in index for row in found.rows()}
+        index_counts = {
+            int(row["time"]): int(row[self.kind.index_field] or 0) for found in index for row in found.rows()
+        }
         return {hour: raw_counts.get(hour, 0) - index_counts.get(hour, 0) for hour in hours}
 
     def count(self, meter: str, gte: dt.datetime | None, lte: dt.datetime | None) -> int:
@@ -247,14 +283,16 @@ class IndexedRows:
 
     # --- pages --------------------------------------------------------------------------------
 
-    def page(self, meter: str, gte: dt.datetime | None, lte: dt.datetime | None, offset: int, limit: int,
-             descending: bool) -> tuple[int, Iterator[Row]]:
+    def page(
+        self, meter: str, gte: dt.datetime | None, lte: dt.datetime | None, offset: int, limit: int, descending: bool
+    ) -> tuple[int, Iterator[Row]]:
         """(exact count, the page's rows as {_time, field: value}, in the order asked)."""
         count, rows = self.raw_page(meter, gte, lte, offset, limit, descending)
         return count, map(self.convert, rows)
 
-    def raw_page(self, meter: str, gte: dt.datetime | None, lte: dt.datetime | None, offset: int, limit: int,
-                 descending: bool) -> tuple[int, list[dict[str, object]]]:
+    def raw_page(
+        self, meter: str, gte: dt.datetime | None, lte: dt.datetime | None, offset: int, limit: int, descending: bool
+    ) -> tuple[int, list[dict[str, Any]]]:
         """page(), its rows as InfluxQL gave them ({time (Unix s), column: value})."""
         plan = self._plan(gte, lte)
         direct = offset < self.direct_offset
@@ -268,14 +306,15 @@ class IndexedRows:
             start, stop = edge or (plan.start, plan.stop)
             statements.append(self._select(meter, start, stop, descending, limit, offset))
             if edge and not descending and gte is None:  # the meter's first point, as remembered
-                statements.append(f"SELECT {ident(self.kind.counted)} FROM {ident(self.kind.measurement)}"
-                                  f" {meter_between(meter, plan.start, edge[0])} LIMIT 1")
+                statements.append(
+                    f"SELECT {ident(self.kind.counted)} FROM {ident(self.kind.measurement)}"
+                    f" {meter_between(meter, plan.start, edge[0])} LIMIT 1"
+                )
         results = self.client.influxql(statements)
         self._take_counts(meter, plan, results[:counted])
         total = plan.total
         if not direct:
-            return total, self._located(meter, plan, results[0] if plan.has_index else None, offset, limit,
-                                        descending)
+            return total, self._located(meter, plan, results[0] if plan.has_index else None, offset, limit, descending)
         rows = self._raw_rows(results[counted], limit, offset)
         earlier = len(results) > counted + 1 and any(found.values for found in results[counted + 1])
         if edge and (len(rows) < min(limit, total - offset) or earlier):
@@ -292,8 +331,9 @@ class IndexedRows:
             rows = self._raw_rows(series, limit, offset)
         return total, rows
 
-    def _located(self, meter: str, plan: _Plan, span_sums: list[Series] | None, offset: int, limit: int,
-                 descending: bool) -> list[dict[str, object]]:
+    def _located(
+        self, meter: str, plan: _Plan, span_sums: list[Series] | None, offset: int, limit: int, descending: bool
+    ) -> list[dict[str, Any]]:
         """A page found through the index: from the hour of its first row to the end of the hour of
         its last, skipping less than an hour's rows."""
         total = plan.total
@@ -335,26 +375,36 @@ class IndexedRows:
         cached = _remembered(self._first, meter)
         if cached:
             return cached
-        (series,) = self.client.influxql([f"SELECT {ident(self.kind.counted)} FROM {ident(self.kind.measurement)}"
-                                          f" WHERE meter = {quote(meter)} ORDER BY time ASC LIMIT 1"])
-        first = next((dt.datetime.fromtimestamp(int(row["time"]), dt.timezone.utc)
-                      for found in series for row in found.rows()), None)
+        (series,) = self.client.influxql(
+            [
+                f"SELECT {ident(self.kind.counted)} FROM {ident(self.kind.measurement)}"
+                f" WHERE meter = {quote(meter)} ORDER BY time ASC LIMIT 1"
+            ]
+        )
+        first = next(
+            (dt.datetime.fromtimestamp(int(row["time"]), dt.timezone.utc) for found in series for row in found.rows()),
+            None,
+        )
         if first:
             self._first[meter] = (first, time.monotonic())
         return first
 
-    def _select(self, meter: str, start: dt.datetime, stop: dt.datetime, descending: bool, limit: int,
-                offset: int) -> str:
+    def _select(
+        self, meter: str, start: dt.datetime, stop: dt.datetime, descending: bool, limit: int, offset: int
+    ) -> str:
         return self.kind.page(meter_between(meter, start, stop), descending, limit, offset)
 
     def _index_sums(self, meter: str, plan: _Plan, by_span: bool) -> str:
         """The index's rows of the proven hours summed (by_span: per span)."""
         group = f" GROUP BY time({int(SPAN.total_seconds())}s) fill(none)" if by_span else ""
-        return (f"SELECT sum({ident(self.kind.index_field)}) FROM {self._stats_hour} "
-                f"{meter_between(meter, plan.indexed_start, plan.indexed_stop)}{group}")
+        return (
+            f"SELECT sum({ident(self.kind.index_field)}) FROM {self._stats_hour} "
+            f"{meter_between(meter, plan.indexed_start, plan.indexed_stop)}{group}"
+        )
 
-    def _locate(self, meter: str, plan: _Plan, spans: list[tuple[int, int]], row: int,
-                hours: dict[dt.datetime, dict[int, int]]) -> tuple[dt.datetime, int]:
+    def _locate(
+        self, meter: str, plan: _Plan, spans: list[tuple[int, int]], row: int, hours: dict[dt.datetime, dict[int, int]]
+    ) -> tuple[dt.datetime, int]:
         """Row number `row` (0-based, ascending) -> (a time, how many rows from there to skip)."""
         if row < plan.head or not plan.has_index:
             return plan.start, row
@@ -371,8 +421,9 @@ class IndexedRows:
                 return dt.datetime.fromtimestamp(in_hour[0], dt.timezone.utc), in_hour[1]
         raise LookupError("the index changed while a page was located")  # a write raced the count
 
-    def _locate_stop(self, meter: str, plan: _Plan, spans: list[tuple[int, int]], row: int,
-                     hours: dict[dt.datetime, dict[int, int]]) -> dt.datetime:
+    def _locate_stop(
+        self, meter: str, plan: _Plan, spans: list[tuple[int, int]], row: int, hours: dict[dt.datetime, dict[int, int]]
+    ) -> dt.datetime:
         """Where a page whose last row is `row` may stop reading: the end of that row's hour."""
         if not plan.has_index or row >= plan.head + plan.indexed:
             return plan.stop
@@ -384,8 +435,9 @@ class IndexedRows:
         """hour (Unix s) -> rows, for the indexed hours of one span (pending hours corrected)."""
         start, stop = max(span, plan.indexed_start), min(span + SPAN, plan.indexed_stop)
         field = self.kind.index_field
-        (hours,) = self.client.influxql([f"SELECT {ident(field)} FROM {self._stats_hour} "
-                                         f"{meter_between(meter, start, stop)}"])
+        (hours,) = self.client.influxql(
+            [f"SELECT {ident(field)} FROM {self._stats_hour} {meter_between(meter, start, stop)}"]
+        )
         counts = {int(r["time"]): int(r[field] or 0) for found in hours for r in found.rows()}
         for hour, correction in corrections.items():
             if int(start.timestamp()) <= hour < int(stop.timestamp()):
@@ -395,15 +447,16 @@ class IndexedRows:
     def newest_after(self, meter: str, after: dt.datetime | None, limit: int) -> list[Row]:
         """The newest `limit` rows of a meter later than `after` (None: the newest ones), oldest
         first (what MQTT publishes each second)."""
-        (series,) = self.client.influxql([self._select(meter, (after + SECOND) if after else EARLIEST, LATEST,
-                                                       True, limit, 0)])
+        (series,) = self.client.influxql(
+            [self._select(meter, (after + SECOND) if after else EARLIEST, LATEST, True, limit, 0)]
+        )
         return list(self._rows(series, limit))[::-1]
 
     def _rows(self, series: list[Series], limit: int | None = None, offset: int = 0) -> Iterator[Row]:
         """The rows of a page read with _select(limit, offset), converted."""
         return map(self.convert, self.kind.rows(series, limit, offset))
 
-    def _raw_rows(self, series: list[Series], limit: int | None = None, offset: int = 0) -> list[dict[str, object]]:
+    def _raw_rows(self, series: list[Series], limit: int | None = None, offset: int = 0) -> list[dict[str, Any]]:
         return list(self.kind.rows(series, limit, offset))
 
 
@@ -419,7 +472,7 @@ class ReadingQueries(IndexedRows):
     def watermark(self) -> dt.datetime | None:
         return self.proof.get()[0]
 
-    def reading_row(self, row: dict[str, object]) -> Row:
+    def reading_row(self, row: dict[str, Any]) -> Row:
         """An InfluxQL row as {_time, field: value}: only the fields the reading's `present` mask
         names (a point written before the mask existed has all of its fields)."""
         present = row.get(lineprotocol.PRESENT_FIELD)
@@ -432,40 +485,52 @@ class ReadingQueries(IndexedRows):
                 out[name] = dt.datetime.fromtimestamp(int(value), utc) if is_datetime else value
         return out
 
-    def columns(self, rows: list[dict[str, object]]) -> tuple[list[int], dict[str, list[object]]]:
+    def columns(self, rows: list[dict[str, Any]]) -> tuple[list[int], dict[str, list[Any]]]:
         """Rows of raw_page() a column at a time, for formatting a page at once: (times in Unix s,
         field -> values, None where a reading lacks the field). Datetime fields stay Unix s."""
         masks = [-1 if (present := row.get(lineprotocol.PRESENT_FIELD)) is None else int(present) for row in rows]
         shared = masks[0] if len(set(masks)) == 1 else None  # the usual page: readings with the same fields
-        columns = {}
+        columns: dict[str, list[Any]] = {}
         for name, bit, _ in self._api_columns:
             if shared is not None:
                 columns[name] = [row.get(name) for row in rows] if shared & bit else [None] * len(rows)
             else:
-                columns[name] = [value if mask & bit else None for value, mask in zip([row.get(name) for row in rows], masks)]
+                columns[name] = [
+                    value if mask & bit else None for value, mask in zip([row.get(name) for row in rows], masks)
+                ]
         return [int(row["time"]) for row in rows], columns
 
     # --- single readings --------------------------------------------------------------------------
 
-    def latest(self, meter: str, before: dt.datetime | None = None, after: dt.datetime | None = None,
-               first: bool = False) -> Row | None:
+    def latest(
+        self, meter: str, before: dt.datetime | None = None, after: dt.datetime | None = None, first: bool = False
+    ) -> Row | None:
         """The newest (or with first=True the oldest) reading of a meter in [after, before)."""
         (series,) = self.client.influxql([self._select(meter, after or EARLIEST, before or LATEST, not first, 1, 0)])
         return next(self._rows(series), None)
 
     def between(self, meter: str, start: dt.datetime, stop: dt.datetime) -> Iterator[Row]:
         """Every reading of a meter in [start, stop), oldest first (export; callers chunk by day)."""
-        (series,) = self.client.influxql([f"SELECT * FROM {ident(lineprotocol.READING)} "
-                                          f"{meter_between(meter, start, stop)} ORDER BY time ASC"])
+        (series,) = self.client.influxql(
+            [f"SELECT * FROM {ident(lineprotocol.READING)} {meter_between(meter, start, stop)} ORDER BY time ASC"]
+        )
         return self._rows(series)
 
-    def latest_gas(self, meter: str, count: int = 2, before: dt.datetime | None = None) -> list[tuple[dt.datetime, float]]:
+    def latest_gas(
+        self, meter: str, count: int = 2, before: dt.datetime | None = None
+    ) -> list[tuple[dt.datetime, float]]:
         """The newest gas positions (time booked, m3) before `before`, newest first."""
-        (series,) = self.client.influxql([
-            f"SELECT {ident(lineprotocol.GAS_FIELD)} FROM {ident(lineprotocol.GAS)} "
-            f"{meter_between(meter, EARLIEST, before or LATEST)} ORDER BY time DESC LIMIT {count}"])
-        return [(dt.datetime.fromtimestamp(int(row["time"]), dt.timezone.utc), float(row[lineprotocol.GAS_FIELD]))
-                for found in series for row in found.rows()]
+        (series,) = self.client.influxql(
+            [
+                f"SELECT {ident(lineprotocol.GAS_FIELD)} FROM {ident(lineprotocol.GAS)} "
+                f"{meter_between(meter, EARLIEST, before or LATEST)} ORDER BY time DESC LIMIT {count}"
+            ]
+        )
+        return [
+            (dt.datetime.fromtimestamp(int(row["time"]), dt.timezone.utc), float(row[lineprotocol.GAS_FIELD]))
+            for found in series
+            for row in found.rows()
+        ]
 
     def time_range(self) -> tuple[dt.datetime, dt.datetime] | None:
         """Time of the first and the last reading of any meter."""
@@ -481,13 +546,14 @@ class MinuteQueries(IndexedRows):
         super().__init__(client, statistics, minute_kind(schema), proof, self.minute_row)
 
     @staticmethod
-    def minute_row(row: dict[str, object]) -> Row:
+    def minute_row(row: dict[str, Any]) -> Row:
         out: Row = {key: value for key, value in row.items() if key != "time"}
         out["_time"] = dt.datetime.fromtimestamp(int(row["time"]), dt.timezone.utc) + MINUTE
         return out
 
-    def page_by_end(self, meter: str, gte: dt.datetime | None, lte: dt.datetime | None, offset: int, limit: int,
-                    descending: bool) -> tuple[int, Iterator[Row]]:
+    def page_by_end(
+        self, meter: str, gte: dt.datetime | None, lte: dt.datetime | None, offset: int, limit: int, descending: bool
+    ) -> tuple[int, Iterator[Row]]:
         """Minutes whose end (read_at) is in [gte, lte]: the readings of the minutes starting in
         [ceil(gte) - 1 min, floor(lte) - 1 min]."""
         start = _ceil_minute(gte) - MINUTE if gte else None
@@ -504,15 +570,20 @@ class GasQueries(IndexedRows):
         super().__init__(client, statistics, GAS_VALUES, proof, self.gas_row)
 
     @staticmethod
-    def gas_row(row: dict[str, object]) -> Row:
-        return {"_time": dt.datetime.fromtimestamp(int(row["time"]), dt.timezone.utc),
-                "delivered": float(row[lineprotocol.GAS_FIELD])}
+    def gas_row(row: dict[str, Any]) -> Row:
+        return {
+            "_time": dt.datetime.fromtimestamp(int(row["time"]), dt.timezone.utc),
+            "delivered": float(row[lineprotocol.GAS_FIELD]),
+        }
 
     def before(self, meter: str, moment: dt.datetime) -> float | None:
         """The gas value booked last before `moment` (a page's first row differs from it)."""
-        (series,) = self.client.influxql([
-            f"SELECT {ident(lineprotocol.GAS_FIELD)} FROM {ident(lineprotocol.GAS)} "
-            f"{meter_between(meter, moment - LOOKBACK_DELTA, moment)} ORDER BY time DESC LIMIT 1"])
+        (series,) = self.client.influxql(
+            [
+                f"SELECT {ident(lineprotocol.GAS_FIELD)} FROM {ident(lineprotocol.GAS)} "
+                f"{meter_between(meter, moment - LOOKBACK_DELTA, moment)} ORDER BY time DESC LIMIT 1"
+            ]
+        )
         return next((float(row[lineprotocol.GAS_FIELD]) for found in series for row in found.rows()), None)
 
 

@@ -107,13 +107,15 @@ class ManagedInfluxd:
             *self.extra_args,
         ]
 
-    def start(self, timeout: float = 60.0) -> "ManagedInfluxd":
+    def start(self, timeout: float = 60.0) -> ManagedInfluxd:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         os.chmod(self.data_dir, 0o700)
         self._release()  # a restart after a crash: the dead process's lock is ours to take again
         self._lock = _try_lock(self.data_dir)
         if self._lock is None:
-            raise InfluxdError(f"an influxd already runs for {self.data_dir} ({_describe(read_pid_file(self.data_dir))})")
+            raise InfluxdError(
+                f"an influxd already runs for {self.data_dir} ({_describe(read_pid_file(self.data_dir))})"
+            )
         try:
             if not port_is_free(self.host, self.port):
                 raise InfluxdError(f"port {self.host}:{self.port} is in use; set influxdb.url to a free port")
@@ -122,10 +124,12 @@ class ManagedInfluxd:
             self._release()
             raise
         started = time.monotonic()
+        process = self.process
+        assert process is not None  # _spawn started it
         while not is_healthy(self.url, timeout=1.0):
-            if self.process.poll() is not None:
+            if process.poll() is not None:
                 self._release()
-                raise InfluxdError(f"influxd exited with status {self.process.returncode}:\n{self.log_tail()}")
+                raise InfluxdError(f"influxd exited with status {process.returncode}:\n{self.log_tail()}")
             if time.monotonic() - started > timeout:
                 self.stop()
                 raise InfluxdError(f"influxd did not answer /health within {timeout:.0f} s:\n{self.log_tail()}")
@@ -147,7 +151,9 @@ class ManagedInfluxd:
                 stdout=logfile,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,  # Ctrl-C in a terminal goes to us; we stop it in order
-                pass_fds=(self._lock,),  # influxd holds the data dir's lock for as long as it runs
+                pass_fds=(self._lock,)
+                if self._lock is not None
+                else (),  # influxd holds the data dir's lock for as long as it runs
             )
         finally:
             logfile.close()
@@ -185,7 +191,7 @@ class ManagedInfluxd:
         except OSError:
             return "(no log)"
 
-    def __enter__(self) -> "ManagedInfluxd":
+    def __enter__(self) -> ManagedInfluxd:
         return self.start()
 
     def __exit__(self, exc_type: type | None, exc: BaseException | None, tb: TracebackType | None) -> None:
@@ -212,8 +218,9 @@ class RunningInfluxd:
         """Not ours to stop."""
 
 
-def use_or_start(binary: Path, data_dir: Path, host: str, port: int,
-                 timeout: float = 60.0) -> ManagedInfluxd | RunningInfluxd:
+def use_or_start(
+    binary: Path, data_dir: Path, host: str, port: int, timeout: float = 60.0
+) -> ManagedInfluxd | RunningInfluxd:
     """The influxd for data_dir: the one already running there (started by `dsmr-ts run` or any
     other dsmr-ts command), or a new one. InfluxdError when the running one answers elsewhere or
     not at all."""
@@ -230,8 +237,10 @@ def use_or_start(binary: Path, data_dir: Path, host: str, port: int,
                 raise
         running = read_pid_file(data_dir)
         if running and running.get("url") not in (None, url):
-            raise InfluxdError(f"the influxd for {data_dir} ({_describe(running)}) answers at {running['url']},"
-                               f" but influxdb.url is {url}")
+            raise InfluxdError(
+                f"the influxd for {data_dir} ({_describe(running)}) answers at {running['url']},"
+                f" but influxdb.url is {url}"
+            )
         if running and is_healthy(url):
             log.info("using the influxd already running for %s (%s)", data_dir, _describe(running))
             return RunningInfluxd(int(running["pid"]), url)

@@ -34,7 +34,7 @@ import logging
 import urllib.parse
 import zoneinfo
 from dataclasses import dataclass
-from typing import Callable, Iterable
+from typing import Any, Callable, Iterable
 
 from influxdb_client import InfluxDBClient
 from influxdb_client.domain.task_create_request import TaskCreateRequest
@@ -93,6 +93,7 @@ def row_in(groups: Iterable[tuple[int, int]], row: int) -> tuple[int, int] | Non
         row -= rows
     return None
 
+
 HOUR_TASK = "dsmr-ts hour statistics"
 DAY_TASK = "dsmr-ts day statistics"
 QUARTER_TASK = "dsmr-ts quarter-hour peaks"
@@ -130,8 +131,9 @@ def _write_to(stats_bucket: str, name: str) -> str:
     return f'to(bucket: {stats_bucket}) |> filter(fn: (r) => false) |> yield(name: "{name}")'
 
 
-def hour_flux(start: str, stop: str, bucket: str, stats_bucket: str, meter_filter: str = "true",
-              schema: ReadingSchema = SCHEMA) -> str:
+def hour_flux(
+    start: str, stop: str, bucket: str, stats_bucket: str, meter_filter: str = "true", schema: ReadingSchema = SCHEMA
+) -> str:
     """Flux that writes the hour statistics of [start, stop) (whole UTC hours).
 
     start/stop are Flux expressions (extern variables for regenerate, now()-based in the task);
@@ -146,8 +148,10 @@ def hour_flux(start: str, stop: str, bucket: str, stats_bucket: str, meter_filte
 
     def source(predicate: str) -> str:
         # Written out in full each time: a filter calling a Flux function is not pushed down.
-        return (f"from(bucket: {b}) |> range(start: hourStart, stop: hourStop)"
-                f" |> filter(fn: (r) => {predicate} and {meter_filter})")
+        return (
+            f"from(bucket: {b}) |> range(start: hourStart, stop: hourStop)"
+            f" |> filter(fn: (r) => {predicate} and {meter_filter})"
+        )
 
     return f"""
 import "date"
@@ -195,12 +199,15 @@ union(tables: [usage, electricity, gas, counts, minutes, gasCounts])
 """
 
 
-def day_flux(start: str, stop: str, stats_bucket: str, timezone: str, meter_filter: str = "true",
-             schema: ReadingSchema = SCHEMA) -> str:
+def day_flux(
+    start: str, stop: str, stats_bucket: str, timezone: str, meter_filter: str = "true", schema: ReadingSchema = SCHEMA
+) -> str:
     """Flux that writes the day statistics of the local days in [start, stop) (local midnights)."""
     s = json.dumps(stats_bucket)
-    window = ('aggregateWindow(every: 1d, fn: {fn}, timeSrc: "_start", createEmpty: false, '
-              f"location: timezone.location(name: {json.dumps(timezone)}))")
+    window = (
+        'aggregateWindow(every: 1d, fn: {fn}, timeSrc: "_start", createEmpty: false, '
+        f"location: timezone.location(name: {json.dumps(timezone)}))"
+    )
     return f"""
 import "date"
 import "timezone"
@@ -221,8 +228,9 @@ union(tables: [sums, ends])
 """
 
 
-def quarter_flux(start: str, stop: str, bucket: str, stats_bucket: str, meter_filter: str = "true",
-                 schema: ReadingSchema = SCHEMA) -> str:
+def quarter_flux(
+    start: str, stop: str, bucket: str, stats_bucket: str, meter_filter: str = "true", schema: ReadingSchema = SCHEMA
+) -> str:
     """Flux that writes the quarter-hour peaks of [start, stop) (whole quarter hours), as
     DSMR-reader computes them: per quarter with at least 2 readings, the delivered meter positions
     (tariff 1 + 2) of its first and last reading; average_delivered (kW) = their difference x 3600
@@ -237,14 +245,18 @@ def quarter_flux(start: str, stop: str, bucket: str, stats_bucket: str, meter_fi
         # window |> first/last is pushed down and keeps each selected reading's own _time. It
         # leaves a table per quarter, and Flux pays per table: regrouped at once, a year of
         # quarters takes a third of the time.
-        return (f"from(bucket: {b}) |> range(start: quarterStart, stop: quarterStop)"
-                f" |> filter(fn: (r) => {predicate}) |> window(every: 15m) |> {selector}()"
-                f' |> group(columns: ["meter", "_field"]) |> set(key: "edge", value: "{name}")')
+        return (
+            f"from(bucket: {b}) |> range(start: quarterStart, stop: quarterStop)"
+            f" |> filter(fn: (r) => {predicate}) |> window(every: 15m) |> {selector}()"
+            f' |> group(columns: ["meter", "_field"]) |> set(key: "edge", value: "{name}")'
+        )
 
     def field(name: str, value: str) -> str:
         # One to() per field: a float and an integer field cannot share a stream.
-        return (f'peaks |> map(fn: (r) => ({{_time: r._start, _measurement: "{QUARTER_MEASUREMENT}", meter: r.meter,'
-                f' _field: "{name}", _value: {value}}})) |> {_write_to(s, name)}')
+        return (
+            f'peaks |> map(fn: (r) => ({{_time: r._start, _measurement: "{QUARTER_MEASUREMENT}", meter: r.meter,'
+            f' _field: "{name}", _value: {value}}})) |> {_write_to(s, name)}'
+        )
 
     return f"""
 import "date"
@@ -301,33 +313,45 @@ def task_specs(config: Config, schema: ReadingSchema = SCHEMA) -> list[TaskSpec]
     that arrives a little late is still counted); the day task the local day of the hour just
     ended (so each day is final shortly after local midnight, and today's row grows hour by hour)."""
     settings = config.influxdb
-    hour = _with_task_option(_watermark_flux(settings.stats_bucket) + hour_flux(
-        start=f"if exists indexed._value and watermark < date.sub(d: 2h, from: thisHour)"
-              f" then (if watermark < date.sub(d: {CATCH_UP}, from: thisHour)"
-              f" then date.sub(d: {CATCH_UP}, from: thisHour) else watermark) else date.sub(d: 2h, from: thisHour)",
-        stop="thisHour",
-        bucket=settings.bucket,
-        stats_bucket=settings.stats_bucket,
-        schema=schema,
-    ), f'{{name: "{HOUR_TASK}", every: 1h, offset: 1m}}')
+    hour = _with_task_option(
+        _watermark_flux(settings.stats_bucket)
+        + hour_flux(
+            start=f"if exists indexed._value and watermark < date.sub(d: 2h, from: thisHour)"
+            f" then (if watermark < date.sub(d: {CATCH_UP}, from: thisHour)"
+            f" then date.sub(d: {CATCH_UP}, from: thisHour) else watermark) else date.sub(d: 2h, from: thisHour)",
+            stop="thisHour",
+            bucket=settings.bucket,
+            stats_bucket=settings.stats_bucket,
+            schema=schema,
+        ),
+        f'{{name: "{HOUR_TASK}", every: 1h, offset: 1m}}',
+    )
     location = f"timezone.location(name: {json.dumps(config.timezone)})"
-    local_day = f"date.truncate(t: date.sub(d: 1s, from: date.truncate(t: now(), unit: 1h)), unit: 1d, location: {location})"
-    day = _with_task_option(day_flux(
-        start=local_day,
-        stop=f"date.add(d: 1d, to: dayStart, location: {location})",
-        stats_bucket=settings.stats_bucket,
-        timezone=config.timezone,
-        schema=schema,
-    ), f'{{name: "{DAY_TASK}", every: 1h, offset: 3m}}')
+    local_day = (
+        f"date.truncate(t: date.sub(d: 1s, from: date.truncate(t: now(), unit: 1h)), unit: 1d, location: {location})"
+    )
+    day = _with_task_option(
+        day_flux(
+            start=local_day,
+            stop=f"date.add(d: 1d, to: dayStart, location: {location})",
+            stats_bucket=settings.stats_bucket,
+            timezone=config.timezone,
+            schema=schema,
+        ),
+        f'{{name: "{DAY_TASK}", every: 1h, offset: 3m}}',
+    )
     # Every quarter hour, the last four quarters: a reading up to an hour late still counts (later
     # ones mark their hour, and the repair recomputes its quarters with it).
-    quarter = _with_task_option(quarter_flux(
-        start="date.sub(d: 1h, from: quarterStop)",
-        stop="date.truncate(t: now(), unit: 1m)",
-        bucket=settings.bucket,
-        stats_bucket=settings.stats_bucket,
-        schema=schema,
-    ), f'{{name: "{QUARTER_TASK}", every: 15m, offset: 1m}}')
+    quarter = _with_task_option(
+        quarter_flux(
+            start="date.sub(d: 1h, from: quarterStop)",
+            stop="date.truncate(t: now(), unit: 1m)",
+            bucket=settings.bucket,
+            stats_bucket=settings.stats_bucket,
+            schema=schema,
+        ),
+        f'{{name: "{QUARTER_TASK}", every: 15m, offset: 1m}}',
+    )
     return [TaskSpec(HOUR_TASK, hour), TaskSpec(DAY_TASK, day), TaskSpec(QUARTER_TASK, quarter)]
 
 
@@ -365,7 +389,7 @@ def ensure_tasks(client: InfluxDBClient, config: Config, org_id: str) -> list[st
 # --- running the same Flux from Python ------------------------------------------------------------
 
 
-def local_midnight(moment: dt.datetime, tz: zoneinfo.ZoneInfo, days: int = 0) -> dt.datetime:
+def local_midnight(moment: dt.datetime, tz: dt.tzinfo, days: int = 0) -> dt.datetime:
     """Local midnight (as UTC) of the local day containing moment, moved by `days` local days."""
     return day_start(moment.astimezone(tz).date(), tz, days)
 
@@ -379,8 +403,13 @@ def day_start(day: dt.date, tz: dt.tzinfo, days: int = 0) -> dt.datetime:
 class Statistics:
     """The statistics of one store: recompute, the watermark, the repair job, and pages."""
 
-    def __init__(self, client: InfluxClient, timezone: str = "Europe/Amsterdam", schema: ReadingSchema = SCHEMA,
-                 clock: Callable[[], dt.datetime] | None = None):
+    def __init__(
+        self,
+        client: InfluxClient,
+        timezone: str = "Europe/Amsterdam",
+        schema: ReadingSchema = SCHEMA,
+        clock: Callable[[], dt.datetime] | None = None,
+    ):
         self.client = client
         self.settings: InfluxConfig = client.settings
         self.timezone = timezone
@@ -394,18 +423,32 @@ class Statistics:
         """Hour statistics and quarter-hour peaks of [start, stop) (whole UTC hours), then every
         local day they touch."""
         meter_filter = "r.meter == meter" if meter else "true"
-        params: dict[str, object] = {"meter": meter} if meter else {}
-        self.client.flux(hour_flux("start", "stop", self.settings.bucket, self.settings.stats_bucket, meter_filter,
-                                   self.schema), {**params, "start": start, "stop": stop})
-        self.client.flux(quarter_flux("start", "stop", self.settings.bucket, self.settings.stats_bucket, meter_filter,
-                                      self.schema), {**params, "start": start, "stop": stop})
-        self.client.flux(day_flux("start", "stop", self.settings.stats_bucket, self.timezone, meter_filter,
-                                  self.schema),
-                         {**params, "start": local_midnight(start, self.tz),
-                          "stop": local_midnight(stop - dt.timedelta(seconds=1), self.tz, 1)})
+        params: dict[str, Any] = {"meter": meter} if meter else {}
+        self.client.flux(
+            hour_flux("start", "stop", self.settings.bucket, self.settings.stats_bucket, meter_filter, self.schema),
+            {**params, "start": start, "stop": stop},
+        )
+        self.client.flux(
+            quarter_flux("start", "stop", self.settings.bucket, self.settings.stats_bucket, meter_filter, self.schema),
+            {**params, "start": start, "stop": stop},
+        )
+        self.client.flux(
+            day_flux("start", "stop", self.settings.stats_bucket, self.timezone, meter_filter, self.schema),
+            {
+                **params,
+                "start": local_midnight(start, self.tz),
+                "stop": local_midnight(stop - dt.timedelta(seconds=1), self.tz, 1),
+            },
+        )
 
-    def regenerate(self, start: dt.datetime, stop: dt.datetime, chunk_days: int = 7,
-                   progress: Callable[[int], None] | None = None, contiguous: bool | None = None) -> None:
+    def regenerate(
+        self,
+        start: dt.datetime,
+        stop: dt.datetime,
+        chunk_days: int = 7,
+        progress: Callable[[int], None] | None = None,
+        contiguous: bool | None = None,
+    ) -> None:
         """Recompute [start, stop) a chunk of local days at a time, oldest first; when it started
         at or before the watermark (or before the first reading, on a store without one), the
         index is complete up to `stop` afterwards and the watermark says so."""
@@ -414,7 +457,8 @@ class Statistics:
             watermark = self.watermark()
             first = self.first_reading_time()
             contiguous = (watermark is not None and start <= watermark) or (
-                watermark is None and (first is None or start <= first))
+                watermark is None and (first is None or start <= first)
+            )
         chunk_start = start
         while chunk_start < stop:
             chunk_stop = min(local_midnight(chunk_start, self.tz, chunk_days), stop)
@@ -438,13 +482,28 @@ class Statistics:
 
     def proof(self) -> tuple[dt.datetime | None, dt.datetime | None]:
         """(the watermark, the repair job's cursor), in one request."""
-        watermark, cursor = self.client.influxql([
-            f"SELECT last({WATERMARK_FIELD}) FROM {self.client.in_stats(INDEX_MEASUREMENT)}",
-            f"SELECT last(until_ms) FROM {self.client.in_stats(REPAIR_CURSOR)}"])
-        found_watermark = next((dt.datetime.fromtimestamp(int(row["last"]), dt.timezone.utc)
-                                for series in watermark for row in series.rows()), None)
-        found_cursor = next((dt.datetime.fromtimestamp(int(row["last"]) / 1000, dt.timezone.utc)
-                             for series in cursor for row in series.rows()), None)
+        watermark, cursor = self.client.influxql(
+            [
+                f"SELECT last({WATERMARK_FIELD}) FROM {self.client.in_stats(INDEX_MEASUREMENT)}",
+                f"SELECT last(until_ms) FROM {self.client.in_stats(REPAIR_CURSOR)}",
+            ]
+        )
+        found_watermark = next(
+            (
+                dt.datetime.fromtimestamp(int(row["last"]), dt.timezone.utc)
+                for series in watermark
+                for row in series.rows()
+            ),
+            None,
+        )
+        found_cursor = next(
+            (
+                dt.datetime.fromtimestamp(int(row["last"]) / 1000, dt.timezone.utc)
+                for series in cursor
+                for row in series.rows()
+            ),
+            None,
+        )
         return found_watermark, found_cursor
 
     def follow_hour_task(self) -> dt.datetime | None:
@@ -460,8 +519,7 @@ class Statistics:
         if latest is None or latest <= watermark:
             return watermark
         if latest - CATCH_UP_DELTA > watermark:
-            log.warning("statistics are %s behind (the hour task did not run): regenerating them",
-                        latest - watermark)
+            log.warning("statistics are %s behind (the hour task did not run): regenerating them", latest - watermark)
             self.regenerate(watermark, latest - CATCH_UP_DELTA + HOUR, contiguous=True)
         self.advance_watermark(latest)
         return latest
@@ -469,27 +527,36 @@ class Statistics:
     def _hour_task_latest_success(self, after: dt.datetime) -> dt.datetime | None:
         """The latest scheduled time after `after` of a successful hour task run (from influxd's
         run history; the task API itself does not show it)."""
-        status, body = self.client.request("GET", "/api/v2/tasks?" + urllib.parse.urlencode(
-            {"name": HOUR_TASK, "org": self.settings.org}))
+        status, body = self.client.request(
+            "GET", "/api/v2/tasks?" + urllib.parse.urlencode({"name": HOUR_TASK, "org": self.settings.org})
+        )
         tasks = [t for t in json.loads(body).get("tasks", []) if t.get("name") == HOUR_TASK] if status == 200 else []
         if status != 200 or not tasks:
-            raise StoreUnavailable(f"InfluxDB answered HTTP {status} for the hour task" if status != 200
-                                   else "the hour task is missing: run `dsmr-ts setup`",
-                                   "the token needs read access to the org's tasks: run `dsmr-ts setup`")
+            raise StoreUnavailable(
+                f"InfluxDB answered HTTP {status} for the hour task"
+                if status != 200
+                else "the hour task is missing: run `dsmr-ts setup`",
+                "the token needs read access to the org's tasks: run `dsmr-ts setup`",
+            )
         query = urllib.parse.urlencode({"afterTime": after.strftime("%Y-%m-%dT%H:%M:%SZ"), "limit": 500})
         status, body = self.client.request("GET", f"/api/v2/tasks/{tasks[0]['id']}/runs?{query}")
         if status != 200:
             raise StoreUnavailable(f"InfluxDB answered HTTP {status} for the hour task's runs")
-        done = [dt.datetime.fromisoformat(run["scheduledFor"].replace("Z", "+00:00"))
-                for run in json.loads(body).get("runs", []) if run.get("status") == "success"]
+        done = [
+            dt.datetime.fromisoformat(run["scheduledFor"].replace("Z", "+00:00"))
+            for run in json.loads(body).get("runs", [])
+            if run.get("status") == "success"
+        ]
         return floor_hour(max(done)) if done else None
 
     def advance_watermark(self, to: dt.datetime) -> None:
         """Every hour before `to` is indexed (never moves back)."""
         current = self.watermark()
         if current is None or to > current:
-            self.client.write(lineprotocol.line(INDEX_MEASUREMENT, None, {WATERMARK_FIELD: int(to.timestamp())}, 0),
-                              self.settings.stats_bucket)
+            self.client.write(
+                lineprotocol.line(INDEX_MEASUREMENT, None, {WATERMARK_FIELD: int(to.timestamp())}, 0),
+                self.settings.stats_bucket,
+            )
 
     def start_index(self) -> bool:
         """Setup: a store without a watermark gets one. With no readings yet the index is complete
@@ -504,28 +571,34 @@ class Statistics:
             self.advance_watermark(floor_hour(now))
             self._save_index_version()
             return False
-        log.info("building the statistics and the count index from %s (once; the API counts raw until then)",
-                 first.date())
+        log.info(
+            "building the statistics and the count index from %s (once; the API counts raw until then)", first.date()
+        )
         self.regenerate(local_midnight(first, self.tz), floor_hour(now) + HOUR, contiguous=True)
         self._save_index_version()
         return True
 
     def index_version(self) -> int:
-        (series,) = self.client.influxql([f"SELECT last({ident(VERSION_FIELD)}) FROM {self.client.in_stats(INDEX_MEASUREMENT)}"])
+        (series,) = self.client.influxql(
+            [f"SELECT last({ident(VERSION_FIELD)}) FROM {self.client.in_stats(INDEX_MEASUREMENT)}"]
+        )
         return next((int(row["last"]) for found in series for row in found.rows()), 1)
 
     def _save_index_version(self) -> None:
-        self.client.write(lineprotocol.line(INDEX_MEASUREMENT, None, {VERSION_FIELD: INDEX_VERSION}, 0),
-                          self.settings.stats_bucket)
+        self.client.write(
+            lineprotocol.line(INDEX_MEASUREMENT, None, {VERSION_FIELD: INDEX_VERSION}, 0), self.settings.stats_bucket
+        )
 
     def first_reading_time(self) -> dt.datetime | None:
         (series,) = self.client.influxql(
-            [f"SELECT {ident(COUNTED_FIELD)} FROM {ident(lineprotocol.READING)} ORDER BY time ASC LIMIT 1"])
+            [f"SELECT {ident(COUNTED_FIELD)} FROM {ident(lineprotocol.READING)} ORDER BY time ASC LIMIT 1"]
+        )
         return _first_time(series)
 
     def last_reading_time(self) -> dt.datetime | None:
         (series,) = self.client.influxql(
-            [f"SELECT {ident(COUNTED_FIELD)} FROM {ident(lineprotocol.READING)} ORDER BY time DESC LIMIT 1"])
+            [f"SELECT {ident(COUNTED_FIELD)} FROM {ident(lineprotocol.READING)} ORDER BY time DESC LIMIT 1"]
+        )
         return _first_time(series)
 
     # --- the repair of late data ----------------------------------------------------------------
@@ -537,8 +610,9 @@ class Statistics:
         began = self.clock()
         cursor = self._repair_cursor()
         since = (cursor - slack) if cursor else EPOCH
-        (requests,) = self.client.influxql([
-            f"SELECT \"hour\" FROM {ident(lineprotocol.REPAIR_REQUEST)} WHERE time > {ns(since)} GROUP BY meter"])
+        (requests,) = self.client.influxql(
+            [f'SELECT "hour" FROM {ident(lineprotocol.REPAIR_REQUEST)} WHERE time > {ns(since)} GROUP BY meter']
+        )
         hours_by_meter = {found.tags["meter"]: {int(row["hour"]) for row in found.rows()} for found in requests}
         repaired = 0
         for meter, hours in sorted(hours_by_meter.items()):
@@ -551,9 +625,12 @@ class Statistics:
 
     def pending_marks(self, meter: str, start_s: int, stop_s: int) -> dict[int, int]:
         """Hours of a meter in [start, stop) (Unix s) marked after their last repair: hour -> mark (ms)."""
-        (series,) = self.client.influxql([
-            f"SELECT marked, repaired FROM {ident(lineprotocol.REPAIR)} WHERE meter = {quote(meter)}"
-            f" AND time >= {start_s * 10**9} AND time < {stop_s * 10**9}"])
+        (series,) = self.client.influxql(
+            [
+                f"SELECT marked, repaired FROM {ident(lineprotocol.REPAIR)} WHERE meter = {quote(meter)}"
+                f" AND time >= {start_s * 10**9} AND time < {stop_s * 10**9}"
+            ]
+        )
         return pending_from(series)
 
     def _repair_hours(self, meter: str, pending: dict[int, int]) -> int:
@@ -575,53 +652,84 @@ class Statistics:
             if stop > start:
                 self.recompute(start, stop, meter)
                 recomputed += int((stop - start) / HOUR)
-        self.client.write("\n".join(lineprotocol.repaired_line(meter, hour, marked)
-                                    for hour, marked in pending.items()), self.settings.bucket)
-        log.info("statistics repaired: meter %s, %d hour(s) from %s after late readings", meter, recomputed,
-                 dt.datetime.fromtimestamp(hours[0], dt.timezone.utc).strftime("%Y-%m-%d %H:%M"))
+        self.client.write(
+            "\n".join(lineprotocol.repaired_line(meter, hour, marked) for hour, marked in pending.items()),
+            self.settings.bucket,
+        )
+        log.info(
+            "statistics repaired: meter %s, %d hour(s) from %s after late readings",
+            meter,
+            recomputed,
+            dt.datetime.fromtimestamp(hours[0], dt.timezone.utc).strftime("%Y-%m-%d %H:%M"),
+        )
         return recomputed
 
     def _next_reading_hour(self, meter: str, after: dt.datetime, before: dt.datetime) -> dt.datetime | None:
         if after >= before:
             return None
-        (series,) = self.client.influxql([
-            f"SELECT {ident(COUNTED_FIELD)} FROM {ident(lineprotocol.READING)} WHERE meter = {quote(meter)}"
-            f" AND time >= {ns(after)} AND time < {ns(before)} LIMIT 1"])
+        (series,) = self.client.influxql(
+            [
+                f"SELECT {ident(COUNTED_FIELD)} FROM {ident(lineprotocol.READING)} WHERE meter = {quote(meter)}"
+                f" AND time >= {ns(after)} AND time < {ns(before)} LIMIT 1"
+            ]
+        )
         found = _first_time(series)
         return floor_hour(found) if found else None
 
-    def mark_repaired_before(self, moment: dt.datetime, start: dt.datetime, stop: dt.datetime,
-                             meter: str | None = None) -> None:
+    def mark_repaired_before(
+        self, moment: dt.datetime, start: dt.datetime, stop: dt.datetime, meter: str | None = None
+    ) -> None:
         """After a recompute of [start, stop) that began at `moment`: marks made before it are done."""
         where = f" AND meter = {quote(meter)}" if meter else ""
-        (series,) = self.client.influxql([
-            f"SELECT marked, repaired FROM {ident(lineprotocol.REPAIR)} WHERE time >= {ns(start)}"
-            f" AND time < {ns(stop)}{where} GROUP BY meter"])
+        (series,) = self.client.influxql(
+            [
+                f"SELECT marked, repaired FROM {ident(lineprotocol.REPAIR)} WHERE time >= {ns(start)}"
+                f" AND time < {ns(stop)}{where} GROUP BY meter"
+            ]
+        )
         limit_ms = int(moment.timestamp() * 1000)
-        lines = [lineprotocol.repaired_line(found.tags["meter"], hour, marked)
-                 for found in series for hour, marked in pending_from([found]).items() if marked <= limit_ms]
+        lines = [
+            lineprotocol.repaired_line(found.tags["meter"], hour, marked)
+            for found in series
+            for hour, marked in pending_from([found]).items()
+            if marked <= limit_ms
+        ]
         if lines:
             self.client.write("\n".join(lines), self.settings.bucket)
 
     def repair_backlog(self) -> dt.datetime | None:
         """When the oldest mark the repair job has not taken up yet was made (None: no backlog)."""
         since = self._repair_cursor() or EPOCH
-        (series,) = self.client.influxql([f"SELECT \"hour\" FROM {ident(lineprotocol.REPAIR_REQUEST)}"
-                                          f" WHERE time > {ns(since)} ORDER BY time ASC LIMIT 1"])
+        (series,) = self.client.influxql(
+            [
+                f'SELECT "hour" FROM {ident(lineprotocol.REPAIR_REQUEST)}'
+                f" WHERE time > {ns(since)} ORDER BY time ASC LIMIT 1"
+            ]
+        )
         return _first_time(series)
 
     def _repair_cursor(self) -> dt.datetime | None:
         return self.proof()[1]
 
     def _save_repair_cursor(self, moment: dt.datetime) -> None:
-        self.client.write(lineprotocol.line(REPAIR_CURSOR, None, {"until_ms": int(moment.timestamp() * 1000)}, 0),
-                          self.settings.stats_bucket)
+        self.client.write(
+            lineprotocol.line(REPAIR_CURSOR, None, {"until_ms": int(moment.timestamp() * 1000)}, 0),
+            self.settings.stats_bucket,
+        )
 
     # --- pages for the API --------------------------------------------------------------------------
 
-    def page(self, measurement: str, meter: str, start: dt.datetime | None, stop: dt.datetime | None,
-             offset: int, limit: int, descending: bool,
-             fields: Iterable[str] | None = None) -> tuple[int, list[dict[str, object]]]:
+    def page(
+        self,
+        measurement: str,
+        meter: str,
+        start: dt.datetime | None,
+        stop: dt.datetime | None,
+        offset: int,
+        limit: int,
+        descending: bool,
+        fields: Iterable[str] | None = None,
+    ) -> tuple[int, list[dict[str, Any]]]:
         """(count, rows) of `hour` or `day` statistics with time in [start, stop), one request.
         Rows carry `_time` (aware UTC) and the fields asked for (all when None)."""
         assert measurement in (HOUR_MEASUREMENT, DAY_MEASUREMENT)
@@ -632,16 +740,26 @@ class Statistics:
         # always have it), so that the count and the page agree.
         where = meter_between(meter, start, stop) + " AND (electricity1 >= 0 OR electricity1 < 0)"
         source = self.client.in_stats(measurement)
-        counted, rows = self.client.influxql([
-            f"SELECT count(electricity1) FROM {source} {where}",
-            f"SELECT {', '.join(ident(f) for f in fields) if fields else '*'} FROM {source} {where}"
-            f" ORDER BY time {'DESC' if descending else 'ASC'} LIMIT {max(limit, 1)} OFFSET {min(offset, 2**62)}",
-        ])
+        counted, rows = self.client.influxql(
+            [
+                f"SELECT count(electricity1) FROM {source} {where}",
+                f"SELECT {', '.join(ident(f) for f in fields) if fields else '*'} FROM {source} {where}"
+                f" ORDER BY time {'DESC' if descending else 'ASC'} LIMIT {max(limit, 1)} OFFSET {min(offset, 2**62)}",
+            ]
+        )
         count = next((int(row["count"]) for found in counted for row in found.rows()), 0)
         return count, [_with_time(row) for found in rows for row in found.rows()]
 
-    def quarters(self, meter: str, gte: dt.datetime | None, lte: dt.datetime | None, offset: int, limit: int,
-                 by_average: bool, descending: bool) -> tuple[int, list[dict[str, object]]]:
+    def quarters(
+        self,
+        meter: str,
+        gte: dt.datetime | None,
+        lte: dt.datetime | None,
+        offset: int,
+        limit: int,
+        by_average: bool,
+        descending: bool,
+    ) -> tuple[int, list[dict[str, Any]]]:
         """(count, rows) of the quarter-hour peaks whose read_at_start is in [gte, lte], in time order
         or by average_delivered (ties in time order). Rows: _time (quarter start), average_delivered,
         read_at_start, read_at_end (aware UTC). The count comes per span of SPAN (summed here), so
@@ -658,39 +776,61 @@ class Statistics:
             where += f" AND read_at_start <= {int(lte.timestamp())}"
         source = self.client.in_stats(QUARTER_MEASUREMENT)
         columns = "average_delivered, read_at_start, read_at_end"
-        statements = [f"SELECT count(average_delivered) FROM {source} {where}"
-                      f" GROUP BY time({int(SPAN.total_seconds())}s) fill(none)"]
+        statements = [
+            f"SELECT count(average_delivered) FROM {source} {where}"
+            f" GROUP BY time({int(SPAN.total_seconds())}s) fill(none)"
+        ]
         located = not by_average and offset >= QUARTER_DIRECT_OFFSET  # read after the span counts
         if by_average:
             # top()/bottom() keep the first N by value (and the earlier of equal ones), in time order.
             selector = "top" if descending else "bottom"
-            statements.append(f"SELECT {selector}(average_delivered, {offset + max(limit, 1)}), read_at_start,"
-                              f" read_at_end FROM {source} {where}")
+            statements.append(
+                f"SELECT {selector}(average_delivered, {offset + max(limit, 1)}), read_at_start,"
+                f" read_at_end FROM {source} {where}"
+            )
         elif not located:
-            statements.append(f"SELECT {columns} FROM {source} {where}"
-                              f" ORDER BY time {'DESC' if descending else 'ASC'} LIMIT {max(limit, 1)} OFFSET {offset}")
+            statements.append(
+                f"SELECT {columns} FROM {source} {where}"
+                f" ORDER BY time {'DESC' if descending else 'ASC'} LIMIT {max(limit, 1)} OFFSET {offset}"
+            )
         results = self.client.influxql(statements)
         spans = [(int(row["time"]), int(row["count"])) for series in results[0] for row in series.rows()]
         count = sum(in_span for _, in_span in spans)
-        found = (self._located_quarters(source, where, columns, spans, count, offset, limit, descending) if located
-                 else results[1])
-        rows = []
+        found = (
+            self._located_quarters(source, where, columns, spans, count, offset, limit, descending)
+            if located
+            else results[1]
+        )
+        rows: list[dict[str, Any]] = []
         for series in found:
             for row in series.rows():
-                value = row.get("average_delivered", row.get("top", row.get("bottom")))
-                rows.append({"_time": dt.datetime.fromtimestamp(int(row["time"]), dt.timezone.utc),
-                             "average_delivered": float(value),
-                             "read_at_start": dt.datetime.fromtimestamp(int(row["read_at_start"]), dt.timezone.utc),
-                             "read_at_end": dt.datetime.fromtimestamp(int(row["read_at_end"]), dt.timezone.utc)})
+                value = row.get("average_delivered", row.get("top", row.get("bottom"))) or 0.0
+                rows.append(
+                    {
+                        "_time": dt.datetime.fromtimestamp(int(row["time"]), dt.timezone.utc),
+                        "average_delivered": float(value),
+                        "read_at_start": dt.datetime.fromtimestamp(int(row["read_at_start"]), dt.timezone.utc),
+                        "read_at_end": dt.datetime.fromtimestamp(int(row["read_at_end"]), dt.timezone.utc),
+                    }
+                )
         if by_average:
             rows.sort(key=lambda r: (-r["average_delivered"] if descending else r["average_delivered"], r["_time"]))
-            rows = rows[offset:offset + limit]
+            rows = rows[offset : offset + limit]
         elif located and descending:  # read oldest first
             rows.reverse()
         return count, rows
 
-    def _located_quarters(self, source: str, where: str, columns: str, spans: list[tuple[int, int]], count: int,
-                          offset: int, limit: int, descending: bool) -> list:
+    def _located_quarters(
+        self,
+        source: str,
+        where: str,
+        columns: str,
+        spans: list[tuple[int, int]],
+        count: int,
+        offset: int,
+        limit: int,
+        descending: bool,
+    ) -> list:
         """The series of a deep page in time order, read oldest first from the span of its first row."""
         if offset >= count:
             return []
@@ -699,26 +839,38 @@ class Statistics:
         if found is None:
             return []
         span_start, skip = found
-        (series,) = self.client.influxql([f"SELECT {columns} FROM {source} {where} AND time >= {span_start * 10**9}"
-                                          f" ORDER BY time ASC LIMIT {last - first + 1} OFFSET {skip}"])
+        (series,) = self.client.influxql(
+            [
+                f"SELECT {columns} FROM {source} {where} AND time >= {span_start * 10**9}"
+                f" ORDER BY time ASC LIMIT {last - first + 1} OFFSET {skip}"
+            ]
+        )
         return series
 
     def add_day(self, meter: str, day_start: dt.datetime, fields: dict[str, float]) -> bool:
         """POST statistics/day: a day row as given (usage, costs, temperatures). False when the
         meter already has a row for that day (nothing written)."""
-        (series,) = self.client.influxql([
-            f"SELECT count(electricity1) FROM {self.client.in_stats(DAY_MEASUREMENT)}"
-            f" WHERE meter = {quote(meter)} AND time = {ns(day_start)}"])
+        (series,) = self.client.influxql(
+            [
+                f"SELECT count(electricity1) FROM {self.client.in_stats(DAY_MEASUREMENT)}"
+                f" WHERE meter = {quote(meter)} AND time = {ns(day_start)}"
+            ]
+        )
         if any(int(row["count"]) for found in series for row in found.rows()):
             return False
-        self.client.write(lineprotocol.line(DAY_MEASUREMENT, meter, {k: float(v) for k, v in fields.items()},
-                                            int(day_start.timestamp())), self.settings.stats_bucket)
+        self.client.write(
+            lineprotocol.line(
+                DAY_MEASUREMENT, meter, {k: float(v) for k, v in fields.items()}, int(day_start.timestamp())
+            ),
+            self.settings.stats_bucket,
+        )
         return True
 
     def latest_hour(self) -> dt.datetime | None:
         """When the newest hour statistic starts (any meter)."""
-        (series,) = self.client.influxql([f"SELECT {COUNT_FIELD} FROM {self.client.in_stats(HOUR_MEASUREMENT)}"
-                                          " ORDER BY time DESC LIMIT 1"])
+        (series,) = self.client.influxql(
+            [f"SELECT {COUNT_FIELD} FROM {self.client.in_stats(HOUR_MEASUREMENT)} ORDER BY time DESC LIMIT 1"]
+        )
         return _first_time(series)
 
 
@@ -744,7 +896,6 @@ def _first_time(series: list) -> dt.datetime | None:
     return None
 
 
-def _with_time(row: dict[str, object]) -> dict[str, object]:
+def _with_time(row: dict[str, Any]) -> dict[str, Any]:
     row["_time"] = dt.datetime.fromtimestamp(int(row.pop("time")), dt.timezone.utc)
     return row
-

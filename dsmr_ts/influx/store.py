@@ -27,8 +27,13 @@ __all__ = ["EARLIEST", "LATEST", "Store", "StoreUnavailable"]
 
 
 class Store:
-    def __init__(self, settings: InfluxConfig, timeout_ms: int = 30_000, timezone: str = "Europe/Amsterdam",
-                 schema: ReadingSchema = SCHEMA):
+    def __init__(
+        self,
+        settings: InfluxConfig,
+        timeout_ms: int = 30_000,
+        timezone: str = "Europe/Amsterdam",
+        schema: ReadingSchema = SCHEMA,
+    ):
         self.settings = settings
         self.schema = schema
         self.client = InfluxClient(settings, timeout_ms)

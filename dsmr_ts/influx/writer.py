@@ -69,7 +69,8 @@ class GroupCommitWriter:
 
     def _lead(self) -> None:
         with self._lock:
-            batch, size = [], 0
+            batch: list[_Pending] = []
+            size = 0
             while self._queue and (not batch or size + len(self._queue[0].lines) <= MAX_BATCH_LINES):
                 batch.append(self._queue.pop(0))
                 size += len(batch[-1].lines)
@@ -90,7 +91,7 @@ class GroupCommitWriter:
             self.client.write("\n".join(lines), self.bucket)
         except StoreUnavailable as exc:
             error = exc
-        except Exception as exc:  # noqa: BLE001 - a waiting request must never hang
+        except Exception as exc:
             log.exception("group commit failed")
             error = StoreUnavailable("write failed", exc.__class__.__name__)
         for pending in batch:
@@ -98,15 +99,21 @@ class GroupCommitWriter:
             pending.woken.set()
 
 
-def write_in_bulk(client: InfluxClient, lines: Iterable[str], bucket: str | None = None,
-                  batch_lines: int = BULK_BATCH_LINES, threads: int = BULK_THREADS) -> int:
+def write_in_bulk(
+    client: InfluxClient,
+    lines: Iterable[str],
+    bucket: str | None = None,
+    batch_lines: int = BULK_BATCH_LINES,
+    threads: int = BULK_THREADS,
+) -> int:
     """Many lines in batches, several writes at once; returns the lines written. Raises
     StoreUnavailable on the first failed batch (earlier batches stay written)."""
     return write_batches(client, _batched(lines, batch_lines), bucket, threads)
 
 
-def write_batches(client: InfluxClient, batches: Iterable[list[str]], bucket: str | None = None,
-                  threads: int = BULK_THREADS) -> int:
+def write_batches(
+    client: InfluxClient, batches: Iterable[list[str]], bucket: str | None = None, threads: int = BULK_THREADS
+) -> int:
     """Each batch in one write (all or nothing), several batches at once, memory bounded;
     returns the lines written. Raises StoreUnavailable on the first failed batch."""
     written = 0
@@ -172,8 +179,9 @@ class ReadingWriter:
         now_hour = hour_of(self.clock())
         for telegram in telegrams:
             self._add(telegram.reading, telegram.hourly_gas, lines, late, now_hour, gas)
-            statistics = lineprotocol.statistics_line(telegram.reading.meter, telegram.reading.timestamp,
-                                                      telegram.statistics, self.schema)
+            statistics = lineprotocol.statistics_line(
+                telegram.reading.meter, telegram.reading.timestamp, telegram.statistics, self.schema
+            )
             if statistics:
                 lines.append(statistics)
         self._committed(lines, late, gas)
@@ -194,8 +202,9 @@ class ReadingWriter:
             self._add(reading, hourly_gas, lines, late, now_hour, gas)
         self._committed(lines, late, gas)
 
-    def bulk(self, readings: Iterable, hourly_gas: bool = False, batch: int = BULK_BATCH_LINES,
-             threads: int = BULK_THREADS) -> int:
+    def bulk(
+        self, readings: Iterable, hourly_gas: bool = False, batch: int = BULK_BATCH_LINES, threads: int = BULK_THREADS
+    ) -> int:
         """Many readings at once (imports, benchmarks), several writes in flight: each write holds a
         batch of readings, their gas bookings and the repair marks of the ended hours they fill (so
         counts stay right while it runs). Returns the readings written."""
@@ -222,8 +231,16 @@ class ReadingWriter:
         write_batches(self.client, batches(), threads=threads)
         return written
 
-    def _add(self, reading, hourly_gas: bool, lines: list[str], late: set[tuple[str, int]], now_hour: int,
-             gas: dict[str, tuple[int, float]], stored: dict[str, tuple[int, float]] | None = None) -> None:
+    def _add(
+        self,
+        reading,
+        hourly_gas: bool,
+        lines: list[str],
+        late: set[tuple[str, int]],
+        now_hour: int,
+        gas: dict[str, tuple[int, float]],
+        stored: dict[str, tuple[int, float]] | None = None,
+    ) -> None:
         """A reading's lines, and the ended hours it touches; its gas booking unless that value
         is stored already (`stored`, default: by this writer) or in this batch (`gas`, updated)."""
         lines.append(lineprotocol.reading_line(reading, self.schema))
@@ -236,7 +253,7 @@ class ReadingWriter:
         if gas.get(reading.meter) == value or (reading.meter not in gas and known.get(reading.meter) == value):
             return
         gas[reading.meter] = value
-        lines.append(lineprotocol.gas_line(reading, hourly_gas))
+        lines.append(lineprotocol.gas_line(reading.meter, booked, value[1]))
         late |= _late(reading.meter, (booked,), now_hour)
 
     def store_meter_statistics(self, meter: str, when: dt.datetime, statistics: dict) -> None:

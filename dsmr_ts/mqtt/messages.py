@@ -18,8 +18,18 @@ from dsmr_ts.formats import decimal_string, gas_json, money, quarter_peak_json, 
 from dsmr_ts.mqtt.outbox import Message
 from dsmr_ts.totals import ELECTRICITY, PRICE_FIELDS, USAGE, DayTotals
 
-PERIOD_FIELDS = (*ELECTRICITY, "electricity_merged", "electricity_returned_merged", "electricity1_cost",
-                 "electricity2_cost", "electricity_cost_merged", "gas", "gas_cost", "fixed_cost", "total_cost")
+PERIOD_FIELDS = (
+    *ELECTRICITY,
+    "electricity_merged",
+    "electricity_returned_merged",
+    "electricity1_cost",
+    "electricity2_cost",
+    "electricity_cost_merged",
+    "gas",
+    "gas_cost",
+    "fixed_cost",
+    "total_cost",
+)
 
 
 def _split(prefix: str, values: dict[str, Any]) -> list[Message]:
@@ -30,8 +40,9 @@ def _json(topic: str, values: dict[str, Any]) -> Message:
     return Message(topic, json.dumps(values))
 
 
-def reading(prefix: str, row: dict[str, Any], tz: dt.tzinfo | None, split: bool, as_json: bool,
-            schema: ReadingSchema = SCHEMA) -> list[Message]:
+def reading(
+    prefix: str, row: dict[str, Any], tz: dt.tzinfo | None, split: bool, as_json: bool, schema: ReadingSchema = SCHEMA
+) -> list[Message]:
     """A reading: `<prefix>/reading/<field>` (id, timestamp and every v2 field) and `<prefix>/json`."""
     values = reading_json(row["_time"], row, tz, schema)
     messages = _split(f"{prefix}/reading", values) if split else []
@@ -42,17 +53,21 @@ def reading(prefix: str, row: dict[str, Any], tz: dt.tzinfo | None, split: bool,
 
 def _merged(values: dict[str, Decimal | None]) -> dict[str, Decimal | None]:
     """DSMR-reader's merged fields: tariff 1 + 2 (None when a part is)."""
-    def plus(a: str, b: str) -> Decimal | None:
-        return None if values.get(a) is None or values.get(b) is None else values[a] + values[b]
 
-    return {"electricity_merged": plus("electricity1", "electricity2"),
-            "electricity_returned_merged": plus("electricity1_returned", "electricity2_returned"),
-            "electricity_cost_merged": plus("electricity1_cost", "electricity2_cost")}
+    def plus(a: str, b: str) -> Decimal | None:
+        first, second = values.get(a), values.get(b)
+        return None if first is None or second is None else first + second
+
+    return {
+        "electricity_merged": plus("electricity1", "electricity2"),
+        "electricity_returned_merged": plus("electricity1_returned", "electricity2_returned"),
+        "electricity_cost_merged": plus("electricity1_cost", "electricity2_cost"),
+    }
 
 
 def _totals_strings(values: dict[str, Decimal | None]) -> dict[str, str | None]:
     """kWh and m3 with 3 decimals, money with 2, as the API shows them."""
-    out = {}
+    out: dict[str, str | None] = {}
     for name, value in values.items():
         if value is None:
             out[name] = None
@@ -71,11 +86,16 @@ def day_consumption(prefix: str, day: DayTotals) -> list[Message]:
     values.update(_merged(values))
     shown: dict[str, Any] = _totals_strings(values)
     if day.price:
-        shown.update({f"energy_supplier_price_{name}": decimal_string(getattr(day.price, name), 5)
-                      for name in PRICE_FIELDS})
+        shown.update(
+            {f"energy_supplier_price_{name}": decimal_string(getattr(day.price, name), 5) for name in PRICE_FIELDS}
+        )
     messages = _split(f"{prefix}/day-consumption", shown)
-    messages.append(_json(f"{prefix}/day-consumption", {"day": day.day.isoformat(),
-                                                         **{k: v for k, v in shown.items() if v is not None}}))
+    messages.append(
+        _json(
+            f"{prefix}/day-consumption",
+            {"day": day.day.isoformat(), **{k: v for k, v in shown.items() if v is not None}},
+        )
+    )
     return messages
 
 
@@ -84,19 +104,25 @@ def period_totals(prefix: str, month: dict[str, Decimal], year: dict[str, Decima
     `<prefix>/current-period` (costs left out when no price period applies)."""
     shown = {}
     for name, sums in (("current-month", month), ("current-year", year)):
-        values: dict[str, Decimal | None] = {key: value for key, value in sums.items()
-                                             if priced or not key.endswith("cost")}
+        values: dict[str, Decimal | None] = {
+            key: value for key, value in sums.items() if priced or not key.endswith("cost")
+        }
         values.update(_merged(values))
-        shown[name] = {key: value for key, value in _totals_strings(values).items()
-                       if key in PERIOD_FIELDS and value is not None}
+        shown[name] = {
+            key: value for key, value in _totals_strings(values).items() if key in PERIOD_FIELDS and value is not None
+        }
     messages = [message for name, values in shown.items() for message in _split(f"{prefix}/{name}", values)]
-    messages.append(_json(f"{prefix}/current-period", {"current_month": shown["current-month"],
-                                                        "current_year": shown["current-year"]}))
+    messages.append(
+        _json(
+            f"{prefix}/current-period", {"current_month": shown["current-month"], "current_year": shown["current-year"]}
+        )
+    )
     return messages
 
 
-def meter_statistics(prefix: str, statistics: dict[str, Any], rejected: int,
-                     schema: ReadingSchema = SCHEMA) -> list[Message]:
+def meter_statistics(
+    prefix: str, statistics: dict[str, Any], rejected: int, schema: ReadingSchema = SCHEMA
+) -> list[Message]:
     """`<prefix>/meter-stats/<field>`: the meter's counters and the rejected telegrams."""
     values = {spec.name: statistics.get(spec.name) for spec in schema.statistics}
     values["rejected_telegrams"] = rejected
@@ -123,15 +149,33 @@ def raw(prefix: str, telegram: str) -> Message:
 # --- Home Assistant discovery ---------------------------------------------------------------------
 
 # unit -> (device_class, state_class) as Home Assistant's energy dashboard wants them
-SENSOR_CLASSES = {"kWh": ("energy", "total_increasing"), "kW": ("power", "measurement"),
-                  "V": ("voltage", "measurement"), "A": ("current", "measurement"),
-                  "m3": ("gas", "total_increasing"), "EUR": ("monetary", "total")}
+SENSOR_CLASSES = {
+    "kWh": ("energy", "total_increasing"),
+    "kW": ("power", "measurement"),
+    "V": ("voltage", "measurement"),
+    "A": ("current", "measurement"),
+    "m3": ("gas", "total_increasing"),
+    "EUR": ("monetary", "total"),
+}
 
 
-def _sensor(object_id: str, name: str, state_topic: str, unit: str | None, device: dict[str, Any],
-            discovery_prefix: str, node: str, timestamp: bool = False) -> Message:
-    config: dict[str, Any] = {"name": name, "unique_id": f"{node}_{object_id}", "object_id": f"{node}_{object_id}",
-                              "state_topic": state_topic, "device": device}
+def _sensor(
+    object_id: str,
+    name: str,
+    state_topic: str,
+    unit: str | None,
+    device: dict[str, Any],
+    discovery_prefix: str,
+    node: str,
+    timestamp: bool = False,
+) -> Message:
+    config: dict[str, Any] = {
+        "name": name,
+        "unique_id": f"{node}_{object_id}",
+        "object_id": f"{node}_{object_id}",
+        "state_topic": state_topic,
+        "device": device,
+    }
     if timestamp:
         config["device_class"] = "timestamp"
     elif unit:
@@ -143,14 +187,14 @@ def _sensor(object_id: str, name: str, state_topic: str, unit: str | None, devic
     return _json(f"{discovery_prefix}/sensor/{node}/{object_id}/config", config)
 
 
-def discovery(discovery_prefix: str, prefix: str, meter: str, sources: Iterable[str],
-              schema: ReadingSchema = SCHEMA) -> list[Message]:
+def discovery(
+    discovery_prefix: str, prefix: str, meter: str, sources: Iterable[str], schema: ReadingSchema = SCHEMA
+) -> list[Message]:
     """Retained sensor configs for Home Assistant's MQTT discovery: one device per meter, a
     sensor per published value (unit, device_class, state_class for the energy dashboard)."""
     sources = set(sources)
     node = "dsmr_ts_" + re.sub(r"[^A-Za-z0-9_-]", "_", meter)
-    device = {"identifiers": [node], "name": f"Smart meter {meter}", "manufacturer": "dsmr-ts",
-              "model": "DSMR P1"}
+    device = {"identifiers": [node], "name": f"Smart meter {meter}", "manufacturer": "dsmr-ts", "model": "DSMR P1"}
     messages = []
 
     def sensor(object_id: str, name: str, topic: str, unit: str | None, timestamp: bool = False) -> None:
@@ -160,8 +204,13 @@ def discovery(discovery_prefix: str, prefix: str, meter: str, sources: Iterable[
         sensor("timestamp", "Reading time", f"{prefix}/reading/timestamp", None, timestamp=True)
         for spec in schema.api_fields:
             label = spec.description or spec.name.replace("_", " ")
-            sensor(spec.name, label[0].upper() + label[1:], f"{prefix}/reading/{spec.mqtt_topic}", spec.unit,
-                   timestamp=spec.kind is Kind.DATETIME)
+            sensor(
+                spec.name,
+                label[0].upper() + label[1:],
+                f"{prefix}/reading/{spec.mqtt_topic}",
+                spec.unit,
+                timestamp=spec.kind is Kind.DATETIME,
+            )
     if "gas" in sources:
         sensor("gas_delivered", "Gas meter", f"{prefix}/consumption/gas/delivered", "m3")
         sensor("gas_read_at", "Gas read at", f"{prefix}/consumption/gas/read_at", None, timestamp=True)
@@ -171,8 +220,12 @@ def discovery(discovery_prefix: str, prefix: str, meter: str, sources: Iterable[
         sensor("day_gas", "Today gas", f"{prefix}/day-consumption/gas", "m3")
         sensor("day_total_cost", "Today total cost", f"{prefix}/day-consumption/total_cost", "EUR")
     if "quarter_hour_peaks" in sources:
-        sensor("quarter_hour_peak", "Quarter-hour average power",
-               f"{prefix}/consumption/quarter-hour-peak-electricity/average_delivered", "kW")
+        sensor(
+            "quarter_hour_peak",
+            "Quarter-hour average power",
+            f"{prefix}/consumption/quarter-hour-peak-electricity/average_delivered",
+            "kW",
+        )
     if "meter_stats" in sources:
         sensor("electricity_tariff", "Electricity tariff", f"{prefix}/meter-stats/electricity_tariff", None)
     return messages

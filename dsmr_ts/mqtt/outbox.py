@@ -69,8 +69,10 @@ class Outbox:
             os.chmod(self.path, 0o600)  # payloads describe a household
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
-        self._db.execute("CREATE TABLE IF NOT EXISTS message (seq INTEGER PRIMARY KEY AUTOINCREMENT,"
-                         " topic TEXT NOT NULL, payload BLOB NOT NULL, added REAL NOT NULL)")
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS message (seq INTEGER PRIMARY KEY AUTOINCREMENT,"
+            " topic TEXT NOT NULL, payload BLOB NOT NULL, added REAL NOT NULL)"
+        )
         self._db.execute("CREATE TABLE IF NOT EXISTS state (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
         self._full = False
         self.handed_out = 0  # the sender's highest seq given to the client: never compacted away
@@ -83,8 +85,10 @@ class Outbox:
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
-                self._db.executemany("INSERT INTO message (topic, payload, added) VALUES (?, ?, ?)",
-                                     [(m.topic, m.payload.encode(), now) for m in messages])
+                self._db.executemany(
+                    "INSERT INTO message (topic, payload, added) VALUES (?, ?, ?)",
+                    [(m.topic, m.payload.encode(), now) for m in messages],
+                )
                 if state:
                     self._db.executemany("INSERT OR REPLACE INTO state (key, value) VALUES (?, ?)", state.items())
                 self._compact()
@@ -102,15 +106,23 @@ class Outbox:
         floor = self.handed_out
         dropped = self._db.execute(
             "DELETE FROM message WHERE seq > ? AND seq NOT IN"
-            " (SELECT max(seq) FROM message WHERE seq > ? GROUP BY topic)", (floor, floor)).rowcount
+            " (SELECT max(seq) FROM message WHERE seq > ? GROUP BY topic)",
+            (floor, floor),
+        ).rowcount
         excess = count - dropped - self.max_messages
         if excess > 0:
-            dropped += self._db.execute("DELETE FROM message WHERE seq IN (SELECT seq FROM message WHERE seq > ?"
-                                        " ORDER BY seq LIMIT ?)", (floor, excess)).rowcount
+            dropped += self._db.execute(
+                "DELETE FROM message WHERE seq IN (SELECT seq FROM message WHERE seq > ? ORDER BY seq LIMIT ?)",
+                (floor, excess),
+            ).rowcount
         if not self._full:
             self._full = True
-            log.warning("MQTT outbox full (%d messages waiting for the broker): dropped %d older messages of"
-                        " topics that have newer ones", count, dropped)
+            log.warning(
+                "MQTT outbox full (%d messages waiting for the broker): dropped %d older messages of"
+                " topics that have newer ones",
+                count,
+                dropped,
+            )
 
     def state(self) -> dict[str, str]:
         with self._lock:
@@ -119,8 +131,9 @@ class Outbox:
     def after(self, seq: int, limit: int) -> list[tuple[int, Message]]:
         """The next waiting messages after `seq`, oldest first."""
         with self._lock:
-            rows = self._db.execute("SELECT seq, topic, payload FROM message WHERE seq > ? ORDER BY seq LIMIT ?",
-                                    (seq, limit)).fetchall()
+            rows = self._db.execute(
+                "SELECT seq, topic, payload FROM message WHERE seq > ? ORDER BY seq LIMIT ?", (seq, limit)
+            ).fetchall()
         return [(seq, Message(topic, payload.decode())) for seq, topic, payload in rows]
 
     def delivered(self, upto: int) -> None:

@@ -115,13 +115,15 @@ class MqttPublisher:
         if "gas" in self.sources:
             self._gas(meter, out, moved)
         if "meter_stats" in self.sources and self._due_now("meter_stats", SLOW_EVERY):
-            out += messages.meter_statistics(self.prefix, self.store.meters.statistics(meter),
-                                             self.store.meters.rejected_count(), self.store.schema)
+            out += messages.meter_statistics(
+                self.prefix, self.store.meters.statistics(meter), self.store.meters.rejected_count(), self.store.schema
+            )
         if "quarter_hour_peaks" in self.sources and self._due_now("quarters", SLOW_EVERY):
             self._quarters(meter, out, moved)
         if "discovery" in self.sources and self._discovered != meter:
-            out += messages.discovery(self.settings.discovery_prefix, self.prefix, meter, self.sources,
-                                      self.store.schema)
+            out += messages.discovery(
+                self.settings.discovery_prefix, self.prefix, meter, self.sources, self.store.schema
+            )
         changed = self._changed(out)
         self.outbox.add(changed, moved)
         self.cursors.update(moved)
@@ -161,8 +163,11 @@ class MqttPublisher:
             self._skipped += 1
             if time.monotonic() - self._skipped_logged > 60:
                 self._skipped_logged = time.monotonic()
-                log.info("MQTT: more than %d readings a second arrive; the newest are published (%d time(s))",
-                         READINGS_PER_TICK, self._skipped)
+                log.info(
+                    "MQTT: more than %d readings a second arrive; the newest are published (%d time(s))",
+                    READINGS_PER_TICK,
+                    self._skipped,
+                )
         split, as_json = "reading" in self.sources, "json" in self.sources
         for row in rows:
             out += messages.reading(self.prefix, row, self.output_tz, split, as_json, self.store.schema)
@@ -184,8 +189,11 @@ class MqttPublisher:
         rows = self.store.gas.newest_after(meter, cursor, 10 if cursor else 1)
         if not rows:
             return
-        previous = float(self.cursors[value_key]) if value_key in self.cursors else self.store.gas.before(
-            meter, rows[0]["_time"])
+        previous = (
+            float(self.cursors[value_key])
+            if value_key in self.cursors
+            else self.store.gas.before(meter, rows[0]["_time"])
+        )
         for row in rows:
             used = 0.0 if previous is None else float(exact(row["delivered"]) - exact(previous))
             out += messages.gas(self.prefix, row["_time"], row["delivered"], used, self.output_tz)
@@ -195,8 +203,15 @@ class MqttPublisher:
     def _quarters(self, meter: str, out: list[Message], moved: dict[str, str]) -> None:
         key = f"quarter:{meter}"
         cursor = self._cursor(key)
-        _, rows = self.store.statistics.quarters(meter, (cursor + QUARTER) if cursor else None, None, 0,
-                                                 4 if cursor else 1, by_average=False, descending=True)
+        _, rows = self.store.statistics.quarters(
+            meter,
+            (cursor + QUARTER) if cursor else None,
+            None,
+            0,
+            4 if cursor else 1,
+            by_average=False,
+            descending=True,
+        )
         for row in reversed(rows):
             out += messages.quarter_hour_peak(self.prefix, row, self.output_tz)
         if rows:
@@ -243,8 +258,12 @@ class MqttPublisher:
 
     def _on_disconnect(self, client, userdata, flags, reason, properties) -> None:
         if self._connected.is_set() and not self._stop.is_set():
-            log.warning("MQTT: connection to %s:%s lost (%s); messages wait in the outbox", self.settings.host,
-                        self.settings.port, reason)
+            log.warning(
+                "MQTT: connection to %s:%s lost (%s); messages wait in the outbox",
+                self.settings.host,
+                self.settings.port,
+                reason,
+            )
         self._connected.clear()
 
     def _send(self) -> None:
@@ -279,8 +298,13 @@ class MqttPublisher:
             self._threads.append(threading.Thread(target=self._relay, name="mqtt raw relay", daemon=True))
         for thread in self._threads:
             thread.start()
-        log.info("MQTT: publishing %s to %s:%s (topics %s/...)", ", ".join(sorted(self.sources)), self.settings.host,
-                 self.settings.port, self.prefix)
+        log.info(
+            "MQTT: publishing %s to %s:%s (topics %s/...)",
+            ", ".join(sorted(self.sources)),
+            self.settings.host,
+            self.settings.port,
+            self.prefix,
+        )
 
     def _relay(self) -> None:
         """Relayed raw telegrams, added to the outbox a batch at a time (one transaction each)."""
@@ -288,7 +312,7 @@ class MqttPublisher:
         while not self._stop.is_set():
             try:
                 batch = [self._raw_socket.recv(1 << 17)]
-            except socket.timeout:
+            except TimeoutError:
                 continue
             except OSError:
                 return

@@ -47,7 +47,7 @@ def _header(buffer: bytes | bytearray) -> tuple[int, int] | None:
         raise ValueError("unusable length")
     if len(buffer) < position + 1 + size:
         return None
-    length = int.from_bytes(buffer[position + 1:position + 1 + size], "big")
+    length = int.from_bytes(buffer[position + 1 : position + 1 + size], "big")
     return position + 1 + size, length
 
 
@@ -103,10 +103,10 @@ def decrypt(frame: bytes, key: bytes, authentication_key: bytes | None = None) -
     if header is None:
         raise DecryptionError("encrypted frame cut short")
     header_length, content_length = header
-    content = frame[header_length:header_length + content_length]
+    content = frame[header_length : header_length + content_length]
     if len(content) != content_length or content_length <= 5 + GCM_TAG_LENGTH:
         raise DecryptionError("encrypted frame cut short")
-    system_title = frame[2:2 + SYSTEM_TITLE_LENGTH]
+    system_title = frame[2 : 2 + SYSTEM_TITLE_LENGTH]
     security_control = content[0]
     if security_control & 0x30 != 0x30:
         raise DecryptionError(f"security control 0x{security_control:02X}: only authenticated encryption is read")
@@ -119,5 +119,6 @@ def decrypt(frame: bytes, key: bytes, authentication_key: bytes | None = None) -
     try:
         return decryptor.update(ciphertext) + decryptor.finalize()
     except InvalidTag:
-        raise DecryptionError("authentication failed: a damaged frame, or the wrong decryption or"
-                              " authentication key") from None
+        raise DecryptionError(
+            "authentication failed: a damaged frame, or the wrong decryption or authentication key"
+        ) from None

@@ -55,8 +55,10 @@ log = logging.getLogger("dsmr_ts.reader")
 SERIAL_PRESETS: dict[str, dict[str, Any]] = {
     "2.2": {"baudrate": 9600, "bytesize": 7, "parity": "E", "stopbits": 1, "xonxoff": True},
     "3": {"baudrate": 9600, "bytesize": 7, "parity": "E", "stopbits": 1, "xonxoff": True},
-    **{version: {"baudrate": 115200, "bytesize": 8, "parity": "N", "stopbits": 1, "xonxoff": True}
-       for version in ("4", "5", "fluvius", "iskra_ie", "eon_hu", "sweden")},
+    **{
+        version: {"baudrate": 115200, "bytesize": 8, "parity": "N", "stopbits": 1, "xonxoff": True}
+        for version in ("4", "5", "fluvius", "iskra_ie", "eon_hu", "sweden")
+    },
     # Smarty frames may be binary (encrypted): no XON/XOFF, whose bytes would be taken out of them.
     "smarty": {"baudrate": 115200, "bytesize": 8, "parity": "N", "stopbits": 1, "xonxoff": False},
     # EasyMeter Q3D's optical info interface (D0).
@@ -203,16 +205,27 @@ class ReaderService:
         spool_dir = config.resolve_path(config.reader.spool_dir)
         self.spool = Spool(spool_dir, "influxdb", config.reader.spool_max_bytes)
         self.forwarders = [
-            Forwarder(target, Spool(spool_dir, "forward-" + hashlib.sha256(target.url.encode()).hexdigest()[:12],
-                                    config.reader.spool_max_bytes))
+            Forwarder(
+                target,
+                Spool(
+                    spool_dir,
+                    "forward-" + hashlib.sha256(target.url.encode()).hexdigest()[:12],
+                    config.reader.spool_max_bytes,
+                ),
+            )
             for target in (config.reader.forward if port else [])
         ]
         self.connection = MeterConnection(port, serial_settings(config)) if port else None
         keys = config.reader
         # Encrypted meters (Smarty) send binary frames: cut and decrypted before anything else.
-        self.keys = (bytes.fromhex(keys.decryption_key),
-                     bytes.fromhex(keys.authentication_key) if keys.authentication_key else None) \
-            if keys.decryption_key else None
+        self.keys = (
+            (
+                bytes.fromhex(keys.decryption_key),
+                bytes.fromhex(keys.authentication_key) if keys.authentication_key else None,
+            )
+            if keys.decryption_key
+            else None
+        )
         self.framer = EncryptedFramer() if self.keys else TelegramFramer()
         self.undecryptable = 0  # frames in a row that could not be decrypted
         self.store_backoff = Backoff("storing in InfluxDB", log)
@@ -224,9 +237,11 @@ class ReaderService:
     def read_meter(self) -> None:
         # Reads for most of its 1 s interval, so the meter is read almost continuously while
         # runs never overlap.
+        connection = self.connection
+        assert connection is not None  # the job is scheduled only with a meter to read
         deadline = time.monotonic() + 0.8
         while time.monotonic() < deadline:
-            data = self.connection.read()
+            data = connection.read()
             for frame in self.framer.feed(data):
                 telegram = self.plaintext(frame)
                 if telegram is not None:
@@ -319,11 +334,21 @@ class ReaderService:
         scheduler.add_job(self.flush_spool, "interval", seconds=5, id="flush spool")
         for index, forwarder in enumerate(self.forwarders):
             scheduler.add_job(forwarder.run, "interval", seconds=2, id=f"forward to {forwarder.host} ({index})")
-        scheduler.add_job(self.keep_statistics, "interval", seconds=REPAIR_EVERY, id="keep statistics",
-                          next_run_time=dt.datetime.now(dt.timezone.utc))
+        scheduler.add_job(
+            self.keep_statistics,
+            "interval",
+            seconds=REPAIR_EVERY,
+            id="keep statistics",
+            next_run_time=dt.datetime.now(dt.timezone.utc),
+        )
         if self.publisher:
-            scheduler.add_job(self.publisher.produce, "interval", seconds=1, id="publish to MQTT",
-                              next_run_time=dt.datetime.now(dt.timezone.utc))
+            scheduler.add_job(
+                self.publisher.produce,
+                "interval",
+                seconds=1,
+                id="publish to MQTT",
+                next_run_time=dt.datetime.now(dt.timezone.utc),
+            )
         return scheduler
 
     def start(self) -> None:
@@ -370,8 +395,12 @@ def run_reader(config: Config) -> None:
     service.start()
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
     if service.connection:
-        log.info("reader started on %s (%s); %d forward target(s)", port,
-                 " ".join(f"{k}={v}" for k, v in serial_settings(config).items()), len(service.forwarders))
+        log.info(
+            "reader started on %s (%s); %d forward target(s)",
+            port,
+            " ".join(f"{k}={v}" for k, v in serial_settings(config).items()),
+            len(service.forwarders),
+        )
     else:
         log.info("housekeeping started (reader.enabled is false: no meter to read)")
     try:

@@ -9,15 +9,19 @@ import math
 import random
 from typing import Iterator
 
-from dsmr_ts.telegram import METER_TZ, SIMULATED_METER, Reading, build_telegram
+from dsmr_ts.telegram import METER_TZ, SIMULATED_METER, Reading, Value, build_telegram
 
 
 class MeterSimulator:
     def __init__(self, meter: str = SIMULATED_METER, seed: int | None = None, water: bool = False):
         self.meter = meter
         self.random = random.Random(seed)
-        self.positions = {"electricity_delivered_1": 1234.567, "electricity_delivered_2": 2345.678,
-                          "electricity_returned_1": 12.345, "electricity_returned_2": 23.456}
+        self.positions = {
+            "electricity_delivered_1": 1234.567,
+            "electricity_delivered_2": 2345.678,
+            "electricity_returned_1": 12.345,
+            "electricity_returned_2": 23.456,
+        }
         self.gas = 987.654
         self.gas_flow = 0.1
         self.gas_time: dt.datetime | None = None
@@ -39,13 +43,15 @@ class MeterSimulator:
         self.positions[f"electricity_returned_{tariff}"] += returned * seconds / 3600
         self.gas_flow = 0.05 + (0.4 if hour < 9 or hour > 17 else 0.1) * self.random.random()  # m3/h
         voltage = 229.0 + self.random.uniform(0, 3)
-        values = {**{k: round(v, 3) for k, v in self.positions.items()},
-                  "electricity_currently_delivered": round(delivered, 3),
-                  "electricity_currently_returned": round(returned, 3),
-                  "phase_currently_delivered_l1": round(delivered, 3),
-                  "phase_currently_returned_l1": round(returned, 3),
-                  "phase_voltage_l1": round(voltage, 1),
-                  "phase_power_current_l1": int(max(delivered, returned) * 1000 / voltage)}
+        values: dict[str, Value] = {
+            **{k: round(v, 3) for k, v in self.positions.items()},
+            "electricity_currently_delivered": round(delivered, 3),
+            "electricity_currently_returned": round(returned, 3),
+            "phase_currently_delivered_l1": round(delivered, 3),
+            "phase_currently_returned_l1": round(returned, 3),
+            "phase_voltage_l1": round(voltage, 1),
+            "phase_power_current_l1": int(max(delivered, returned) * 1000 / voltage),
+        }
         # The gas meter reports every 5 minutes; between reports the telegram repeats the last one.
         gas_time = moment - dt.timedelta(minutes=moment.minute % 5, seconds=moment.second)
         if gas_time != self.gas_time:

@@ -113,8 +113,9 @@ class Spool:
             size = self.path.stat().st_size if self.path.exists() else 0
             if size + len(line) > self.max_bytes:
                 if not self.full:
-                    log.error("spool %s is full (%d bytes): dropping new telegrams until it drains", self.path,
-                              self.max_bytes)
+                    log.error(
+                        "spool %s is full (%d bytes): dropping new telegrams until it drains", self.path, self.max_bytes
+                    )
                     self.full = True
                 return False
             fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
@@ -140,8 +141,9 @@ class Spool:
         propagates) or `limit` were delivered. Progress is saved after each. Returns how many went."""
         return self.drain_batches(lambda batch: deliver(batch[0]), batch_size=1, limit=limit)
 
-    def drain_batches(self, deliver: Callable[[list[SpooledTelegram]], None], batch_size: int = 500,
-                      limit: int = 100_000) -> int:
+    def drain_batches(
+        self, deliver: Callable[[list[SpooledTelegram]], None], batch_size: int = 500, limit: int = 100_000
+    ) -> int:
         """Deliver waiting telegrams in order, `batch_size` at a time, until a batch fails (its
         exception propagates; that batch stays waiting) or `limit` were delivered. Progress is
         saved after each batch (one fsync per batch). Returns how many went."""
@@ -211,5 +213,6 @@ class Spool:
             with open(self.path, "r+b") as fh:
                 fh.truncate(keep)
                 os.fsync(fh.fileno())
-            log.warning("spool %s: removed a half-written record (%d bytes) left by a crash", self.path,
-                        len(data) - keep)
+            log.warning(
+                "spool %s: removed a half-written record (%d bytes) left by a crash", self.path, len(data) - keep
+            )

@@ -39,7 +39,7 @@ def presented_key(req: falcon.Request) -> str | None:
         return key
     authorization = req.get_header("Authorization")
     if authorization and authorization.startswith(TOKEN_PREFIX):
-        return authorization[len(TOKEN_PREFIX):]
+        return authorization[len(TOKEN_PREFIX) :]
     return None
 
 

@@ -48,17 +48,20 @@ class MonitoringResource:
             problems.append(("influxdb", f"InfluxDB is unreachable: {exc.summary}", None))
         for spool in spool_states(self.spool_dir):
             if spool.waiting:
-                problems.append(("reader", f"Telegrams are waiting in the spool {spool.name}: {spool.waiting}",
-                                 spool.oldest))
+                problems.append(
+                    ("reader", f"Telegrams are waiting in the spool {spool.name}: {spool.waiting}", spool.oldest)
+                )
         outbox = outbox_state(self.spool_dir) if self.mqtt else None
         if outbox and outbox.oldest and now - outbox.oldest > MQTT_LAG:
-            problems.append(("mqtt", f"{outbox.waiting} MQTT messages wait for the broker (is it reachable?)",
-                             outbox.oldest))
+            problems.append(
+                ("mqtt", f"{outbox.waiting} MQTT messages wait for the broker (is it reachable?)", outbox.oldest)
+            )
         resp.media = {
             "problems": len(problems),
-            "details": [{"source": source, "description": description,
-                         "since": datetime_string(since, self.context.output_tz)}
-                        for source, description, since in problems],
+            "details": [
+                {"source": source, "description": description, "since": datetime_string(since, self.context.output_tz)}
+                for source, description, since in problems
+            ],
         }
 
     def _statistics_problems(self, now: dt.datetime) -> list[tuple[str, str, dt.datetime | None]]:
@@ -67,13 +70,14 @@ class MonitoringResource:
         readings within a minute."""
         statistics = self.store.statistics
         watermark = statistics.watermark()
-        found = []
+        found: list[tuple[str, str, dt.datetime | None]] = []
         if watermark is None:
             found.append(("statistics", "The statistics index was never built: run `dsmr-ts setup`", None))
         elif now - watermark > STATISTICS_LAG:
             found.append(("statistics", "Statistics are lagging behind (are the InfluxDB tasks running?)", watermark))
         waiting = statistics.repair_backlog()
         if waiting is not None and now - waiting > REPAIR_LAG:
-            found.append(("statistics", "Late readings wait for their statistics repair (is `dsmr-ts reader` running?)",
-                          waiting))
+            found.append(
+                ("statistics", "Late readings wait for their statistics repair (is `dsmr-ts reader` running?)", waiting)
+            )
         return found

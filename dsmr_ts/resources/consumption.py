@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 from decimal import Decimal
-from typing import Any
+from typing import Any, ClassVar
 
 import falcon
 
@@ -51,15 +51,17 @@ class ElectricityLiveResource(_ConsumptionResource):
         cost = None
         price = self.today_prices()
         if price is not None and tariff in (1, 2):
-            cost = money(delivered * exact(getattr(price, f"electricity_delivered_{tariff}"))
-                          - returned * exact(getattr(price, f"electricity_returned_{tariff}")))
+            cost = money(
+                delivered * exact(getattr(price, f"electricity_delivered_{tariff}"))
+                - returned * exact(getattr(price, f"electricity_returned_{tariff}"))
+            )
         now = dt.datetime.now(dt.timezone.utc)
         resp.media = {
             "timestamp": datetime_string(min(latest["_time"], now), self.output_tz),  # a meter clock may run ahead
-            "currently_delivered": int(round(delivered * 1000)),  # W
-            "currently_returned": int(round(returned * 1000)),
+            "currently_delivered": round(delivered * 1000),  # W
+            "currently_returned": round(returned * 1000),
             "cost_per_hour": cost,
-            "tariff_name": TARIFF_NAMES.get(tariff),
+            "tariff_name": TARIFF_NAMES.get(tariff) if isinstance(tariff, int) else None,
         }
 
 
@@ -72,8 +74,10 @@ class GasLiveResource(_ConsumptionResource):
             return
         (newest_time, newest), (_, previous) = gas
         used = max(exact(newest) - exact(previous), Decimal(0))  # the gas used in the newest interval
-        body: dict[str, Any] = {"timestamp": datetime_string(newest_time, self.output_tz),
-                                "currently_delivered": decimal_string(float(used), 3)}
+        body: dict[str, Any] = {
+            "timestamp": datetime_string(newest_time, self.output_tz),
+            "currently_delivered": decimal_string(float(used), 3),
+        }
         price = self.today_prices()
         if price is not None:
             body["cost_per_interval"] = money(used * exact(price.gas))
@@ -107,19 +111,32 @@ class EnergySupplierPricesResource(_ConsumptionResource):
         periods = []
         for index, period in enumerate(self.prices):
             following = self.prices[index + 1].start if index + 1 < len(self.prices) else None
-            periods.append({
-                "id": index + 1,
-                "description": f"prices from {period.start.isoformat()}",
-                "start": period.start.isoformat(),
-                "end": (following - dt.timedelta(days=1)).isoformat() if following else None,
-                **{f"{name}_price": decimal_string(getattr(period, name), 5)
-                   for name in ("electricity_delivered_1", "electricity_delivered_2", "electricity_returned_1",
-                                "electricity_returned_2", "gas")},
-                "fixed_daily_cost": decimal_string(period.fixed_daily_cost, 5),
-            })
+            periods.append(
+                {
+                    "id": index + 1,
+                    "description": f"prices from {period.start.isoformat()}",
+                    "start": period.start.isoformat(),
+                    "end": (following - dt.timedelta(days=1)).isoformat() if following else None,
+                    **{
+                        f"{name}_price": decimal_string(getattr(period, name), 5)
+                        for name in (
+                            "electricity_delivered_1",
+                            "electricity_delivered_2",
+                            "electricity_returned_1",
+                            "electricity_returned_2",
+                            "gas",
+                        )
+                    },
+                    "fixed_daily_cost": decimal_string(period.fixed_daily_cost, 5),
+                }
+            )
         next_url, previous_url = links(req, page, len(periods), self.context.trust_forwarded)
-        resp.media = {"count": len(periods), "next": next_url, "previous": previous_url,
-                      "results": periods[page.offset:page.offset + page.limit]}
+        resp.media = {
+            "count": len(periods),
+            "next": next_url,
+            "previous": previous_url,
+            "results": periods[page.offset : page.offset + page.limit],
+        }
 
 
 class _CountedRowsResource(_ConsumptionResource):
@@ -129,15 +146,18 @@ class _CountedRowsResource(_ConsumptionResource):
     time_field = "read_at"
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
-        page, (gte, lte), meter = all_valid(lambda: page_params(req),
-                                            lambda: filter_datetimes(req, self.time_field, self.tz),
-                                            lambda: self.context.meter(req))
+        page, (gte, lte), meter = all_valid(
+            lambda: page_params(req),
+            lambda: filter_datetimes(req, self.time_field, self.tz),
+            lambda: self.context.meter(req),
+        )
         count, rows = self.rows(req, meter, gte, lte, page)
         next_url, previous_url = links(req, page, count, self.context.trust_forwarded)
         resp.media = {"count": count, "next": next_url, "previous": previous_url, "results": rows}
 
-    def rows(self, req: falcon.Request, meter: str, gte: dt.datetime | None, lte: dt.datetime | None,
-             page: Page) -> tuple[int, list[dict[str, Any]]]:
+    def rows(
+        self, req: falcon.Request, meter: str, gte: dt.datetime | None, lte: dt.datetime | None, page: Page
+    ) -> tuple[int, list[dict[str, Any]]]:
         raise NotImplementedError
 
 
@@ -149,14 +169,15 @@ class ElectricityConsumptionResource(_CountedRowsResource):
     def rows(self, req, meter, gte, lte, page):
         descending = req.get_param("ordering") == "-read_at"
         count, rows = self.store.minutes.page_by_end(meter, gte, lte, page.offset, page.limit, descending)
-        fields = self.store.schema.minute_fields
+        columns = self.store.schema.minute_columns
         results = []
         for row in rows:
             read_at: dt.datetime = row["_time"]
-            out: dict[str, Any] = {"id": int(read_at.timestamp()) // 60,
-                                   "read_at": datetime_string(read_at, self.output_tz)}
-            for spec in fields:
-                name = spec.per_minute[0]
+            out: dict[str, Any] = {
+                "id": int(read_at.timestamp()) // 60,
+                "read_at": datetime_string(read_at, self.output_tz),
+            }
+            for spec, name, _ in columns:
                 value = row.get(name)
                 if value is None:
                     out[name] = None
@@ -182,8 +203,13 @@ class GasConsumptionResource(_CountedRowsResource):
         for row in oldest_first:
             used[row["_time"]] = 0.0 if previous is None else float(exact(row["delivered"]) - exact(previous))
             previous = row["delivered"]
-        return count, [{"id": int(row["_time"].timestamp()),
-                        **gas_json(row["_time"], row["delivered"], used[row["_time"]], self.output_tz)} for row in rows]
+        return count, [
+            {
+                "id": int(row["_time"].timestamp()),
+                **gas_json(row["_time"], row["delivered"], used[row["_time"]], self.output_tz),
+            }
+            for row in rows
+        ]
 
 
 class QuarterHourPeakResource(_CountedRowsResource):
@@ -192,12 +218,16 @@ class QuarterHourPeakResource(_CountedRowsResource):
     average_delivered or -average_delivered (this month's peak first). id = quarter start / 900 s."""
 
     time_field = "read_at_start"
-    ORDERINGS = {"read_at_start": (False, False), "-read_at_start": (False, True),
-                 "average_delivered": (True, False), "-average_delivered": (True, True)}
+    ORDERINGS: ClassVar[dict[str, tuple[bool, bool]]] = {
+        "read_at_start": (False, False),
+        "-read_at_start": (False, True),
+        "average_delivered": (True, False),
+        "-average_delivered": (True, True),
+    }
 
     def rows(self, req, meter, gte, lte, page):
         by_average, descending = self.ORDERINGS.get(req.get_param("ordering") or "", (False, False))
-        count, rows = self.store.statistics.quarters(meter, gte, lte, page.offset, page.limit, by_average,
-                                                     descending)
-        return count, [{"id": int(row["_time"].timestamp()) // 900, **quarter_peak_json(row, self.output_tz)}
-                       for row in rows]
+        count, rows = self.store.statistics.quarters(meter, gte, lte, page.offset, page.limit, by_average, descending)
+        return count, [
+            {"id": int(row["_time"].timestamp()) // 900, **quarter_peak_json(row, self.output_tz)} for row in rows
+        ]

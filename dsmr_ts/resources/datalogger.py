@@ -55,8 +55,10 @@ def field_check(spec: ReadingField, tz: dt.tzinfo):
     if spec.kind is Kind.DATETIME:
         return _datetime_check(tz)
     if spec.kind is Kind.INTEGER:
-        return IntegerSpec(minimum=spec.minimum if spec.minimum is not None else -(2**31),
-                           maximum=spec.maximum if spec.maximum is not None else 2**31 - 1)
+        return IntegerSpec(
+            minimum=spec.minimum if spec.minimum is not None else -(2**31),
+            maximum=spec.maximum if spec.maximum is not None else 2**31 - 1,
+        )
     return DecimalSpec(max_digits=spec.max_digits, places=spec.places)
 
 
@@ -70,8 +72,9 @@ def reading_fields(tz: dt.tzinfo, schema: ReadingSchema = SCHEMA) -> list[Field]
     ]
 
 
-def reading_from_fields(data: dict[str, Any], tz: dt.tzinfo, default_meter: str,
-                        schema: ReadingSchema = SCHEMA) -> Reading:
+def reading_from_fields(
+    data: dict[str, Any], tz: dt.tzinfo, default_meter: str, schema: ReadingSchema = SCHEMA
+) -> Reading:
     """Validated v2 fields -> Reading; falcon.HTTPBadRequest with {"field": [message]} otherwise."""
     clean, errors = collect_errors(data, reading_fields(tz, schema))
     timestamp = clean.get("timestamp")
@@ -80,7 +83,9 @@ def reading_from_fields(data: dict[str, Any], tz: dt.tzinfo, default_meter: str,
     for value_name, time_name in schema.mbus_pairs:  # a meter position and its time go together
         if (value_name in clean) != (time_name in clean):
             missing = value_name if time_name in clean else time_name
-            errors.setdefault(missing, [f"Required together with {time_name if missing == value_name else value_name}."])
+            errors.setdefault(
+                missing, [f"Required together with {time_name if missing == value_name else value_name}."]
+            )
     if errors:
         raise ValidationFailed(errors)
     return Reading(timestamp=clean.pop("timestamp"), meter=clean.pop("meter", default_meter), values=clean)
@@ -112,8 +117,9 @@ class ReadingResource:
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         tz, output_tz, schema = self.context.tz, self.context.output_tz, self.store.schema
-        page, (gte, lte), meter = all_valid(lambda: page_params(req), lambda: filter_datetimes(req, "timestamp", tz),
-                                            lambda: self.context.meter(req))
+        page, (gte, lte), meter = all_valid(
+            lambda: page_params(req), lambda: filter_datetimes(req, "timestamp", tz), lambda: self.context.meter(req)
+        )
         descending = req.get_param("ordering") == "-timestamp"  # anything else: ascending
         count, rows = self.store.readings.raw_page(meter, gte, lte, page.offset, page.limit, descending)
         next_url, previous_url = links(req, page, count, self.context.trust_forwarded)

@@ -56,7 +56,9 @@ def serialize_http_error(req: falcon.Request, resp: falcon.Response, exc: falcon
 def store_unavailable(req: falcon.Request, resp: falcon.Response, exc: Exception, params: dict) -> None:
     assert isinstance(exc, StoreUnavailable)
     log.warning("%s %s: %s", req.method, req.path, exc)  # with InfluxDB's own message
-    raise falcon.HTTPServiceUnavailable(title="Service Unavailable", description=f"Storage is unavailable: {exc.summary}")
+    raise falcon.HTTPServiceUnavailable(
+        title="Service Unavailable", description=f"Storage is unavailable: {exc.summary}"
+    )
 
 
 def unexpected(req: falcon.Request, resp: falcon.Response, exc: Exception, params: dict) -> None:

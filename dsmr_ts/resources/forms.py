@@ -44,7 +44,9 @@ def _urlencoded(req: falcon.Request) -> dict[str, Any]:
     try:
         text = body.decode("ascii")
     except UnicodeDecodeError:
-        raise falcon.HTTPBadRequest(description="A url-encoded body must be ASCII (percent-encode other bytes).")
+        raise falcon.HTTPBadRequest(
+            description="A url-encoded body must be ASCII (percent-encode other bytes)."
+        ) from None
     fields = falcon.uri.parse_query_string(text, keep_blank=True, csv=False)
     return {name: value[-1] if isinstance(value, list) else value for name, value in fields.items()}
 

@@ -16,8 +16,9 @@ from dsmr_ts.reader.spool import spool_states
 
 
 class RequestMetricsMiddleware:
-    def process_response(self, req: falcon.Request, resp: falcon.Response, resource: object,
-                         req_succeeded: bool) -> None:
+    def process_response(
+        self, req: falcon.Request, resp: falcon.Response, resource: object, req_succeeded: bool
+    ) -> None:
         # The route template, not the URL: made-up URLs must not create new series.
         route = req.uri_template or "unmatched"
         REQUESTS.labels(route, req.method, str(resp.status)[:3]).inc()
@@ -40,21 +41,29 @@ class MetricsResource:
 
     def _measured_now(self) -> str:
         """Gauges measured at scrape time, from the spool files and InfluxDB."""
-        lines = ["# HELP dsmr_ts_spool_telegrams Telegrams waiting in a reader spool",
-                 "# TYPE dsmr_ts_spool_telegrams gauge"]
-        lines += [f'dsmr_ts_spool_telegrams{{spool="{spool.name}"}} {spool.waiting}'
-                  for spool in spool_states(self.spool_dir)]
+        lines = [
+            "# HELP dsmr_ts_spool_telegrams Telegrams waiting in a reader spool",
+            "# TYPE dsmr_ts_spool_telegrams gauge",
+        ]
+        lines += [
+            f'dsmr_ts_spool_telegrams{{spool="{spool.name}"}} {spool.waiting}' for spool in spool_states(self.spool_dir)
+        ]
         outbox = outbox_state(self.spool_dir)
         if outbox is not None:
-            lines += ["# HELP dsmr_ts_mqtt_outbox_messages MQTT messages waiting for the broker",
-                      "# TYPE dsmr_ts_mqtt_outbox_messages gauge", f"dsmr_ts_mqtt_outbox_messages {outbox.waiting}"]
+            lines += [
+                "# HELP dsmr_ts_mqtt_outbox_messages MQTT messages waiting for the broker",
+                "# TYPE dsmr_ts_mqtt_outbox_messages gauge",
+                f"dsmr_ts_mqtt_outbox_messages {outbox.waiting}",
+            ]
         try:
             latest = self.store.readings.latest(self.store.meters.default())
         except StoreUnavailable:
             latest = None
         if latest is not None:
             age = (dt.datetime.now(dt.timezone.utc) - latest["_time"]).total_seconds()
-            lines += ["# HELP dsmr_ts_last_reading_age_seconds Seconds since the newest reading",
-                      "# TYPE dsmr_ts_last_reading_age_seconds gauge",
-                      f"dsmr_ts_last_reading_age_seconds {age:.0f}"]
+            lines += [
+                "# HELP dsmr_ts_last_reading_age_seconds Seconds since the newest reading",
+                "# TYPE dsmr_ts_last_reading_age_seconds gauge",
+                f"dsmr_ts_last_reading_age_seconds {age:.0f}",
+            ]
         return "\n".join(lines) + "\n"

@@ -18,6 +18,7 @@ import yaml
 from dsmr_ts import __version__
 from dsmr_ts.fields import SCHEMA, Kind, Post, ReadingField, ReadingSchema
 from dsmr_ts.resources.statistics import DAY_POST_FIELDS, TEMPERATURES, USAGE_OUTPUT
+from dsmr_ts.resources.validation import DecimalSpec
 
 JSON = "application/json"
 
@@ -53,21 +54,28 @@ def _input_schema(spec: ReadingField) -> dict[str, Any]:
         return {"type": "string", "description": "ISO 8601, offset or Z; naive = local"}
     if spec.kind is Kind.INTEGER:
         return {"type": ["integer", "string"], "minimum": spec.minimum, "maximum": spec.maximum}
-    return {"type": ["number", "string"],
-            "description": f"at most {spec.max_digits} digits, {spec.places} after the point"}
+    return {
+        "type": ["number", "string"],
+        "description": f"at most {spec.max_digits} digits, {spec.places} after the point",
+    }
 
 
 def _reading_schema(schema: ReadingSchema) -> dict[str, Any]:
-    properties: dict[str, Any] = {"id": {"type": "integer", "description": "Unix seconds of the timestamp"},
-                                  "timestamp": DATETIME}
+    properties: dict[str, Any] = {
+        "id": {"type": "integer", "description": "Unix seconds of the timestamp"},
+        "timestamp": DATETIME,
+    }
     properties.update({spec.name: _output_schema(spec) for spec in schema.api_fields})
-    return {"type": "object", "properties": properties, "required": list(properties),
-            "additionalProperties": False}
+    return {"type": "object", "properties": properties, "required": list(properties), "additionalProperties": False}
 
 
 def _hour_schema() -> dict[str, Any]:
-    properties = {"id": {"type": "integer", "description": "Unix seconds of hour_start / 3600"},
-                  "hour_start": DATETIME, **{n: DECIMAL_3 for n in USAGE_OUTPUT}, "gas": _nullable(DECIMAL_3)}
+    properties = {
+        "id": {"type": "integer", "description": "Unix seconds of hour_start / 3600"},
+        "hour_start": DATETIME,
+        **{n: DECIMAL_3 for n in USAGE_OUTPUT},
+        "gas": _nullable(DECIMAL_3),
+    }
     return {"type": "object", "properties": properties, "required": list(properties), "additionalProperties": False}
 
 
@@ -89,97 +97,188 @@ def _day_schema() -> dict[str, Any]:
 def _day_input_schema() -> dict[str, Any]:
     """POST statistics/day, as DSMR-reader's DayStatistics columns."""
     number = {"type": ["number", "string"]}
-    properties = {"day": {"type": "string", "format": "date"},
-                  **{field.name: {**number, "description": f"at most {field.check.max_digits} digits, "
-                                                            f"{field.check.places} after the point"}
-                     for field in DAY_POST_FIELDS},
-                  "meter": {"type": "string", "maxLength": 64}}
-    return {"type": "object", "properties": properties,
-            "required": ["day", *(field.name for field in DAY_POST_FIELDS if field.required)]}
+    properties = {
+        "day": {"type": "string", "format": "date"},
+        **{
+            field.name: {**number, "description": f"at most {check.max_digits} digits, {check.places} after the point"}
+            for field in DAY_POST_FIELDS
+            if isinstance(check := field.check, DecimalSpec)
+        },
+        "meter": {"type": "string", "maxLength": 64},
+    }
+    return {
+        "type": "object",
+        "properties": properties,
+        "required": ["day", *(field.name for field in DAY_POST_FIELDS if field.required)],
+    }
 
 
 def _minute_schema(schema: ReadingSchema) -> dict[str, Any]:
-    properties: dict[str, Any] = {"id": {"type": "integer", "description": "read_at in Unix minutes"},
-                                  "read_at": {**DATETIME, "description": "the end of the minute"}}
-    for spec in schema.minute_fields:
-        name, how = spec.per_minute
+    properties: dict[str, Any] = {
+        "id": {"type": "integer", "description": "read_at in Unix minutes"},
+        "read_at": {**DATETIME, "description": "the end of the minute"},
+    }
+    for spec, name, how in schema.minute_columns:
         shown = {"type": ["integer", "null"]} if spec.kind is Kind.INTEGER else _nullable(_decimal(spec.places))
-        properties[name] = {**shown, "description": f"{'the last' if how == 'last' else 'the mean'} "
-                                                    f"{spec.name} of the minute"}
+        properties[name] = {
+            **shown,
+            "description": f"{'the last' if how == 'last' else 'the mean'} {spec.name} of the minute",
+        }
     return _object(properties)
 
 
 def _counted_operation(item: str, field: str, orderings: list[str], summary: str) -> dict[str, Any]:
     """A paged route filtered on a datetime field."""
     operation = _list_operation(item, field, {"type": "string", "description": "ISO 8601 datetime"}, summary)
-    operation["get"]["parameters"][2] = _param("ordering", {"type": "string"},
-                                               " or ".join(f"`{o}`" for o in orderings) + " (first: the default)")
+    operation["get"]["parameters"][2] = _param(
+        "ordering", {"type": "string"}, " or ".join(f"`{o}`" for o in orderings) + " (first: the default)"
+    )
     return operation
 
 
 def _object(properties: dict[str, Any], required: bool = True) -> dict[str, Any]:
-    return {"type": "object", "properties": properties, "required": list(properties) if required else [],
-            "additionalProperties": False}
+    return {
+        "type": "object",
+        "properties": properties,
+        "required": list(properties) if required else [],
+        "additionalProperties": False,
+    }
 
 
 def _v5_schemas(schema: ReadingSchema) -> dict[str, Any]:
     counter = {"type": ["integer", "null"], "minimum": 0}
-    statistics = {s.name: ({"type": ["string", "null"]} if s.kind is Kind.TEXT else counter)
-                  for s in schema.statistics}
+    statistics = {s.name: ({"type": ["string", "null"]} if s.kind is Kind.TEXT else counter) for s in schema.statistics}
     usage = {n: DECIMAL_3 for n in USAGE_OUTPUT}
     return {
         "Version": _object({"version": {"type": "string"}}),
-        "Monitoring": _object({"problems": {"type": "integer", "minimum": 0}, "details": {"type": "array", "items": _object(
-            {"source": {"type": "string"}, "description": {"type": "string"}, "since": _nullable(DATETIME)})}}),
-        "MeterStatistics": _object({"id": {"type": "integer"}, "timestamp": _nullable(DATETIME), **statistics,
-                                    "rejected_telegrams": {"type": "integer", "minimum": 0},
-                                    "latest_telegram": {"type": "null"}}),
-        "MeterStatisticsInput": {"type": "object", "properties": {**{
-            s.name: ({"type": "string"} if s.kind is Kind.TEXT else {"type": ["integer", "string"], "minimum": 0})
-            for s in schema.statistics}, "meter": {"type": "string"}}},
-        "ElectricityLive": _object({"timestamp": DATETIME, "currently_delivered": {"type": "integer"},
-                                    "currently_returned": {"type": "integer"}, "cost_per_hour": _nullable(MONEY),
-                                    "tariff_name": {"type": ["string", "null"]}}, required=False),
-        "GasLive": _object({"timestamp": DATETIME, "currently_delivered": DECIMAL_3, "cost_per_interval": MONEY},
-                           required=False),
-        "Today": {"anyOf": [_object({"day": {"type": "string", "format": "date"}, **usage,
-                                     "electricity1_cost": _nullable(MONEY), "electricity2_cost": _nullable(MONEY),
-                                     "gas": DECIMAL_3, "gas_cost": _nullable(MONEY), "total_cost": _nullable(MONEY)}),
-                            {"type": "string", "description": "No electricity readings found for: <day>"}]},
-        "EnergySupplierPrice": _object({"id": {"type": "integer"}, "description": {"type": "string"},
-                                        "start": {"type": "string", "format": "date"},
-                                        "end": {"type": ["string", "null"], "format": "date"},
-                                        **{f"{n}_price": {"type": "string"} for n in (
-                                            "electricity_delivered_1", "electricity_delivered_2",
-                                            "electricity_returned_1", "electricity_returned_2", "gas")},
-                                        "fixed_daily_cost": {"type": "string"}}),
+        "Monitoring": _object(
+            {
+                "problems": {"type": "integer", "minimum": 0},
+                "details": {
+                    "type": "array",
+                    "items": _object(
+                        {"source": {"type": "string"}, "description": {"type": "string"}, "since": _nullable(DATETIME)}
+                    ),
+                },
+            }
+        ),
+        "MeterStatistics": _object(
+            {
+                "id": {"type": "integer"},
+                "timestamp": _nullable(DATETIME),
+                **statistics,
+                "rejected_telegrams": {"type": "integer", "minimum": 0},
+                "latest_telegram": {"type": "null"},
+            }
+        ),
+        "MeterStatisticsInput": {
+            "type": "object",
+            "properties": {
+                **{
+                    s.name: (
+                        {"type": "string"} if s.kind is Kind.TEXT else {"type": ["integer", "string"], "minimum": 0}
+                    )
+                    for s in schema.statistics
+                },
+                "meter": {"type": "string"},
+            },
+        },
+        "ElectricityLive": _object(
+            {
+                "timestamp": DATETIME,
+                "currently_delivered": {"type": "integer"},
+                "currently_returned": {"type": "integer"},
+                "cost_per_hour": _nullable(MONEY),
+                "tariff_name": {"type": ["string", "null"]},
+            },
+            required=False,
+        ),
+        "GasLive": _object(
+            {"timestamp": DATETIME, "currently_delivered": DECIMAL_3, "cost_per_interval": MONEY}, required=False
+        ),
+        "Today": {
+            "anyOf": [
+                _object(
+                    {
+                        "day": {"type": "string", "format": "date"},
+                        **usage,
+                        "electricity1_cost": _nullable(MONEY),
+                        "electricity2_cost": _nullable(MONEY),
+                        "gas": DECIMAL_3,
+                        "gas_cost": _nullable(MONEY),
+                        "total_cost": _nullable(MONEY),
+                    }
+                ),
+                {"type": "string", "description": "No electricity readings found for: <day>"},
+            ]
+        },
+        "EnergySupplierPrice": _object(
+            {
+                "id": {"type": "integer"},
+                "description": {"type": "string"},
+                "start": {"type": "string", "format": "date"},
+                "end": {"type": ["string", "null"], "format": "date"},
+                **{
+                    f"{n}_price": {"type": "string"}
+                    for n in (
+                        "electricity_delivered_1",
+                        "electricity_delivered_2",
+                        "electricity_returned_1",
+                        "electricity_returned_2",
+                        "gas",
+                    )
+                },
+                "fixed_daily_cost": {"type": "string"},
+            }
+        ),
         "EnergySupplierPricePage": _page("EnergySupplierPrice"),
         "ElectricityConsumption": _minute_schema(schema),
         "ElectricityConsumptionPage": _page("ElectricityConsumption"),
-        "GasConsumption": _object({"id": {"type": "integer", "description": "read_at in Unix seconds"},
-                                   "read_at": {**DATETIME, "description": "when the gas value is booked"},
-                                   "delivered": DECIMAL_3, "currently_delivered": DECIMAL_3}),
+        "GasConsumption": _object(
+            {
+                "id": {"type": "integer", "description": "read_at in Unix seconds"},
+                "read_at": {**DATETIME, "description": "when the gas value is booked"},
+                "delivered": DECIMAL_3,
+                "currently_delivered": DECIMAL_3,
+            }
+        ),
         "GasConsumptionPage": _page("GasConsumption"),
-        "QuarterHourPeak": _object({"id": {"type": "integer", "description": "quarter start in Unix s / 900"},
-                                    "read_at_start": DATETIME, "read_at_end": DATETIME,
-                                    "average_delivered": {**DECIMAL_3, "description": "kW"}}),
+        "QuarterHourPeak": _object(
+            {
+                "id": {"type": "integer", "description": "quarter start in Unix s / 900"},
+                "read_at_start": DATETIME,
+                "read_at_end": DATETIME,
+                "average_delivered": {**DECIMAL_3, "description": "kW"},
+            }
+        ),
         "QuarterHourPeakPage": _page("QuarterHourPeak"),
     }
 
 
 def _simple_get(schema: str, summary: str, meter: bool = True) -> dict[str, Any]:
     errors = {name: V2_ERRORS[name] for name in (("400", "403", "429", "503") if meter else ("403", "429", "503"))}
-    return {"get": {"summary": summary, "security": KEY_SECURITY,
-                    "parameters": [PAGING[2]] if meter else [],
-                    "responses": {"200": _json(schema, summary), **errors}}}
+    return {
+        "get": {
+            "summary": summary,
+            "security": KEY_SECURITY,
+            "parameters": [PAGING[2]] if meter else [],
+            "responses": {"200": _json(schema, summary), **errors},
+        }
+    }
 
 
 def _page(item: str) -> dict[str, Any]:
-    return {"type": "object", "required": ["count", "next", "previous", "results"], "additionalProperties": False,
-            "properties": {"count": {"type": "integer", "minimum": 0},
-                           "next": {"type": ["string", "null"], "format": "uri"},
-                           "previous": {"type": ["string", "null"], "format": "uri"},
-                           "results": {"type": "array", "items": {"$ref": f"#/components/schemas/{item}"}}}}
+    return {
+        "type": "object",
+        "required": ["count", "next", "previous", "results"],
+        "additionalProperties": False,
+        "properties": {
+            "count": {"type": "integer", "minimum": 0},
+            "next": {"type": ["string", "null"], "format": "uri"},
+            "previous": {"type": ["string", "null"], "format": "uri"},
+            "results": {"type": "array", "items": {"$ref": f"#/components/schemas/{item}"}},
+        },
+    }
 
 
 def _json(ref: str, description: str) -> dict[str, Any]:
@@ -200,40 +299,60 @@ PAGING = [
     _param("meter", {"type": "string"}, "meter id (default: the only meter, or the one that reported last)"),
 ]
 V2_ERRORS = {
-    "400": {"description": "invalid parameters or fields {name: [message]}, or a malformed body {detail}",
-            "content": {JSON: {"schema": {"anyOf": [{"$ref": "#/components/schemas/FieldErrors"},
-                                                    {"$ref": "#/components/schemas/Detail"}]}}}},
+    "400": {
+        "description": "invalid parameters or fields {name: [message]}, or a malformed body {detail}",
+        "content": {
+            JSON: {
+                "schema": {
+                    "anyOf": [{"$ref": "#/components/schemas/FieldErrors"}, {"$ref": "#/components/schemas/Detail"}]
+                }
+            }
+        },
+    },
     "403": _json("Detail", "API disabled, or a wrong or missing key"),
     "429": _json("Detail", "too many wrong keys from this client lately (Retry-After)"),
     "503": _json("Detail", "InfluxDB unavailable"),
 }
-KEY_SECURITY = [{"X-AUTHKEY": []}, {"TokenAuth": []}]
+KEY_SECURITY: list[dict[str, list[str]]] = [{"X-AUTHKEY": []}, {"TokenAuth": []}]
 
 
-def _body_operation(summary: str, input_schema: str, status: str, output_schema: str,
-                    description: str) -> dict[str, Any]:
+def _body_operation(
+    summary: str, input_schema: str, status: str, output_schema: str, description: str
+) -> dict[str, Any]:
     """A v2 POST or PATCH taking JSON, a form or multipart."""
-    return {"summary": summary, "security": KEY_SECURITY,
-            "requestBody": {"required": True, "content": {
+    return {
+        "summary": summary,
+        "security": KEY_SECURITY,
+        "requestBody": {
+            "required": True,
+            "content": {
                 ct: {"schema": {"$ref": f"#/components/schemas/{input_schema}"}}
-                for ct in (JSON, "application/x-www-form-urlencoded", "multipart/form-data")}},
-            "responses": {status: _json(output_schema, description), **V2_ERRORS,
-                          "413": _json("Detail", "body too large"),
-                          "415": _json("Detail", "unsupported content type")}}
+                for ct in (JSON, "application/x-www-form-urlencoded", "multipart/form-data")
+            },
+        },
+        "responses": {
+            status: _json(output_schema, description),
+            **V2_ERRORS,
+            "413": _json("Detail", "body too large"),
+            "415": _json("Detail", "unsupported content type"),
+        },
+    }
 
 
 def _list_operation(item: str, field: str, time_schema: dict[str, Any], summary: str) -> dict[str, Any]:
-    return {"get": {
-        "summary": summary,
-        "security": KEY_SECURITY,
-        "parameters": [
-            _param(f"{field}__gte", time_schema, "on or after (naive values are local time)"),
-            _param(f"{field}__lte", time_schema, "on or before"),
-            _param("ordering", {"type": "string"}, f"`{field}` (default) or `-{field}`; others ignored"),
-            *PAGING,
-        ],
-        "responses": {"200": _json(f"{item}Page", "a page"), **V2_ERRORS},
-    }}
+    return {
+        "get": {
+            "summary": summary,
+            "security": KEY_SECURITY,
+            "parameters": [
+                _param(f"{field}__gte", time_schema, "on or after (naive values are local time)"),
+                _param(f"{field}__lte", time_schema, "on or before"),
+                _param("ordering", {"type": "string"}, f"`{field}` (default) or `-{field}`; others ignored"),
+                *PAGING,
+            ],
+            "responses": {"200": _json(f"{item}Page", "a page"), **V2_ERRORS},
+        }
+    }
 
 
 @functools.cache
@@ -250,13 +369,20 @@ def openapi_document(schema: ReadingSchema = SCHEMA) -> dict[str, Any]:
     datetime_filter = {"type": "string", "description": "ISO 8601 datetime"}
     return {
         "openapi": "3.1.0",
-        "info": {"title": "dsmr-ts API", "version": __version__,
-                 "description": "DSMR-reader compatible API over InfluxDB 2 (v1 datalogger, v2 readings and statistics)."},
+        "info": {
+            "title": "dsmr-ts API",
+            "version": __version__,
+            "description": "DSMR-reader compatible API over InfluxDB 2 (v1 datalogger, v2 readings and statistics).",
+        },
         "components": {
             "securitySchemes": {
                 "X-AUTHKEY": {"type": "apiKey", "in": "header", "name": "X-AUTHKEY"},
-                "TokenAuth": {"type": "apiKey", "in": "header", "name": "Authorization",
-                              "description": "`Token <key>`"},
+                "TokenAuth": {
+                    "type": "apiKey",
+                    "in": "header",
+                    "name": "Authorization",
+                    "description": "`Token <key>`",
+                },
             },
             "schemas": {
                 "Reading": _reading_schema(schema),
@@ -268,78 +394,151 @@ def openapi_document(schema: ReadingSchema = SCHEMA) -> dict[str, Any]:
                 "DayStatisticsPage": _page("DayStatistics"),
                 "DayStatisticsInput": _day_input_schema(),
                 "Detail": {"type": "object", "required": ["detail"], "properties": {"detail": {"type": "string"}}},
-                "FieldErrors": {"type": "object", "minProperties": 1,
-                                "additionalProperties": {"type": "array", "items": {"type": "string"}, "minItems": 1}},
+                "FieldErrors": {
+                    "type": "object",
+                    "minProperties": 1,
+                    "additionalProperties": {"type": "array", "items": {"type": "string"}, "minItems": 1},
+                },
                 **_v5_schemas(schema),
-                "Health": {"type": "object", "required": ["status", "influxdb"], "additionalProperties": False,
-                           "properties": {"status": {"enum": ["ok", "error"]},
-                                          "influxdb": {"enum": ["ok", "unreachable", "unauthorized"]},
-                                          "detail": {"type": "string", "description": "what is wrong"}}},
+                "Health": {
+                    "type": "object",
+                    "required": ["status", "influxdb"],
+                    "additionalProperties": False,
+                    "properties": {
+                        "status": {"enum": ["ok", "error"]},
+                        "influxdb": {"enum": ["ok", "unreachable", "unauthorized"]},
+                        "detail": {"type": "string", "description": "what is wrong"},
+                    },
+                },
             },
         },
         "paths": {
-            "/health": {"get": {"summary": "service and InfluxDB health (public)", "security": [],
-                                "responses": {"200": _json("Health", "healthy"),
-                                              "503": _json("Health", "InfluxDB does not answer or refuses the token")}}},
-            "/api/v2/schema": {"get": {"summary": "this document (public)", "security": [],
-                                       "parameters": [_param("format", {"enum": ["yaml", "json"]}, "default yaml")],
-                                       "responses": {"200": {"description": "OpenAPI 3.1", "content": {
-                                           "application/yaml": {"schema": {"type": "string"}},
-                                           JSON: {"schema": {"type": "object"}}}}}}},
-            "/api/v1/datalogger/dsmrreading": {"post": {
-                "summary": "store a raw P1 telegram (remote datalogger)",
-                "security": KEY_SECURITY,
-                "requestBody": {"required": True, "content": {
-                    ct: {"schema": {"type": "object", "required": ["telegram"],
-                                    "properties": {"telegram": {"type": "string"}}}}
-                    for ct in ("application/x-www-form-urlencoded", "multipart/form-data")}},
-                "responses": {"201": {"description": "stored (empty body)"},
-                              "400": _text("`Invalid data`, or why the telegram was rejected"),
-                              "403": _text("`Invalid auth key`"), "405": _text("`API is disabled`"),
-                              "429": _text("too many wrong keys from this client lately (Retry-After)"),
-                              "413": _text("body too large"), "503": _text("InfluxDB unavailable")}}},
+            "/health": {
+                "get": {
+                    "summary": "service and InfluxDB health (public)",
+                    "security": [],
+                    "responses": {
+                        "200": _json("Health", "healthy"),
+                        "503": _json("Health", "InfluxDB does not answer or refuses the token"),
+                    },
+                }
+            },
+            "/api/v2/schema": {
+                "get": {
+                    "summary": "this document (public)",
+                    "security": [],
+                    "parameters": [_param("format", {"enum": ["yaml", "json"]}, "default yaml")],
+                    "responses": {
+                        "200": {
+                            "description": "OpenAPI 3.1",
+                            "content": {
+                                "application/yaml": {"schema": {"type": "string"}},
+                                JSON: {"schema": {"type": "object"}},
+                            },
+                        }
+                    },
+                }
+            },
+            "/api/v1/datalogger/dsmrreading": {
+                "post": {
+                    "summary": "store a raw P1 telegram (remote datalogger)",
+                    "security": KEY_SECURITY,
+                    "requestBody": {
+                        "required": True,
+                        "content": {
+                            ct: {
+                                "schema": {
+                                    "type": "object",
+                                    "required": ["telegram"],
+                                    "properties": {"telegram": {"type": "string"}},
+                                }
+                            }
+                            for ct in ("application/x-www-form-urlencoded", "multipart/form-data")
+                        },
+                    },
+                    "responses": {
+                        "201": {"description": "stored (empty body)"},
+                        "400": _text("`Invalid data`, or why the telegram was rejected"),
+                        "403": _text("`Invalid auth key`"),
+                        "405": _text("`API is disabled`"),
+                        "429": _text("too many wrong keys from this client lately (Retry-After)"),
+                        "413": _text("body too large"),
+                        "503": _text("InfluxDB unavailable"),
+                    },
+                }
+            },
             "/api/v2/datalogger/dsmrreading": {
                 **_list_operation("Reading", "timestamp", datetime_filter, "readings"),
-                "post": _body_operation("store a reading given as values", "ReadingInput", "201", "Reading",
-                                        "the stored reading"),
+                "post": _body_operation(
+                    "store a reading given as values", "ReadingInput", "201", "Reading", "the stored reading"
+                ),
             },
             "/api/v2/statistics/day": {
-                **_list_operation("DayStatistics", "day", {"type": "string", "format": "date"},
-                                  "day statistics with costs"),
-                "post": _body_operation("create a day (history); an existing day is a 400", "DayStatisticsInput",
-                                        "201", "DayStatistics", "the stored day"),
+                **_list_operation(
+                    "DayStatistics", "day", {"type": "string", "format": "date"}, "day statistics with costs"
+                ),
+                "post": _body_operation(
+                    "create a day (history); an existing day is a 400",
+                    "DayStatisticsInput",
+                    "201",
+                    "DayStatistics",
+                    "the stored day",
+                ),
             },
             "/api/v2/statistics/hour": _list_operation(
-                "HourStatistics", "hour_start", datetime_filter, "hour statistics"),
-            "/metrics": {"get": {
-                "summary": "Prometheus metrics (behind the key unless api.metrics_public)",
-                "security": [*KEY_SECURITY, {}],
-                "responses": {"200": {"description": "Prometheus text format",
-                                      "content": {"text/plain": {"schema": {"type": "string"}}}},
-                              "403": V2_ERRORS["403"], "429": V2_ERRORS["429"]}}},
+                "HourStatistics", "hour_start", datetime_filter, "hour statistics"
+            ),
+            "/metrics": {
+                "get": {
+                    "summary": "Prometheus metrics (behind the key unless api.metrics_public)",
+                    "security": [*KEY_SECURITY, {}],
+                    "responses": {
+                        "200": {
+                            "description": "Prometheus text format",
+                            "content": {"text/plain": {"schema": {"type": "string"}}},
+                        },
+                        "403": V2_ERRORS["403"],
+                        "429": V2_ERRORS["429"],
+                    },
+                }
+            },
             "/api/v2/application/version": _simple_get("Version", "dsmr-ts version", meter=False),
-            "/api/v2/application/monitoring": _simple_get("Monitoring", "problems an operator should look at",
-                                                          meter=False),
+            "/api/v2/application/monitoring": _simple_get(
+                "Monitoring", "problems an operator should look at", meter=False
+            ),
             "/api/v2/datalogger/meter-statistics": {
                 **_simple_get("MeterStatistics", "the meter's counters from its latest telegram"),
-                "patch": _body_operation("set meter statistics (remote dataloggers)", "MeterStatisticsInput",
-                                         "200", "MeterStatistics", "the updated statistics"),
+                "patch": _body_operation(
+                    "set meter statistics (remote dataloggers)",
+                    "MeterStatisticsInput",
+                    "200",
+                    "MeterStatistics",
+                    "the updated statistics",
+                ),
             },
             "/api/v2/consumption/electricity-live": _simple_get("ElectricityLive", "power now ({} without readings)"),
             "/api/v2/consumption/gas-live": _simple_get("GasLive", "gas used in the newest interval ({} without gas)"),
             "/api/v2/consumption/today": _simple_get("Today", "today so far, with costs"),
-            "/api/v2/consumption/energy-supplier-prices": {"get": {
-                "summary": "the price periods of the config", "security": KEY_SECURITY,
-                "parameters": PAGING[:2],
-                "responses": {"200": _json("EnergySupplierPricePage", "a page"), **V2_ERRORS}}},
+            "/api/v2/consumption/energy-supplier-prices": {
+                "get": {
+                    "summary": "the price periods of the config",
+                    "security": KEY_SECURITY,
+                    "parameters": PAGING[:2],
+                    "responses": {"200": _json("EnergySupplierPricePage", "a page"), **V2_ERRORS},
+                }
+            },
             "/api/v2/consumption/electricity": _counted_operation(
-                "ElectricityConsumption", "read_at", ["read_at", "-read_at"], "electricity per minute with readings"),
+                "ElectricityConsumption", "read_at", ["read_at", "-read_at"], "electricity per minute with readings"
+            ),
             "/api/v2/consumption/gas": _counted_operation(
-                "GasConsumption", "read_at", ["read_at", "-read_at"], "gas values and the gas used since the one before"),
+                "GasConsumption", "read_at", ["read_at", "-read_at"], "gas values and the gas used since the one before"
+            ),
             "/api/v2/consumption/quarter-hour-peak-electricity": _counted_operation(
-                "QuarterHourPeak", "read_at_start",
+                "QuarterHourPeak",
+                "read_at_start",
                 ["read_at_start", "-read_at_start", "average_delivered", "-average_delivered"],
-                "average power of each completed quarter hour (Belgian capacity tariff)"),
+                "average power of each completed quarter hour (Belgian capacity tariff)",
+            ),
         },
     }
 
@@ -353,7 +552,8 @@ class SchemaResource:
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         document = openapi_document(self.schema)
         wants_json = req.get_param("format") == "json" or (
-            req.get_param("format") is None and JSON in (req.accept or "") and "yaml" not in (req.accept or ""))
+            req.get_param("format") is None and JSON in (req.accept or "") and "yaml" not in (req.accept or "")
+        )
         if wants_json:
             resp.content_type = JSON
             resp.text = json.dumps(document)

@@ -59,11 +59,11 @@ def _url(req: falcon.Request, trust_forwarded: bool, **changes: int | None) -> s
     params: dict[str, Any] = {}
     for key, value in urllib.parse.parse_qsl(req.query_string, keep_blank_values=True):
         params[key] = value
-    for key, value in changes.items():
-        if value is None:
+    for key, change in changes.items():
+        if change is None:
             params.pop(key, None)
         else:
-            params[key] = str(value)
+            params[key] = str(change)
     return base_url(req, trust_forwarded) + "?" + urllib.parse.urlencode(sorted(params.items()))
 
 
@@ -79,7 +79,7 @@ def links(req: falcon.Request, page: Page, count: int, trust_forwarded: bool) ->
 
 
 def stream_envelope(
-    count: int, next_url: str | None, previous_url: str | None, results: Iterable[dict]
+    count: int, next_url: str | None, previous_url: str | None, results: Iterable[dict[str, Any] | str]
 ) -> Iterator[bytes]:
     """{"count", "next", "previous", "results": [...]} produced item by item (bounded memory); an item
     given as a str is JSON text already."""

@@ -33,7 +33,9 @@ TEMPERATURE = DecimalSpec(max_digits=4, places=1)
 DAY_POST_FIELDS = [
     *(Field(name, USAGE, required=True) for name in USAGE_OUTPUT),
     *(Field(name, COST, required=True) for name in ("electricity1_cost", "electricity2_cost", "total_cost")),
-    Field("gas", USAGE), Field("gas_cost", COST), Field("fixed_cost", COST),
+    Field("gas", USAGE),
+    Field("gas_cost", COST),
+    Field("fixed_cost", COST),
     *(Field(name, TEMPERATURE) for name in TEMPERATURES),
 ]
 
@@ -57,11 +59,13 @@ class _StatisticsResource:
         raise NotImplementedError
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
-        page, (start, stop), meter = all_valid(lambda: page_params(req), lambda: self.bounds(req),
-                                               lambda: self.context.meter(req))
+        page, (start, stop), meter = all_valid(
+            lambda: page_params(req), lambda: self.bounds(req), lambda: self.context.meter(req)
+        )
         descending = req.get_param("ordering") == f"-{self.time_field}"
         count, rows = self.context.store.statistics.page(
-            self.measurement, meter, start, stop, page.offset, page.limit, descending, self.fields)
+            self.measurement, meter, start, stop, page.offset, page.limit, descending, self.fields
+        )
         next_url, previous_url = links(req, page, count, self.context.trust_forwarded)
         resp.content_type = falcon.MEDIA_JSON
         resp.stream = stream_envelope(count, next_url, previous_url, self.rows_json(rows))
@@ -80,9 +84,14 @@ class HourStatisticsResource(_StatisticsResource):
     def rows_json(self, rows: list[dict[str, Any]]) -> list[str]:
         """A column at a time (a month is 744 rows): id, hour_start, usage (0 when absent), gas."""
         starts = [int(row["_time"].timestamp()) for row in rows]
-        return json_rows([("id", [str(start // 3600) for start in starts]),
-                          ("hour_start", datetime_column(starts, self.output_tz)),
-                          *_decimal_columns(rows, USAGE_OUTPUT, absent=0.0), *_decimal_columns(rows, ("gas",))])
+        return json_rows(
+            [
+                ("id", [str(start // 3600) for start in starts]),
+                ("hour_start", datetime_column(starts, self.output_tz)),
+                *_decimal_columns(rows, USAGE_OUTPUT, absent=0.0),
+                *_decimal_columns(rows, ("gas",)),
+            ]
+        )
 
 
 class DayStatisticsResource(_StatisticsResource):
@@ -103,7 +112,7 @@ class DayStatisticsResource(_StatisticsResource):
                 raise ValidationFailed({name: ["Enter a valid date."]}) from None
 
         first, last = all_valid(lambda: day("day__gte"), lambda: day("day__lte"))
-        clamp = lambda d: min(max(d, EARLIEST.date()), LATEST.date())  # noqa: E731 - nothing stored outside
+        clamp = lambda d: min(max(d, EARLIEST.date()), LATEST.date())
         start = day_start(clamp(first), self.tz) if first else None
         stop = day_start(clamp(last), self.tz, 1) if last else None
         return start, stop
@@ -114,14 +123,21 @@ class DayStatisticsResource(_StatisticsResource):
         costs = [stored_or_computed_costs(row, day, self.prices) for row, day in zip(rows, days)]
 
         def cost(name: str) -> list[str]:
-            return ["null" if c[name] is None else '"' + c[name] + '"' for c in costs]
+            return ["null" if (amount := c[name]) is None else '"' + amount + '"' for c in costs]
 
-        return json_rows([("id", [str(d.year * 10000 + d.month * 100 + d.day) for d in days]),
-                          ("day", ['"' + d.isoformat() + '"' for d in days]), ("total_cost", cost("total_cost")),
-                          *_decimal_columns(rows, USAGE_OUTPUT, absent=0.0),
-                          ("electricity1_cost", cost("electricity1_cost")),
-                          ("electricity2_cost", cost("electricity2_cost")), *_decimal_columns(rows, ("gas",)),
-                          ("gas_cost", cost("gas_cost")), *_decimal_columns(rows, TEMPERATURES, places=1)])
+        return json_rows(
+            [
+                ("id", [str(d.year * 10000 + d.month * 100 + d.day) for d in days]),
+                ("day", ['"' + d.isoformat() + '"' for d in days]),
+                ("total_cost", cost("total_cost")),
+                *_decimal_columns(rows, USAGE_OUTPUT, absent=0.0),
+                ("electricity1_cost", cost("electricity1_cost")),
+                ("electricity2_cost", cost("electricity2_cost")),
+                *_decimal_columns(rows, ("gas",)),
+                ("gas_cost", cost("gas_cost")),
+                *_decimal_columns(rows, TEMPERATURES, places=1),
+            ]
+        )
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         """Create a day row (history brought in by hand or by script); an existing day is a 400."""
@@ -142,6 +158,7 @@ class DayStatisticsResource(_StatisticsResource):
                 errors["day"] = ["Date has wrong format. Use one of these formats instead: YYYY-MM-DD."]
         if errors:
             raise ValidationFailed(errors)
+        assert day is not None and meter is not None  # else an error was found above
         clean.setdefault("fixed_cost", 0.0)
         start = day_start(day, self.tz)
         if not self.context.store.statistics.add_day(meter, start, clean):
@@ -151,11 +168,14 @@ class DayStatisticsResource(_StatisticsResource):
         resp.text = self.rows_json([{**clean, "_time": start}])[0]
 
 
-def _decimal_columns(rows: list[dict[str, Any]], names: tuple[str, ...], places: int = 3,
-                     absent: float | None = None) -> list[tuple[str, list[str]]]:
+def _decimal_columns(
+    rows: list[dict[str, Any]], names: tuple[str, ...], places: int = 3, absent: float | None = None
+) -> list[tuple[str, list[str]]]:
     """(name, JSON texts) of decimal fields of statistics rows; `absent` where a row lacks one."""
-    return [(name, decimal_column([absent if (value := row.get(name)) is None else value for row in rows], places))
-            for name in names]
+    return [
+        (name, decimal_column([absent if (value := row.get(name)) is None else value for row in rows], places))
+        for name in names
+    ]
 
 
 def _posted_day(value: Any) -> dt.date | None:
@@ -165,4 +185,3 @@ def _posted_day(value: Any) -> dt.date | None:
     except ValueError:
         return None
     return day if day and EARLIEST.date() < day < LATEST.date() else None
-

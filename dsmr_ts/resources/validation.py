@@ -12,7 +12,7 @@ from typing import Any, Callable
 
 from dsmr_ts.datetimes import FieldError, parse_datetime
 
-__all__ = ["FieldError", "parse_datetime", "DecimalSpec", "IntegerSpec", "Field", "collect_errors", "meter_id"]
+__all__ = ["DecimalSpec", "Field", "FieldError", "IntegerSpec", "collect_errors", "meter_id", "parse_datetime"]
 
 REQUIRED = "This field is required."
 NOT_NULL = "This field may not be null."
@@ -40,6 +40,7 @@ class DecimalSpec:
         number = _decimal(value, "A valid number is required.")
         # Same order and messages as Django REST framework's DecimalField.validate_precision.
         _, digits, exponent = number.as_tuple()
+        assert isinstance(exponent, int)  # a finite number's exponent (not 'n' or 'F')
         if exponent >= 0:
             total = whole = len(digits) + exponent
             places = 0
