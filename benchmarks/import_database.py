@@ -71,7 +71,7 @@ def main() -> None:
             first = start
             last = start + dt.timedelta(seconds=args.step * (args.readings - 1))
             began = time.perf_counter()
-            store.statistics.recompute(first.replace(minute=0, second=0), last + dt.timedelta(hours=1), "BENCH-IMPORT")
+            store.compute.recompute(first.replace(minute=0, second=0), last + dt.timedelta(hours=1), "BENCH-IMPORT")
             print(f"  of which the statistics (recomputed once more on their own): {time.perf_counter() - began:.1f} s")
             print(API_IMPORT)
             store.close()

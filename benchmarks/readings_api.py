@@ -29,7 +29,8 @@ from typing import Iterator
 
 from stack import KEY, Stack, cpu_seconds
 
-from dsmr_ts.influx.statistics import REPAIR_SLACK, floor_hour, local_midnight
+from dsmr_ts.datetimes import floor_hour, local_midnight
+from dsmr_ts.influx.count_index import REPAIR_SLACK
 from dsmr_ts.influx.store import Store
 from dsmr_ts.telegram import Reading
 
@@ -190,7 +191,7 @@ def main() -> None:
                 )
         tz = stack.config.tz
         began = time.perf_counter()
-        store.statistics.regenerate(local_midnight(start, tz), floor_hour(dt.datetime.now(UTC)) + dt.timedelta(hours=1))
+        store.compute.regenerate(local_midnight(start, tz), floor_hour(dt.datetime.now(UTC)) + dt.timedelta(hours=1))
         elapsed = time.perf_counter() - began
         print(
             f"statistics (hours, days, quarter-hour peaks, count index) for them: {elapsed:.0f} s"
@@ -206,7 +207,7 @@ def main() -> None:
         settled = began + REPAIR_SLACK.total_seconds() - time.perf_counter()
         if settled > 0:
             time.sleep(settled)
-        store.statistics.repair()
+        store.housekeeping.repair()
         print(
             f"the repair job run once, {REPAIR_SLACK.total_seconds():.0f} s after the load (the reader runs it"
             " every minute)"

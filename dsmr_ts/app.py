@@ -10,7 +10,6 @@ from dsmr_ts.config import Config, load_config
 from dsmr_ts.fields import SCHEMA, ReadingSchema
 from dsmr_ts.influx.store import Store
 from dsmr_ts.ingest import Ingest
-from dsmr_ts.mqtt.raw_relay import RawRelay
 from dsmr_ts.resources import errors
 from dsmr_ts.resources.access import ApiAccessMiddleware
 from dsmr_ts.resources.application import MonitoringResource, VersionResource
@@ -27,9 +26,10 @@ from dsmr_ts.resources.context import ApiContext
 from dsmr_ts.resources.datalogger import ReadingResource, TelegramResource
 from dsmr_ts.resources.health import HealthResource
 from dsmr_ts.resources.meter_statistics import MeterStatisticsResource
-from dsmr_ts.resources.metrics import MetricsResource, RequestMetricsMiddleware
 from dsmr_ts.resources.openapi import SchemaResource
+from dsmr_ts.resources.prometheus import MetricsResource, RequestMetricsMiddleware
 from dsmr_ts.resources.statistics import DayStatisticsResource, HourStatisticsResource
+from dsmr_ts.spool_dir import RawRelay
 
 
 def create_app(

@@ -256,7 +256,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
 def cmd_regenerate(args: argparse.Namespace) -> int:
     """Recompute statistics in chunks of whole local weeks, with the same Flux as the tasks."""
-    from dsmr_ts.influx.statistics import floor_hour, local_midnight
+    from dsmr_ts.datetimes import floor_hour, local_midnight
     from dsmr_ts.progress import ProgressBar
 
     config = _config(args)
@@ -280,7 +280,7 @@ def cmd_regenerate(args: argparse.Namespace) -> int:
         )
         bar = ProgressBar(days, "days")
         began = time.monotonic()
-        store.statistics.regenerate(start, stop, CHUNK_DAYS, progress=bar.advance)
+        store.compute.regenerate(start, stop, CHUNK_DAYS, progress=bar.advance)
         log.info("statistics regenerated in %.1f s", time.monotonic() - began)
     return 0
 
@@ -406,7 +406,7 @@ def _output(path: str) -> Iterator[TextIO]:
 
 
 def _local_midnight_of(day: dt.date, config: Config, days: int = 0) -> dt.datetime:
-    from dsmr_ts.influx.statistics import day_start
+    from dsmr_ts.datetimes import day_start
 
     return day_start(day, config.tz, days)
 

@@ -14,7 +14,6 @@ reading, see dsmr_ts.influx.lineprotocol) numbers the rows by position: append n
 from __future__ import annotations
 
 import enum
-import functools
 from dataclasses import dataclass
 from typing import Any, Iterable
 
@@ -260,10 +259,6 @@ class ReadingSchema:
     def with_fields(self, *extra: ReadingField) -> ReadingSchema:
         """A copy with more rows (appended, so stored bit masks keep their meaning)."""
         return ReadingSchema((*self.fields, *extra), self.statistics)
-
-    @functools.cached_property
-    def all_present(self) -> int:
-        return (1 << len(self.fields)) - 1
 
 
 SCHEMA = ReadingSchema()

@@ -16,10 +16,9 @@ _config = load_config()
 
 bind = _config.server.bind
 workers = _config.server.workers
-# gevent, chosen by measurement (benchmarks/ingest.py, v1 telegrams, 32 clients, 2 workers, 2 cores):
-# sync 790/s (one request per process at a time, so the group commit cannot group anything),
-# gthread with 8/16 threads 1,250-1,840/s (thread switches and the GIL cost more than the work),
-# gevent 2,000-2,200/s at p99 ~36 ms, with 1,400/s at 8 clients and p99 ~4 ms for one client.
+# gevent, chosen by measurement (benchmarks/README.md): with sync workers a process answers one
+# request at a time, so the group commit cannot group anything; gthread pays for thread switches
+# and the GIL more than for the work.
 worker_class = "gevent"
 worker_connections = 1000
 # Behind nginx, which buffers slow clients; a request that takes longer than this is stuck.

@@ -30,14 +30,15 @@ from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Callable, Iterable, Iterator, TextIO
 
+from dsmr_ts.costs import DAY_FIELDS
+from dsmr_ts.datetimes import day_start
 from dsmr_ts.fields import ReadingField, ReadingSchema
 from dsmr_ts.influx import lineprotocol
-from dsmr_ts.influx.statistics import DAY_MEASUREMENT, day_start
+from dsmr_ts.influx.lineprotocol import DAY_MEASUREMENT
 from dsmr_ts.influx.store import Store
 from dsmr_ts.migrate import regenerate_range
 from dsmr_ts.progress import ProgressBar
 from dsmr_ts.telegram import gas_is_hourly
-from dsmr_ts.totals import DAY_FIELDS
 
 log = logging.getLogger(__name__)
 
@@ -312,8 +313,7 @@ def _seconds_of_line(text: bytes, end: int) -> int:
 def _write(store: Store, body: bytes, hours: Iterable[int], meter: str) -> None:
     """One batch, with the repair marks of the (ended) hours it fills, so counts stay right while
     the import runs (the regenerate afterwards takes them up)."""
-    marks = lineprotocol.repair_lines({(meter, hour) for hour in hours}, dt.datetime.now(dt.timezone.utc))
-    store.client.write(body + b"\n" + "\n".join(marks).encode())
+    store.writer.bulk_prepared(body, ((meter, hour) for hour in hours))
 
 
 def _import_older_days(store: Store, database: Database, meter: str, first: dt.datetime, timezone: str) -> None:
@@ -336,5 +336,5 @@ def _import_older_days(store: Store, database: Database, meter: str, first: dt.d
         if "electricity1" in row:
             lines.append(lineprotocol.line(DAY_MEASUREMENT, meter, row, int(midnight.timestamp())))
     if lines:
-        store.client.write("\n".join(lines), store.settings.stats_bucket)
+        store.writer.statistics_rows(lines)
         log.info("imported day statistics of %d days before the first reading", len(lines))

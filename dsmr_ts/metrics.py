@@ -1,4 +1,4 @@
-"""Prometheus metrics recorded by the API and the ingest path (rendered by resources/metrics.py).
+"""Prometheus metrics recorded by the API and the ingest path (rendered by resources/prometheus.py).
 
 Under gunicorn every worker is its own process: gunicorn_conf.py points PROMETHEUS_MULTIPROC_DIR
 at a fresh directory before the workers start, and prometheus-client then keeps each worker's

@@ -19,12 +19,12 @@ import urllib.request
 import zoneinfo
 from typing import Any, Iterator, TextIO
 
-from dsmr_ts.datetimes import FieldError, parse_datetime
+from dsmr_ts.datetimes import FieldError, day_start, parse_datetime
 from dsmr_ts.fields import Kind
 from dsmr_ts.influx import lineprotocol
-from dsmr_ts.influx.statistics import DAY_MEASUREMENT, HOUR_MEASUREMENT, USAGE_FIELDS, day_start
+from dsmr_ts.influx.lineprotocol import DAY_MEASUREMENT, HOUR_MEASUREMENT
+from dsmr_ts.influx.statistics_flux import USAGE_FIELDS
 from dsmr_ts.influx.store import Store
-from dsmr_ts.influx.writer import write_in_bulk
 from dsmr_ts.progress import ProgressBar
 from dsmr_ts.telegram import Reading, gas_is_hourly
 
@@ -162,11 +162,11 @@ def _hourly_gas(source: Source) -> bool:
 
 def regenerate_range(store: Store, first: dt.datetime, last: dt.datetime, meter: str, began: dt.datetime) -> None:
     """After an import: the statistics of the hours it filled in, and their repair marks done."""
-    from dsmr_ts.influx.statistics import floor_hour
+    from dsmr_ts.datetimes import floor_hour
 
     start, stop = floor_hour(first), floor_hour(last) + dt.timedelta(hours=1)
-    store.statistics.recompute(start, stop, meter)
-    store.statistics.mark_repaired_before(began, start, stop, meter)
+    store.compute.recompute(start, stop, meter)
+    store.index.mark_repaired_before(began, start, stop, meter)
 
 
 def _import_older_day_statistics(store: Store, source: Source, meter: str, first: dt.datetime, timezone: str) -> None:
@@ -187,7 +187,7 @@ def _import_older_day_statistics(store: Store, source: Source, meter: str, first
             break
         page = source.get(page["next"])
     if lines:
-        write_in_bulk(store.client, lines, store.settings.stats_bucket)
+        store.writer.statistics_rows(lines)
         log.info("imported day statistics of %d days before the first reading", len(lines))
 
 
@@ -276,5 +276,5 @@ def import_statistics_csv(store: Store, path: str, meter: str, timezone: str) ->
                 raise CsvError(f"{path}, line {number}: cannot read {dict(row)}") from None
             if values:
                 lines.append(lineprotocol.line(kind, meter, values, int(moment.timestamp())))
-    write_in_bulk(store.client, lines, store.settings.stats_bucket)
+    store.writer.statistics_rows(lines)
     return kind, len(lines)

@@ -6,7 +6,7 @@ Swedish HAN and German EasyMeter Q3D telegrams. Which OBIS code feeds which fiel
 (dsmr_ts.fields); the code here only splits lines into an OBIS code and its parenthesised values
 and applies the general rules.
 
-Rules (see API-NOTES.md):
+Rules (DSMR-reader's, where its documentation is silent):
 - CRC-16/ARC over the bytes from '/' through '!', 4 upper-case hex digits after '!'.
   Required unless the telegram has no version line and nothing after '!' on that line (DSMR
   2.2/3, Iskra IE, EasyMeter Q3D; lines after the '!' line are not part of the telegram).

@@ -104,17 +104,22 @@ def start_api(config, log_path: Path, **env: str) -> tuple[subprocess.Popen, str
             dsmr_ts_command("serve"), cwd=REPO, env=environment, stdout=log, stderr=subprocess.STDOUT
         )
     url = f"http://127.0.0.1:{port}"
+    wait_healthy(proc, url, log_path, timeout=60, what="gunicorn to answer")
+    return proc, url
+
+
+def wait_healthy(proc: subprocess.Popen, url: str, log_path: Path, timeout: float, what: str) -> None:
+    """Until url/health answers 200; the process ending first fails the test with its log."""
 
     def healthy() -> bool:
-        assert proc.poll() is None, log_path.read_text()
+        assert proc.poll() is None, log_path.read_text()[-3000:]
         try:
             with urllib.request.urlopen(url + "/health", timeout=2) as response:
                 return response.status == 200
         except OSError:
             return False
 
-    wait_for(healthy, timeout=60, what="gunicorn to answer")
-    return proc, url
+    wait_for(healthy, timeout=timeout, what=what)
 
 
 class FakeSer2net:

@@ -28,8 +28,8 @@ from helpers import TEST_KEY, flux, run_task, sample_telegram, stored_reading
 from influxdb_client import InfluxDBClient
 
 from dsmr_ts.app import create_app
-from dsmr_ts.influx.statistics import QUARTER_TASK
 from dsmr_ts.influx.store import Store
+from dsmr_ts.influx.tasks import QUARTER_TASK
 from dsmr_ts.telegram import Reading, parse_telegram
 
 UTC = dt.timezone.utc
@@ -94,8 +94,8 @@ def store(session_config):
     store.writer.store_readings(SCENARIO, False)
     store.writer.store_readings(DST_SCENARIO, False)
     # As the tasks and the repair job would: the hours, their minute and gas counts, the quarters.
-    store.statistics.regenerate(z("2026-01-20T00:00:00Z"), z("2026-01-21T00:00:00Z"))
-    store.statistics.regenerate(z("2026-10-24T00:00:00Z"), z("2026-10-26T00:00:00Z"))
+    store.compute.regenerate(z("2026-01-20T00:00:00Z"), z("2026-01-21T00:00:00Z"))
+    store.compute.regenerate(z("2026-10-24T00:00:00Z"), z("2026-10-26T00:00:00Z"))
     yield store
     store.close()
 
@@ -196,7 +196,7 @@ def test_a_late_reading_in_a_new_minute_counts_at_once(client, store):
         store.minutes.direct_offset = 3600
     assert body["count"] == 8
     assert [row["read_at"] for row in body["results"]] == ["2026-01-20T10:51:00Z"]
-    store.statistics.repair()  # the repaired hour now counts it in its index
+    store.housekeeping.repair()  # the repaired hour now counts it in its index
     assert get(client, ELECTRICITY, meter=METER)["count"] == 8
     assert _hour_field(store, METER, "2026-01-20T10:00:00Z", "minute_count") == 8
 
@@ -209,7 +209,7 @@ def test_newest_first_after_a_meter_went_quiet_and_came_back(client, store):
         for minute in range(5)
     ]
     store.writer.store_readings(quiet, False)
-    store.statistics.regenerate(z("2026-02-01T00:00:00Z"), z("2026-02-02T00:00:00Z"))
+    store.compute.regenerate(z("2026-02-01T00:00:00Z"), z("2026-02-02T00:00:00Z"))
     pages = [get(client, ELECTRICITY, meter="E-QUIET", ordering="-read_at", limit=2) for _ in range(2)]
     assert pages[0] == pages[1]
     assert [row["read_at"] for row in pages[0]["results"]] == ["2026-02-01T08:05:00Z", "2026-02-01T08:04:00Z"]
@@ -360,7 +360,7 @@ def test_peak_pages_by_average(client, store):
             reading((start + dt.timedelta(minutes=10)).isoformat(), 10.0 * quarter + kwh, 0.0, 1.0, meter=meter),
         ]
     store.writer.store_readings(readings, False)
-    store.statistics.regenerate(z("2026-02-02T00:00:00Z"), z("2026-02-03T00:00:00Z"))
+    store.compute.regenerate(z("2026-02-02T00:00:00Z"), z("2026-02-03T00:00:00Z"))
     pages = [
         get(client, PEAKS, meter=meter, ordering="-average_delivered", limit=2, offset=offset) for offset in (0, 2, 4)
     ]
@@ -394,10 +394,10 @@ def test_deep_peak_pages_located_by_span_give_what_offset_gives(client, store, m
                     reading((start + dt.timedelta(minutes=14)).isoformat(), position + 0.05, 0.0, 1.0, meter=meter),
                 ]
         store.writer.store_readings(readings, False)
-        store.statistics.regenerate(z("2026-03-01T00:00:00Z"), z("2026-07-01T00:00:00Z"))
+        store.compute.regenerate(z("2026-03-01T00:00:00Z"), z("2026-07-01T00:00:00Z"))
 
     def pages(direct_offset: int) -> list[tuple[int, list[str]]]:
-        monkeypatch.setattr("dsmr_ts.influx.statistics.QUARTER_DIRECT_OFFSET", direct_offset)
+        monkeypatch.setattr("dsmr_ts.influx.statistics_pages.QUARTER_DIRECT_OFFSET", direct_offset)
         found = []
         for offset in (0, 1, 7, 20, 37, 38, 59, 80, 118, 119, 120, 500):
             body = get(client, PEAKS, meter=meter, ordering=ordering, limit=7, offset=offset, **bounds)
@@ -559,10 +559,10 @@ def test_a_late_reading_repairs_its_quarter(client, store):
         ],
         False,
     )
-    store.statistics.regenerate(z("2026-01-21T00:00:00Z"), z("2026-01-22T00:00:00Z"))
+    store.compute.regenerate(z("2026-01-21T00:00:00Z"), z("2026-01-22T00:00:00Z"))
     assert [r["average_delivered"] for r in get(client, PEAKS, meter=meter)["results"]] == ["0.600"]
     store.writer.store_readings([reading("2026-01-21T09:14:00Z", 1.4, 0.0, 1.0, meter=meter)], False)
-    assert store.statistics.repair() >= 1  # what `dsmr-ts reader` does within a minute
+    assert store.housekeeping.repair() >= 1  # what `dsmr-ts reader` does within a minute
     row = get(client, PEAKS, meter=meter)["results"][0]
     assert (row["average_delivered"], row["read_at_end"]) == ("1.714", "2026-01-21T09:14:00Z")  # 0.4 x 3600 / 840
 

@@ -18,10 +18,13 @@ from influxdb_client import InfluxDBClient
 
 from dsmr_ts.app import create_app
 from dsmr_ts.config import load_config
+from dsmr_ts.datetimes import floor_hour
 from dsmr_ts.influx.bootstrap import admin_token, bootstrap
+from dsmr_ts.influx.count_index import INDEX_VERSION
+from dsmr_ts.influx.lineprotocol import INDEX_MEASUREMENT
 from dsmr_ts.influx.server import ManagedInfluxd, free_port
-from dsmr_ts.influx.statistics import HOUR_TASK, INDEX_MEASUREMENT, INDEX_VERSION, floor_hour
 from dsmr_ts.influx.store import Store
+from dsmr_ts.influx.tasks import HOUR_TASK
 from dsmr_ts.telegram import Reading
 
 UTC = dt.timezone.utc
@@ -74,7 +77,7 @@ def stats_points(store: Store) -> int:
 
 def test_setup_starts_the_watermark_at_the_current_hour(private):
     config, store = private
-    watermark = store.statistics.watermark()
+    watermark = store.index.watermark()
     assert watermark is not None and watermark <= dt.datetime.now(UTC)
     assert dt.datetime.now(UTC) - watermark < dt.timedelta(hours=2)
 
@@ -120,9 +123,9 @@ def test_raw_points_in_a_proven_hour_would_be_miscounted_so_every_path_marks(pri
     # Marks count as pending until 2 minutes after the repair job's run (writes in flight then);
     # this test does not wait that long.
     monkeypatch.setattr("dsmr_ts.influx.readings.REPAIR_SLACK", dt.timedelta(0))
-    hour = floor_hour(store.statistics.watermark()) - dt.timedelta(hours=5)
+    hour = floor_hour(store.index.watermark()) - dt.timedelta(hours=5)
     store.writer.store_readings(history("E-MARK", hour + dt.timedelta(minutes=1), 10, dt.timedelta(minutes=1)))
-    store.statistics.repair()
+    store.housekeeping.repair()
     store.readings.proof.forget()  # the cursor it just moved, not the one remembered a minute
     assert store.readings.count("E-MARK", None, None) == 10
     write_lines(
@@ -148,7 +151,7 @@ def test_the_hour_task_moves_the_watermark_to_its_last_successful_run(influxd_bi
         config = load_config(config_path)
         store = Store(config.influxdb)
         try:
-            hour = store.statistics.watermark()
+            hour = store.index.watermark()
             assert hour == floor_hour(dt.datetime.now(UTC))
             # As if the task had been off for three hours (only a test moves a watermark back).
             write_lines(
@@ -156,12 +159,12 @@ def test_the_hour_task_moves_the_watermark_to_its_last_successful_run(influxd_bi
                 [f"{INDEX_MEASUREMENT} complete_until={int((hour - dt.timedelta(hours=3)).timestamp())}i 0"],
                 config.influxdb.stats_bucket,
             )
-            assert store.statistics.follow_hour_task() == hour - dt.timedelta(hours=3)  # no run yet
+            assert store.housekeeping.follow_hour_task() == hour - dt.timedelta(hours=3)  # no run yet
             for step in (2, 1, 0):
-                before = store.statistics.watermark()
+                before = store.index.watermark()
                 _run_hour_task(config, hour - dt.timedelta(hours=step))
-                assert store.statistics.watermark() == before  # a run proves nothing itself...
-                assert store.statistics.follow_hour_task() == hour - dt.timedelta(hours=step)  # ... once it is done
+                assert store.index.watermark() == before  # a run proves nothing itself...
+                assert store.housekeeping.follow_hour_task() == hour - dt.timedelta(hours=step)  # ... once it is done
         finally:
             store.close()
     finally:
@@ -187,7 +190,7 @@ def test_without_a_watermark_everything_is_counted_raw_and_monitoring_says_so(in
             )
         store = Store(config.influxdb)
         try:
-            assert store.statistics.watermark() is None
+            assert store.index.watermark() is None
             store.writer.store_readings(
                 history("E-RAW", dt.datetime(2024, 1, 1, tzinfo=UTC), 100, dt.timedelta(minutes=7))
             )
@@ -197,7 +200,7 @@ def test_without_a_watermark_everything_is_counted_raw_and_monitoring_says_so(in
             assert any("never built" in d["description"] for d in details)
             # setup builds it once from the readings there are: statistics and the watermark.
             bootstrap(config)
-            assert store.statistics.watermark() is not None
+            assert store.index.watermark() is not None
             assert client.simulate_get(PATH, headers=KEY, query_string="meter=E-RAW").json["count"] == 100
         finally:
             store.close()
@@ -261,7 +264,7 @@ def test_the_reader_repairs_a_day_of_history_posted_out_of_order(private, tmp_pa
                 headers=KEY,
                 query_string="meter=E-LATE&day__gte=2026-06-10&day__lte=2026-06-10",
             ).json
-            done = len(hours) == 24 and day["count"] == 1 and not store.statistics.pending_marks("E-LATE", 0, 2**31)
+            done = len(hours) == 24 and day["count"] == 1 and not store.index.pending_marks("E-LATE", 0, 2**31)
             return {"hours": hours, "day": day} if done else None
 
         found = wait_for(repaired, timeout=60, what="the repair job to compute 24 hours and the day, and mark them")
@@ -291,9 +294,9 @@ def test_setup_rebuilds_a_store_indexed_by_an_older_version(private):
             org=config.influxdb.org,
         )
     write_lines(store, [f"{INDEX_MEASUREMENT} version=1i 0"], config.influxdb.stats_bucket)
-    assert store.statistics.index_version() == 1
+    assert store.index.index_version() == 1
     bootstrap(config)
-    assert store.statistics.index_version() == INDEX_VERSION
+    assert store.index.index_version() == INDEX_VERSION
     minutes = flux(
         store,
         "from(bucket: stats) |> range(start: start, stop: stop) |> filter(fn: (r) =>"
@@ -303,4 +306,4 @@ def test_setup_rebuilds_a_store_indexed_by_an_older_version(private):
     assert [row["_value"] for row in minutes] == [60]  # a reading every 30 s
     assert store.minutes.brute_force_count("E-BULK", hour, hour + dt.timedelta(minutes=59, seconds=59)) == 60
     bootstrap(config)  # once
-    assert store.statistics.index_version() == INDEX_VERSION
+    assert store.index.index_version() == INDEX_VERSION

@@ -148,7 +148,7 @@ def test_reader_killed_during_a_spool_replay_loses_nothing(influxd_binary, tmp_p
     from test_reader import start_reader, stored
 
     from dsmr_ts.reader.simulator import MeterSimulator
-    from dsmr_ts.reader.spool import has_pending, waiting
+    from dsmr_ts.spool_dir import has_pending, waiting
 
     meter, count = "E-REPLAY", 3000  # the replay writes 500 a time: several writes to be killed between
     influxd = ManagedInfluxd(influxd_binary, tmp_path / "influxd", port=free_port()).start()

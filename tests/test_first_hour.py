@@ -21,9 +21,9 @@ from helpers import REPO, TEST_KEY, dsmr_ts_command, wait_for
 
 from dsmr_ts.cli import build_parser
 from dsmr_ts.config import Config, load_config
+from dsmr_ts.costs import day_costs
 from dsmr_ts.formats import decimal_string, money
 from dsmr_ts.influx.server import free_port
-from dsmr_ts.totals import day_costs
 
 pytestmark = pytest.mark.slow
 

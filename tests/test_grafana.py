@@ -36,7 +36,7 @@ def week_store(session_config):
     for first in range(0, len(readings), 5000):
         store.writer.store_readings(readings[first : first + 5000])
     hour = now.replace(minute=0, second=0)
-    store.statistics.recompute(hour - WEEK - dt.timedelta(hours=1), hour + dt.timedelta(hours=1), "E-GRAFANA")
+    store.compute.recompute(hour - WEEK - dt.timedelta(hours=1), hour + dt.timedelta(hours=1), "E-GRAFANA")
     # The panels run with Grafana's own token: read-only on the two buckets (made by setup).
     token = (session_config.resolve_path(session_config.influxdb.grafana_token_file)).read_text().strip()
     grafana = Store(dataclasses.replace(session_config.influxdb, token=token), timeout_ms=120_000)

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import requests
 import yaml
-from helpers import REPO, TEST_KEY, wait_for
+from helpers import REPO, TEST_KEY, wait_healthy
 from packaging.requirements import Requirement
 from packaging.version import Version
 
@@ -128,15 +128,7 @@ def test_a_plain_install_has_no_test_extras_and_serves_the_api(plain_install, se
             env=_environment(DSMR_TS_CONFIG=str(session_config.path), DSMR_TS_SERVER_BIND=f"127.0.0.1:{port}"),
         )
     try:
-
-        def healthy() -> bool:
-            assert proc.poll() is None, log.read_text()
-            try:
-                return requests.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200
-            except requests.ConnectionError:
-                return False
-
-        wait_for(healthy, timeout=60, what="the plainly installed API's /health")
+        wait_healthy(proc, f"http://127.0.0.1:{port}", log, timeout=60, what="the plainly installed API's /health")
         answer = requests.get(f"http://127.0.0.1:{port}/api/v2/application/version", headers={"X-AUTHKEY": TEST_KEY})
         assert answer.status_code == 200 and "version" in answer.json()
     finally:
@@ -166,15 +158,9 @@ def test_a_plain_install_runs_everything_and_writes_the_documented_config(plain_
             start_new_session=True,
         )
     try:
-
-        def healthy() -> bool:
-            assert proc.poll() is None, log.read_text()[-3000:]
-            try:
-                return requests.get(f"http://127.0.0.1:{api_port}/health", timeout=2).status_code == 200
-            except requests.ConnectionError:
-                return False
-
-        wait_for(healthy, timeout=120, what="`dsmr-ts run` of the plain install to answer /health")
+        wait_healthy(
+            proc, f"http://127.0.0.1:{api_port}", log, timeout=120, what="`dsmr-ts run` of the plain install to answer"
+        )
         written = config_path.read_text()
         example = (REPO / "config" / "dsmr-ts.example.yaml").read_text()
         key = yaml.safe_load(written)["api"]["key"]

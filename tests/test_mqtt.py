@@ -25,8 +25,8 @@ from dsmr_ts.config import load_config
 from dsmr_ts.influx.bootstrap import bootstrap
 from dsmr_ts.influx.server import ManagedInfluxd, free_port
 from dsmr_ts.influx.store import Store
-from dsmr_ts.mqtt.outbox import Message, Outbox, outbox_state
-from dsmr_ts.mqtt.raw_relay import RAW_SOCKET
+from dsmr_ts.mqtt.outbox import Message, Outbox
+from dsmr_ts.spool_dir import RAW_SOCKET, outbox_state
 from dsmr_ts.telegram import Reading, build_telegram
 
 UTC = dt.timezone.utc
@@ -309,8 +309,8 @@ def test_home_assistant_topics_carry_what_the_api_answers(stack):
     )
     post_telegram(url, meter_reading(quarter + dt.timedelta(minutes=1), 101.0, 201.0, (quarter, 50.5)))
     post_telegram(url, meter_reading(quarter + dt.timedelta(minutes=11), 101.2, 201.1, (quarter, 50.5)))
-    store.statistics.regenerate(midnight - dt.timedelta(days=1), now.replace(minute=0, second=0))
-    store.statistics.recompute(quarter.replace(minute=0), quarter.replace(minute=0) + dt.timedelta(hours=1))
+    store.compute.regenerate(midnight - dt.timedelta(days=1), now.replace(minute=0, second=0))
+    store.compute.recompute(quarter.replace(minute=0), quarter.replace(minute=0) + dt.timedelta(hours=1))
     newest = now + dt.timedelta(seconds=5)  # newer than anything above, whatever the time of day
     telegram = post_telegram(url, meter_reading(newest, 101.5, 201.25, (newest.replace(second=0), 50.75)))
 

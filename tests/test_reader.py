@@ -22,7 +22,8 @@ from dsmr_ts.influx.store import Store
 from dsmr_ts.reader.framing import MAX_TELEGRAM_BYTES, TelegramFramer
 from dsmr_ts.reader.service import serial_settings
 from dsmr_ts.reader.simulator import MeterSimulator
-from dsmr_ts.reader.spool import Spool, has_pending, waiting
+from dsmr_ts.reader.spool import Spool
+from dsmr_ts.spool_dir import has_pending, waiting
 from dsmr_ts.telegram import parse_telegram
 
 UTC = dt.timezone.utc

@@ -77,8 +77,8 @@ def loaded(session_config):
             )
         )
     store.writer.store_readings(readings)
-    store.statistics.repair()
-    assert not store.statistics.pending_marks(METER, 0, 2**31)  # every hour indexed
+    store.housekeeping.repair()
+    assert not store.index.pending_marks(METER, 0, 2**31)  # every hour indexed
     yield store
     store.close()
 
@@ -270,8 +270,8 @@ def test_counts_equal_brute_force_also_after_late_inserts(client, loaded):
             for gte, lte in ranges:
                 assert loaded.readings.count(METER, gte, lte) == loaded.readings.brute_force_count(METER, gte, lte)
             assert get(client, meter=METER).json["count"] == loaded.readings.brute_force_count(METER, None, None)
-            loaded.statistics.repair()
-        assert not loaded.statistics.pending_marks(METER, 0, 2**31)
+            loaded.housekeeping.repair()
+        assert not loaded.index.pending_marks(METER, 0, 2**31)
 
 
 def test_big_limit_streams_everything(client):

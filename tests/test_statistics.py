@@ -25,8 +25,8 @@ from influxdb_client import InfluxDBClient
 from dsmr_ts.app import create_app
 from dsmr_ts.config import PricePeriod
 from dsmr_ts.influx.bootstrap import admin_token
-from dsmr_ts.influx.statistics import DAY_TASK, HOUR_TASK, QUARTER_TASK, ensure_tasks, task_specs
 from dsmr_ts.influx.store import Store
+from dsmr_ts.influx.tasks import DAY_TASK, HOUR_TASK, QUARTER_TASK, ensure_tasks, task_specs
 from dsmr_ts.telegram import Reading, build_telegram
 
 UTC = dt.timezone.utc
@@ -73,7 +73,7 @@ def write(store: Store, readings: list[Reading], hourly_gas: bool = False) -> No
 def store(session_config):
     store = Store(session_config.influxdb)
     write(store, SCENARIO)
-    store.statistics.recompute(z("2026-01-13T00:00:00Z"), z("2026-01-16T00:00:00Z"), METER)
+    store.compute.recompute(z("2026-01-13T00:00:00Z"), z("2026-01-16T00:00:00Z"), METER)
     yield store
     store.close()
 
@@ -209,7 +209,7 @@ def test_day_without_a_price_period_has_null_costs(client, store):
             reading("2025-06-01T11:00:00Z", 2.0, 1.0, meter="E-NOPRICE"),
         ],
     )
-    store.statistics.recompute(z("2025-06-01T00:00:00Z"), z("2025-06-02T00:00:00Z"), "E-NOPRICE")
+    store.compute.recompute(z("2025-06-01T00:00:00Z"), z("2025-06-02T00:00:00Z"), "E-NOPRICE")
     day = get(client, "/api/v2/statistics/day", meter="E-NOPRICE")["results"][0]
     assert (day["electricity1"], day["total_cost"], day["electricity1_cost"], day["gas_cost"]) == (
         "1.000",
@@ -230,7 +230,7 @@ def test_dst_days_have_23_and_25_hours(client, store, meter, first, day, hours_i
     # One reading at :30 of every UTC hour, 1 kWh more each time, for 30 hours.
     readings = [reading((z(first) + dt.timedelta(hours=i)).isoformat(), 10.0 + i, 0.0, meter=meter) for i in range(30)]
     write(store, readings)
-    store.statistics.recompute(z(first) - dt.timedelta(minutes=30), z(first) + dt.timedelta(hours=30), meter)
+    store.compute.recompute(z(first) - dt.timedelta(minutes=30), z(first) + dt.timedelta(hours=30), meter)
     row = get(client, "/api/v2/statistics/day", meter=meter, day__gte=day, day__lte=day)["results"][0]
     assert row["day"] == day
     assert row["electricity1"] == f"{hours_in_day}.000"
@@ -259,7 +259,7 @@ def test_gas_dsmr4_is_booked_one_hour_earlier_dsmr5_as_stamped(client, store):
             body=urllib.parse.urlencode({"telegram": text}),
         )
         assert response.status_code == 201, response.text
-    store.statistics.repair()  # the reader's housekeeping job: these hours ended long ago
+    store.housekeeping.repair()  # the reader's housekeeping job: these hours ended long ago
     gas4 = {h: r["gas"] for h, r in hours(client, meter="E-GAS4").items()}
     assert gas4["2026-02-02T10:00:00Z"] == "0.800"  # 10.8 at 11:00 minus 10.0 at 10:00: used 10:00-11:00
     assert gas4["2026-02-02T11:00:00Z"] == "0.200"
@@ -277,7 +277,7 @@ def test_meter_replacement_never_gives_negative_usage(client, store):
             reading("2026-04-01T13:10:00Z", 0.9, 0.0, meter="E-SWAP"),
         ],
     )
-    store.statistics.recompute(z("2026-04-01T00:00:00Z"), z("2026-04-02T00:00:00Z"), "E-SWAP")
+    store.compute.recompute(z("2026-04-01T00:00:00Z"), z("2026-04-02T00:00:00Z"), "E-SWAP")
     rows = hours(client, meter="E-SWAP")
     assert [rows[f"2026-04-01T{h}:00:00Z"]["electricity1"] for h in (11, 12, 13)] == ["1.000", "0.000", "0.700"]
 
@@ -302,7 +302,7 @@ def test_late_insert_is_repaired_by_the_repair_job(client, store):
     assert response.status_code == 201
     assert store.readings.count(METER, z("2026-01-13T23:00:00Z"), z("2026-01-14T22:59:59Z")) == 6  # before the repair
     assert "2026-01-14T10:00:00Z" not in hours(client)  # the request did not recompute anything
-    assert store.statistics.repair() >= 5  # hour 10 up to the next hour with readings (14)
+    assert store.housekeeping.repair() >= 5  # hour 10 up to the next hour with readings (14)
     rows = hours(client, hour_start__gte="2026-01-14T00:00:00Z", hour_start__lte="2026-01-14T23:00:00Z")
     assert rows["2026-01-14T10:00:00Z"]["electricity2"] == "0.600"
     assert rows["2026-01-14T10:00:00Z"]["electricity2_returned"] == "0.500"
@@ -365,7 +365,7 @@ def _statistics_rows(store: Store, measurement: str, start: dt.datetime, stop: d
 def test_influxdb_tasks_write_the_same_rows_as_regenerate(session_config, store):
     start, stop = z("2026-01-14T12:00:00Z"), z("2026-01-15T00:00:00Z")
     day_start, day_stop = z("2026-01-13T23:00:00Z"), z("2026-01-14T23:00:00Z")
-    store.statistics.recompute(start, stop, METER)
+    store.compute.recompute(start, stop, METER)
     expected_hours = _statistics_rows(store, "hour", start, stop)
     expected_day = _statistics_rows(store, "day", day_start, day_stop)
     assert expected_hours and expected_day
@@ -393,7 +393,7 @@ def test_influxdb_tasks_write_the_same_rows_as_regenerate(session_config, store)
 def test_regenerate_command_with_progress(session_config, store, tmp_path):
     # Remove the day, then let the command bring it back exactly.
     settings = session_config.influxdb
-    store.statistics.recompute(z("2026-01-13T00:00:00Z"), z("2026-01-16T00:00:00Z"), METER)
+    store.compute.recompute(z("2026-01-13T00:00:00Z"), z("2026-01-16T00:00:00Z"), METER)
     expected = _statistics_rows(store, "day", z("2026-01-13T23:00:00Z"), z("2026-01-14T23:00:00Z"))
     with InfluxDBClient(url=settings.url, token=settings.token, org=settings.org) as client:
         client.delete_api().delete(

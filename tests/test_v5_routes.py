@@ -19,8 +19,8 @@ from helpers import TEST_KEY, write_lines
 from dsmr_ts import __version__
 from dsmr_ts.app import create_app
 from dsmr_ts.config import PricePeriod
+from dsmr_ts.datetimes import local_midnight
 from dsmr_ts.influx.server import free_port
-from dsmr_ts.influx.statistics import local_midnight
 from dsmr_ts.influx.store import Store
 
 UTC = dt.timezone.utc
@@ -166,8 +166,8 @@ def test_meter_statistics_get_and_patch(client, store):
 def test_monitoring_healthy_then_problems(client, config, store, tmp_path):
     now = dt.datetime.now(UTC)
     hour = now.replace(minute=0, second=0, microsecond=0)
-    store.statistics.recompute(hour - dt.timedelta(hours=1), hour + dt.timedelta(hours=1), METER)
-    store.statistics.repair()  # what the reader's housekeeping job does every 15 s
+    store.compute.recompute(hour - dt.timedelta(hours=1), hour + dt.timedelta(hours=1), METER)
+    store.housekeeping.repair()  # what the reader's housekeeping job does every 15 s
     # The default meter is the one that reported last: E-V5, 10 s ago.
     assert get(client, "/api/v2/application/monitoring") == {"problems": 0, "details": []}
 

@@ -20,7 +20,9 @@ from urllib3.exceptions import HTTPError
 
 from dsmr_ts.config import Config, InfluxConfig, read_secret_file, save_setting, write_secret_file
 from dsmr_ts.influx.client import InfluxClient, StoreUnavailable
-from dsmr_ts.influx.statistics import HOUR_TASK, Statistics, ensure_tasks
+from dsmr_ts.influx.count_index import CountIndex
+from dsmr_ts.influx.recompute import Recompute
+from dsmr_ts.influx.tasks import HOUR_TASK, ensure_tasks
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +126,7 @@ def _start_index(config: Config) -> None:
     """The statistics count index's watermark (statistics.py), with the API's own token."""
     client = InfluxClient(config.influxdb, timeout_ms=600_000)
     try:
-        Statistics(client, config.timezone).start_index()
+        Recompute(client, CountIndex(client), config.timezone).start_index()
     except StoreUnavailable as exc:
         raise BootstrapError(f"InfluxDB at {config.influxdb.url}: {exc}") from None
     finally:

@@ -2,8 +2,8 @@
 (the hot paths), Flux through influxdb-client (statistics), and one error type for all of them.
 
 Why InfluxQL for reads: the API pages through readings, and InfluxQL's LIMIT/OFFSET stop reading
-at the page (4 ms for the first 25 of 1 M readings), where Flux reads the whole range before
-`limit` (400 ms); its rows also come back pivoted (one row per reading). InfluxDB 2 serves it on
+at the page, where Flux reads the whole range before `limit`; its rows also come back pivoted
+(one row per reading). Figures: benchmarks/README.md. InfluxDB 2 serves it on
 /query through the buckets' automatic DBRP mappings (database = bucket name). Flux stays what
 computes statistics (the InfluxDB tasks and their Python twin).
 """
@@ -154,8 +154,8 @@ class InfluxClient:
     def influxql(self, statements: list[str], bucket: str | None = None) -> list[list[Series]]:
         """Run InfluxQL statements in one request; one list of series per statement."""
         query = urllib.parse.urlencode({"db": bucket or self.settings.bucket, "q": ";".join(statements), "epoch": "s"})
-        # MessagePack, not JSON: a page of a thousand readings took influxd 9 ms to encode as JSON and
-        # Python 3 ms to parse, as MessagePack 5 and 1 (the v1 compatibility API documents both).
+        # MessagePack, not JSON: cheaper for influxd to encode and for Python to parse (the v1
+        # compatibility API documents both; figures in benchmarks/README.md).
         status, answer = self.request("GET", f"/query?{query}", headers={"Accept": "application/x-msgpack"})
         if status != 200:
             raise StoreUnavailable(f"InfluxDB answered HTTP {status}", _message(answer))
@@ -212,16 +212,6 @@ class InfluxClient:
             tables = self.flux_client.query_api().query(query, org=self.settings.org, params=self._params(params or {}))
         return [record.values for table in tables for record in table.records]
 
-    def flux_stream(self, query: str, params: dict[str, Any] | None = None) -> Iterator[dict[str, Any]]:
-        """Like flux(), rows one by one (constant memory). The request is sent before this returns,
-        so an unreachable store raises here."""
-        with store_errors():
-            records = self.flux_client.query_api().query_stream(
-                query, org=self.settings.org, params=self._params(params or {})
-            )
-            first = next(records, None)
-        return _records(first, records)
-
     def _params(self, params: dict[str, Any]) -> dict[str, Any]:
         return {
             "bucket": self.settings.bucket,
@@ -233,14 +223,6 @@ class InfluxClient:
         self._drop_connection()
         if self._flux_client is not None:
             self._flux_client.close()
-
-
-def _records(first: Any, records: Iterator) -> Iterator[dict[str, Any]]:
-    if first is None:
-        return
-    yield first.values
-    for record in records:
-        yield record.values
 
 
 @contextlib.contextmanager

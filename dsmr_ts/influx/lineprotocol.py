@@ -11,7 +11,14 @@ Bucket `dsmr` (readings):
   (DSMR 4/2.2 hourly values one hour earlier), for the statistics.
 - `meter_statistics,meter=M <counters> <time>`; `rejected_telegrams=1i` per rejected telegram.
 - `statistics_repair,meter=M marked=<ms>i <hour>` and `repair_request,meter=M hour=<s>i <now>`:
-  a write into an hour that has already ended marks it, in the same write (see statistics.py).
+  a write into an hour that has already ended marks it, in the same write (see count_index.py).
+
+Bucket `dsmr_stats` (statistics; the rows are written by the Flux in statistics_flux.py):
+- `hour`, `day` (tag meter): usage per field of the schema's `usage`, the positions at the
+  window's end, and the counts of the count index (reading_count, minute_count, gas_count);
+- `quarter` (tag meter): quarter-hour peaks, average_delivered with read_at_start/read_at_end;
+- `count_index` (complete_until, version) and `repair_cursor` (until_ms): the count index's
+  bookkeeping (count_index.py); `import,source=S reached=<s>i`: how far an import got.
 
 Field types are fixed here once (InfluxDB fixes a field's type per shard on first write).
 """
@@ -35,6 +42,20 @@ REPAIR = "statistics_repair"  # per (meter, hour): marked / repaired (ms of the 
 REPAIR_REQUEST = "repair_request"  # per mark, at the time it was made: the log the repair job reads
 IMPORT = "import"  # stats bucket: how far an import from a source got
 NS = 1_000_000_000
+
+# The statistics bucket.
+HOUR_MEASUREMENT = "hour"
+DAY_MEASUREMENT = "day"
+QUARTER_MEASUREMENT = "quarter"
+COUNT_FIELD = "reading_count"  # readings in the hour (the readings API's count index)
+MINUTE_COUNT_FIELD = "minute_count"  # minutes with readings (consumption/electricity's rows)
+GAS_COUNT_FIELD = "gas_count"  # gas values booked in the hour (consumption/gas's rows)
+# Every reading has this field (v1 and v2 require it), so counting it counts readings.
+COUNTED_FIELD = "electricity_delivered_1"
+INDEX_MEASUREMENT = "count_index"
+WATERMARK_FIELD = "complete_until"
+VERSION_FIELD = "version"
+REPAIR_CURSOR = "repair_cursor"
 
 
 @functools.lru_cache(maxsize=4096)  # a handful of meters, escaped once each

@@ -12,7 +12,7 @@ from typing import Any
 from dsmr_ts.fields import SCHEMA, ReadingSchema
 from dsmr_ts.influx import lineprotocol
 from dsmr_ts.influx.client import InfluxClient, ident, quote
-from dsmr_ts.influx.statistics import COUNTED_FIELD
+from dsmr_ts.influx.lineprotocol import COUNTED_FIELD
 from dsmr_ts.telegram import DEFAULT_METER, SIMULATED_METER
 
 DEFAULT_METER_TTL = 60.0  # seconds

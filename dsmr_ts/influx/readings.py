@@ -2,7 +2,7 @@
 readings, the readings' minutes (consumption/electricity) and the gas values (consumption/gas).
 
 A range [gte, lte] splits into a head (before its first whole hour), whole hours that the count
-index proves (below the watermark, see statistics.py), and a tail (from there to the end). The
+index proves (below the watermark, see count_index.py), and a tail (from there to the end). The
 head and tail are counted from raw points (at most an hour, and the hour or two the task has not
 reached yet); the proven hours by summing their count field in the hour rows (reading_count,
 minute_count, gas_count). Hours with a pending repair mark are not proven: their raw counts replace
@@ -11,43 +11,36 @@ their index rows (another request, only then).
 A page near either end of the range (offset below DIRECT_OFFSET from that end) is read in the same
 request as the counts (InfluxQL stops at LIMIT), within a day of that end. A deep page is located
 through the index: sums per span of 30 days (with the counts), then the hours of one span, then a
-small OFFSET inside one hour. Spans, not days: InfluxQL pays per window, and three years of hour
-rows summed per day (1,159 windows) took 5.9 ms against 2.6 ms per span (39 windows).
+small OFFSET inside one hour. Spans, not days: InfluxQL pays per window (benchmarks/README.md).
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import threading
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
+from dsmr_ts.datetimes import HOUR, floor_hour
 from dsmr_ts.fields import SCHEMA, Kind, ReadingSchema
 from dsmr_ts.influx import lineprotocol
 from dsmr_ts.influx.client import EARLIEST, LATEST, InfluxClient, Series, ident, meter_between, ns, quote
-from dsmr_ts.influx.statistics import (
+from dsmr_ts.influx.count_index import REPAIR_SLACK, CountIndex, Proof, pending_from
+from dsmr_ts.influx.lineprotocol import (
     COUNT_FIELD,
     COUNTED_FIELD,
     GAS_COUNT_FIELD,
     HOUR_MEASUREMENT,
-    LOOKBACK_DELTA,
     MINUTE_COUNT_FIELD,
-    REPAIR_SLACK,
-    SPAN,
-    Statistics,
-    floor_hour,
-    page_rows,
-    pending_from,
-    row_in,
 )
+from dsmr_ts.influx.paging import SPAN, page_rows, row_in
+from dsmr_ts.influx.statistics_flux import LOOKBACK_DELTA
 
-HOUR = dt.timedelta(hours=1)
 MINUTE = dt.timedelta(minutes=1)
 SECOND = dt.timedelta(seconds=1)
-DIRECT_OFFSET = 3600  # rows InfluxQL may skip itself (about 2 ms per thousand)
+DIRECT_OFFSET = 3600  # rows InfluxQL may skip itself (it reads every row it skips)
 EDGE = dt.timedelta(days=1)  # a page near an end of the range is first looked for within a day of it
-WATERMARK_TTL = 60.0  # seconds: a stale watermark only means more raw counting, never a wrong count
+REMEMBERED = 60.0  # seconds a meter's first and last row are remembered
 Row = dict[str, Any]
 
 
@@ -77,7 +70,7 @@ class RowKind:
         where = meter_between(meter, start, stop)
         if self.per_minute:
             # The outer query gets the time bounds too: without them it opens every shard of
-            # history (20 ms at 100 M readings, for a range that holds nothing).
+            # history, even for a range that holds nothing.
             return (
                 f"SELECT count(c) FROM (SELECT count({ident(self.counted)}) AS c FROM {ident(self.measurement)}"
                 f" {where} GROUP BY time(1m) fill(none)) WHERE time >= {ns(start)} AND time < {ns(stop)}{group}"
@@ -124,31 +117,6 @@ def minute_kind(schema: ReadingSchema) -> RowKind:
     )
 
 
-class Proof:
-    """What the count index proves, as one store's readers remember it (statistics.proof())."""
-
-    def __init__(self, statistics: Statistics):
-        self.statistics = statistics
-        self._cached: tuple[tuple[dt.datetime | None, dt.datetime | None], float] | None = None
-        self._lock = threading.Lock()
-
-    def get(self) -> tuple[dt.datetime | None, dt.datetime | None]:
-        """(watermark, repair cursor), kept briefly: both only move forward, so old values cost
-        speed (more raw counting, more marks to look at), never correctness."""
-        with self._lock:
-            cached = self._cached
-        if cached and time.monotonic() - cached[1] < WATERMARK_TTL:
-            return cached[0]
-        value = self.statistics.proof()
-        with self._lock:
-            self._cached = (value, time.monotonic())
-        return value
-
-    def forget(self) -> None:
-        with self._lock:
-            self._cached = None
-
-
 @dataclass
 class _Plan:
     """The parts of a range and what is known about them."""
@@ -178,13 +146,13 @@ class IndexedRows:
     def __init__(
         self,
         client: InfluxClient,
-        statistics: Statistics,
+        index: CountIndex,
         kind: RowKind,
         proof: Proof,
         convert: Callable[[dict[str, Any]], Row],
     ):
         self.client = client
-        self.statistics = statistics
+        self.index = index
         self.kind = kind
         self.proof = proof
         self.convert = convert
@@ -463,8 +431,8 @@ class IndexedRows:
 class ReadingQueries(IndexedRows):
     """The readings: pages and counts, single readings, export."""
 
-    def __init__(self, client: InfluxClient, statistics: Statistics, proof: Proof, schema: ReadingSchema = SCHEMA):
-        super().__init__(client, statistics, READINGS, proof, self.reading_row)
+    def __init__(self, client: InfluxClient, index: CountIndex, proof: Proof, schema: ReadingSchema = SCHEMA):
+        super().__init__(client, index, READINGS, proof, self.reading_row)
         self.schema = schema
         self._columns = [(spec.name, schema.bits[spec.name], spec.kind is Kind.DATETIME) for spec in schema.fields]
         self._api_columns = [column for column in self._columns if schema.by_name[column[0]].in_api]
@@ -534,7 +502,7 @@ class ReadingQueries(IndexedRows):
 
     def time_range(self) -> tuple[dt.datetime, dt.datetime] | None:
         """Time of the first and the last reading of any meter."""
-        first, last = self.statistics.first_reading_time(), self.statistics.last_reading_time()
+        first, last = self.index.first_reading_time(), self.index.last_reading_time()
         return (first, last) if first and last else None
 
 
@@ -542,8 +510,8 @@ class MinuteQueries(IndexedRows):
     """consumption/electricity: one row per minute with readings, its time the minute's end (as
     DSMR-reader's read_at), so its filters become whole-minute bounds on the readings."""
 
-    def __init__(self, client: InfluxClient, statistics: Statistics, proof: Proof, schema: ReadingSchema = SCHEMA):
-        super().__init__(client, statistics, minute_kind(schema), proof, self.minute_row)
+    def __init__(self, client: InfluxClient, index: CountIndex, proof: Proof, schema: ReadingSchema = SCHEMA):
+        super().__init__(client, index, minute_kind(schema), proof, self.minute_row)
 
     @staticmethod
     def minute_row(row: dict[str, Any]) -> Row:
@@ -566,8 +534,8 @@ class MinuteQueries(IndexedRows):
 class GasQueries(IndexedRows):
     """consumption/gas: one row per gas value, at the time it is booked (as the statistics)."""
 
-    def __init__(self, client: InfluxClient, statistics: Statistics, proof: Proof):
-        super().__init__(client, statistics, GAS_VALUES, proof, self.gas_row)
+    def __init__(self, client: InfluxClient, index: CountIndex, proof: Proof):
+        super().__init__(client, index, GAS_VALUES, proof, self.gas_row)
 
     @staticmethod
     def gas_row(row: dict[str, Any]) -> Row:
@@ -598,9 +566,9 @@ def _span_counts(span_sums: list[Series], corrections: dict[int, int]) -> list[t
 
 
 def _remembered(cache: dict[str, tuple[dt.datetime, float]], meter: str) -> dt.datetime | None:
-    """A moment remembered for a meter less than WATERMARK_TTL ago, else None."""
+    """A moment remembered for a meter less than REMEMBERED seconds ago, else None."""
     cached = cache.get(meter)
-    return cached[0] if cached and time.monotonic() - cached[1] < WATERMARK_TTL else None
+    return cached[0] if cached and time.monotonic() - cached[1] < REMEMBERED else None
 
 
 def _floor_minute(moment: dt.datetime) -> dt.datetime:

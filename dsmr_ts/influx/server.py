@@ -100,8 +100,8 @@ class ManagedInfluxd:
             # One huge query must not take the whole machine's memory.
             "--query-memory-bytes=1073741824",
             # A read of a series copies all of its values held in the write cache before it filters
-            # by time, so a 25 MB cache (the default) makes every query over recent data slow
-            # (~45 ms vs ~4 ms for the latest reading). Snapshot it to TSM early instead.
+            # by time, so a 25 MB cache (the default) makes every query over recent data slow.
+            # Snapshot it to TSM early instead.
             "--storage-cache-snapshot-memory-size=4194304",
             "--storage-cache-snapshot-write-cold-duration=1m",
             *self.extra_args,

@@ -1,14 +1,18 @@
 """The store: the one object the API, the reader and the commands use to reach InfluxDB.
 
 It only wires the parts of dsmr_ts.influx together, each with one job:
-  client.py        the connection (writes, InfluxQL, Flux) and StoreUnavailable
-  lineprotocol.py  the points and their line protocol (the only place that writes it)
-  writer.py        group-committed writes of the ingest path; bulk writes
-  readings.py      counted pages of readings, of their minutes and of gas values (the count
-                   index), single readings, export
-  statistics.py    hour/day statistics and quarter-hour peaks: tasks, recompute, regenerate,
-                   repair, watermark, pages
-  meters.py        meters, the default meter, meter statistics, import cursors
+  client.py            the connection (writes, InfluxQL, Flux) and StoreUnavailable
+  lineprotocol.py      the points and their names, and their line protocol (the only place that writes it)
+  writer.py            group-committed writes of the ingest path; bulk writes (imports)
+  readings.py          counted pages of readings, of their minutes and of gas values; single readings
+  count_index.py       the count index's watermark, repair marks and cursor (what proves the counts)
+  statistics_flux.py   the Flux of the hour, day and quarter-hour statistics
+  tasks.py             the InfluxDB tasks that run it
+  recompute.py         the same Flux run from Python: a range, regenerate, the index's first build
+  housekeeping.py      the reader's job: the repair of late data, following the hour task
+  statistics_pages.py  hour/day statistics and quarter-hour peaks as the API pages them
+  totals.py            today's and a period's usage and costs
+  meters.py            meters, the default meter, meter statistics, import cursors
 Resources and commands call store.<part>.<method> with plain Python values and get plain values
 back; Flux and InfluxQL text live in those modules, nowhere else.
 """
@@ -18,9 +22,13 @@ from __future__ import annotations
 from dsmr_ts.config import InfluxConfig
 from dsmr_ts.fields import SCHEMA, ReadingSchema
 from dsmr_ts.influx.client import EARLIEST, LATEST, InfluxClient, StoreUnavailable
+from dsmr_ts.influx.count_index import CountIndex, Proof
+from dsmr_ts.influx.housekeeping import Housekeeping
 from dsmr_ts.influx.meters import Meters
-from dsmr_ts.influx.readings import GasQueries, MinuteQueries, Proof, ReadingQueries
-from dsmr_ts.influx.statistics import Statistics
+from dsmr_ts.influx.readings import GasQueries, MinuteQueries, ReadingQueries
+from dsmr_ts.influx.recompute import Recompute
+from dsmr_ts.influx.statistics_pages import StatisticsPages
+from dsmr_ts.influx.totals import Totals
 from dsmr_ts.influx.writer import ReadingWriter
 
 __all__ = ["EARLIEST", "LATEST", "Store", "StoreUnavailable"]
@@ -38,12 +46,16 @@ class Store:
         self.schema = schema
         self.client = InfluxClient(settings, timeout_ms)
         self.writer = ReadingWriter(self.client, schema)
-        self.statistics = Statistics(self.client, timezone, schema)
-        proof = Proof(self.statistics)  # what the count index proves, shared by the three kinds of rows
-        self.readings = ReadingQueries(self.client, self.statistics, proof, schema)
-        self.minutes = MinuteQueries(self.client, self.statistics, proof, schema)
-        self.gas = GasQueries(self.client, self.statistics, proof)
+        self.index = CountIndex(self.client)
+        self.compute = Recompute(self.client, self.index, timezone, schema)
+        self.housekeeping = Housekeeping(self.client, self.index, self.compute)
+        self.statistics = StatisticsPages(self.client)
+        proof = Proof(self.index)  # what the count index proves, shared by the three kinds of rows
+        self.readings = ReadingQueries(self.client, self.index, proof, schema)
+        self.minutes = MinuteQueries(self.client, self.index, proof, schema)
+        self.gas = GasQueries(self.client, self.index, proof)
         self.meters = Meters(self.client, schema)
+        self.totals = Totals(self.readings, self.statistics, schema)
 
     def health(self) -> tuple[str, str]:
         """("ok" | "unreachable" | "unauthorized", what an operator should know); never raises."""

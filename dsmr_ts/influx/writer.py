@@ -256,6 +256,17 @@ class ReadingWriter:
         lines.append(lineprotocol.gas_line(reading.meter, booked, value[1]))
         late |= _late(reading.meter, (booked,), now_hour)
 
+    def bulk_prepared(self, body: bytes, late_hours: Iterable[tuple[str, int]]) -> None:
+        """Reading lines formatted elsewhere (by an import's source database, see
+        lineprotocol.reading_fields_sql), with the repair marks of the ended hours they fill, so
+        counts stay right while the import runs: one write, all or nothing."""
+        marks = lineprotocol.repair_lines(set(late_hours), self.clock())
+        self.client.write(body + b"\n" + "\n".join(marks).encode())
+
+    def statistics_rows(self, lines: Iterable[str]) -> int:
+        """Day or hour rows brought in from elsewhere (imports), into the statistics bucket."""
+        return write_in_bulk(self.client, lines, self.client.settings.stats_bucket)
+
     def store_meter_statistics(self, meter: str, when: dt.datetime, statistics: dict) -> None:
         line = lineprotocol.statistics_line(meter, when, statistics, self.schema)
         if line:

@@ -13,10 +13,10 @@ import re
 from decimal import Decimal
 from typing import Any, Iterable
 
+from dsmr_ts.costs import ELECTRICITY, PRICE_FIELDS, USAGE, DayTotals
 from dsmr_ts.fields import SCHEMA, Kind, ReadingSchema
 from dsmr_ts.formats import decimal_string, gas_json, money, quarter_peak_json, reading_json
 from dsmr_ts.mqtt.outbox import Message
-from dsmr_ts.totals import ELECTRICITY, PRICE_FIELDS, USAGE, DayTotals
 
 PERIOD_FIELDS = (
     *ELECTRICITY,

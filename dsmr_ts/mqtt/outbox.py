@@ -9,13 +9,12 @@ client from the ones still waiting.
 
 Bounded: above max_messages the older messages of a topic go first (every topic is retained:
 only its newest value is what a subscriber ends up with), then the oldest of all; one log line
-per time it fills up. Nothing outside dsmr_ts.mqtt opens the file; other processes read its state
-through outbox_state().
+per time it fills up. Nothing outside dsmr_ts.mqtt writes the file; other processes read its state
+through dsmr_ts.spool_dir.outbox_state().
 """
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
 import os
 import sqlite3
@@ -24,36 +23,15 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-log = logging.getLogger(__name__)
+from dsmr_ts.spool_dir import OUTBOX_FILE
 
-OUTBOX_FILE = "mqtt-outbox.sqlite3"
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class Message:
     topic: str
     payload: str
-
-
-@dataclass(frozen=True)
-class OutboxState:
-    """What waits for the broker (read-only, safe from any process)."""
-
-    waiting: int
-    oldest: dt.datetime | None  # when the oldest waiting message was added
-
-
-def outbox_state(directory: Path) -> OutboxState | None:
-    """The state of the outbox in a reader's spool_dir; None when there is none."""
-    path = Path(directory) / OUTBOX_FILE
-    if not path.is_file():
-        return None
-    try:
-        with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=2) as db:
-            count, oldest = db.execute("SELECT count(*), min(added) FROM message").fetchone()
-    except sqlite3.Error:
-        return None
-    return OutboxState(count, dt.datetime.fromtimestamp(oldest, dt.timezone.utc) if oldest else None)
 
 
 class Outbox:

@@ -33,14 +33,14 @@ from typing import Callable
 
 import paho.mqtt.client as paho
 
-from dsmr_ts import totals
+from dsmr_ts import costs
 from dsmr_ts.backoff import Backoff
 from dsmr_ts.config import Config
 from dsmr_ts.formats import exact
 from dsmr_ts.influx.store import Store, StoreUnavailable
 from dsmr_ts.mqtt import messages
 from dsmr_ts.mqtt.outbox import Message, Outbox
-from dsmr_ts.mqtt.raw_relay import RAW_SOCKET
+from dsmr_ts.spool_dir import RAW_SOCKET
 from dsmr_ts.telegram import DEFAULT_METER
 
 log = logging.getLogger("dsmr_ts.mqtt")
@@ -107,7 +107,7 @@ class MqttPublisher:
         if self.sources & {"reading", "json", "day"}:
             new_readings = self._readings(meter, out, moved)
         if "day" in self.sources and (new_readings or self._due_now("day", PERIOD_EVERY)):
-            day = totals.today(self.store, meter, now, self.tz, self.config.prices)
+            day = self.store.totals.today(meter, now, self.tz, self.config.prices)
             if day:
                 out += messages.day_consumption(self.prefix, day)
         if "period" in self.sources and self._due_now("period", PERIOD_EVERY):
@@ -176,11 +176,11 @@ class MqttPublisher:
         return bool(rows)
 
     def _period(self, meter: str, now: dt.datetime) -> list[Message]:
-        live = totals.today(self.store, meter, now, self.tz, self.config.prices)
+        live = self.store.totals.today(meter, now, self.tz, self.config.prices)
         local = now.astimezone(self.tz).date()
-        month = totals.period(self.store, meter, local.replace(day=1), live, self.tz, self.config.prices)
-        year = totals.period(self.store, meter, local.replace(month=1, day=1), live, self.tz, self.config.prices)
-        priced = totals.price_for(local, self.config.prices) is not None
+        month = self.store.totals.period(meter, local.replace(day=1), live, self.tz, self.config.prices)
+        year = self.store.totals.period(meter, local.replace(month=1, day=1), live, self.tz, self.config.prices)
+        priced = costs.price_for(local, self.config.prices) is not None
         return messages.period_totals(self.prefix, month, year, priced)
 
     def _gas(self, meter: str, out: list[Message], moved: dict[str, str]) -> None:

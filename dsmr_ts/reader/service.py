@@ -51,7 +51,7 @@ from dsmr_ts.telegram import ParseError
 
 log = logging.getLogger("dsmr_ts.reader")
 
-# Serial settings per DSMR version (API-NOTES.md); reader.serial overrides any of them.
+# Serial settings per DSMR version (the README's meter table); reader.serial overrides any of them.
 SERIAL_PRESETS: dict[str, dict[str, Any]] = {
     "2.2": {"baudrate": 9600, "bytesize": 7, "parity": "E", "stopbits": 1, "xonxoff": True},
     "3": {"baudrate": 9600, "bytesize": 7, "parity": "E", "stopbits": 1, "xonxoff": True},
@@ -306,13 +306,13 @@ class ReaderService:
             self.store_backoff.failed(str(exc))
 
     def keep_statistics(self) -> None:
-        """Housekeeping (see influx/statistics.py): recompute the hours that late readings touched,
+        """Housekeeping (see influx/housekeeping.py): recompute the hours that late readings touched,
         and move the count index's watermark behind the hour task."""
         if not self.statistics_backoff.ready():
             return
         try:
-            self.store.statistics.repair()
-            self.store.statistics.follow_hour_task()
+            self.store.housekeeping.repair()
+            self.store.housekeeping.follow_hour_task()
             self.statistics_backoff.succeeded()
         except StoreUnavailable as exc:
             self.statistics_backoff.failed(str(exc))

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from dsmr_ts.spool_dir import has_pending, read_offset, waiting
+
 log = logging.getLogger(__name__)
 
 
@@ -26,70 +28,6 @@ log = logging.getLogger(__name__)
 class SpooledTelegram:
     telegram: str  # latin-1 text, as received
     received: dt.datetime  # UTC; stands in for a missing P1 timestamp when it is parsed later
-
-
-@dataclass(frozen=True)
-class SpoolState:
-    """What waits in one spool, for monitoring and metrics (read-only, safe from any process)."""
-
-    name: str
-    waiting: int
-    oldest: dt.datetime | None  # when the oldest waiting telegram was received
-
-
-def spool_states(directory: Path) -> list[SpoolState]:
-    """The state of every spool in a reader's spool_dir: the one interface other processes (the
-    API's monitoring and metrics) use; nothing outside dsmr_ts.reader opens the spool files."""
-    directory = Path(directory)
-    if not directory.is_dir():
-        return []
-    states = []
-    for path in sorted(directory.glob("*.spool")):
-        count, oldest = _waiting(directory, path.stem)
-        states.append(SpoolState(path.stem, count, oldest))
-    return states
-
-
-def waiting(directory: Path, name: str) -> int:
-    """How many complete records wait in spool `name` (read-only, safe from any process)."""
-    return _waiting(directory, name)[0]
-
-
-def _waiting(directory: Path, name: str) -> tuple[int, dt.datetime | None]:
-    """(complete records waiting, when the first of them was received)."""
-    if not has_pending(directory, name):
-        return 0, None
-    offset = _read_offset(Path(directory) / f"{name}.offset")
-    count, oldest = 0, None
-    try:
-        with open(Path(directory) / f"{name}.spool", "rb") as fh:
-            fh.seek(offset)
-            for line in fh:
-                if not line.endswith(b"\n"):
-                    break
-                if oldest is None:
-                    oldest = dt.datetime.fromisoformat(json.loads(line)["received"])
-                count += 1
-    except (OSError, ValueError, KeyError):
-        pass
-    return count, oldest
-
-
-def has_pending(directory: Path, name: str) -> bool:
-    """Is anything waiting in spool `name`? Reads two sizes, changes nothing (safe from any process)."""
-    path = Path(directory) / f"{name}.spool"
-    try:
-        size = path.stat().st_size
-    except FileNotFoundError:
-        return False
-    return size > _read_offset(Path(directory) / f"{name}.offset")
-
-
-def _read_offset(path: Path) -> int:
-    try:
-        return int(path.read_text() or 0)
-    except (FileNotFoundError, ValueError):
-        return 0
 
 
 class Spool:
@@ -134,7 +72,7 @@ class Spool:
 
     def __len__(self) -> int:
         """Telegrams waiting."""
-        return _waiting(self.directory, self.path.stem)[0]
+        return waiting(self.directory, self.path.stem)
 
     def drain(self, deliver: Callable[[SpooledTelegram], None], limit: int = 1000) -> int:
         """Deliver waiting telegrams one by one, in order, until one fails (its exception
@@ -183,7 +121,7 @@ class Spool:
                 yield offset, SpooledTelegram(data["telegram"], dt.datetime.fromisoformat(data["received"]))
 
     def _offset(self) -> int:
-        return _read_offset(self.offset_path)
+        return read_offset(self.offset_path)
 
     def _save_offset(self, offset: int) -> None:
         tmp = self.offset_path.with_suffix(".tmp")

@@ -10,9 +10,8 @@ import falcon
 from dsmr_ts import __version__
 from dsmr_ts.formats import datetime_string
 from dsmr_ts.influx.store import StoreUnavailable
-from dsmr_ts.mqtt.outbox import outbox_state
-from dsmr_ts.reader.spool import spool_states
 from dsmr_ts.resources.context import ApiContext
+from dsmr_ts.spool_dir import outbox_state, spool_states
 
 NO_READINGS_AFTER = dt.timedelta(minutes=60)
 STATISTICS_LAG = dt.timedelta(hours=3)  # the hour task runs every hour; two missed runs is a problem
@@ -68,14 +67,14 @@ class MonitoringResource:
         """The hour task keeps the watermark within two hours of now (setup starts it at now, so a
         fresh install has no problem before the first task run); the repair job works off late
         readings within a minute."""
-        statistics = self.store.statistics
-        watermark = statistics.watermark()
+        index = self.store.index
+        watermark = index.watermark()
         found: list[tuple[str, str, dt.datetime | None]] = []
         if watermark is None:
             found.append(("statistics", "The statistics index was never built: run `dsmr-ts setup`", None))
         elif now - watermark > STATISTICS_LAG:
             found.append(("statistics", "Statistics are lagging behind (are the InfluxDB tasks running?)", watermark))
-        waiting = statistics.repair_backlog()
+        waiting = index.repair_backlog()
         if waiting is not None and now - waiting > REPAIR_LAG:
             found.append(
                 ("statistics", "Late readings wait for their statistics repair (is `dsmr-ts reader` running?)", waiting)

@@ -2,7 +2,7 @@
 energy-supplier-prices; and the counted pages electricity (per minute), gas (per gas value) and
 quarter-hour-peak-electricity.
 
-Today is exact and live (dsmr_ts/totals.py): the newest meter position minus the last one before
+Today is exact and live (dsmr_ts/influx/totals.py): the newest meter position minus the last one before
 local midnight (the same rule as the statistics), not a sum of hour rows that may be an hour behind.
 """
 
@@ -14,7 +14,7 @@ from typing import Any, ClassVar
 
 import falcon
 
-from dsmr_ts import totals
+from dsmr_ts import costs
 from dsmr_ts.config import PricePeriod
 from dsmr_ts.fields import Kind
 from dsmr_ts.formats import datetime_string, decimal_string, exact, gas_json, money, quarter_peak_json, rounded
@@ -35,7 +35,7 @@ class _ConsumptionResource:
         self.prices = context.prices
 
     def today_prices(self) -> PricePeriod | None:
-        return totals.price_for(dt.datetime.now(self.tz).date(), self.prices)
+        return costs.price_for(dt.datetime.now(self.tz).date(), self.prices)
 
 
 class ElectricityLiveResource(_ConsumptionResource):
@@ -88,13 +88,13 @@ class TodayResource(_ConsumptionResource):
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         meter = self.context.meter(req)
         now = dt.datetime.now(dt.timezone.utc)
-        day = totals.today(self.store, meter, now, self.tz, self.prices)
+        day = self.store.totals.today(meter, now, self.tz, self.prices)
         if day is None:  # as DSMR-reader says it
             resp.media = f"No electricity readings found for: {now.astimezone(self.tz).date().isoformat()}"
             return
         resp.media = {
             "day": day.day.isoformat(),
-            **{name: decimal_string(day.usage[name], 3) for name in totals.USAGE if name != "gas"},
+            **{name: decimal_string(day.usage[name], 3) for name in costs.USAGE if name != "gas"},
             "electricity1_cost": day.costs["electricity1_cost"],
             "electricity2_cost": day.costs["electricity2_cost"],
             "gas": decimal_string(day.usage["gas"], 3),

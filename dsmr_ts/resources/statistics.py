@@ -1,5 +1,5 @@
 """GET statistics/day and statistics/hour, shaped as DSMR-reader's documentation shows them, and
-POST statistics/day. Costs are computed when a day is read (dsmr_ts/totals.py)."""
+POST statistics/day. Costs are computed when a day is read (dsmr_ts/costs.py)."""
 
 from __future__ import annotations
 
@@ -8,9 +8,10 @@ from typing import Any
 
 import falcon
 
-from dsmr_ts import totals
+from dsmr_ts.costs import COSTS, ELECTRICITY, TEMPERATURES, stored_or_computed_costs
+from dsmr_ts.datetimes import day_start
 from dsmr_ts.formats import datetime_column, decimal_column, json_rows
-from dsmr_ts.influx.statistics import DAY_MEASUREMENT, HOUR_MEASUREMENT, day_start
+from dsmr_ts.influx.lineprotocol import DAY_MEASUREMENT, HOUR_MEASUREMENT
 from dsmr_ts.influx.store import EARLIEST, LATEST
 from dsmr_ts.resources.context import ApiContext
 from dsmr_ts.resources.datalogger import filter_datetimes
@@ -24,9 +25,8 @@ from dsmr_ts.resources.validation import (
     collect_errors,
     meter_id,
 )
-from dsmr_ts.totals import COSTS, TEMPERATURES, stored_or_computed_costs
 
-USAGE_OUTPUT = totals.ELECTRICITY
+USAGE_OUTPUT = ELECTRICITY
 USAGE = DecimalSpec(max_digits=9, places=3)  # DSMR-reader's DayStatistics columns
 COST = DecimalSpec(max_digits=8, places=2)
 TEMPERATURE = DecimalSpec(max_digits=4, places=1)

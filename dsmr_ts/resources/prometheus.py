@@ -11,8 +11,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, 
 
 from dsmr_ts.influx.store import Store, StoreUnavailable
 from dsmr_ts.metrics import REQUESTS
-from dsmr_ts.mqtt.outbox import outbox_state
-from dsmr_ts.reader.spool import spool_states
+from dsmr_ts.spool_dir import outbox_state, spool_states
 
 
 class RequestMetricsMiddleware:

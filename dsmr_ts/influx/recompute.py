@@ -1,0 +1,117 @@
+"""Recomputing statistics from the readings with the Flux of statistics_flux.py: a range of hours
+(and the days they touch), all of history a week at a time (`dsmr-ts regenerate`, imports), and
+the first build of the count index at setup.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import zoneinfo
+from collections.abc import Callable
+from typing import Any
+
+from dsmr_ts.datetimes import HOUR, floor_hour, local_midnight
+from dsmr_ts.fields import SCHEMA, ReadingSchema
+from dsmr_ts.influx.client import InfluxClient
+from dsmr_ts.influx.count_index import INDEX_VERSION, CountIndex
+from dsmr_ts.influx.statistics_flux import day_flux, hour_flux, quarter_flux
+
+log = logging.getLogger(__name__)
+
+
+class Recompute:
+    """The statistics of one store, computed again from its readings (idempotent: the same rows
+    are written over)."""
+
+    def __init__(
+        self,
+        client: InfluxClient,
+        index: CountIndex,
+        timezone: str = "Europe/Amsterdam",
+        schema: ReadingSchema = SCHEMA,
+        clock: Callable[[], dt.datetime] | None = None,
+    ):
+        self.client = client
+        self.index = index
+        self.settings = client.settings
+        self.timezone = timezone
+        self.tz = zoneinfo.ZoneInfo(timezone)
+        self.schema = schema
+        self.clock = clock or (lambda: dt.datetime.now(dt.timezone.utc))
+
+    def recompute(self, start: dt.datetime, stop: dt.datetime, meter: str | None = None) -> None:
+        """Hour statistics and quarter-hour peaks of [start, stop) (whole UTC hours), then every
+        local day they touch."""
+        meter_filter = "r.meter == meter" if meter else "true"
+        params: dict[str, Any] = {"meter": meter} if meter else {}
+        self.client.flux(
+            hour_flux("start", "stop", self.settings.bucket, self.settings.stats_bucket, meter_filter, self.schema),
+            {**params, "start": start, "stop": stop},
+        )
+        self.client.flux(
+            quarter_flux("start", "stop", self.settings.bucket, self.settings.stats_bucket, meter_filter, self.schema),
+            {**params, "start": start, "stop": stop},
+        )
+        self.client.flux(
+            day_flux("start", "stop", self.settings.stats_bucket, self.timezone, meter_filter, self.schema),
+            {
+                **params,
+                "start": local_midnight(start, self.tz),
+                "stop": local_midnight(stop - dt.timedelta(seconds=1), self.tz, 1),
+            },
+        )
+
+    def regenerate(
+        self,
+        start: dt.datetime,
+        stop: dt.datetime,
+        chunk_days: int = 7,
+        progress: Callable[[int], None] | None = None,
+        contiguous: bool | None = None,
+    ) -> None:
+        """Recompute [start, stop) a chunk of local days at a time, oldest first; when it started
+        at or before the watermark (or before the first reading, on a store without one), the
+        index is complete up to `stop` afterwards and the watermark says so."""
+        began = self.clock()
+        if contiguous is None:
+            watermark = self.index.watermark()
+            first = self.index.first_reading_time()
+            contiguous = (watermark is not None and start <= watermark) or (
+                watermark is None and (first is None or start <= first)
+            )
+        chunk_start = start
+        while chunk_start < stop:
+            chunk_stop = min(local_midnight(chunk_start, self.tz, chunk_days), stop)
+            self.recompute(chunk_start, chunk_stop)
+            if progress:
+                progress(max(1, round((chunk_stop - chunk_start) / dt.timedelta(days=1))))
+            chunk_start = chunk_stop
+        self.index.mark_repaired_before(began, start, stop)
+        if contiguous:
+            self.index.advance_watermark(min(floor_hour(stop), floor_hour(began)))
+            first = self.index.first_reading_time()
+            if first is None or start <= first:
+                # Everything was recomputed after every mark made before it began: the repair
+                # job need not look at those again.
+                self.index.save_repair_cursor(max(began, self.index.repair_cursor() or began))
+
+    def start_index(self) -> bool:
+        """Setup: a store without a watermark gets one. With no readings yet the index is complete
+        now; with readings (an older install, or one whose hour rows lack what this version counts)
+        everything is regenerated first. True if it did so."""
+        watermark = self.index.watermark()
+        if watermark is not None and self.index.index_version() >= INDEX_VERSION:
+            return False
+        first = self.index.first_reading_time()
+        now = self.clock()
+        if first is None:
+            self.index.advance_watermark(floor_hour(now))
+            self.index.save_index_version()
+            return False
+        log.info(
+            "building the statistics and the count index from %s (once; the API counts raw until then)", first.date()
+        )
+        self.regenerate(local_midnight(first, self.tz), floor_hour(now) + HOUR, contiguous=True)
+        self.index.save_index_version()
+        return True
