@@ -24,6 +24,7 @@ from dsmr_ts.resources.consumption import (
 )
 from dsmr_ts.resources.context import ApiContext
 from dsmr_ts.resources.datalogger import ReadingResource, TelegramResource
+from dsmr_ts.resources.forms import ChunkedBodyMiddleware
 from dsmr_ts.resources.health import HealthResource
 from dsmr_ts.resources.meter_statistics import MeterStatisticsResource
 from dsmr_ts.resources.openapi import SchemaResource
@@ -53,6 +54,7 @@ def create_app(
     middleware: list[Any] = [
         RequestMetricsMiddleware(),
         ApiAccessMiddleware(config.api, config.server.trust_forwarded_headers),
+        ChunkedBodyMiddleware(),  # after the key check
     ]
     app = falcon.App(middleware=middleware)
     errors.install(app)

@@ -154,6 +154,12 @@ def datetime_column(column: Sequence[int | None], tz: dt.tzinfo | None) -> list[
     return out
 
 
+def gas_used(delivered: float, previous: float | None) -> float:
+    """The gas used since the value before (0 for a meter's first): never negative, as a meter
+    position that goes down (a replaced meter) uses no gas."""
+    return 0.0 if previous is None else max(0.0, float(exact(delivered) - exact(previous)))
+
+
 def gas_json(read_at: dt.datetime, delivered: float, used: float, tz: dt.tzinfo | None = None) -> dict[str, Any]:
     """A gas value and the gas used since the one before (consumption/gas and its MQTT topics)."""
     return {

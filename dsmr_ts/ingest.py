@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import time
 from typing import Callable, Iterable
 
 from dsmr_ts import metrics
@@ -12,6 +13,8 @@ from dsmr_ts.telegram import ParseError, Reading, Telegram, check_not_in_future,
 
 log = logging.getLogger(__name__)
 
+IGNORED_LOG_EVERY = 3600.0  # seconds: a meter with a broken gas clock says so once an hour, not per telegram
+
 
 class Ingest:
     def __init__(self, store: Store, on_telegram: Callable[[str], None] | None = None):
@@ -19,6 +22,7 @@ class Ingest:
         self.store = store
         self.schema = store.schema
         self.on_telegram = on_telegram
+        self._ignored_logged: dict[str, float] = {}  # meter -> when its ignored values were last logged
 
     def parse(self, text: str | bytes, now: dt.datetime | None = None) -> Telegram:
         """A telegram that may be stored. ParseError: rejected, and the rejection is counted."""
@@ -33,7 +37,17 @@ class Ingest:
             except StoreUnavailable as unavailable:  # the rejection is what the caller must hear
                 log.warning("rejected telegram not counted: %s", unavailable)
             raise
+        if telegram.ignored:
+            self._log_ignored(telegram.reading.meter, telegram.ignored)
         return telegram
+
+    def _log_ignored(self, meter: str, reasons: tuple[str, ...]) -> None:
+        now = time.monotonic()
+        if now - self._ignored_logged.get(meter, -IGNORED_LOG_EVERY) >= IGNORED_LOG_EVERY:
+            if len(self._ignored_logged) > 1000:  # meter ids come from clients: stay bounded
+                self._ignored_logged.clear()
+            self._ignored_logged[meter] = now
+            log.info("telegram of meter %s stored without: %s (said once an hour)", meter, "; ".join(reasons))
 
     def telegram(self, text: str | bytes, now: dt.datetime | None = None) -> Telegram:
         """Parse and store a raw telegram. ParseError: nothing stored, the rejection is counted."""

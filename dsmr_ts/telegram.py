@@ -37,6 +37,10 @@ METER_TZ = zoneinfo.ZoneInfo("Europe/Amsterdam")
 DEFAULT_METER = "default"  # readings without an equipment id
 SIMULATED_METER = "simulated"  # the simulated meter's id: real meters never mix with it
 MAX_FUTURE = dt.timedelta(hours=24)
+# An M-Bus value (gas, water, heat) whose own timestamp is further than this from the telegram's is
+# a device with a wrong clock (a gas value stamped 2010 once started a repair of 140,000 hours):
+# ignored, not stored as history.
+MAX_DEVICE_DISTANCE = dt.timedelta(hours=24)
 
 Value = float | int | dt.datetime
 
@@ -112,17 +116,23 @@ class Telegram:
     reading: Reading
     statistics: dict[str, str | int]
     header: str
+    dsmr22_gas: bool = False  # the gas value came in DSMR 2.2/3's two-line form (0-n:24.3.0)
+    ignored: tuple[str, ...] = ()  # why values of the telegram were left out (for the log)
 
     @property
     def hourly_gas(self) -> bool:
-        return gas_is_hourly(self.statistics.get("dsmr_version"))
+        """DSMR 4 (its version line says so) and DSMR 2.2/3 (their own gas form) report gas once an
+        hour, stamped at the hour's end: booked an hour earlier."""
+        return self.dsmr22_gas or gas_is_hourly(self.statistics.get("dsmr_version"))
 
 
 def gas_is_hourly(dsmr_version: object) -> bool:
-    """DSMR 4 ('40'..'42') and DSMR 2.2/3 (no version line) report gas once an hour, stamped at its
-    end (booked an hour earlier); DSMR 5, Fluvius and the others every 5 minutes, as stamped."""
+    """A meter of DSMR version '40'..'42' reports gas once an hour, stamped at its end (booked an hour
+    earlier); DSMR 5, Fluvius and the others every 5 minutes, as stamped. An unknown version (NULL in
+    DSMR-reader's meter statistics: Fluvius meters, readings that came in through the v2 API) is not
+    DSMR 4: DSMR-reader books such gas as stamped, and so does dsmr-ts."""
     version = str(dsmr_version or "")
-    return version == "" or (version.startswith("4") and len(version) == 2)
+    return version.startswith("4") and len(version) == 2
 
 
 # --- CRC-16/ARC ------------------------------------------------------------------------------
@@ -159,6 +169,7 @@ def parse_telegram(text: str | bytes, now: dt.datetime | None = None, schema: Re
     codes: dict[str, list[str]] = {}
     devices: dict[str, str] = {}  # M-Bus channel -> its device type
     mbus: list[tuple[str, str, str]] = []  # (channel, raw timestamp, raw value) in line order
+    dsmr22_channels: list[str] = []  # channels that sent DSMR 2.2/3's two-line form
     for index, line in enumerate(lines[1:], start=1):
         match = _LINE.match(line.strip())
         if not match:
@@ -173,8 +184,10 @@ def parse_telegram(text: str | bytes, now: dt.datetime | None = None, schema: Re
                 mbus.append((channel.group(1), parts[0], parts[1]))
             elif (channel := MBUS_READING_DSMR22.match(code)) and index + 1 < len(lines):
                 mbus.append((channel.group(1), parts[0], lines[index + 1].strip().strip("()")))
+                dsmr22_channels.append(channel.group(1))
 
-    timestamp = _reading_timestamp(codes, now)
+    own_time = _own_timestamp(codes)
+    timestamp = own_time or now  # DSMR 2.2 has no timestamp and a broken one is useless: it happens now
     values: dict[str, Value] = {}
     for code, fields in schema.by_obis.items():
         found = codes.get(code)
@@ -200,7 +213,8 @@ def parse_telegram(text: str | bytes, now: dt.datetime | None = None, schema: Re
     ]
     if missing:
         raise ParseError(f"telegram has no {' or '.join(missing)} (not a DSMR electricity telegram?)")
-    values.update(_mbus_values(mbus, devices, timestamp, schema))
+    device_values, ignored = _mbus_values(mbus, devices, own_time, now, schema)
+    values.update(device_values)
 
     statistics: dict[str, str | int] = {}
     for code, statistic in schema.statistics_by_obis.items():
@@ -211,7 +225,14 @@ def parse_telegram(text: str | bytes, now: dt.datetime | None = None, schema: Re
             except ValueError:
                 continue
     reading = Reading(timestamp=timestamp, meter=_meter_id(codes), values=values)
-    return Telegram(reading=reading, statistics=statistics, header=lines[0][1:].strip())
+    dsmr22_gas = any(_medium(devices, channel) == "gas" for channel in dsmr22_channels)
+    return Telegram(
+        reading=reading,
+        statistics=statistics,
+        header=lines[0][1:].strip(),
+        dsmr22_gas=dsmr22_gas,
+        ignored=tuple(ignored),
+    )
 
 
 def _field_value(spec: ReadingField, raw: str) -> Value | None:
@@ -238,20 +259,28 @@ def _field_value(spec: ReadingField, raw: str) -> Value | None:
 
 
 def _mbus_values(
-    readings: list[tuple[str, str, str]], devices: dict[str, str], timestamp: dt.datetime, schema: ReadingSchema
-) -> dict[str, Value]:
-    """The value and time of each medium's device (see the module doc for which channel wins)."""
+    readings: list[tuple[str, str, str]],
+    devices: dict[str, str],
+    own_time: dt.datetime | None,
+    now: dt.datetime,
+    schema: ReadingSchema,
+) -> tuple[dict[str, Value], list[str]]:
+    """The value and time of each medium's device (see the module doc for which channel wins), and
+    why a device's value was left out: its timestamp more than MAX_FUTURE after now, or more than
+    MAX_DEVICE_DISTANCE from the telegram's own (own_time; None: the telegram has none, DSMR 2.2)."""
     candidates: dict[str, list[tuple[dt.datetime, float]]] = {}
+    ignored: list[str] = []
     for channel, raw_time, raw_value in readings:
-        try:
-            medium = MBUS_MEDIA.get(int(devices[channel])) if channel in devices else "gas"
-        except ValueError:
-            medium = None
+        medium = _medium(devices, channel)
         value_field = schema.by_mbus.get((medium, "value")) if medium else None
         when = parse_p1_timestamp(raw_time)
-        if (
-            medium is None or value_field is None or when is None or when - timestamp > MAX_FUTURE
-        ):  # 700101010000W = 2070
+        if medium is None or value_field is None or when is None:
+            continue
+        if when - now > MAX_FUTURE or (own_time is not None and abs(when - own_time) > MAX_DEVICE_DISTANCE):
+            ignored.append(
+                f"{medium} value of {when:%Y-%m-%d %H:%M}Z ignored: its timestamp is more than a day from"
+                f" the telegram's{'' if own_time is None else f' ({own_time:%Y-%m-%d %H:%M}Z)'} or in the future"
+            )
             continue
         value = _field_value(value_field, raw_value)
         if isinstance(value, (int, float)):
@@ -264,7 +293,7 @@ def _mbus_values(
         time_field = schema.by_mbus.get((medium, "time"))
         if time_field:
             values[time_field.name] = when
-    return values
+    return values, ignored
 
 
 def check_not_in_future(reading: Reading, now: dt.datetime | None = None) -> None:
@@ -318,11 +347,20 @@ def _check_crc(body: bytes, tail: str, lines: list[str]) -> None:
         raise CrcError("CRC missing: DSMR 4 and later end the telegram with '!' and a 4-digit CRC")
 
 
-def _reading_timestamp(codes: dict[str, list[str]], now: dt.datetime) -> dt.datetime:
+def _own_timestamp(codes: dict[str, list[str]]) -> dt.datetime | None:
+    """The telegram's own timestamp; None when it has none (DSMR 2.2) or an unreadable one."""
     values = codes.get(TIMESTAMP_CODE)
-    stamp = parse_p1_timestamp(values[0]) if values else None
-    # DSMR 2.2 has no timestamp and a broken one is useless: the reading happens now.
-    return stamp if stamp is not None else now
+    return parse_p1_timestamp(values[0]) if values else None
+
+
+def _medium(devices: dict[str, str], channel: str) -> str | None:
+    """What an M-Bus channel measures: its device type's medium; gas when the telegram names none."""
+    if channel not in devices:
+        return "gas"
+    try:
+        return MBUS_MEDIA.get(int(devices[channel]))
+    except ValueError:
+        return None
 
 
 def _meter_id(codes: dict[str, list[str]]) -> str:

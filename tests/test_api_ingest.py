@@ -420,3 +420,61 @@ def test_wrong_keys_age_out():
     assert failed.retry_after("a") == WINDOW - 30
     clock[0] += 30
     assert failed.retry_after("a") == 0 and failed.retry_after("b") == 0
+
+
+def test_requests_without_a_key_never_count_as_guesses(client):
+    """A keyless monitoring probe is refused, but never locks out the datalogger behind its address."""
+    shared = "198.51.100.20"
+    for _ in range(MAX_FAILURES * 3):
+        assert client.simulate_get(V2, remote_addr=shared).status_code == 403
+        assert client.simulate_post(V1, remote_addr=shared, **form({"telegram": "x"})).status_code == 403
+    assert client.simulate_get(V2, headers=KEY, remote_addr=shared).status_code == 200
+
+
+def test_either_key_header_being_right_authorises_as_in_dsmr_reader(client):
+    for headers in (
+        {"X-AUTHKEY": "wrong", "Authorization": f"Token {TEST_KEY}"},
+        {"X-AUTHKEY": TEST_KEY, "Authorization": "Token wrong"},
+    ):
+        assert client.simulate_post(V2, headers=headers, json={}).status_code == 400  # past access control
+    both_wrong = client.simulate_post(V2, headers={"X-AUTHKEY": "wrong", "Authorization": "Token wrong"}, json={})
+    assert both_wrong.status_code == 403
+
+
+def test_ordering_keeps_its_valid_terms_as_drf_does(client, store):
+    meter = "E-ORDERING"
+    first, second = unique_moment(), unique_moment()
+    for moment in (first, second):
+        store.writer.store_reading(Reading(moment, meter, {"electricity_delivered_1": 1.0,
+                                                           "electricity_currently_delivered": 0.1}))  # fmt: skip
+    ids = lambda ordering: [r["id"] for r in client.simulate_get(
+        V2, headers=KEY, params={"meter": meter, "ordering": ordering}).json["results"]]  # fmt: skip
+    newest_first = [int(second.timestamp()), int(first.timestamp())]
+    assert ids("-timestamp,foo") == newest_first
+    assert ids("foo, -timestamp") == newest_first
+    assert ids("foo,bar") == newest_first[::-1]  # nothing valid: the default order
+    assert ids("timestamp,-timestamp") == newest_first[::-1]  # the first valid term decides
+
+
+def test_v2_gas_far_from_the_readings_time_is_refused_and_nothing_stored(client, store):
+    moment = unique_moment()
+    data = {
+        "timestamp": moment.isoformat(),
+        "electricity_currently_delivered": "0.5",
+        "electricity_currently_returned": "0",
+        "electricity_delivered_1": "1.000",
+        "electricity_delivered_2": "2.000",
+        "electricity_returned_1": "0",
+        "electricity_returned_2": "0",
+        "extra_device_delivered": "12.345",
+        "extra_device_timestamp": "2010-01-01T00:00:00Z",
+        "meter": "E-V2-GAS-CLOCK",
+    }
+    response = client.simulate_post(V2, headers=KEY, json=data)
+    assert (response.status_code, response.json) == (
+        400,
+        {"extra_device_timestamp": ["Ensure this datetime is within 24 hours of timestamp."]},
+    )
+    assert stored_fields(store, "E-V2-GAS-CLOCK", moment) == {}
+    data["extra_device_timestamp"] = (moment - dt.timedelta(minutes=5)).isoformat()
+    assert client.simulate_post(V2, headers=KEY, json=data).status_code == 201

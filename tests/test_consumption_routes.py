@@ -14,7 +14,7 @@ Minutes (read_at = the minute's end): 10:01 (2 readings: d1 100.010, cd 0.6, V 2
 10:02, 10:04, 10:15, 10:21, 10:31, 10:45.
 Quarters: 10:00 first 10:00:05 (150.000) last 10:14:50 (150.250): 0.25 kWh x 3600 / 885 s = 1.017 kW;
 10:15 has one reading: no row; 10:30: 0.5 x 3600 / 899 = 2.002 kW.
-Gas: 10.000 @10:00 (first: 0), 10.125 @10:02:30 (0.125), 10.100 @10:10 (-0.025).
+Gas: 10.000 @10:00 (first: 0), 10.125 @10:02:30 (0.125), 10.100 @10:10 (lower: 0, never negative).
 """
 
 from __future__ import annotations
@@ -260,7 +260,7 @@ def test_gas_one_row_per_value_with_the_difference(client, store):
             "id": int(z("2026-01-20T10:10:00Z").timestamp()),
             "read_at": "2026-01-20T10:10:00Z",
             "delivered": "10.100",
-            "currently_delivered": "-0.025",
+            "currently_delivered": "0.000",  # a position that went down used no gas (never negative)
         },
     ]
     assert _hour_field(store, METER, "2026-01-20T10:00:00Z", "gas_count") == 3
@@ -271,7 +271,7 @@ def test_gas_page_differences_reach_before_the_page(client):
     assert body["count"] == 3 and body["next"] and body["previous"]
     assert [(r["read_at"], r["currently_delivered"]) for r in body["results"]] == [("2026-01-20T10:02:30Z", "0.125")]
     body = get(client, GAS, meter=METER, read_at__gte="2026-01-20T10:01:00Z")
-    assert [r["currently_delivered"] for r in body["results"]] == ["0.125", "-0.025"]
+    assert [r["currently_delivered"] for r in body["results"]] == ["0.125", "0.000"]
 
 
 def test_hourly_gas_is_booked_an_hour_earlier(client, store):

@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import datetime as dt
+import json
 import socket
 import urllib.parse
 
 import pytest
 import requests
 from falcon import testing
-from helpers import TEST_KEY, start_api
+from helpers import TEST_KEY, start_api, stored_reading
 
 from dsmr_ts.app import create_app
 from dsmr_ts.resources.access import MAX_FAILURES
-from dsmr_ts.telegram import crc16_arc
+from dsmr_ts.telegram import Reading, build_telegram, crc16_arc
 
 KEY = {"X-AUTHKEY": TEST_KEY}
 V1 = "/api/v1/datalogger/dsmrreading"
@@ -134,3 +136,56 @@ def test_thousands_of_wrong_keys(session_config, tmp_path):
     finally:
         api.terminate()
         api.wait(30)
+
+
+def _chunks(body: bytes, size: int = 1000):
+    """A request body as a generator: requests sends it chunked (no Content-Length)."""
+    for start in range(0, len(body), size):
+        yield body[start : start + size]
+
+
+def test_a_chunked_telegram_is_read_like_any_other(api_server, config):
+    from dsmr_ts.influx.store import Store
+
+    moment = dt.datetime(2022, 3, 4, 5, 6, 7, tzinfo=dt.timezone.utc)
+    telegram = build_telegram(Reading(timestamp=moment, meter="E-CHUNKED", values=_values()))
+    body = urllib.parse.urlencode({"telegram": telegram}).encode()
+    response = requests.post(
+        api_server + V1,
+        headers={**KEY, "Content-Type": "application/x-www-form-urlencoded"},
+        data=_chunks(body),
+        timeout=30,
+    )
+    assert response.status_code == 201, response.text
+    assert "Content-Length" not in response.request.headers
+    assert response.request.headers["Transfer-Encoding"] == "chunked"
+    store = Store(config.influxdb)
+    try:
+        assert stored_reading(store, "E-CHUNKED", moment)["electricity_delivered_1"] == 1234.567
+    finally:
+        store.close()
+    # A v2 reading as chunked JSON too.
+    reading = {"timestamp": "2022-03-04T05:06:08Z", "electricity_currently_delivered": "0.1",
+               "electricity_currently_returned": "0", "electricity_delivered_1": "1234.568",
+               "electricity_returned_1": "0", "electricity_delivered_2": "0", "electricity_returned_2": "0",
+               "meter": "E-CHUNKED"}  # fmt: skip
+    response = requests.post(
+        api_server + V2, headers={**KEY, "Content-Type": "application/json"},
+        data=_chunks(json.dumps(reading).encode(), 50), timeout=30,
+    )  # fmt: skip
+    assert response.status_code == 201 and response.json()["electricity_delivered_1"] == "1234.568", response.text
+
+
+@pytest.mark.parametrize("size", [70_000, 5 * 1024 * 1024])
+def test_chunked_bodies_over_the_limit_are_413(api_server, size):
+    body = urllib.parse.urlencode({"telegram": "x" * size}).encode()
+    headers = {**KEY, "Content-Type": "application/x-www-form-urlencoded"}
+    response = requests.post(api_server + V1, headers=headers, data=_chunks(body, 64 * 1024), timeout=60)
+    assert response.status_code == 413, response.text
+    still_serving(api_server)
+
+
+def _values() -> dict:
+    return {"electricity_delivered_1": 1234.567, "electricity_returned_1": 0.0, "electricity_delivered_2": 0.0,
+            "electricity_returned_2": 0.0, "electricity_currently_delivered": 0.5,
+            "electricity_currently_returned": 0.0}  # fmt: skip

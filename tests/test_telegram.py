@@ -17,6 +17,7 @@ from dsmr_ts.telegram import (
     build_telegram,
     check_not_in_future,
     crc16_arc,
+    gas_is_hourly,
     parse_p1_timestamp,
     parse_telegram,
 )
@@ -353,3 +354,48 @@ def test_meter_id_with_control_characters_becomes_hex():
     text = build_telegram(reading_at(utc(2020, 1, 1, 12, 0, 0)))
     text = text.replace("0-0:96.1.1(544553544D45544552)", "0-0:96.1.1(A\tB)")
     assert parse_telegram(resign(text)).reading.meter == "410942"  # an InfluxDB tag must be printable
+
+
+# --- gas as DSMR-reader books it, and device clocks that are far off ------------------------------
+
+
+def with_gas(timestamp: dt.datetime, gas_time: dt.datetime) -> str:
+    reading = reading_at(timestamp)
+    reading.values.update(extra_device_delivered=1234.5, extra_device_timestamp=gas_time)
+    return build_telegram(reading)
+
+
+def test_a_gas_value_far_from_the_telegrams_own_time_is_ignored_with_a_reason():
+    telegram = parse_telegram(with_gas(utc(2026, 11, 25, 11, 0, 0), utc(2010, 1, 1, 0, 0, 0)), now=NOW)
+    assert "extra_device_delivered" not in telegram.reading.values
+    assert "extra_device_timestamp" not in telegram.reading.values
+    assert telegram.reading.values["electricity_delivered_1"] == 1.0  # the rest of the telegram is kept
+    (reason,) = telegram.ignored
+    assert reason.startswith("gas value of 2010-01-01 00:00Z ignored") and "2026-11-25 11:00Z" in reason
+
+
+@pytest.mark.parametrize("hours", [-23, 0, 23])
+def test_a_gas_value_within_a_day_of_the_telegram_is_kept(hours):
+    timestamp = utc(2026, 11, 25, 11, 0, 0)
+    telegram = parse_telegram(with_gas(timestamp, timestamp + dt.timedelta(hours=hours)), now=NOW)
+    assert telegram.reading.gas == (timestamp + dt.timedelta(hours=hours), 1234.5) and not telegram.ignored
+
+
+def test_a_gas_value_from_the_future_is_ignored():
+    timestamp = utc(2026, 11, 25, 11, 0, 0)  # the telegram's own time is right, its gas clock runs a year ahead
+    telegram = parse_telegram(with_gas(timestamp, utc(2027, 11, 25, 11, 0, 0)), now=NOW)
+    assert telegram.reading.gas is None and telegram.ignored
+
+
+def test_gas_is_hourly_only_for_dsmr_4_and_the_dsmr_2_2_form():
+    assert gas_is_hourly("42") and gas_is_hourly("40")
+    for version in (None, "", "50", "5", "4", "0.0.5", "unknown"):  # NULL in DSMR-reader: booked as stamped
+        assert not gas_is_hourly(version), version
+    assert parse_file("dsmr22_nl_1.txt").hourly_gas  # no version line, but DSMR 2.2's own gas form
+    assert parse_file("dsmr40_nl_1.txt").hourly_gas
+    assert not parse_file("dsmr50_nl_1.txt").hourly_gas
+    assert not parse_file("fluvius_be_5.txt").hourly_gas
+    text = with_gas(utc(2026, 11, 25, 11, 0, 0), utc(2026, 11, 25, 10, 55, 0)).replace("1-3:0.2.8(50)\r\n", "")
+    no_version = parse_telegram(resign(text), now=NOW)
+    assert "dsmr_version" not in no_version.statistics and not no_version.hourly_gas
+    assert no_version.reading.gas == (utc(2026, 11, 25, 10, 55, 0), 1234.5)

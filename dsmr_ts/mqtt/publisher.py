@@ -36,7 +36,7 @@ import paho.mqtt.client as paho
 from dsmr_ts import costs
 from dsmr_ts.backoff import Backoff
 from dsmr_ts.config import Config
-from dsmr_ts.formats import exact
+from dsmr_ts.formats import gas_used
 from dsmr_ts.influx.store import Store, StoreUnavailable
 from dsmr_ts.mqtt import messages
 from dsmr_ts.mqtt.outbox import Message, Outbox
@@ -195,7 +195,7 @@ class MqttPublisher:
             else self.store.gas.before(meter, rows[0]["_time"])
         )
         for row in rows:
-            used = 0.0 if previous is None else float(exact(row["delivered"]) - exact(previous))
+            used = gas_used(row["delivered"], previous)
             out += messages.gas(self.prefix, row["_time"], row["delivered"], used, self.output_tz)
             previous = row["delivered"]
         moved[key], moved[value_key] = rows[-1]["_time"].isoformat(), repr(previous)

@@ -4,11 +4,14 @@ v1 (plain text): disabled -> 405 `API is disabled` (Allow: POST); bad key -> 403
 v2 (JSON):       disabled -> 403 {"detail": "API is disabled"}; bad key -> 403 {"detail": "Invalid auth key"}.
 Resources with `auth_exempt = True` (/health, /api/v2/schema) are always public.
 
+Either header right authorises a request (as in DSMR-reader, which checks both).
+
 Guessing the key: a client that sent a wrong key MAX_FAILURES times within WINDOW seconds gets 429
 (`Retry-After`) for every request until the oldest of those failures is WINDOW old, even with the
 right key (else guessing would go on); other clients are not affected. A client is its address,
 or behind a trusted proxy (server.trust_forwarded_headers) the address the proxy forwards. Counted
-per worker process.
+per worker process. A request without any key is refused but guesses nothing, so it does not count:
+a keyless monitoring probe never locks out the datalogger behind the same address.
 """
 
 from __future__ import annotations
@@ -32,15 +35,17 @@ def is_v1(req: falcon.Request) -> bool:
     return req.path.startswith("/api/v1/")
 
 
-def presented_key(req: falcon.Request) -> str | None:
-    """The key from `X-AUTHKEY: <key>` or `Authorization: Token <key>` (exact, one space)."""
+def presented_keys(req: falcon.Request) -> list[str]:
+    """The keys a request presents: `X-AUTHKEY: <key>` and `Authorization: Token <key>` (exact, one
+    space); either being right authorises it, as in DSMR-reader."""
+    keys = []
     key = req.get_header(KEY_HEADER)
     if key is not None:
-        return key
+        keys.append(key)
     authorization = req.get_header("Authorization")
     if authorization and authorization.startswith(TOKEN_PREFIX):
-        return authorization[len(TOKEN_PREFIX) :]
-    return None
+        keys.append(authorization[len(TOKEN_PREFIX) :])
+    return keys
 
 
 def key_matches(presented: str | None, expected: str) -> bool:
@@ -106,11 +111,13 @@ class ApiAccessMiddleware:
             return
         client = self._client(req)
         wait = self.failed.retry_after(client)
+        keys = presented_keys(req)
         if wait:
             _refuse(resp, falcon.HTTP_429, f"Too many wrong keys; try again in {wait} s", text=is_v1(req))
             resp.set_header("Retry-After", str(wait))
-        elif not key_matches(presented_key(req), self.settings.key):
-            self.failed.failed(client)
+        elif not any([key_matches(key, self.settings.key) for key in keys]):  # a list: compare every key
+            if keys:  # a request without any key guesses nothing (a monitoring probe, say)
+                self.failed.failed(client)
             _refuse(resp, falcon.HTTP_403, "Invalid auth key", text=is_v1(req))
 
 

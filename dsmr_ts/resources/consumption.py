@@ -17,11 +17,20 @@ import falcon
 from dsmr_ts import costs
 from dsmr_ts.config import PricePeriod
 from dsmr_ts.fields import Kind
-from dsmr_ts.formats import datetime_string, decimal_string, exact, gas_json, money, quarter_peak_json, rounded
+from dsmr_ts.formats import (
+    datetime_string,
+    decimal_string,
+    exact,
+    gas_json,
+    gas_used,
+    money,
+    quarter_peak_json,
+    rounded,
+)
 from dsmr_ts.resources.context import ApiContext
 from dsmr_ts.resources.datalogger import filter_datetimes
 from dsmr_ts.resources.errors import all_valid
-from dsmr_ts.resources.pagination import Page, links, page_params
+from dsmr_ts.resources.pagination import Page, links, ordering, page_params
 
 TARIFF_NAMES = {1: "Low", 2: "Normal"}  # tariff 1 is the low (night/weekend) tariff in NL
 
@@ -167,7 +176,7 @@ class ElectricityConsumptionResource(_CountedRowsResource):
     id = read_at in Unix minutes."""
 
     def rows(self, req, meter, gte, lte, page):
-        descending = req.get_param("ordering") == "-read_at"
+        descending = ordering(req, ("read_at", "-read_at")) == "-read_at"
         count, rows = self.store.minutes.page_by_end(meter, gte, lte, page.offset, page.limit, descending)
         columns = self.store.schema.minute_columns
         results = []
@@ -194,14 +203,14 @@ class GasConsumptionResource(_CountedRowsResource):
     difference with the value before it (0 for a meter's first). id = read_at in Unix seconds."""
 
     def rows(self, req, meter, gte, lte, page):
-        descending = req.get_param("ordering") == "-read_at"
+        descending = ordering(req, ("read_at", "-read_at")) == "-read_at"
         count, found = self.store.gas.page(meter, gte, lte, page.offset, page.limit, descending)
         rows = list(found)
         oldest_first = rows[::-1] if descending else rows
         previous = self.store.gas.before(meter, oldest_first[0]["_time"]) if rows else None
         used: dict[dt.datetime, float] = {}
         for row in oldest_first:
-            used[row["_time"]] = 0.0 if previous is None else float(exact(row["delivered"]) - exact(previous))
+            used[row["_time"]] = gas_used(row["delivered"], previous)
             previous = row["delivered"]
         return count, [
             {
@@ -226,7 +235,7 @@ class QuarterHourPeakResource(_CountedRowsResource):
     }
 
     def rows(self, req, meter, gte, lte, page):
-        by_average, descending = self.ORDERINGS.get(req.get_param("ordering") or "", (False, False))
+        by_average, descending = self.ORDERINGS.get(ordering(req, self.ORDERINGS) or "", (False, False))
         count, rows = self.store.statistics.quarters(meter, gte, lte, page.offset, page.limit, by_average, descending)
         return count, [
             {"id": int(row["_time"].timestamp()) // 900, **quarter_peak_json(row, self.output_tz)} for row in rows

@@ -14,7 +14,7 @@ from dsmr_ts.ingest import Ingest
 from dsmr_ts.resources.context import ApiContext
 from dsmr_ts.resources.errors import ValidationFailed, all_valid
 from dsmr_ts.resources.forms import read_fields
-from dsmr_ts.resources.pagination import links, page_params, stream_envelope
+from dsmr_ts.resources.pagination import links, ordering, page_params, stream_envelope
 from dsmr_ts.resources.validation import (
     DecimalSpec,
     Field,
@@ -24,7 +24,7 @@ from dsmr_ts.resources.validation import (
     meter_id,
     parse_datetime,
 )
-from dsmr_ts.telegram import MAX_FUTURE, ParseError, Reading
+from dsmr_ts.telegram import MAX_DEVICE_DISTANCE, MAX_FUTURE, ParseError, Reading
 
 
 class TelegramResource:
@@ -86,6 +86,10 @@ def reading_from_fields(
             errors.setdefault(
                 missing, [f"Required together with {time_name if missing == value_name else value_name}."]
             )
+        when = clean.get(time_name)
+        if timestamp and when and abs(when - timestamp) > MAX_DEVICE_DISTANCE:
+            # A device clock far off (a gas value stamped years ago) is not history to store.
+            errors.setdefault(time_name, ["Ensure this datetime is within 24 hours of timestamp."])
     if errors:
         raise ValidationFailed(errors)
     return Reading(timestamp=clean.pop("timestamp"), meter=clean.pop("meter", default_meter), values=clean)
@@ -120,7 +124,7 @@ class ReadingResource:
         page, (gte, lte), meter = all_valid(
             lambda: page_params(req), lambda: filter_datetimes(req, "timestamp", tz), lambda: self.context.meter(req)
         )
-        descending = req.get_param("ordering") == "-timestamp"  # anything else: ascending
+        descending = ordering(req, ("timestamp", "-timestamp")) == "-timestamp"  # else ascending
         count, rows = self.store.readings.raw_page(meter, gte, lte, page.offset, page.limit, descending)
         next_url, previous_url = links(req, page, count, self.context.trust_forwarded)
         results = readings_text(*self.store.readings.columns(rows), output_tz, schema)

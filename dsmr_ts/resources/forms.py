@@ -1,7 +1,9 @@
-"""Read a POST body as a flat mapping of fields, whatever form the client used."""
+"""Read a POST body as a flat mapping of fields, whatever form the client used (and however it
+sent it: with a Content-Length, or chunked)."""
 
 from __future__ import annotations
 
+import io
 from typing import Any
 
 import falcon
@@ -10,13 +12,33 @@ import falcon
 MAX_BODY_BYTES = 64 * 1024
 
 
+def _too_large() -> falcon.HTTPContentTooLarge:
+    return falcon.HTTPContentTooLarge(description=f"Request body is larger than {MAX_BODY_BYTES} bytes.")
+
+
+class ChunkedBodyMiddleware:
+    """A body sent with `Transfer-Encoding: chunked` has no Content-Length, and Falcon reads such a
+    body as empty. gunicorn decodes the chunks: read at most MAX_BODY_BYTES of them (413 beyond),
+    then hand the body on as if it had come with its length. Runs after the key check, so only an
+    authorised client's body is read."""
+
+    def process_resource(self, req: falcon.Request, resp: falcon.Response, resource: object, params: dict) -> None:
+        if req.content_length is not None or "chunked" not in (req.get_header("Transfer-Encoding") or "").lower():
+            return
+        body = req.stream.read(MAX_BODY_BYTES + 1)
+        if len(body) > MAX_BODY_BYTES:
+            raise _too_large()
+        req.stream = req.env["wsgi.input"] = io.BytesIO(body)
+        req.env["CONTENT_LENGTH"] = str(len(body))
+
+
 def read_fields(req: falcon.Request) -> dict[str, Any]:
     """JSON object, application/x-www-form-urlencoded or multipart/form-data -> dict.
 
     For a repeated form field the last value wins. Raises 4xx HTTPErrors with a clear message.
     """
     if req.content_length is not None and req.content_length > MAX_BODY_BYTES:
-        raise falcon.HTTPContentTooLarge(description=f"Request body is larger than {MAX_BODY_BYTES} bytes.")
+        raise _too_large()
     media_type = (req.content_type or "").split(";", 1)[0].strip().lower()
     try:
         if media_type in ("", falcon.MEDIA_URLENCODED):
@@ -40,7 +62,7 @@ def read_fields(req: falcon.Request) -> dict[str, Any]:
 def _urlencoded(req: falcon.Request) -> dict[str, Any]:
     body = req.bounded_stream.read(MAX_BODY_BYTES + 1)
     if len(body) > MAX_BODY_BYTES:
-        raise falcon.HTTPContentTooLarge(description=f"Request body is larger than {MAX_BODY_BYTES} bytes.")
+        raise _too_large()
     try:
         text = body.decode("ascii")
     except UnicodeDecodeError:

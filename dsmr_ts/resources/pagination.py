@@ -46,6 +46,15 @@ def page_params(req: falcon.Request) -> Page:
     return Page(offset=offset or 0, limit=limit or DEFAULT_LIMIT)
 
 
+def ordering(req: falcon.Request, allowed: Iterable[str]) -> str | None:
+    """The `ordering` asked for, as DRF's OrderingFilter reads it: comma-separated terms, the ones
+    it does not know dropped, the first one left deciding (`-timestamp,foo` is `-timestamp`).
+    None: nothing valid (the route's default order)."""
+    known = set(allowed)
+    terms = (term.strip() for term in (req.get_param("ordering") or "").split(","))
+    return next((term for term in terms if term in known), None)
+
+
 def base_url(req: falcon.Request, trust_forwarded: bool) -> str:
     """scheme://host/path as the client saw it (X-Forwarded-Proto/Host only when trusted)."""
     if trust_forwarded:

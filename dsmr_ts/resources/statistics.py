@@ -17,7 +17,7 @@ from dsmr_ts.resources.context import ApiContext
 from dsmr_ts.resources.datalogger import filter_datetimes
 from dsmr_ts.resources.errors import ValidationFailed, all_valid
 from dsmr_ts.resources.forms import read_fields
-from dsmr_ts.resources.pagination import links, page_params, stream_envelope
+from dsmr_ts.resources.pagination import links, ordering, page_params, stream_envelope
 from dsmr_ts.resources.validation import (
     DecimalSpec,
     Field,
@@ -62,7 +62,7 @@ class _StatisticsResource:
         page, (start, stop), meter = all_valid(
             lambda: page_params(req), lambda: self.bounds(req), lambda: self.context.meter(req)
         )
-        descending = req.get_param("ordering") == f"-{self.time_field}"
+        descending = ordering(req, (self.time_field, f"-{self.time_field}")) == f"-{self.time_field}"
         count, rows = self.context.store.statistics.page(
             self.measurement, meter, start, stop, page.offset, page.limit, descending, self.fields
         )
