@@ -116,6 +116,7 @@ class Telegram:
     reading: Reading
     statistics: dict[str, str | int]
     header: str
+    text: str = ""  # the telegram as received, from '/' on (meter-statistics' latest_telegram)
     dsmr22_gas: bool = False  # the gas value came in DSMR 2.2/3's two-line form (0-n:24.3.0)
     ignored: tuple[str, ...] = ()  # why values of the telegram were left out (for the log)
 
@@ -230,6 +231,7 @@ def parse_telegram(text: str | bytes, now: dt.datetime | None = None, schema: Re
         reading=reading,
         statistics=statistics,
         header=lines[0][1:].strip(),
+        text=raw[start:].decode("latin-1"),
         dsmr22_gas=dsmr22_gas,
         ignored=tuple(ignored),
     )

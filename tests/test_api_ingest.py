@@ -478,3 +478,16 @@ def test_v2_gas_far_from_the_readings_time_is_refused_and_nothing_stored(client,
     assert stored_fields(store, "E-V2-GAS-CLOCK", moment) == {}
     data["extra_device_timestamp"] = (moment - dt.timedelta(minutes=5)).isoformat()
     assert client.simulate_post(V2, headers=KEY, json=data).status_code == 201
+
+
+def test_meter_statistics_hold_the_latest_raw_telegram(client):
+    texts = []
+    for _ in range(2):
+        reading = Reading(unique_moment(), "E-LATEST-TELEGRAM", {"electricity_delivered_1": 1.0,
+                                                                  "electricity_currently_delivered": 0.25})  # fmt: skip
+        texts.append(build_telegram(reading))
+        assert client.simulate_post(V1, **form({"telegram": texts[-1]}, KEY)).status_code == 201
+        body = client.simulate_get("/api/v2/datalogger/meter-statistics", headers=KEY,
+                                   params={"meter": "E-LATEST-TELEGRAM"}).json  # fmt: skip
+        assert body["latest_telegram"] == texts[-1]  # as sent, \r\n and CRC included
+    assert texts[0] != texts[1]

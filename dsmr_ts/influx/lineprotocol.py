@@ -10,6 +10,7 @@ Bucket `dsmr` (readings):
 - `gas,meter=M extra_device_delivered=<m3> <booked>`: the gas position at the time it counts in
   (DSMR 4/2.2 hourly values one hour earlier), for the statistics.
 - `meter_statistics,meter=M <counters> <time>`; `rejected_telegrams=1i` per rejected telegram.
+- `latest_telegram,meter=M telegram="<JSON text>" 0`: the meter's newest raw telegram.
 - `statistics_repair,meter=M marked=<ms>i <hour>` and `repair_request,meter=M hour=<s>i <now>`:
   a write into an hour that has already ended marks it, in the same write (see count_index.py).
 
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+import json
 from typing import Any, Callable, Iterable, Mapping
 
 from dsmr_ts.fields import SCHEMA, Kind, ReadingField, ReadingSchema
@@ -38,6 +40,7 @@ GAS_FIELD = "extra_device_delivered"
 PRESENT_FIELD = "present"
 METER_STATISTICS = "meter_statistics"
 REJECTED_FIELD = "rejected_telegrams"
+LATEST_TELEGRAM = "latest_telegram"  # per meter, one point (time 0) overwritten by every telegram
 REPAIR = "statistics_repair"  # per (meter, hour): marked / repaired (ms of the mark)
 REPAIR_REQUEST = "repair_request"  # per mark, at the time it was made: the log the repair job reads
 IMPORT = "import"  # stats bucket: how far an import from a source got
@@ -174,6 +177,12 @@ def statistics_line(
     kinds = {s.name: s.kind for s in schema.statistics}
     fields = {name: (str(value) if kinds.get(name) is Kind.TEXT else int(value)) for name, value in statistics.items()}
     return line(METER_STATISTICS, meter, fields, _unix(timestamp)) if fields else None
+
+
+def latest_telegram_line(meter: str, text: str) -> str:
+    """A meter's newest raw telegram, overwriting the one before (one point at time 0, so it takes
+    no room per telegram). JSON-encoded: line protocol takes no newlines in a field value."""
+    return line(LATEST_TELEGRAM, meter, {"telegram": json.dumps(text)}, 0)
 
 
 def rejected_line(meter: str, when: dt.datetime) -> str:

@@ -5,6 +5,7 @@ import from a source got."""
 from __future__ import annotations
 
 import datetime as dt
+import json
 import threading
 import time
 from typing import Any
@@ -85,6 +86,14 @@ class Meters:
             for row in series.rows():
                 found["_time"] = dt.datetime.fromtimestamp(int(row["time"]), dt.timezone.utc)
         return found
+
+    def latest_telegram(self, meter: str) -> str | None:
+        """The newest raw telegram of a meter (v1 or the reader), as received; None when none came."""
+        (series,) = self.client.influxql(
+            [f"SELECT last(telegram) FROM {ident(lineprotocol.LATEST_TELEGRAM)} WHERE meter = {quote(meter)}"]
+        )
+        found = next((row["last"] for part in series for row in part.rows()), None)
+        return json.loads(found) if found else None
 
     def rejected_count(self) -> int:
         (series,) = self.client.influxql(

@@ -184,6 +184,8 @@ class ReadingWriter:
             )
             if statistics:
                 lines.append(statistics)
+        latest = {telegram.reading.meter: telegram.text for telegram in telegrams if telegram.text}
+        lines += [lineprotocol.latest_telegram_line(meter, text) for meter, text in latest.items()]
         self._committed(lines, late, gas)
 
     def store_reading(self, reading) -> None:

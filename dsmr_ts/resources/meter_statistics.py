@@ -37,7 +37,7 @@ class MeterStatisticsResource:
         for statistic in self.statistics:
             body[statistic.name] = latest.get(statistic.name)
         body["rejected_telegrams"] = self.store.meters.rejected_count()
-        body["latest_telegram"] = None  # telegrams are not kept; the readings are
+        body["latest_telegram"] = self.store.meters.latest_telegram(meter)
         return body
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:

@@ -168,7 +168,10 @@ def _v5_schemas(schema: ReadingSchema) -> dict[str, Any]:
                 "timestamp": _nullable(DATETIME),
                 **statistics,
                 "rejected_telegrams": {"type": "integer", "minimum": 0},
-                "latest_telegram": {"type": "null"},
+                "latest_telegram": {
+                    "type": ["string", "null"],
+                    "description": "the newest raw telegram, as received (v1 or the reader); null when none came",
+                },
             }
         ),
         "MeterStatisticsInput": {
