@@ -39,7 +39,7 @@ def create_app(
     """Build the app. gunicorn calls it with no arguments: the config then comes from
     $DSMR_TS_CONFIG or ./dsmr-ts.yaml. `schema` (the reading field table) defaults to the store's."""
     config = config or load_config()
-    store = store or Store(config.influxdb, timezone=config.timezone, schema=schema or SCHEMA)
+    store = store or Store(config.influxdb, timezone=config.timezone, schema=schema or SCHEMA, meters=config.meters)
     context = ApiContext(
         store=store,
         tz=config.tz,

@@ -351,13 +351,16 @@ def cmd_import_csv(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    from dsmr_ts.datetimes import local_midnight
     from dsmr_ts.migrate import export_readings, export_statistics
 
     config = _config(args)
     with _store_session(config, "export stopped") as store, _output(args.output) as out:
         meter = args.meter or store.meters.default()
         span = store.readings.time_range()
-        start = _local_midnight_of(args.since, config) if args.since else (span[0] if span else None)
+        # From the local day of the first reading (its day and hour rows start before the reading).
+        first = local_midnight(span[0], config.tz) if span else None
+        start = _local_midnight_of(args.since, config) if args.since else first
         stop = (
             _local_midnight_of(args.until, config, 1)
             if args.until
@@ -368,7 +371,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         elif args.what == "readings":
             rows = export_readings(store, meter, start, stop, out)
         else:
-            rows = export_statistics(store, args.what, meter, start, stop, out)
+            rows = export_statistics(store, args.what, meter, start, stop, config.tz, out)
         print(f"exported {rows} rows", file=sys.stderr)
     return 0
 
@@ -383,7 +386,7 @@ def _store_session(config: Config, stopped: str) -> Iterator[Store]:
     influxd = _influxd_for(config)
     try:
         _ensure_setup(config)
-        store = Store(config.influxdb, timeout_ms=600_000, timezone=config.timezone)
+        store = Store(config.influxdb, timeout_ms=600_000, timezone=config.timezone, meters=config.meters)
         try:
             yield store
         except StoreUnavailable as exc:

@@ -151,6 +151,8 @@ class Config:
     reader: ReaderConfig = field(default_factory=ReaderConfig)
     mqtt: MqttConfig = field(default_factory=MqttConfig)
     prices: list[PricePeriod] = field(default_factory=list)
+    # A name for a meter and its replacements: the equipment ids, oldest first (`meter=NAME` reads them all).
+    meters: dict[str, list[str]] = field(default_factory=dict)
     # Where the config came from; relative paths in it are relative to its folder.
     path: Path | None = field(default=None, compare=False)
 
@@ -424,6 +426,7 @@ def _check_semantics(config: Config, problems: _Problems) -> None:
         if target_problem:
             problems.add(f"reader.forward[{i}].url", target_problem)
     _check_mqtt(config, problems)
+    _check_meters(config, problems)
     for i in range(1, len(config.prices)):
         previous, period = config.prices[i - 1].start, config.prices[i].start
         if period == previous:
@@ -436,6 +439,33 @@ def _check_semantics(config: Config, problems: _Problems) -> None:
                 f"prices[{i}].start",
                 f"{period} comes before prices[{i - 1}].start ({previous}); list the periods oldest first",
             )
+
+
+def _check_meters(config: Config, problems: _Problems) -> None:
+    """meters: NAME: [equipment ids, oldest first]; a name or id is printable text of 1 to 64
+    characters (it becomes an InfluxDB tag), and an id belongs to one name."""
+    owner: dict[str, str] = {}
+    for name, ids in config.meters.items():
+        key = f"meters.{name}"
+        if not _printable_id(name):
+            problems.add(key, "a meter name must be 1 to 64 printable characters")
+        if not isinstance(ids, list) or not ids:
+            problems.add(key, "expected a list of equipment ids, oldest first (e.g. [E0011111111111111])")
+            continue
+        for i, one in enumerate(ids):
+            if not isinstance(one, str) or not _printable_id(one):
+                problems.add(f"{key}[{i}]", f"expected an equipment id of 1 to 64 printable characters, got {one!r}")
+            elif one in owner:
+                problems.add(f"{key}[{i}]", f"{one} is also a meter of {owner[one]}; an id belongs to one name")
+            else:
+                owner[one] = name
+    for name in config.meters:
+        if name in owner and owner[name] != name:
+            problems.add(f"meters.{name}", f"{name} is also an equipment id of {owner[name]}")
+
+
+def _printable_id(value: object) -> bool:
+    return isinstance(value, str) and 0 < len(value) <= 64 and value.isprintable() and value.strip() == value
 
 
 def _check_mqtt(config: Config, problems: _Problems) -> None:

@@ -6,7 +6,7 @@ Costs come from the config's price periods (the period with the latest start on 
 applies), so changed prices need no regeneration:
   electricityN_cost = electricityN x delivered_N price - electricityN_returned x returned_N price
   gas_cost = gas x gas price;  total_cost = the three rounded costs + fixed_daily_cost.
-Each is rounded half-up to 2 decimals; a day before every price period has null costs. A day
+Each is rounded half-up to 2 decimals; a day before every price period costs "0.00". A day
 created with POST statistics/day keeps the costs it was given.
 """
 
@@ -18,6 +18,7 @@ from decimal import Decimal
 from typing import Any
 
 from dsmr_ts.config import PricePeriod
+from dsmr_ts.fields import SCHEMA
 from dsmr_ts.formats import exact, money, rounded
 
 ELECTRICITY = ("electricity1", "electricity2", "electricity1_returned", "electricity2_returned")
@@ -26,6 +27,11 @@ COSTS = ("total_cost", "electricity1_cost", "electricity2_cost", "gas_cost")
 TEMPERATURES = ("lowest_temperature", "highest_temperature", "average_temperature")
 SUMMED = (*USAGE, *COSTS, "fixed_cost")  # what a period adds up over its days
 DAY_FIELDS = (*SUMMED, *TEMPERATURES)  # what a stored day row may hold (DSMR-reader's DayStatistics)
+# DSMR-reader v5.10+'s day positions: (its name, the reading field), e.g. electricity1_reading is
+# the day's last electricity_delivered_1.
+DAY_POSITIONS = {
+    f"{usage}_reading": position for usage in USAGE for position, used in SCHEMA.usage.items() if used == usage
+}
 PRICE_FIELDS = (
     "electricity_delivered_1",
     "electricity_delivered_2",
@@ -41,9 +47,10 @@ def price_for(day: dt.date, prices: list[PricePeriod]) -> PricePeriod | None:
 
 
 def day_costs(row: dict[str, Any], price: PricePeriod | None) -> dict[str, str | None]:
-    """The costs of a day's usage at a price period (all None without one)."""
+    """The costs of a day's usage at a price period ("0.00" without one: DSMR-reader's costs are
+    never null, and its clients count on that)."""
     if price is None:
-        return {name: None for name in COSTS}
+        return {name: money(Decimal(0)) for name in COSTS}
 
     def amount(field: str) -> Decimal:
         return exact(row.get(field) or 0.0)

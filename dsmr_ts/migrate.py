@@ -21,8 +21,9 @@ from typing import Any, Iterator, TextIO
 
 from dsmr_ts.datetimes import FieldError, day_start, parse_datetime
 from dsmr_ts.fields import Kind
+from dsmr_ts.formats import datetime_string, decimal_string, field_json
 from dsmr_ts.influx import lineprotocol
-from dsmr_ts.influx.lineprotocol import DAY_MEASUREMENT, HOUR_MEASUREMENT
+from dsmr_ts.influx.lineprotocol import COUNT_FIELD, DAY_MEASUREMENT, HOUR_MEASUREMENT
 from dsmr_ts.influx.statistics_flux import USAGE_FIELDS
 from dsmr_ts.influx.store import Store
 from dsmr_ts.progress import ProgressBar
@@ -196,36 +197,36 @@ def _import_older_day_statistics(store: Store, source: Source, meter: str, first
 
 def export_readings(store: Store, meter: str, start: dt.datetime, stop: dt.datetime, out: TextIO) -> int:
     """CSV of every reading in [start, stop), a day per query (bounded memory); returns the rows.
-    Columns: timestamp and every field of the table (water and heat too)."""
-    fields = [spec.name for spec in store.schema.fields]
+    Columns: timestamp and every field of the table (water and heat too), written as the API
+    writes them (decimals to the field's places, datetimes in UTC with Z); absent fields empty."""
+    specs = store.schema.fields
     writer = csv.writer(out)
-    writer.writerow(["timestamp", *fields])
+    writer.writerow(["timestamp", *(spec.name for spec in specs)])
     rows = 0
     for chunk_start, chunk_stop in _days(start, stop):
         for row in store.readings.between(meter, chunk_start, chunk_stop):
-            writer.writerow([_cell(row["_time"]), *(_cell(row.get(f)) for f in fields)])
+            cells = [field_json(spec, row.get(spec.name)) for spec in specs]
+            writer.writerow([datetime_string(row["_time"]), *("" if cell is None else cell for cell in cells)])
             rows += 1
     return rows
 
 
 def export_statistics(
-    store: Store, measurement: str, meter: str, start: dt.datetime, stop: dt.datetime, out: TextIO
+    store: Store, measurement: str, meter: str, start: dt.datetime, stop: dt.datetime, tz: dt.tzinfo, out: TextIO
 ) -> int:
+    """CSV of the day or hour statistics in [start, stop), as the API shows them (`day` a local date,
+    `hour_start` UTC with Z, kWh and m3 with 3 decimals): `dsmr-ts import csv` takes it back."""
     writer = csv.writer(out)
-    fields = list(USAGE_FIELDS) + ["reading_count"]
-    writer.writerow(["day" if measurement == DAY_MEASUREMENT else "hour_start", *fields])
+    fields = list(USAGE_FIELDS)
+    day = measurement == DAY_MEASUREMENT
+    writer.writerow(["day" if day else "hour_start", *fields, "reading_count"])
     _, rows = store.statistics.page(measurement, meter, start, stop, 0, 10**9, False)
     for row in rows:
-        writer.writerow([_cell(row["_time"]), *(_cell(row.get(f)) for f in fields)])
+        moment = row["_time"].astimezone(tz).date().isoformat() if day else datetime_string(row["_time"])
+        usage = [decimal_string(row.get(name), 3) or "" for name in fields]
+        count = row.get(COUNT_FIELD)
+        writer.writerow([moment, *usage, "" if count is None else int(count)])
     return len(rows)
-
-
-def _cell(value: Any) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, dt.datetime):
-        return value.strftime("%Y-%m-%dT%H:%M:%SZ")
-    return repr(value) if isinstance(value, float) else str(value)
 
 
 def _days(start: dt.datetime, stop: dt.datetime) -> Iterator[tuple[dt.datetime, dt.datetime]]:

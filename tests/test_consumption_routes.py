@@ -462,6 +462,14 @@ def test_post_day_statistics_then_read_it(client):
         "lowest_temperature": None,
         "highest_temperature": None,
         "average_temperature": "4.3",
+        "fixed_cost": "0.00",  # as posted (DSMR-reader's default 0)
+        "electricity_reading_timestamp": None,  # a posted day has no readings
+        "electricity1_reading": None,
+        "electricity2_reading": None,
+        "electricity1_returned_reading": None,
+        "electricity2_returned_reading": None,
+        "gas_reading_timestamp": None,
+        "gas_reading": None,
     }
     body = get(client, "/api/v2/statistics/day", meter="E-HISTORY", day__gte="2019-03-04", day__lte="2019-03-04")
     assert body["results"] == [created]  # the posted costs, not the configured prices

@@ -239,3 +239,42 @@ def test_import_csv_names_the_bad_line(import_target, tmp_path):
     result = run("--config", str(config_path), "import", "csv", str(path))
     assert result.returncode == 1
     assert "line 3: cannot read" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_export_starts_at_the_first_readings_day_and_import_csv_takes_it_back(session_config, tmp_path):
+    """The day and hour exports begin with the first reading's local day and hour, write dates and
+    decimals as the API does, and `import csv` reads each back to the same statistics."""
+    meter, copy = "E-ROUNDTRIP", "E-ROUNDTRIP-COPY"
+    first = dt.datetime(2023, 7, 1, 22, 30, 0, tzinfo=UTC)  # 00:30 on 2 July in Amsterdam (summer time)
+    store = Store(session_config.influxdb)
+    try:
+        values = lambda i: {"electricity_delivered_1": 10 + i * 0.077, "electricity_delivered_2": 5.0,
+                            "electricity_returned_1": 0.0, "electricity_returned_2": 0.0,
+                            "electricity_currently_delivered": 0.5, "electricity_currently_returned": 0.0}  # fmt: skip
+        store.writer.store_readings([Reading(first + dt.timedelta(minutes=20 * i), meter, values(i)) for i in range(9)])
+        store.compute.recompute(dt.datetime(2023, 7, 1, 22, tzinfo=UTC), dt.datetime(2023, 7, 2, 2, tzinfo=UTC))
+        exported = {}
+        for what in ("day", "hour"):
+            out = tmp_path / f"{what}.csv"
+            result = run("--config", str(session_config.path), "export", what, "--meter", meter, "--output", str(out))
+            assert result.returncode == 0, result.stderr
+            exported[what] = list(csv.DictReader(out.open()))
+        assert [row["day"] for row in exported["day"]] == ["2023-07-02"]  # the first reading's local day
+        assert exported["day"][0]["electricity1"] == "0.616"  # 8 x 0.077 as the API shows it, not 0.61599...
+        assert exported["day"][0]["reading_count"] == "9"
+        hours = [row["hour_start"] for row in exported["hour"]]
+        assert hours == ["2023-07-01T22:00:00Z", "2023-07-01T23:00:00Z", "2023-07-02T00:00:00Z", "2023-07-02T01:00:00Z"]
+        assert [row["electricity1"] for row in exported["hour"]] == ["0.077", "0.231", "0.231", "0.077"]
+        for what in ("day", "hour"):
+            result = run("--config", str(session_config.path), "import", "csv", str(tmp_path / f"{what}.csv"),
+                         "--meter", copy)  # fmt: skip
+            assert result.returncode == 0, result.stderr
+            measurement = "day" if what == "day" else "hour"
+            _, original = store.statistics.page(measurement, meter, None, None, 0, 100, False)
+            _, imported = store.statistics.page(measurement, copy, None, None, 0, 100, False)
+            usage = ("electricity1", "electricity2", "electricity1_returned", "electricity2_returned")
+            assert [(r["_time"], *(round(r[f], 3) for f in usage)) for r in imported] == [
+                (r["_time"], *(round(r[f], 3) for f in usage)) for r in original
+            ]
+    finally:
+        store.close()

@@ -180,8 +180,17 @@ def test_day_rows_hand_computed_with_costs_and_price_change(client):
         "lowest_temperature": None,
         "highest_temperature": None,
         "average_temperature": None,
+        # DSMR-reader v5.10+: the fixed cost, and the positions of the day's last readings.
+        "fixed_cost": "0.60",
+        "electricity_reading_timestamp": "2026-01-14T22:59:59Z",
+        "electricity1_reading": "101.200",
+        "electricity2_reading": "201.900",
+        "electricity1_returned_reading": "0.000",
+        "electricity2_returned_reading": "0.500",
+        "gas_reading_timestamp": "2026-01-14T22:55:00Z",
+        "gas_reading": "51.200",
     }
-    assert list(day) == [  # the documentation's order
+    assert list(day) == [  # the documentation's order, then DSMR-reader v5.10's additions
         "id",
         "day",
         "total_cost",
@@ -196,12 +205,21 @@ def test_day_rows_hand_computed_with_costs_and_price_change(client):
         "lowest_temperature",
         "highest_temperature",
         "average_temperature",
+        "fixed_cost",
+        "electricity_reading_timestamp",
+        "electricity1_reading",
+        "electricity2_reading",
+        "electricity1_returned_reading",
+        "electricity2_returned_reading",
+        "gas_reading_timestamp",
+        "gas_reading",
     ]
     assert days["2026-01-13"]["total_cost"] == "0.50"  # only the fixed cost of the first period
     assert days["2026-01-15"]["electricity2"] == "0.100"
 
 
-def test_day_without_a_price_period_has_null_costs(client, store):
+def test_day_without_a_price_period_costs_nothing_not_null(client, store):
+    """DSMR-reader's costs are never null: its clients expect "0.00" before the first price period."""
     write(
         store,
         [
@@ -213,10 +231,11 @@ def test_day_without_a_price_period_has_null_costs(client, store):
     day = get(client, "/api/v2/statistics/day", meter="E-NOPRICE")["results"][0]
     assert (day["electricity1"], day["total_cost"], day["electricity1_cost"], day["gas_cost"]) == (
         "1.000",
-        None,
-        None,
-        None,
+        "0.00",
+        "0.00",
+        "0.00",
     )
+    assert day["fixed_cost"] == "0.00" and day["electricity1_reading"] == "2.000"
 
 
 @pytest.mark.parametrize(

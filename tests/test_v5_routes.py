@@ -185,9 +185,9 @@ def test_monitoring_healthy_then_problems(client, config, store, tmp_path):
 
 
 def test_monitoring_no_recent_readings(config, session_config):
-    # A meter whose newest reading is old, made the default meter (the session has many meters;
-    # pinning the cached choice keeps this test independent of which reported last).
-    store = Store(session_config.influxdb)
+    # A meter whose newest reading is old, made the default meter by giving it a name (config
+    # `meters`): the session has many meters, and which reported last must not matter here.
+    store = Store(session_config.influxdb, meters={"OLD-HOUSE": ["E-V5-OLD"]})
     write_lines(
         store,
         [
@@ -195,7 +195,6 @@ def test_monitoring_no_recent_readings(config, session_config):
             f"{ns(dt.datetime(2020, 1, 1, tzinfo=UTC))}"
         ],
     )
-    store.meters._default = ("E-V5-OLD", float("inf"))
     try:
         body = get(testing.TestClient(create_app(config, store)), "/api/v2/application/monitoring")
     finally:

@@ -17,6 +17,7 @@ import json
 import logging
 import threading
 import urllib.parse
+from collections.abc import Mapping, Sequence
 from typing import Any, Iterator
 
 import msgpack
@@ -65,11 +66,6 @@ def quote(value: str) -> str:
     return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
-def meter_between(meter: str, start: dt.datetime, stop: dt.datetime) -> str:
-    """The WHERE clause of one meter's points in [start, stop)."""
-    return f"WHERE meter = {quote(meter)} AND time >= {ns(start)} AND time < {ns(stop)}"
-
-
 def ident(name: str) -> str:
     """An InfluxQL identifier (bucket, measurement, field)."""
     return '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
@@ -89,10 +85,16 @@ class Series:
 
 
 class InfluxClient:
-    """One per process; thread-safe (each thread keeps its own keep-alive HTTP connection)."""
+    """One per process; thread-safe (each thread keeps its own keep-alive HTTP connection).
 
-    def __init__(self, settings: InfluxConfig, timeout_ms: int = 30_000):
+    `meters` (config `meters`): a name for a meter and its replacements, equipment ids oldest
+    first. Readings are stored under their equipment id; a query for the name reads all of them."""
+
+    def __init__(
+        self, settings: InfluxConfig, timeout_ms: int = 30_000, meters: Mapping[str, Sequence[str]] | None = None
+    ):
         self.settings = settings
+        self.meter_names = {name: tuple(ids) for name, ids in (meters or {}).items() if ids}
         self.timeout = timeout_ms / 1000
         url = urllib.parse.urlsplit(settings.url)
         self._https = url.scheme == "https"
@@ -101,6 +103,23 @@ class InfluxClient:
         self._local = threading.local()
         self._flux_client: InfluxDBClient | None = None
         self._lock = threading.Lock()
+
+    # --- meters --------------------------------------------------------------------------------------
+
+    def meter_ids(self, meter: str) -> tuple[str, ...]:
+        """The equipment ids a meter stands for, oldest first: a configured name's, else itself."""
+        return self.meter_names.get(meter, (meter,))
+
+    def meter_is(self, meter: str) -> str:
+        """InfluxQL condition: the points of a meter (all the ids of a configured name)."""
+        ids = self.meter_ids(meter)
+        if len(ids) == 1:
+            return f"meter = {quote(ids[0])}"
+        return "(" + " OR ".join(f"meter = {quote(one)}" for one in ids) + ")"
+
+    def meter_between(self, meter: str, start: dt.datetime, stop: dt.datetime) -> str:
+        """The WHERE clause of a meter's points in [start, stop)."""
+        return f"WHERE {self.meter_is(meter)} AND time >= {ns(start)} AND time < {ns(stop)}"
 
     # --- plain HTTP --------------------------------------------------------------------------------
 

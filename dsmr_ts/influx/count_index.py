@@ -20,7 +20,7 @@ from typing import Any
 
 from dsmr_ts.datetimes import EPOCH
 from dsmr_ts.influx import lineprotocol
-from dsmr_ts.influx.client import InfluxClient, ident, ns, quote
+from dsmr_ts.influx.client import InfluxClient, ident, ns
 from dsmr_ts.influx.lineprotocol import (
     COUNTED_FIELD,
     INDEX_MEASUREMENT,
@@ -29,9 +29,10 @@ from dsmr_ts.influx.lineprotocol import (
     WATERMARK_FIELD,
 )
 
-# What the hour rows hold: 1 reading_count; 2 also minute_count, gas_count (and quarter peaks).
+# What the hour rows hold: 1 reading_count; 2 also minute_count, gas_count (and quarter peaks);
+# 3 also reading_time, gas_time and position_drop (the day's meter positions with their times).
 # Setup regenerates a store built by an older version once.
-INDEX_VERSION = 2
+INDEX_VERSION = 3
 # The repair job reads the marks made since its last run began, and this much before: a write
 # still in flight then is seen next time (readers of the marks look back as far).
 REPAIR_SLACK = dt.timedelta(seconds=120)
@@ -110,7 +111,7 @@ class CountIndex:
         """Hours of a meter in [start, stop) (Unix s) marked after their last repair: hour -> mark (ms)."""
         (series,) = self.client.influxql(
             [
-                f"SELECT marked, repaired FROM {ident(lineprotocol.REPAIR)} WHERE meter = {quote(meter)}"
+                f"SELECT marked, repaired FROM {ident(lineprotocol.REPAIR)} WHERE {self.client.meter_is(meter)}"
                 f" AND time >= {start_s * 10**9} AND time < {stop_s * 10**9}"
             ]
         )
@@ -120,7 +121,7 @@ class CountIndex:
         self, moment: dt.datetime, start: dt.datetime, stop: dt.datetime, meter: str | None = None
     ) -> None:
         """After a recompute of [start, stop) that began at `moment`: marks made before it are done."""
-        where = f" AND meter = {quote(meter)}" if meter else ""
+        where = f" AND {self.client.meter_is(meter)}" if meter else ""
         (series,) = self.client.influxql(
             [
                 f"SELECT marked, repaired FROM {ident(lineprotocol.REPAIR)} WHERE time >= {ns(start)}"

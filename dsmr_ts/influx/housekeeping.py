@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 from dsmr_ts.datetimes import EPOCH, HOUR, floor_hour
 from dsmr_ts.influx import lineprotocol
-from dsmr_ts.influx.client import InfluxClient, ident, ns, quote
+from dsmr_ts.influx.client import InfluxClient, ident, ns
 from dsmr_ts.influx.count_index import REPAIR_SLACK, CountIndex, first_time
 from dsmr_ts.influx.lineprotocol import COUNTED_FIELD
 from dsmr_ts.influx.recompute import Recompute
@@ -90,7 +90,7 @@ class Housekeeping:
             return None
         (series,) = self.client.influxql(
             [
-                f"SELECT {ident(COUNTED_FIELD)} FROM {ident(lineprotocol.READING)} WHERE meter = {quote(meter)}"
+                f"SELECT {ident(COUNTED_FIELD)} FROM {ident(lineprotocol.READING)} WHERE {self.client.meter_is(meter)}"
                 f" AND time >= {ns(after)} AND time < {ns(before)} LIMIT 1"
             ]
         )

@@ -53,6 +53,11 @@ QUARTER_MEASUREMENT = "quarter"
 COUNT_FIELD = "reading_count"  # readings in the hour (the readings API's count index)
 MINUTE_COUNT_FIELD = "minute_count"  # minutes with readings (consumption/electricity's rows)
 GAS_COUNT_FIELD = "gas_count"  # gas values booked in the hour (consumption/gas's rows)
+# When an hour's (a day's) last reading and last gas value were (Unix s, float like every statistic),
+# and position_drop = 1 in an hour whose meter position went down.
+READING_TIME_FIELD = "reading_time"
+GAS_TIME_FIELD = "gas_time"
+POSITION_DROP_FIELD = "position_drop"
 # Every reading has this field (v1 and v2 require it), so counting it counts readings.
 COUNTED_FIELD = "electricity_delivered_1"
 INDEX_MEASUREMENT = "count_index"

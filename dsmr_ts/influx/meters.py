@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import threading
-import time
 from typing import Any
 
 from dsmr_ts.fields import SCHEMA, ReadingSchema
@@ -16,15 +14,11 @@ from dsmr_ts.influx.client import InfluxClient, ident, quote
 from dsmr_ts.influx.lineprotocol import COUNTED_FIELD
 from dsmr_ts.telegram import DEFAULT_METER, SIMULATED_METER
 
-DEFAULT_METER_TTL = 60.0  # seconds
-
 
 class Meters:
     def __init__(self, client: InfluxClient, schema: ReadingSchema = SCHEMA):
         self.client = client
         self.schema = schema
-        self._default: tuple[str, float] | None = None
-        self._lock = threading.Lock()
 
     def all(self) -> list[str]:
         """Every meter that has readings (from the tag index: no data is read)."""
@@ -34,27 +28,28 @@ class Meters:
     def default(self) -> str:
         """The meter a request means when it names none: the only one, or the one that reported last
         (the simulated meter only while no real one has readings); 'default' while there are none.
-        Kept for a minute (asked on every request; a new meter shows up within that)."""
-        now = time.monotonic()
-        with self._lock:
-            if self._default and now - self._default[1] < DEFAULT_METER_TTL:
-                return self._default[0]
+        A meter with a configured name (config `meters`) is that name. Asked of InfluxDB each time
+        (one look at the tag index; a second request only with several meters): every API worker
+        gives the same answer at the same moment."""
         meters = self.all()
-        real = [meter for meter in meters if meter != SIMULATED_METER]
-        if len(real) == 1 or (not real and meters):
-            meter = (real or meters)[0]
-        elif real:
-            meter = self._last_reported(real)
+        names = self.client.meter_names
+        if names:  # the household's meter has a name: that is the one (the one that reported last of several)
+            candidates = sorted(name for name, ids in names.items() if set(ids) & set(meters)) or sorted(names)
         else:
-            meter = DEFAULT_METER
-        if meters:
-            with self._lock:
-                self._default = (meter, now)
-        return meter
+            candidates = [meter for meter in meters if meter != SIMULATED_METER]
+        if len(candidates) == 1:
+            return candidates[0]
+        if candidates:
+            return self._last_reported(candidates)
+        return SIMULATED_METER if SIMULATED_METER in meters else DEFAULT_METER
+
+    def write_id(self, meter: str) -> str:
+        """The equipment id a reading posted for `meter` is stored under: a name's newest id."""
+        return self.client.meter_ids(meter)[-1]
 
     def _last_reported(self, meters: list[str]) -> str:
         statements = [
-            f"SELECT {ident(COUNTED_FIELD)} FROM {ident(lineprotocol.READING)} WHERE meter = {quote(m)}"
+            f"SELECT {ident(COUNTED_FIELD)} FROM {ident(lineprotocol.READING)} WHERE {self.client.meter_is(m)}"
             " ORDER BY time DESC LIMIT 1"
             for m in meters
         ]
@@ -71,7 +66,7 @@ class Meters:
         """The newest value of every meter statistic of one meter ({} when none), and `_time`: when
         the newest of them was written."""
         names = [s.name for s in self.schema.statistics]
-        source = f"FROM {ident(lineprotocol.METER_STATISTICS)} WHERE meter = {quote(meter)}"
+        source = f"FROM {ident(lineprotocol.METER_STATISTICS)} WHERE {self.client.meter_is(meter)}"
         values, newest = self.client.influxql(
             [
                 f"SELECT {', '.join(f'last({ident(n)}) AS {ident(n)}' for n in names)} {source}",
@@ -90,7 +85,7 @@ class Meters:
     def latest_telegram(self, meter: str) -> str | None:
         """The newest raw telegram of a meter (v1 or the reader), as received; None when none came."""
         (series,) = self.client.influxql(
-            [f"SELECT last(telegram) FROM {ident(lineprotocol.LATEST_TELEGRAM)} WHERE meter = {quote(meter)}"]
+            [f"SELECT last(telegram) FROM {ident(lineprotocol.LATEST_TELEGRAM)} WHERE {self.client.meter_is(meter)}"]
         )
         found = next((row["last"] for part in series for row in part.rows()), None)
         return json.loads(found) if found else None

@@ -24,7 +24,7 @@ from typing import Any, Callable, Iterator
 from dsmr_ts.datetimes import HOUR, floor_hour
 from dsmr_ts.fields import SCHEMA, Kind, ReadingSchema
 from dsmr_ts.influx import lineprotocol
-from dsmr_ts.influx.client import EARLIEST, LATEST, InfluxClient, Series, ident, meter_between, ns, quote
+from dsmr_ts.influx.client import EARLIEST, LATEST, InfluxClient, Series, ident, ns
 from dsmr_ts.influx.count_index import REPAIR_SLACK, CountIndex, Proof, pending_from
 from dsmr_ts.influx.lineprotocol import (
     COUNT_FIELD,
@@ -65,9 +65,9 @@ class RowKind:
     counted_column: str = ""
     direct_offset: int = DIRECT_OFFSET  # deeper pages are located through the index
 
-    def count(self, meter: str, start: dt.datetime, stop: dt.datetime, group: str = "") -> str:
-        """Rows in [start, stop), optionally grouped (group: ' GROUP BY ...')."""
-        where = meter_between(meter, start, stop)
+    def count(self, where: str, start: dt.datetime, stop: dt.datetime, group: str = "") -> str:
+        """Rows of a meter in [start, stop) (`where` selects them), optionally grouped (group:
+        ' GROUP BY ...')."""
         if self.per_minute:
             # The outer query gets the time bounds too: without them it opens every shard of
             # history, even for a range that holds nothing.
@@ -181,19 +181,18 @@ class IndexedRows:
         """The counts of a plan: the index sums (with by_span per span, for locating a deep page:
         one pass over the hour rows instead of two), the tail, the marks, and a head if there is one
         (a range from the start of history or from a whole hour has none)."""
-        kind = self.kind
         if not plan.has_index:
-            return [kind.count(meter, plan.start, plan.stop)]
+            return [self._count(meter, plan.start, plan.stop)]
         statements = [
             self._index_sums(meter, plan, by_span),
-            kind.count(meter, plan.indexed_stop, plan.stop),
+            self._count(meter, plan.indexed_stop, plan.stop),
             # Marks the repair job may not have taken up yet: those made since its cursor (read by
             # when they were made, so the query reads minutes, not all history).
-            f'SELECT "hour" FROM {ident(lineprotocol.REPAIR_REQUEST)} WHERE meter = {quote(meter)}'
+            f'SELECT "hour" FROM {ident(lineprotocol.REPAIR_REQUEST)} WHERE {self.client.meter_is(meter)}'
             f" AND time > {ns(plan.marks_since)}",
         ]
         if plan.start < plan.indexed_start:
-            statements.append(kind.count(meter, plan.start, plan.indexed_start))
+            statements.append(self._count(meter, plan.start, plan.indexed_start))
         return statements
 
     def _take_counts(self, meter: str, plan: _Plan, results: list[list[Series]]) -> None:
@@ -214,7 +213,7 @@ class IndexedRows:
         """Of the hours marked lately, those whose repair has not been written yet."""
         (series,) = self.client.influxql(
             [
-                f"SELECT marked, repaired FROM {ident(lineprotocol.REPAIR)} WHERE meter = {quote(meter)}"
+                f"SELECT marked, repaired FROM {ident(lineprotocol.REPAIR)} WHERE {self.client.meter_is(meter)}"
                 f" AND time >= {hours[0] * 10**9} AND time <= {hours[-1] * 10**9}"
             ]
         )
@@ -225,18 +224,19 @@ class IndexedRows:
         """Raw count minus index count of each pending hour (hours waiting for the repair job)."""
         start = dt.datetime.fromtimestamp(hours[0], dt.timezone.utc)
         stop = dt.datetime.fromtimestamp(hours[-1], dt.timezone.utc) + HOUR
-        where = meter_between(meter, start, stop)
+        where = self.client.meter_between(meter, start, stop)
         raw, index = self.client.influxql(
             [
-                self.kind.count(meter, start, stop, " GROUP BY time(1h) fill(0)"),
+                self._count(meter, start, stop, " GROUP BY time(1h) fill(0)"),
                 f"SELECT {ident(self.kind.index_field)} FROM {self._stats_hour} {where}",
             ]
         )
         raw_counts = {int(row["time"]): int(row["count"] or 0) for found in raw for row in found.rows()}
-        index_counts = {
-            int(row["time"]): int(row[self.kind.index_field] or 0) for found in index for row in found.rows()
-        }
+        index_counts = _hour_sums(index, self.kind.index_field)
         return {hour: raw_counts.get(hour, 0) - index_counts.get(hour, 0) for hour in hours}
+
+    def _count(self, meter: str, start: dt.datetime, stop: dt.datetime, group: str = "") -> str:
+        return self.kind.count(self.client.meter_between(meter, start, stop), start, stop, group)
 
     def count(self, meter: str, gte: dt.datetime | None, lte: dt.datetime | None) -> int:
         plan = self._plan(gte, lte)
@@ -246,7 +246,7 @@ class IndexedRows:
     def brute_force_count(self, meter: str, gte: dt.datetime | None, lte: dt.datetime | None) -> int:
         """Count every row in range from raw points (for tests and checks, never on a request)."""
         start, stop = gte or EARLIEST, (lte + SECOND) if lte else LATEST
-        (series,) = self.client.influxql([self.kind.count(meter, start, stop)])
+        (series,) = self.client.influxql([self._count(meter, start, stop)])
         return _number(series)
 
     # --- pages --------------------------------------------------------------------------------
@@ -276,7 +276,7 @@ class IndexedRows:
             if edge and not descending and gte is None:  # the meter's first point, as remembered
                 statements.append(
                     f"SELECT {ident(self.kind.counted)} FROM {ident(self.kind.measurement)}"
-                    f" {meter_between(meter, plan.start, edge[0])} LIMIT 1"
+                    f" {self.client.meter_between(meter, plan.start, edge[0])} LIMIT 1"
                 )
         results = self.client.influxql(statements)
         self._take_counts(meter, plan, results[:counted])
@@ -346,7 +346,7 @@ class IndexedRows:
         (series,) = self.client.influxql(
             [
                 f"SELECT {ident(self.kind.counted)} FROM {ident(self.kind.measurement)}"
-                f" WHERE meter = {quote(meter)} ORDER BY time ASC LIMIT 1"
+                f" WHERE {self.client.meter_is(meter)} ORDER BY time ASC LIMIT 1"
             ]
         )
         first = next(
@@ -360,14 +360,14 @@ class IndexedRows:
     def _select(
         self, meter: str, start: dt.datetime, stop: dt.datetime, descending: bool, limit: int, offset: int
     ) -> str:
-        return self.kind.page(meter_between(meter, start, stop), descending, limit, offset)
+        return self.kind.page(self.client.meter_between(meter, start, stop), descending, limit, offset)
 
     def _index_sums(self, meter: str, plan: _Plan, by_span: bool) -> str:
         """The index's rows of the proven hours summed (by_span: per span)."""
         group = f" GROUP BY time({int(SPAN.total_seconds())}s) fill(none)" if by_span else ""
         return (
             f"SELECT sum({ident(self.kind.index_field)}) FROM {self._stats_hour} "
-            f"{meter_between(meter, plan.indexed_start, plan.indexed_stop)}{group}"
+            f"{self.client.meter_between(meter, plan.indexed_start, plan.indexed_stop)}{group}"
         )
 
     def _locate(
@@ -404,9 +404,9 @@ class IndexedRows:
         start, stop = max(span, plan.indexed_start), min(span + SPAN, plan.indexed_stop)
         field = self.kind.index_field
         (hours,) = self.client.influxql(
-            [f"SELECT {ident(field)} FROM {self._stats_hour} {meter_between(meter, start, stop)}"]
+            [f"SELECT {ident(field)} FROM {self._stats_hour} {self.client.meter_between(meter, start, stop)}"]
         )
-        counts = {int(r["time"]): int(r[field] or 0) for found in hours for r in found.rows()}
+        counts = _hour_sums(hours, field)
         for hour, correction in corrections.items():
             if int(start.timestamp()) <= hour < int(stop.timestamp()):
                 counts[hour] = counts.get(hour, 0) + correction
@@ -479,9 +479,8 @@ class ReadingQueries(IndexedRows):
 
     def between(self, meter: str, start: dt.datetime, stop: dt.datetime) -> Iterator[Row]:
         """Every reading of a meter in [start, stop), oldest first (export; callers chunk by day)."""
-        (series,) = self.client.influxql(
-            [f"SELECT * FROM {ident(lineprotocol.READING)} {meter_between(meter, start, stop)} ORDER BY time ASC"]
-        )
+        where = self.client.meter_between(meter, start, stop)
+        (series,) = self.client.influxql([f"SELECT * FROM {ident(lineprotocol.READING)} {where} ORDER BY time ASC"])
         return self._rows(series)
 
     def latest_gas(
@@ -491,7 +490,7 @@ class ReadingQueries(IndexedRows):
         (series,) = self.client.influxql(
             [
                 f"SELECT {ident(lineprotocol.GAS_FIELD)} FROM {ident(lineprotocol.GAS)} "
-                f"{meter_between(meter, EARLIEST, before or LATEST)} ORDER BY time DESC LIMIT {count}"
+                f"{self.client.meter_between(meter, EARLIEST, before or LATEST)} ORDER BY time DESC LIMIT {count}"
             ]
         )
         return [
@@ -549,10 +548,21 @@ class GasQueries(IndexedRows):
         (series,) = self.client.influxql(
             [
                 f"SELECT {ident(lineprotocol.GAS_FIELD)} FROM {ident(lineprotocol.GAS)} "
-                f"{meter_between(meter, moment - LOOKBACK_DELTA, moment)} ORDER BY time DESC LIMIT 1"
+                f"{self.client.meter_between(meter, moment - LOOKBACK_DELTA, moment)} ORDER BY time DESC LIMIT 1"
             ]
         )
         return next((float(row[lineprotocol.GAS_FIELD]) for found in series for row in found.rows()), None)
+
+
+def _hour_sums(series: list[Series], field: str) -> dict[int, int]:
+    """hour (Unix s) -> its count in the index rows; added up where a named meter's ids both have
+    a row for the hour (a meter replacement)."""
+    sums: dict[int, int] = {}
+    for found in series:
+        for row in found.rows():
+            hour = int(row["time"])
+            sums[hour] = sums.get(hour, 0) + int(row[field] or 0)
+    return sums
 
 
 def _span_counts(span_sums: list[Series], corrections: dict[int, int]) -> list[tuple[int, int]]:

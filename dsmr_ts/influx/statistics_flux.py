@@ -32,9 +32,12 @@ from dsmr_ts.influx.lineprotocol import (
     COUNTED_FIELD,
     DAY_MEASUREMENT,
     GAS_COUNT_FIELD,
+    GAS_TIME_FIELD,
     HOUR_MEASUREMENT,
     MINUTE_COUNT_FIELD,
+    POSITION_DROP_FIELD,
     QUARTER_MEASUREMENT,
+    READING_TIME_FIELD,
 )
 
 LOOKBACK_DELTA = dt.timedelta(days=31)  # how far back an hour looks for the meter position before it
@@ -111,6 +114,10 @@ minutes = {source(counted)}
 gasCounts = {source(gas)}
   |> {window.format(fn="count")}
   |> set(key: "_field", value: "{GAS_COUNT_FIELD}")
+// When the hour's last reading and last gas value were (Unix s; window |> last keeps their own
+// times, and is pushed down; regrouped at once, as Flux pays per table).
+{_last_time("readingTimes", source(counted), READING_TIME_FIELD)}
+{_last_time("gasTimes", source(gas), GAS_TIME_FIELD)}
 
 // Baselines: the last position before the range (at most {LOOKBACK} back), else a meter's first one.
 before = from(bucket: {b})
@@ -121,19 +128,36 @@ before = from(bucket: {b})
 firstEver = union(tables: [{source(electricity)} |> first(), {source(gas)} |> first()])
   |> map(fn: (r) => ({{r with _time: date.sub(d: 2h, from: hourStart)}}))
 
-usage = union(tables: [firstEver, before, electricity, gas])
+steps = union(tables: [firstEver, before, electricity, gas])
   |> group(columns: ["meter", "_field"])
   |> sort(columns: ["_time"])
   |> difference()
   |> filter(fn: (r) => r._time >= hourStart)
+usage = steps
   |> map(fn: (r) => ({{r with _value: if r._value < 0.0 then 0.0 else r._value,
                        _field: {_rename({**electricity_usage, **gas_usage})}}}))
+// A position that went down (a replaced meter under the same id, or a bad reading): no usage, but
+// the hour says so, for monitoring.
+drops = steps
+  |> filter(fn: (r) => r._value < 0.0)
+  |> map(fn: (r) => ({{r with _field: "{POSITION_DROP_FIELD}", _value: 1.0}}))
 
-union(tables: [usage, electricity, gas, counts, minutes, gasCounts])
+union(tables: [usage, drops, electricity, gas, counts, minutes, gasCounts, readingTimes, gasTimes])
   |> set(key: "_measurement", value: "{HOUR_MEASUREMENT}")
   |> keep(columns: ["_time", "_measurement", "_field", "_value", "meter"])
   |> {_write_to(s, "hours")}
 """
+
+
+def _last_time(name: str, source: str, field: str) -> str:
+    """Flux defining `name`: per hour, the time (Unix s, a float like every statistic) of the last
+    point of `source`."""
+    return (
+        f"{name} = {source} |> window(every: 1h) |> last()"
+        f' |> group(columns: ["meter", "_field"])'
+        f' |> map(fn: (r) => ({{r with _time: r._start, _field: "{field}",'
+        f" _value: float(v: int(v: r._time) / 1000000000)}}))"
+    )
 
 
 def day_flux(
@@ -156,7 +180,9 @@ hours = from(bucket: {s})
   |> range(start: dayStart, stop: dayStop)
   |> filter(fn: (r) => r._measurement == "{HOUR_MEASUREMENT}" and {meter_filter})
 sums = hours |> filter(fn: (r) => {_any_field([*schema.usage.values(), COUNT_FIELD])}) |> {window.format(fn="sum")}
-ends = hours |> filter(fn: (r) => {_any_field(schema.usage)}) |> {window.format(fn="last")}
+ends = hours
+  |> filter(fn: (r) => {_any_field([*schema.usage, READING_TIME_FIELD, GAS_TIME_FIELD])})
+  |> {window.format(fn="last")}
 
 union(tables: [sums, ends])
   |> set(key: "_measurement", value: "{DAY_MEASUREMENT}")

@@ -8,12 +8,24 @@ import datetime as dt
 from collections.abc import Iterable
 from typing import Any
 
+from dsmr_ts.costs import COSTS
 from dsmr_ts.datetimes import EPOCH
 from dsmr_ts.influx import lineprotocol
-from dsmr_ts.influx.client import LATEST, InfluxClient, ident, meter_between, ns, quote
-from dsmr_ts.influx.lineprotocol import DAY_MEASUREMENT, HOUR_MEASUREMENT, QUARTER_MEASUREMENT
+from dsmr_ts.influx.client import LATEST, InfluxClient, ident, ns
+from dsmr_ts.influx.lineprotocol import (
+    COUNT_FIELD,
+    DAY_MEASUREMENT,
+    GAS_COUNT_FIELD,
+    HOUR_MEASUREMENT,
+    MINUTE_COUNT_FIELD,
+    POSITION_DROP_FIELD,
+    QUARTER_MEASUREMENT,
+)
 from dsmr_ts.influx.paging import SPAN, page_rows, row_in
+from dsmr_ts.influx.statistics_flux import USAGE_FIELDS
 
+# What adds up when a named meter's ids both have a row for one hour or day (a meter replacement).
+ADDITIVE = {*USAGE_FIELDS, COUNT_FIELD, MINUTE_COUNT_FIELD, GAS_COUNT_FIELD, *COSTS, "fixed_cost"}
 QUARTER_DIRECT_OFFSET = 2000  # quarter-hour rows InfluxQL may skip itself; deeper pages are located
 
 
@@ -41,17 +53,43 @@ class StatisticsPages:
             return 0, []
         # A statistics row is one with electricity usage (computed or imported; DSMR-reader's rows
         # always have it), so that the count and the page agree.
-        where = meter_between(meter, start, stop) + " AND (electricity1 >= 0 OR electricity1 < 0)"
+        where = self.client.meter_between(meter, start, stop) + " AND (electricity1 >= 0 OR electricity1 < 0)"
         source = self.client.in_stats(measurement)
+        columns = ", ".join(ident(f) for f in fields) if fields else "*"
+        if len(self.client.meter_ids(meter)) > 1:
+            return self._merged_page(meter, source, where, columns, offset, limit, descending)
         counted, rows = self.client.influxql(
             [
                 f"SELECT count(electricity1) FROM {source} {where}",
-                f"SELECT {', '.join(ident(f) for f in fields) if fields else '*'} FROM {source} {where}"
+                f"SELECT {columns} FROM {source} {where}"
                 f" ORDER BY time {'DESC' if descending else 'ASC'} LIMIT {max(limit, 1)} OFFSET {min(offset, 2**62)}",
             ]
         )
         count = next((int(row["count"]) for found in counted for row in found.rows()), 0)
         return count, [_with_time(row) for found in rows for row in found.rows()]
+
+    def _merged_page(
+        self, meter: str, source: str, where: str, columns: str, offset: int, limit: int, descending: bool
+    ) -> tuple[int, list[dict[str, Any]]]:
+        """A named meter's rows (config `meters`): each of its ids' rows, one row per time. The day or
+        hour of a meter replacement has a row of each: their usage, counts and costs add up (the old
+        meter's up to its last reading, the new one's from its first position); positions and the
+        rest are the newer meter's. Read whole and paged here: names are rare, their rows few."""
+        (found,) = self.client.influxql([f"SELECT {columns} FROM {source} {where} GROUP BY meter"])
+        order = {one: index for index, one in enumerate(self.client.meter_ids(meter))}
+        merged: dict[int, dict[str, Any]] = {}
+        for series in sorted(found, key=lambda part: order.get(part.tags.get("meter", ""), -1)):  # oldest id first
+            for row in series.rows():
+                into = merged.setdefault(int(row["time"]), {})
+                for name, value in row.items():
+                    if value is None:
+                        continue
+                    if name in ADDITIVE and into.get(name) is not None:
+                        into[name] += value
+                    else:
+                        into[name] = value
+        times = sorted(merged, reverse=descending)
+        return len(times), [_with_time(merged[time]) for time in times[offset : offset + limit]]
 
     def quarters(
         self,
@@ -72,7 +110,7 @@ class StatisticsPages:
         stop = lte or LATEST
         if stop < start:
             return 0, []
-        where = f"WHERE meter = {quote(meter)} AND time >= {ns(start)} AND time <= {ns(stop)}"
+        where = f"WHERE {self.client.meter_is(meter)} AND time >= {ns(start)} AND time <= {ns(stop)}"
         if gte:
             where += f" AND read_at_start >= {int(gte.timestamp())}"
         if lte:
@@ -150,20 +188,36 @@ class StatisticsPages:
         )
         return series
 
+    def position_drops(self, meter: str, since: dt.datetime) -> list[tuple[str, dt.datetime]]:
+        """(equipment id, hour) of the latest hour since `since` in which a meter's position went
+        down (a meter replaced under the same id, or a bad reading): usage 0 there, for monitoring."""
+        (series,) = self.client.influxql(
+            [
+                f"SELECT last({ident(POSITION_DROP_FIELD)}) FROM {self.client.in_stats(HOUR_MEASUREMENT)}"
+                f" WHERE {self.client.meter_is(meter)} AND time >= {ns(since)} GROUP BY meter"
+            ]
+        )
+        return [
+            (found.tags.get("meter", ""), dt.datetime.fromtimestamp(int(row["time"]), dt.timezone.utc))
+            for found in series
+            for row in found.rows()
+        ]
+
     def add_day(self, meter: str, day_start: dt.datetime, fields: dict[str, float]) -> bool:
         """POST statistics/day: a day row as given (usage, costs, temperatures). False when the
         meter already has a row for that day (nothing written)."""
         (series,) = self.client.influxql(
             [
                 f"SELECT count(electricity1) FROM {self.client.in_stats(DAY_MEASUREMENT)}"
-                f" WHERE meter = {quote(meter)} AND time = {ns(day_start)}"
+                f" WHERE {self.client.meter_is(meter)} AND time = {ns(day_start)}"
             ]
         )
         if any(int(row["count"]) for found in series for row in found.rows()):
             return False
+        newest = self.client.meter_ids(meter)[-1]  # a named meter's day goes to its current equipment
         self.client.write(
             lineprotocol.line(
-                DAY_MEASUREMENT, meter, {k: float(v) for k, v in fields.items()}, int(day_start.timestamp())
+                DAY_MEASUREMENT, newest, {k: float(v) for k, v in fields.items()}, int(day_start.timestamp())
             ),
             self.settings.stats_bucket,
         )

@@ -19,6 +19,8 @@ back; Flux and InfluxQL text live in those modules, nowhere else.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+
 from dsmr_ts.config import InfluxConfig
 from dsmr_ts.fields import SCHEMA, ReadingSchema
 from dsmr_ts.influx.client import EARLIEST, LATEST, InfluxClient, StoreUnavailable
@@ -41,10 +43,12 @@ class Store:
         timeout_ms: int = 30_000,
         timezone: str = "Europe/Amsterdam",
         schema: ReadingSchema = SCHEMA,
+        meters: Mapping[str, Sequence[str]] | None = None,
     ):
+        """meters: config `meters` (a name for a meter and its replacements, ids oldest first)."""
         self.settings = settings
         self.schema = schema
-        self.client = InfluxClient(settings, timeout_ms)
+        self.client = InfluxClient(settings, timeout_ms, meters)
         self.writer = ReadingWriter(self.client, schema)
         self.index = CountIndex(self.client)
         self.compute = Recompute(self.client, self.index, timezone, schema)

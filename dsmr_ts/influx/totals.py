@@ -27,9 +27,20 @@ class Totals:
     def today(self, meter: str, now: dt.datetime, tz: dt.tzinfo, prices: list[PricePeriod]) -> DayTotals | None:
         """Today so far, live: the newest meter positions minus the last ones before local midnight
         (the statistics' rule), or a meter's first reading today on its first day. None: no reading
-        today yet."""
+        today yet. A named meter (config `meters`) adds up its ids, as its statistics do."""
         day = now.astimezone(tz).date()
         midnight = local_midnight(now, tz)
+        used = [found for one in self.readings.client.meter_ids(meter) if (found := self._used(one, midnight))]
+        if not used:
+            return None
+        usage = {name: float(sum((exact(part[name]) for part in used), Decimal(0))) for name in used[0]}
+        price = price_for(day, prices)
+        return DayTotals(
+            day, usage, day_costs(usage, price), exact(price.fixed_daily_cost) if price else Decimal(0), price
+        )
+
+    def _used(self, meter: str, midnight: dt.datetime) -> dict[str, float] | None:
+        """One equipment id's usage since local midnight; None: no reading of it today."""
         latest = self.readings.latest(meter)
         if latest is None or latest["_time"] < midnight:
             return None
@@ -43,10 +54,7 @@ class Totals:
         gas_before = self.readings.latest_gas(meter, count=1, before=midnight)
         gas = exact(gas_now[0][1]) - exact(gas_before[0][1]) if gas_now and gas_before else Decimal(0)
         usage["gas"] = float(max(gas, Decimal(0)))
-        price = price_for(day, prices)
-        return DayTotals(
-            day, usage, day_costs(usage, price), exact(price.fixed_daily_cost) if price else Decimal(0), price
-        )
+        return usage
 
     def period(
         self, meter: str, first_day: dt.date, live_today: DayTotals | None, tz: dt.tzinfo, prices: list[PricePeriod]

@@ -16,7 +16,8 @@ from dsmr_ts.spool_dir import outbox_state, spool_states
 NO_READINGS_AFTER = dt.timedelta(minutes=60)
 STATISTICS_LAG = dt.timedelta(hours=3)  # the hour task runs every hour; two missed runs is a problem
 REPAIR_LAG = dt.timedelta(minutes=5)  # the repair job runs every 15 s
-MQTT_LAG = dt.timedelta(minutes=5)  # the publisher sends within seconds while the broker answers
+MQTT_LAG = dt.timedelta(minutes=5)
+POSITION_DROPS_SHOWN = dt.timedelta(days=31)  # how long a meter position that went down stays a problem
 
 
 class VersionResource:
@@ -37,12 +38,13 @@ class MonitoringResource:
         now = dt.datetime.now(dt.timezone.utc)
         problems: list[tuple[str, str, dt.datetime | None]] = []
         try:
-            latest = self.store.readings.latest(self.store.meters.default())
+            meter = self.store.meters.default()
+            latest = self.store.readings.latest(meter)
             if latest is None:
                 problems.append(("datalogger", "No readings received yet", None))
             elif now - latest["_time"] > NO_READINGS_AFTER:
                 problems.append(("datalogger", "No readings received for over 60 minutes", latest["_time"]))
-            problems += self._statistics_problems(now)
+            problems += self._statistics_problems(now, meter)
         except StoreUnavailable as exc:
             problems.append(("influxdb", f"InfluxDB is unreachable: {exc.summary}", None))
         for spool in spool_states(self.spool_dir):
@@ -63,7 +65,7 @@ class MonitoringResource:
             ],
         }
 
-    def _statistics_problems(self, now: dt.datetime) -> list[tuple[str, str, dt.datetime | None]]:
+    def _statistics_problems(self, now: dt.datetime, meter: str) -> list[tuple[str, str, dt.datetime | None]]:
         """The hour task keeps the watermark within two hours of now (setup starts it at now, so a
         fresh install has no problem before the first task run); the repair job works off late
         readings within a minute."""
@@ -74,6 +76,15 @@ class MonitoringResource:
             found.append(("statistics", "The statistics index was never built: run `dsmr-ts setup`", None))
         elif now - watermark > STATISTICS_LAG:
             found.append(("statistics", "Statistics are lagging behind (are the InfluxDB tasks running?)", watermark))
+        for equipment, hour in self.store.statistics.position_drops(meter, now - POSITION_DROPS_SHOWN):
+            found.append(
+                (
+                    "statistics",
+                    f"The meter position of {equipment} went down (no usage counted for that hour): a replaced"
+                    " meter? Name its old and new equipment ids together in `meters` (see the README)",
+                    hour,
+                )
+            )
         waiting = index.repair_backlog()
         if waiting is not None and now - waiting > REPAIR_LAG:
             found.append(

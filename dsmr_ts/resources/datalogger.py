@@ -134,6 +134,8 @@ class ReadingResource:
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         data = read_fields(req)
         default_meter = "" if data.get("meter") else self.store.meters.default()
-        reading = self.ingest.reading(reading_from_fields(data, self.context.tz, default_meter, self.store.schema))
+        reading = reading_from_fields(data, self.context.tz, default_meter, self.store.schema)
+        reading.meter = self.store.meters.write_id(reading.meter)  # a named meter: its current equipment
+        reading = self.ingest.reading(reading)
         resp.status = falcon.HTTP_201
         resp.media = reading_json(reading.timestamp, reading.values, self.context.output_tz, self.store.schema)

@@ -54,5 +54,7 @@ class MeterStatisticsResource:
             raise ValidationFailed(errors)
         meter = clean.pop("meter", None) or self.store.meters.default()
         if clean:
-            self.store.writer.store_meter_statistics(meter, dt.datetime.now(dt.timezone.utc), clean)
+            self.store.writer.store_meter_statistics(
+                self.store.meters.write_id(meter), dt.datetime.now(dt.timezone.utc), clean
+            )
         resp.media = self._body(meter)

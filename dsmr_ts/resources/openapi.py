@@ -16,6 +16,7 @@ import falcon
 import yaml
 
 from dsmr_ts import __version__
+from dsmr_ts.costs import DAY_POSITIONS
 from dsmr_ts.fields import SCHEMA, Kind, Post, ReadingField, ReadingSchema
 from dsmr_ts.resources.statistics import DAY_POST_FIELDS, TEMPERATURES, USAGE_OUTPUT
 from dsmr_ts.resources.validation import DecimalSpec
@@ -89,7 +90,19 @@ def _day_schema() -> dict[str, Any]:
         "electricity2_cost": _nullable(MONEY),
         "gas": _nullable(DECIMAL_3),
         "gas_cost": _nullable(MONEY),
-        **{name: _nullable(_decimal(1)) for name in TEMPERATURES},
+        **{
+            name: {**_nullable(_decimal(1)), "description": "null: dsmr-ts has no weather source"}
+            for name in TEMPERATURES
+        },
+        "fixed_cost": {**MONEY, "description": "the price period's fixed daily cost (or as posted)"},
+        "electricity_reading_timestamp": {**_nullable(DATETIME), "description": "the day's last reading"},
+        **{
+            name: {**_nullable(DECIMAL_3), "description": f"{field} at the day's end"}
+            for name, field in DAY_POSITIONS.items()
+            if name != "gas_reading"
+        },
+        "gas_reading_timestamp": {**_nullable(DATETIME), "description": "the day's last gas value (as booked)"},
+        "gas_reading": {**_nullable(DECIMAL_3), "description": "the gas meter position at the day's end"},
     }
     return {"type": "object", "properties": properties, "required": list(properties), "additionalProperties": False}
 

@@ -8,10 +8,10 @@ from typing import Any
 
 import falcon
 
-from dsmr_ts.costs import COSTS, ELECTRICITY, TEMPERATURES, stored_or_computed_costs
+from dsmr_ts.costs import COSTS, DAY_POSITIONS, ELECTRICITY, TEMPERATURES, fixed_cost, stored_or_computed_costs
 from dsmr_ts.datetimes import day_start
-from dsmr_ts.formats import datetime_column, decimal_column, json_rows
-from dsmr_ts.influx.lineprotocol import DAY_MEASUREMENT, HOUR_MEASUREMENT
+from dsmr_ts.formats import datetime_column, decimal_column, json_rows, money
+from dsmr_ts.influx.lineprotocol import DAY_MEASUREMENT, GAS_TIME_FIELD, HOUR_MEASUREMENT, READING_TIME_FIELD
 from dsmr_ts.influx.store import EARLIEST, LATEST
 from dsmr_ts.resources.context import ApiContext
 from dsmr_ts.resources.datalogger import filter_datetimes
@@ -99,7 +99,8 @@ class DayStatisticsResource(_StatisticsResource):
 
     measurement = DAY_MEASUREMENT
     time_field = "day"
-    fields = (*USAGE_OUTPUT, "gas", *COSTS, *TEMPERATURES)
+    fields = (*USAGE_OUTPUT, "gas", *COSTS, "fixed_cost", *TEMPERATURES, *DAY_POSITIONS.values(),
+              READING_TIME_FIELD, GAS_TIME_FIELD)  # fmt: skip
 
     def bounds(self, req: falcon.Request) -> tuple[dt.datetime | None, dt.datetime | None]:
         def day(name: str) -> dt.date | None:
@@ -125,6 +126,16 @@ class DayStatisticsResource(_StatisticsResource):
         def cost(name: str) -> list[str]:
             return ["null" if (amount := c[name]) is None else '"' + amount + '"' for c in costs]
 
+        def moment(field: str) -> list[str]:
+            return datetime_column(
+                [None if (at := row.get(field)) is None else int(at) for row in rows], self.output_tz
+            )
+
+        def position(field: str) -> list[str]:
+            return decimal_column([row.get(field) for row in rows], 3)
+
+        fixed = ['"' + money(fixed_cost(row, day, self.prices)) + '"' for row, day in zip(rows, days)]
+
         return json_rows(
             [
                 ("id", [str(d.year * 10000 + d.month * 100 + d.day) for d in days]),
@@ -136,6 +147,12 @@ class DayStatisticsResource(_StatisticsResource):
                 *_decimal_columns(rows, ("gas",)),
                 ("gas_cost", cost("gas_cost")),
                 *_decimal_columns(rows, TEMPERATURES, places=1),
+                # DSMR-reader v5.10+: the fixed cost, and the meter positions at the day's end.
+                ("fixed_cost", fixed),
+                ("electricity_reading_timestamp", moment(READING_TIME_FIELD)),
+                *[(name, position(stored)) for name, stored in DAY_POSITIONS.items() if name != "gas_reading"],
+                ("gas_reading_timestamp", moment(GAS_TIME_FIELD)),
+                ("gas_reading", position(DAY_POSITIONS["gas_reading"])),
             ]
         )
 
