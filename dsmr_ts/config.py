@@ -387,7 +387,7 @@ def _check_semantics(config: Config, problems: _Problems) -> None:
         )
     if config.server.workers < 1:
         problems.add("server.workers", f"must be at least 1, got {config.server.workers}")
-    bind_problem = _bind_problem(config.server.bind)
+    bind_problem = _bind_problem(config.server.bind) or _same_port_as_influxd(config)
     if bind_problem:
         problems.add("server.bind", bind_problem)
     url_problem = _url_problem(config.influxdb.url, config.influxdb.managed)
@@ -500,6 +500,26 @@ def _bind_problem(bind: str) -> str:
         return f"expected host:port (e.g. 127.0.0.1:7777) or unix:PATH, got {bind!r}"
     port = int(match.group(2))
     return "" if 1 <= port <= 65535 else _port_problem(port)
+
+
+_LOCAL_HOSTS = ("", "0.0.0.0", "::", "[::]", "127.0.0.1", "localhost", "::1", "[::1]")
+
+
+def _same_port_as_influxd(config: Config) -> str:
+    """The API cannot listen where influxd does (it would answer influxd's /health, and then fail)."""
+    bind = config.server.bind
+    if bind.startswith("unix:"):
+        return ""
+    host, port = bind.rsplit(":", 1)
+    url = urllib.parse.urlsplit(config.influxdb.url)
+    try:
+        influx_port = url.port or (443 if url.scheme == "https" else 8086)
+    except ValueError:
+        return ""  # influxdb.url reports its own problem
+    local = host in _LOCAL_HOSTS and (url.hostname or "") in (*_LOCAL_HOSTS, "127.0.0.1")
+    if int(port) == influx_port and (local or host == url.hostname):
+        return f"{bind} is influxdb.url's port ({config.influxdb.url}); the API needs a port of its own"
+    return ""
 
 
 def _port_problem(port: int) -> str:
