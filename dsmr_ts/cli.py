@@ -86,6 +86,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = _command(sub, "regenerate", "recompute hour and day statistics (idempotent; safe while running)")
     p.add_argument("--since", type=_date_arg, help="first local day (default: the first reading)")
     p.add_argument("--until", type=_date_arg, help="last local day (default: today)")
+    p.add_argument(
+        "--analyze",
+        action="store_true",
+        help="recompute without writing and print every stored value that differs (complete days only;"
+        " exit status 1 when some do)",
+    )
+    p.add_argument("--meter", help="with --analyze: only this meter (a configured name: all of its ids)")
     p.set_defaults(func=cmd_regenerate)
 
     p = _command(sub, "import", "bring in history from another server or a CSV file")
@@ -269,8 +276,12 @@ def cmd_regenerate(args: argparse.Namespace) -> int:
         start = _local_midnight_of(args.since, config) if args.since else local_midnight(span[0], tz)
         current_hour = floor_hour(dt.datetime.now(dt.timezone.utc)) + dt.timedelta(hours=1)
         stop = min(_local_midnight_of(args.until, config, 1) if args.until else current_hour, current_hour)
+        if args.analyze:  # complete days: today's rows are still being made
+            stop = min(stop, local_midnight(dt.datetime.now(dt.timezone.utc), tz))
         if stop <= start:
             raise CliError("--since is after --until: nothing to do")
+        if args.analyze:
+            return _analyze(store, start, stop, args.meter, tz)
         days = max(1, round((stop - start) / dt.timedelta(days=1)))
         log.info(
             "regenerating statistics from %s to %s, %d days at a time",
@@ -283,6 +294,35 @@ def cmd_regenerate(args: argparse.Namespace) -> int:
         store.compute.regenerate(start, stop, CHUNK_DAYS, progress=bar.advance)
         log.info("statistics regenerated in %.1f s", time.monotonic() - began)
     return 0
+
+
+def _analyze(store: Store, start: dt.datetime, stop: dt.datetime, meter: str | None, tz: dt.tzinfo) -> int:
+    """regenerate --analyze: each difference on a line of its own (standard output), a summary."""
+    from dsmr_ts.formats import datetime_string, decimal_string
+    from dsmr_ts.progress import ProgressBar
+
+    days = max(1, round((stop - start) / dt.timedelta(days=1)))
+    log.info(
+        "analyzing the statistics from %s to %s",
+        start.astimezone(tz).date(),
+        (stop - dt.timedelta(seconds=1)).astimezone(tz).date(),
+    )
+    bar = ProgressBar(days, "days")
+    found = 0
+    for difference in store.compute.analyze(start, stop, meter, CHUNK_DAYS, progress=bar.advance):
+        found += 1
+        old = "missing" if difference.stored is None else decimal_string(difference.stored, 3)
+        print(
+            f"{difference.measurement} {datetime_string(difference.time)} {difference.meter}"
+            f" {difference.field}: stored {old}, recomputed {decimal_string(difference.computed, 3)}",
+            flush=True,
+        )
+    print(
+        f"{found} stored value(s) differ from their recomputation"
+        if found
+        else "the statistics are as the readings make them"
+    )
+    return 1 if found else 0
 
 
 def cmd_import_dsmr_reader(args: argparse.Namespace) -> int:

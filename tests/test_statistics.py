@@ -447,3 +447,35 @@ def test_regenerate_rejects_bad_dates(session_config):
     assert result.returncode == 2
     assert "expected a date like 2024-01-31, got 'June'" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def _analyze(session_config) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        dsmr_ts_command("--config", str(session_config.path), "regenerate", "--analyze", "--meter", METER,
+                        "--since", "2026-01-13", "--until", "2026-01-15"),
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+
+
+def test_regenerate_analyze_recomputes_without_writing_and_names_each_difference(store, session_config):
+    clean = _analyze(session_config)
+    assert clean.returncode == 0, clean.stdout + clean.stderr
+    assert clean.stdout.strip() == "the statistics are as the readings make them"
+    # Damage two stored values: an hour's usage, and a day's end position.
+    hour, day = z("2026-01-14T00:00:00Z"), z("2026-01-13T23:00:00Z")
+    store.client.write(
+        f"hour,meter={METER} electricity1=9.9 {int(hour.timestamp()) * 10**9}\n"
+        f"day,meter={METER} electricity_delivered_2=1.5 {int(day.timestamp()) * 10**9}",
+        store.settings.stats_bucket,
+    )
+    damaged = _analyze(session_config)
+    assert damaged.returncode == 1, damaged.stderr
+    assert damaged.stdout.splitlines() == [
+        f"day 2026-01-13T23:00:00Z {METER} electricity_delivered_2: stored 1.500, recomputed 201.900",
+        f"hour 2026-01-14T00:00:00Z {METER} electricity1: stored 9.900, recomputed 0.500",
+        "2 stored value(s) differ from their recomputation",
+    ]
+    # Nothing was written by the analysis: the damage is still there, until a regenerate mends it.
+    assert _analyze(session_config).returncode == 1
+    store.compute.recompute(z("2026-01-13T23:00:00Z"), z("2026-01-15T23:00:00Z"), METER)
+    assert _analyze(session_config).returncode == 0

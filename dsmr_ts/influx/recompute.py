@@ -8,14 +8,16 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import zoneinfo
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 from dsmr_ts.datetimes import HOUR, floor_hour, local_midnight
 from dsmr_ts.fields import SCHEMA, ReadingSchema
-from dsmr_ts.influx.client import InfluxClient
+from dsmr_ts.influx.client import InfluxClient, ns
 from dsmr_ts.influx.count_index import INDEX_VERSION, CountIndex
-from dsmr_ts.influx.statistics_flux import day_flux, hour_flux, quarter_flux
+from dsmr_ts.influx.lineprotocol import DAY_MEASUREMENT, HOUR_MEASUREMENT, QUARTER_MEASUREMENT
+from dsmr_ts.influx.statistics_flux import day_flux, flux_script, hour_flux, quarter_flux
 
 log = logging.getLogger(__name__)
 
@@ -115,3 +117,82 @@ class Recompute:
         self.regenerate(local_midnight(first, self.tz), floor_hour(now) + HOUR, contiguous=True)
         self.index.save_index_version()
         return True
+
+    # --- checking what is stored ----------------------------------------------------------------
+
+    def analyze(
+        self,
+        start: dt.datetime,
+        stop: dt.datetime,
+        meter: str | None = None,
+        chunk_days: int = 7,
+        progress: Callable[[int], None] | None = None,
+    ) -> Iterator[Difference]:
+        """Recompute hours, days and quarter-hour peaks of [start, stop) (whole local days) without
+        writing, and yield every stored value that differs from its recomputation (or is missing).
+        Stored rows that the readings do not make (history imported without its readings) are
+        not compared."""
+        ids: list[str | None] = list(self.client.meter_ids(meter)) if meter else [None]
+        chunk_start = start
+        while chunk_start < stop:
+            chunk_stop = min(local_midnight(chunk_start, self.tz, chunk_days), stop)
+            for one in ids:
+                yield from self._differences(chunk_start, chunk_stop, one)
+            if progress:
+                progress(max(1, round((chunk_stop - chunk_start) / dt.timedelta(days=1))))
+            chunk_start = chunk_stop
+
+    def _differences(self, start: dt.datetime, stop: dt.datetime, meter: str | None) -> Iterator[Difference]:
+        meter_filter = "r.meter == meter" if meter else "true"
+        settings, schema = self.settings, self.schema
+        script = flux_script(
+            hour_flux("start", "stop", settings.bucket, settings.stats_bucket, meter_filter, schema, write=False),
+            day_flux("start", "stop", settings.stats_bucket, self.timezone, meter_filter, schema, write=False,
+                     hours="hourRows"),
+            quarter_flux("start", "stop", settings.bucket, settings.stats_bucket, meter_filter, schema, write=False),
+        )  # fmt: skip
+        computed: dict[tuple[str, str, int, str], float] = {}
+        for row in self.client.flux(script, {**({"meter": meter} if meter else {}), "start": start, "stop": stop}):
+            moment = int(row["_time"].timestamp())
+            computed[(row["_measurement"], row["meter"], moment, row["_field"])] = float(row["_value"])
+        if not computed:
+            return
+        stored = self._stored(start, stop, meter)
+        for (measurement, row_meter, moment, field), value in sorted(computed.items()):
+            old = stored.get((measurement, row_meter, moment, field))
+            if old is None or abs(old - value) > 1e-6 * max(1.0, abs(value)):
+                when = dt.datetime.fromtimestamp(moment, dt.timezone.utc)
+                yield Difference(measurement, row_meter, when, field, old, value)
+
+    def _stored(
+        self, start: dt.datetime, stop: dt.datetime, meter: str | None
+    ) -> dict[tuple[str, str, int, str], float]:
+        where = f"WHERE {self.client.meter_is(meter)} AND" if meter else "WHERE"
+        measurements = (HOUR_MEASUREMENT, DAY_MEASUREMENT, QUARTER_MEASUREMENT)
+        results = self.client.influxql(
+            [
+                f"SELECT * FROM {self.client.in_stats(name)} {where} time >= {ns(start)} AND time < {ns(stop)}"
+                " GROUP BY meter"
+                for name in measurements
+            ]
+        )
+        found: dict[tuple[str, str, int, str], float] = {}
+        for name, series in zip(measurements, results):
+            for part in series:
+                for row in part.rows():
+                    for field, value in row.items():
+                        if field != "time" and value is not None and not isinstance(value, str):
+                            found[(name, part.tags.get("meter", ""), int(row["time"]), field)] = float(value)
+        return found
+
+
+@dataclass(frozen=True)
+class Difference:
+    """A stored statistic that its recomputation does not give (stored None: missing)."""
+
+    measurement: str
+    meter: str
+    time: dt.datetime
+    field: str
+    stored: float | None
+    computed: float

@@ -65,14 +65,32 @@ def _rename(mapping: dict[str, str]) -> str:
     return expression
 
 
-def _write_to(stats_bucket: str, name: str) -> str:
+def flux_script(*parts: str, option: str = "") -> str:
+    """Flux text made of parts: Flux wants the imports first (once each), then options (a task's
+    schedule), then everything else."""
+    lines = "\n".join(part.strip() for part in parts).splitlines()
+    imports = list(dict.fromkeys(line for line in lines if line.startswith("import ")))
+    rest = [line for line in lines if not line.startswith("import ")]
+    return "\n".join([*imports, "", *([option] if option else []), *rest]) + "\n"
+
+
+def _write_to(stats_bucket: str, name: str, write: bool = True) -> str:
     """to() that does not send the written rows back as the query's answer: a recompute would
-    only parse them to throw them away."""
+    only parse them to throw them away. write=False: the rows are the answer, nothing is written
+    (`dsmr-ts regenerate --analyze`)."""
+    if not write:
+        return f'yield(name: "{name}")'
     return f'to(bucket: {stats_bucket}) |> filter(fn: (r) => false) |> yield(name: "{name}")'
 
 
 def hour_flux(
-    start: str, stop: str, bucket: str, stats_bucket: str, meter_filter: str = "true", schema: ReadingSchema = SCHEMA
+    start: str,
+    stop: str,
+    bucket: str,
+    stats_bucket: str,
+    meter_filter: str = "true",
+    schema: ReadingSchema = SCHEMA,
+    write: bool = True,
 ) -> str:
     """Flux that writes the hour statistics of [start, stop) (whole UTC hours).
 
@@ -142,10 +160,10 @@ drops = steps
   |> filter(fn: (r) => r._value < 0.0)
   |> map(fn: (r) => ({{r with _field: "{POSITION_DROP_FIELD}", _value: 1.0}}))
 
-union(tables: [usage, drops, electricity, gas, counts, minutes, gasCounts, readingTimes, gasTimes])
+hourRows = union(tables: [usage, drops, electricity, gas, counts, minutes, gasCounts, readingTimes, gasTimes])
   |> set(key: "_measurement", value: "{HOUR_MEASUREMENT}")
   |> keep(columns: ["_time", "_measurement", "_field", "_value", "meter"])
-  |> {_write_to(s, "hours")}
+hourRows |> {_write_to(s, "hours", write)}
 """
 
 
@@ -161,9 +179,18 @@ def _last_time(name: str, source: str, field: str) -> str:
 
 
 def day_flux(
-    start: str, stop: str, stats_bucket: str, timezone: str, meter_filter: str = "true", schema: ReadingSchema = SCHEMA
+    start: str,
+    stop: str,
+    stats_bucket: str,
+    timezone: str,
+    meter_filter: str = "true",
+    schema: ReadingSchema = SCHEMA,
+    write: bool = True,
+    hours: str = "",
 ) -> str:
-    """Flux that writes the day statistics of the local days in [start, stop) (local midnights)."""
+    """Flux that writes the day statistics of the local days in [start, stop) (local midnights),
+    from the stored hour rows (or from `hours`, a Flux stream of hour rows computed in the same
+    script, for --analyze)."""
     s = json.dumps(stats_bucket)
     window = (
         'aggregateWindow(every: 1d, fn: {fn}, timeSrc: "_start", createEmpty: false, '
@@ -176,8 +203,7 @@ import "timezone"
 dayStart = {start}
 dayStop = {stop}
 
-hours = from(bucket: {s})
-  |> range(start: dayStart, stop: dayStop)
+hours = {hours or f"from(bucket: {s}) |> range(start: dayStart, stop: dayStop)"}
   |> filter(fn: (r) => r._measurement == "{HOUR_MEASUREMENT}" and {meter_filter})
 sums = hours |> filter(fn: (r) => {_any_field([*schema.usage.values(), COUNT_FIELD])}) |> {window.format(fn="sum")}
 ends = hours
@@ -187,12 +213,18 @@ ends = hours
 union(tables: [sums, ends])
   |> set(key: "_measurement", value: "{DAY_MEASUREMENT}")
   |> keep(columns: ["_time", "_measurement", "_field", "_value", "meter"])
-  |> {_write_to(s, "days")}
+  |> {_write_to(s, "days", write)}
 """
 
 
 def quarter_flux(
-    start: str, stop: str, bucket: str, stats_bucket: str, meter_filter: str = "true", schema: ReadingSchema = SCHEMA
+    start: str,
+    stop: str,
+    bucket: str,
+    stats_bucket: str,
+    meter_filter: str = "true",
+    schema: ReadingSchema = SCHEMA,
+    write: bool = True,
 ) -> str:
     """Flux that writes the quarter-hour peaks of [start, stop) (whole quarter hours), as
     DSMR-reader computes them: per quarter with at least 2 readings, the delivered meter positions
@@ -217,7 +249,7 @@ def quarter_flux(
         # One to() per field: a float and an integer field cannot share a stream.
         return (
             f'peaks |> map(fn: (r) => ({{_time: r._start, _measurement: "{QUARTER_MEASUREMENT}", meter: r.meter,'
-            f' _field: "{name}", _value: {value}}})) |> {_write_to(s, name)}'
+            f' _field: "{name}", _value: {value}}})) |> {_write_to(s, name, write)}'
         )
 
     return f"""

@@ -26,7 +26,7 @@ from dsmr_ts.datetimes import floor_hour
 from dsmr_ts.fields import SCHEMA, ReadingSchema
 from dsmr_ts.influx.client import InfluxClient, StoreUnavailable
 from dsmr_ts.influx.lineprotocol import INDEX_MEASUREMENT, WATERMARK_FIELD
-from dsmr_ts.influx.statistics_flux import day_flux, hour_flux, quarter_flux
+from dsmr_ts.influx.statistics_flux import day_flux, flux_script, hour_flux, quarter_flux
 
 log = logging.getLogger(__name__)
 
@@ -106,11 +106,7 @@ def task_specs(config: Config, schema: ReadingSchema = SCHEMA) -> list[TaskSpec]
 
 
 def _with_task_option(flux: str, task_option: str) -> str:
-    """Flux wants the imports first (once each), then `option task`, then everything else."""
-    lines = flux.strip().splitlines()
-    imports = list(dict.fromkeys(line for line in lines if line.startswith("import ")))
-    rest = [line for line in lines if not line.startswith("import ")]
-    return "\n".join([*imports, "", f"option task = {task_option}", *rest]) + "\n"
+    return flux_script(flux, option=f"option task = {task_option}")
 
 
 def ensure_tasks(client: InfluxDBClient, config: Config, org_id: str) -> list[str]:
