@@ -16,6 +16,8 @@ from dsmr_ts.resources.errors import ValidationFailed, all_valid
 from dsmr_ts.resources.forms import read_fields
 from dsmr_ts.resources.pagination import links, ordering, page_params, stream_envelope
 from dsmr_ts.resources.validation import (
+    DATETIME_SCHEMA,
+    METER_SCHEMA,
     DecimalSpec,
     Field,
     FieldError,
@@ -47,7 +49,13 @@ class TelegramResource:
 
 
 def _datetime_check(tz: dt.tzinfo):
-    return lambda value: parse_datetime(value, tz).replace(microsecond=0)  # readings are per whole second
+    def check(value: Any) -> dt.datetime:
+        moment = parse_datetime(value, tz).replace(microsecond=0)  # readings are per whole second
+        if moment < EARLIEST:  # InfluxDB keeps nothing before 1970 here (and nothing so old is a reading)
+            raise FieldError("Ensure this datetime is not before 1970-01-01T00:00:00Z.")
+        return moment
+
+    return check
 
 
 def field_check(spec: ReadingField, tz: dt.tzinfo):
@@ -56,8 +64,8 @@ def field_check(spec: ReadingField, tz: dt.tzinfo):
         return _datetime_check(tz)
     if spec.kind is Kind.INTEGER:
         return IntegerSpec(
-            minimum=spec.minimum if spec.minimum is not None else -(2**31),
-            maximum=spec.maximum if spec.maximum is not None else 2**31 - 1,
+            minimum=spec.minimum if spec.minimum is not None else 0,
+            maximum=spec.maximum if spec.maximum is not None else 999_999_999,
         )
     return DecimalSpec(max_digits=spec.max_digits, places=spec.places)
 
@@ -66,9 +74,17 @@ def reading_fields(tz: dt.tzinfo, schema: ReadingSchema = SCHEMA) -> list[Field]
     """The v2 POST fields: timestamp, the table's fields a POST may set (required as documented),
     and dsmr-ts' `meter`."""
     return [
-        Field("timestamp", _datetime_check(tz), required=True),
-        *(Field(spec.name, field_check(spec, tz), required=spec.post is Post.REQUIRED) for spec in schema.post_fields),
-        Field("meter", meter_id),
+        Field("timestamp", _datetime_check(tz), required=True, schema=DATETIME_SCHEMA),
+        *(
+            Field(
+                spec.name,
+                field_check(spec, tz),
+                required=spec.post is Post.REQUIRED,
+                schema=DATETIME_SCHEMA if spec.kind is Kind.DATETIME else {},
+            )
+            for spec in schema.post_fields
+        ),
+        Field("meter", meter_id, schema=METER_SCHEMA),
     ]
 
 

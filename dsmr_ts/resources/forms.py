@@ -76,7 +76,7 @@ def _urlencoded(req: falcon.Request) -> dict[str, Any]:
 def _multipart(req: falcon.Request) -> dict[str, Any]:
     fields: dict[str, Any] = {}
     for part in req.get_media():
-        if part.name:
+        if part.name is not None:  # a part named "" is a field named "" (refused where fields are checked)
             # get_text() decodes with the part's charset (default UTF-8); falcon caps a part at 1 MiB.
             fields[part.name] = part.get_text()
     return fields

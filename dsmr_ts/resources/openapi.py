@@ -8,9 +8,10 @@ Accept: application/json.
 
 from __future__ import annotations
 
+import datetime as dt
 import functools
 import json
-from typing import Any
+from typing import Any, Callable
 
 import falcon
 import yaml
@@ -18,8 +19,18 @@ import yaml
 from dsmr_ts import __version__
 from dsmr_ts.costs import DAY_POSITIONS
 from dsmr_ts.fields import SCHEMA, Kind, Post, ReadingField, ReadingSchema
+from dsmr_ts.resources.datalogger import reading_fields
+from dsmr_ts.resources.meter_statistics import patch_fields
+from dsmr_ts.resources.pagination import PAGE_PARAM_SCHEMA
 from dsmr_ts.resources.statistics import DAY_POST_FIELDS, TEMPERATURES, USAGE_OUTPUT
-from dsmr_ts.resources.validation import DecimalSpec
+from dsmr_ts.resources.validation import (
+    DATE_SCHEMA,
+    FILTER_DATE_SCHEMA,
+    FILTER_DATETIME_SCHEMA,
+    METER_SCHEMA,
+    Field,
+    field_schema,
+)
 
 JSON = "application/json"
 
@@ -49,16 +60,43 @@ def _output_schema(spec: ReadingField) -> dict[str, Any]:
     return {**schema, "description": description} if description else schema
 
 
-def _input_schema(spec: ReadingField) -> dict[str, Any]:
-    """What a v2 POST may send for a field."""
-    if spec.kind is Kind.DATETIME:
-        return {"type": "string", "description": "ISO 8601, offset or Z; naive = local"}
-    if spec.kind is Kind.INTEGER:
-        return {"type": ["integer", "string"], "minimum": spec.minimum, "maximum": spec.maximum}
+def _body_schema(fields: list[Field], form: bool = False, **more: Any) -> dict[str, Any]:
+    """A body of fields, each as its check takes it (validation.field_schema); form: sent as a
+    form (urlencoded or multipart), where nothing is null."""
     return {
-        "type": ["number", "string"],
-        "description": f"at most {spec.max_digits} digits, {spec.places} after the point",
+        "type": "object",
+        "properties": {spec.name: field_schema(spec, form) for spec in fields},
+        "required": [spec.name for spec in fields if spec.required],
+        **more,
     }
+
+
+def _json_and_form(name: str, build: Callable[[bool], dict[str, Any]]) -> dict[str, Any]:
+    """Component schemas `name` (a JSON body) and `nameForm` (the same as a form)."""
+    return {name: build(False), f"{name}Form": build(True)}
+
+
+def _reading_input_schema(schema: ReadingSchema, form: bool = False) -> dict[str, Any]:
+    """POST datalogger/dsmrreading. A meter position and its time go together: one given (not
+    empty, not null) needs the other. Other properties are ignored."""
+    present = {"not": {"enum": [""] if form else [None, ""]}}
+    pairs = [
+        {
+            "if": {"required": [one], "properties": {one: present}},
+            "then": {"required": [other], "properties": {other: present}},
+        }
+        for value, time in schema.mbus_pairs
+        for one, other in ((value, time), (time, value))
+        if value in schema.by_name and schema.by_name[value].post is not Post.REFUSED
+    ]
+    fields = reading_fields(dt.timezone.utc, schema)
+    return _body_schema(
+        fields,
+        form,
+        allOf=pairs,
+        description="timestamp and the six required values; a value of the table's precision (400: a"
+        " timestamp more than 24 h ahead, before 1970, or a device time more than 24 h from it)",
+    )
 
 
 def _reading_schema(schema: ReadingSchema) -> dict[str, Any]:
@@ -107,23 +145,14 @@ def _day_schema() -> dict[str, Any]:
     return {"type": "object", "properties": properties, "required": list(properties), "additionalProperties": False}
 
 
-def _day_input_schema() -> dict[str, Any]:
-    """POST statistics/day, as DSMR-reader's DayStatistics columns."""
-    number = {"type": ["number", "string"]}
-    properties = {
-        "day": {"type": "string", "format": "date"},
-        **{
-            field.name: {**number, "description": f"at most {check.max_digits} digits, {check.places} after the point"}
-            for field in DAY_POST_FIELDS
-            if isinstance(check := field.check, DecimalSpec)
-        },
-        "meter": {"type": "string", "maxLength": 64},
-    }
-    return {
-        "type": "object",
-        "properties": properties,
-        "required": ["day", *(field.name for field in DAY_POST_FIELDS if field.required)],
-    }
+def _day_input_schema(form: bool = False) -> dict[str, Any]:
+    """POST statistics/day, as DSMR-reader's DayStatistics columns. Other properties are ignored."""
+    fields = [
+        Field("day", lambda value: value, required=True, schema=DATE_SCHEMA),
+        *DAY_POST_FIELDS,
+        Field("meter", lambda value: value, schema=METER_SCHEMA),
+    ]
+    return _body_schema(fields, form, description="400 also for a day that exists, or one before 1970 or after 2199")
 
 
 def _minute_schema(schema: ReadingSchema) -> dict[str, Any]:
@@ -142,7 +171,7 @@ def _minute_schema(schema: ReadingSchema) -> dict[str, Any]:
 
 def _counted_operation(item: str, field: str, orderings: list[str], summary: str) -> dict[str, Any]:
     """A paged route filtered on a datetime field."""
-    operation = _list_operation(item, field, {"type": "string", "description": "ISO 8601 datetime"}, summary)
+    operation = _list_operation(item, field, FILTER_DATETIME_SCHEMA, summary)
     operation["get"]["parameters"][2] = _param(
         "ordering", {"type": "string"}, " or ".join(f"`{o}`" for o in orderings) + " (first: the default)"
     )
@@ -187,18 +216,10 @@ def _v5_schemas(schema: ReadingSchema) -> dict[str, Any]:
                 },
             }
         ),
-        "MeterStatisticsInput": {
-            "type": "object",
-            "properties": {
-                **{
-                    s.name: (
-                        {"type": "string"} if s.kind is Kind.TEXT else {"type": ["integer", "string"], "minimum": 0}
-                    )
-                    for s in schema.statistics
-                },
-                "meter": {"type": "string"},
-            },
-        },
+        **_json_and_form(
+            "MeterStatisticsInput",
+            lambda form: _body_schema(patch_fields(schema.statistics), form, additionalProperties=False),
+        ),
         "ElectricityLive": _object(
             {
                 "timestamp": DATETIME,
@@ -310,9 +331,13 @@ def _param(name: str, schema: dict[str, Any], description: str) -> dict[str, Any
 
 
 PAGING = [
-    _param("offset", {"type": "integer", "minimum": 0}, "rows to skip"),
-    _param("limit", {"type": "integer", "minimum": 0}, "rows per page (default 25; 0 also means 25; no maximum)"),
-    _param("meter", {"type": "string"}, "meter id (default: the only meter, or the one that reported last)"),
+    _param("offset", PAGE_PARAM_SCHEMA, "rows to skip (empty: 0)"),
+    _param("limit", PAGE_PARAM_SCHEMA, "rows per page (default 25; 0 and empty also mean 25; no maximum)"),
+    _param(
+        "meter",
+        {"anyOf": [METER_SCHEMA, {"const": ""}]},
+        "an equipment id or a configured name (default, or empty: the only meter, or the one that reported last)",
+    ),
 ]
 V2_ERRORS = {
     "400": {
@@ -333,17 +358,20 @@ KEY_SECURITY: list[dict[str, list[str]]] = [{"X-AUTHKEY": []}, {"TokenAuth": []}
 
 
 def _body_operation(
-    summary: str, input_schema: str, status: str, output_schema: str, description: str
+    summary: str, input_schema: str, status: str, output_schema: str, description: str, required: bool = True
 ) -> dict[str, Any]:
     """A v2 POST or PATCH taking JSON, a form or multipart."""
     return {
         "summary": summary,
         "security": KEY_SECURITY,
         "requestBody": {
-            "required": True,
+            "required": required,
             "content": {
-                ct: {"schema": {"$ref": f"#/components/schemas/{input_schema}"}}
-                for ct in (JSON, "application/x-www-form-urlencoded", "multipart/form-data")
+                JSON: {"schema": {"$ref": f"#/components/schemas/{input_schema}"}},
+                **{
+                    ct: {"schema": {"$ref": f"#/components/schemas/{input_schema}Form"}}
+                    for ct in ("application/x-www-form-urlencoded", "multipart/form-data")
+                },
             },
         },
         "responses": {
@@ -363,7 +391,11 @@ def _list_operation(item: str, field: str, time_schema: dict[str, Any], summary:
             "parameters": [
                 _param(f"{field}__gte", time_schema, "on or after (naive values are local time)"),
                 _param(f"{field}__lte", time_schema, "on or before"),
-                _param("ordering", {"type": "string"}, f"`{field}` (default) or `-{field}`; others ignored"),
+                _param(
+                    "ordering",
+                    {"type": "string"},
+                    f"`{field}` (default) or `-{field}`; comma-separated terms: the first valid one counts",
+                ),
                 *PAGING,
             ],
             "responses": {"200": _json(f"{item}Page", "a page"), **V2_ERRORS},
@@ -374,15 +406,7 @@ def _list_operation(item: str, field: str, time_schema: dict[str, Any], summary:
 @functools.cache
 def openapi_document(schema: ReadingSchema = SCHEMA) -> dict[str, Any]:
     """The document for a field table (cached per table)."""
-    post_properties: dict[str, Any] = {
-        "timestamp": {"type": "string", "description": "ISO 8601, offset or Z; naive = local"},
-        **{spec.name: _input_schema(spec) for spec in schema.post_fields},
-        "meter": {"type": "string", "maxLength": 64, "description": "dsmr-ts: the meter (default: the default meter)"},
-    }
-    post_required = ["timestamp", *(spec.name for spec in schema.post_fields if spec.post is Post.REQUIRED)]
-    post_schema = {"type": "object", "properties": post_properties, "required": post_required}
-
-    datetime_filter = {"type": "string", "description": "ISO 8601 datetime"}
+    datetime_filter = FILTER_DATETIME_SCHEMA
     return {
         "openapi": "3.1.0",
         "info": {
@@ -403,12 +427,12 @@ def openapi_document(schema: ReadingSchema = SCHEMA) -> dict[str, Any]:
             "schemas": {
                 "Reading": _reading_schema(schema),
                 "ReadingPage": _page("Reading"),
-                "ReadingInput": post_schema,
+                **_json_and_form("ReadingInput", lambda form: _reading_input_schema(schema, form)),
                 "HourStatistics": _hour_schema(),
                 "HourStatisticsPage": _page("HourStatistics"),
                 "DayStatistics": _day_schema(),
                 "DayStatisticsPage": _page("DayStatistics"),
-                "DayStatisticsInput": _day_input_schema(),
+                **_json_and_form("DayStatisticsInput", _day_input_schema),
                 "Detail": {"type": "object", "required": ["detail"], "properties": {"detail": {"type": "string"}}},
                 "FieldErrors": {
                     "type": "object",
@@ -443,7 +467,7 @@ def openapi_document(schema: ReadingSchema = SCHEMA) -> dict[str, Any]:
                 "get": {
                     "summary": "this document (public)",
                     "security": [],
-                    "parameters": [_param("format", {"enum": ["yaml", "json"]}, "default yaml")],
+                    "parameters": [_param("format", {"type": "string"}, "`json`; anything else: YAML")],
                     "responses": {
                         "200": {
                             "description": "OpenAPI 3.1",
@@ -466,7 +490,14 @@ def openapi_document(schema: ReadingSchema = SCHEMA) -> dict[str, Any]:
                                 "schema": {
                                     "type": "object",
                                     "required": ["telegram"],
-                                    "properties": {"telegram": {"type": "string"}},
+                                    "properties": {
+                                        "telegram": {
+                                            "type": "string",
+                                            "pattern": r"[^\s\x00]",
+                                            "description": "the raw telegram (NUL bytes around it are dropped);"
+                                            " one that does not parse, or fails its CRC, is a 400 with the reason",
+                                        }
+                                    },
                                 }
                             }
                             for ct in ("application/x-www-form-urlencoded", "multipart/form-data")
@@ -490,9 +521,7 @@ def openapi_document(schema: ReadingSchema = SCHEMA) -> dict[str, Any]:
                 ),
             },
             "/api/v2/statistics/day": {
-                **_list_operation(
-                    "DayStatistics", "day", {"type": "string", "format": "date"}, "day statistics with costs"
-                ),
+                **_list_operation("DayStatistics", "day", FILTER_DATE_SCHEMA, "day statistics with costs"),
                 "post": _body_operation(
                     "create a day (history); an existing day is a 400",
                     "DayStatisticsInput",
@@ -530,6 +559,7 @@ def openapi_document(schema: ReadingSchema = SCHEMA) -> dict[str, Any]:
                     "200",
                     "MeterStatistics",
                     "the updated statistics",
+                    required=False,  # nothing to set: the statistics as they are
                 ),
             },
             "/api/v2/consumption/electricity-live": _simple_get("ElectricityLive", "power now ({} without readings)"),

@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import json
+import re
 import urllib.parse
 from dataclasses import dataclass
 from typing import Any, Iterable, Iterator
@@ -27,23 +28,26 @@ class Page:
     limit: int
 
 
+PAGE_PARAM_SCHEMA = {"anyOf": [{"type": "integer", "minimum": 0}, {"const": ""}]}  # empty: the default
+
+
 def _whole(req: falcon.Request, name: str) -> int | None:
     raw = req.get_param(name)
     if raw is None or raw == "":
         return None
-    try:
-        value = int(raw, 10)
-    except ValueError:
-        value = -1
+    value = int(raw) if re.fullmatch(r"\d+", raw) else -1
     if value < 0:
         noun = "A positive integer" if name == "limit" else "A non-negative integer"
         raise ValidationFailed({name: [f"{noun} is required."]})
     return value
 
 
+MAX_ROWS = 2**40  # more rows than any store holds: a bigger limit or offset means the same
+
+
 def page_params(req: falcon.Request) -> Page:
     limit, offset = all_valid(lambda: _whole(req, "limit"), lambda: _whole(req, "offset"))
-    return Page(offset=offset or 0, limit=limit or DEFAULT_LIMIT)
+    return Page(offset=min(offset or 0, MAX_ROWS), limit=min(limit or DEFAULT_LIMIT, MAX_ROWS))
 
 
 def ordering(req: falcon.Request, allowed: Iterable[str]) -> str | None:

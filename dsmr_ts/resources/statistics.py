@@ -24,6 +24,7 @@ from dsmr_ts.resources.validation import (
     FieldError,
     collect_errors,
     meter_id,
+    parse_date,
 )
 
 USAGE_OUTPUT = ELECTRICITY
@@ -108,8 +109,8 @@ class DayStatisticsResource(_StatisticsResource):
             if not raw:
                 return None
             try:
-                return dt.date.fromisoformat(raw.strip())
-            except ValueError:
+                return parse_date(raw)
+            except FieldError:
                 raise ValidationFailed({name: ["Enter a valid date."]}) from None
 
         first, last = all_valid(lambda: day("day__gte"), lambda: day("day__lte"))
@@ -162,7 +163,8 @@ class DayStatisticsResource(_StatisticsResource):
         clean, errors = collect_errors(data, DAY_POST_FIELDS)
         day = meter = None
         try:  # the meter: a `meter` field (as in a reading POST), else ?meter=, else the default
-            meter = meter_id(data["meter"]) if data.get("meter") is not None else self.context.meter(req)
+            given = data.get("meter")
+            meter = meter_id(given) if given not in (None, "") else self.context.meter(req)
         except FieldError as exc:
             errors["meter"] = [str(exc)]
         except ValidationFailed as exc:
@@ -170,9 +172,10 @@ class DayStatisticsResource(_StatisticsResource):
         if "day" not in data or data.get("day") in (None, ""):
             errors["day"] = ["This field is required." if "day" not in data else "This field may not be null."]
         else:
-            day = _posted_day(data["day"])
-            if day is None:
-                errors["day"] = ["Date has wrong format. Use one of these formats instead: YYYY-MM-DD."]
+            try:
+                day = _posted_day(data["day"])
+            except FieldError as exc:
+                errors["day"] = [str(exc)]
         if errors:
             raise ValidationFailed(errors)
         assert day is not None and meter is not None  # else an error was found above
@@ -195,10 +198,9 @@ def _decimal_columns(
     ]
 
 
-def _posted_day(value: Any) -> dt.date | None:
-    """A posted day (YYYY-MM-DD) within the years the store holds; None when it is not one."""
-    try:
-        day = dt.date.fromisoformat(value.strip()) if isinstance(value, str) else None
-    except ValueError:
-        return None
-    return day if day and EARLIEST.date() < day < LATEST.date() else None
+def _posted_day(value: Any) -> dt.date:
+    """A posted day (YYYY-MM-DD) within the years the store holds; FieldError otherwise."""
+    day = parse_date(value)
+    if not EARLIEST.date() < day < LATEST.date():
+        raise FieldError(f"Ensure this date is after {EARLIEST.date()} and before {LATEST.date()}.")
+    return day
