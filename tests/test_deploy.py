@@ -182,6 +182,15 @@ def test_nginx_refuses_oversized_bodies(behind_nginx):
         behind_nginx.url + V1, headers=KEY, data={"telegram": "x" * 200_000}, verify=str(behind_nginx.certificate)
     )
     assert response.status_code == 413
+    # Chunked too (no Content-Length): nginx counts what arrives.
+    body = ("telegram=" + "x" * 200_000).encode()
+    chunked = requests.post(
+        behind_nginx.url + V1,
+        headers={**KEY, "Content-Type": "application/x-www-form-urlencoded"},
+        data=(body[i : i + 16_384] for i in range(0, len(body), 16_384)),
+        verify=str(behind_nginx.certificate),
+    )
+    assert chunked.request.headers.get("Transfer-Encoding") == "chunked" and chunked.status_code == 413
 
 
 def test_nginx_limits_the_request_rate_per_client(behind_nginx):

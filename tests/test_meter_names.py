@@ -199,3 +199,41 @@ def test_meter_names_are_checked_at_start(tmp_path, text, message):
     with pytest.raises(ConfigError) as error:
         load_config(path, create=False)
     assert message in str(error.value)
+
+
+def test_every_worker_gives_the_same_default_meter_at_once(household, tmp_path):
+    """The default meter (no config `meters` here) is asked of InfluxDB on every request: the
+    moment another meter reports last, every gunicorn worker serves it (each used to keep its own
+    choice for a minute)."""
+    from helpers import start_api
+
+    config, store, _ = household
+    path = tmp_path / "dsmr-ts.yaml"
+    path.write_text(
+        f"api:\n  enabled: true\n  key: {TEST_KEY}\n"
+        f"influxdb:\n  managed: false\n  url: {config.influxdb.url}\n  token: {config.influxdb.token}\n"
+        "server:\n  workers: 2\n"
+    )
+    api, url = start_api(load_config(path), tmp_path / "api.log")
+    try:
+        import requests
+
+        def defaults() -> set[str]:
+            meters = set()
+            for _ in range(12):  # keep-alive off: each request may go to either worker
+                body = requests.get(f"{url}/api/v2/application/monitoring", headers={**KEY, "Connection": "close"})
+                assert body.status_code == 200
+                latest = requests.get(f"{url}/api/v2/datalogger/dsmrreading", params={"ordering": "-timestamp",
+                                      "limit": 1}, headers={**KEY, "Connection": "close"}).json()  # fmt: skip
+                meters.add(latest["results"][0]["timestamp"])
+            return meters
+
+        before = defaults()
+        assert len(before) == 1
+        newest = dt.datetime.now(UTC).replace(microsecond=0)
+        store.writer.store_readings([dataclasses.replace(reading("E-LATEST", "10:00", 5.0, None), timestamp=newest)])
+        after = defaults()
+        assert after == {newest.strftime("%Y-%m-%dT%H:%M:%SZ")}  # every answer, from both workers, at once
+    finally:
+        api.terminate()
+        api.wait(30)
