@@ -10,7 +10,10 @@ setup(
     packages=find_packages(include=["dsmr_ts", "dsmr_ts.*"]),
     # The Go build module for influxd, and the example config a first start writes (a symlink to
     # config/dsmr-ts.example.yaml: the wheel gets a copy).
-    package_data={"dsmr_ts": ["dsmr-ts.example.yaml"], "dsmr_ts.influx": ["build/go.mod", "build/go.sum"]},
+    package_data={
+        "dsmr_ts": ["dsmr-ts.example.yaml", "web/*"],  # and the energy page's files
+        "dsmr_ts.influx": ["build/go.mod", "build/go.sum"],
+    },
     install_requires=[
         "falcon>=4.0,<5",
         "gunicorn[gevent]>=23,<28",  # the gevent worker; gunicorn 27 needs the extra for it (packaging)
@@ -38,6 +41,7 @@ setup(
             "ruff>=0.15,<1",
             "mypy>=1.15,<3",
             "types-PyYAML>=6,<7",
+            "playwright>=1.40,<2",  # drives Debian's chromium for the energy page's tests
         ]
     },
     entry_points={"console_scripts": ["dsmr-ts=dsmr_ts.cli:main"]},

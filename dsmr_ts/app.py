@@ -10,8 +10,8 @@ from dsmr_ts.config import Config, load_config
 from dsmr_ts.fields import SCHEMA, ReadingSchema
 from dsmr_ts.influx.store import Store
 from dsmr_ts.ingest import Ingest
-from dsmr_ts.resources import errors
-from dsmr_ts.resources.access import ApiAccessMiddleware
+from dsmr_ts.resources import errors, web
+from dsmr_ts.resources.access import ApiAccessMiddleware, FailedKeys
 from dsmr_ts.resources.application import MonitoringResource, VersionResource
 from dsmr_ts.resources.consumption import (
     ElectricityConsumptionResource,
@@ -51,9 +51,10 @@ def create_app(
     relay = RawRelay(spool_dir) if config.mqtt.enabled and "raw" in config.mqtt.publish else None
     ingest = Ingest(store, on_telegram=relay.send if relay else None)
 
+    failed_keys = FailedKeys()  # wrong keys at the API and at the page count together
     middleware: list[Any] = [
         RequestMetricsMiddleware(),
-        ApiAccessMiddleware(config.api, config.server.trust_forwarded_headers),
+        ApiAccessMiddleware(config.api, config.server.trust_forwarded_headers, failed_keys),
         ChunkedBodyMiddleware(),  # after the key check
     ]
     app = falcon.App(middleware=middleware)
@@ -67,7 +68,8 @@ def create_app(
     app.add_route("/api/v2/statistics/hour", HourStatisticsResource(context))
     # The rest of DSMR-reader v5's v2 routes.
     app.add_route("/api/v2/application/version", VersionResource())
-    app.add_route("/api/v2/application/monitoring", MonitoringResource(context, spool_dir, config.mqtt.enabled))
+    monitoring = MonitoringResource(context, spool_dir, config.mqtt.enabled)
+    app.add_route("/api/v2/application/monitoring", monitoring)
     app.add_route("/api/v2/datalogger/meter-statistics", MeterStatisticsResource(context))
     app.add_route("/api/v2/consumption/electricity-live", ElectricityLiveResource(context))
     app.add_route("/api/v2/consumption/gas-live", GasLiveResource(context))
@@ -76,4 +78,23 @@ def create_app(
     app.add_route("/api/v2/consumption/electricity", ElectricityConsumptionResource(context))
     app.add_route("/api/v2/consumption/gas", GasConsumptionResource(context))
     app.add_route("/api/v2/consumption/quarter-hour-peak-electricity", QuarterHourPeakResource(context))
+    if config.web.enabled:
+        _add_page(app, config, context, monitoring, failed_keys)
     return app
+
+
+def _add_page(
+    app: falcon.App, config: Config, context: ApiContext, monitoring: MonitoringResource, failed: FailedKeys
+) -> None:
+    """dsmr-ts's energy page at / and its read-only data (resources/web.py)."""
+    access = web.WebAccess(config.web, config.api.key, failed)
+    app.add_route("/", web.PageResource())
+    app.add_static_route("/web/static", str(web.PAGE_FILES))
+    app.add_route("/web/login", web.LoginResource(access, config.server.trust_forwarded_headers))
+    app.add_route("/web/data/meters", web.MetersResource(context, access))
+    app.add_route("/web/data/live", web.LiveResource(context, access))
+    app.add_route("/web/data/summary", web.SummaryResource(context, access, monitoring))
+    app.add_route("/web/data/power", web.PowerResource(context, access))
+    app.add_route("/web/data/days", web.DaysResource(context, access))
+    app.add_route("/web/data/months", web.MonthsResource(context, access))
+    app.add_route("/web/data/peaks", web.PeaksResource(context, access))

@@ -676,6 +676,7 @@ def _print_welcome(config: Config) -> None:
         "",
         "dsmr-ts is running. Ctrl-C stops everything.",
         f"  API:         {api_url}/api/v2/datalogger/dsmrreading  ({state})",
+        f"  energy page: {api_url}/" + ("" if config.web.enabled else "  (off: web.enabled is false)"),
         f"  health:      {api_url}/health",
         f"  config:      {config.path}  (API key: api.key in this file)",
         f"  meter:       {_meter_description(config)}",

@@ -104,6 +104,14 @@ class ReaderConfig:
     authentication_key: str = ""
 
 
+@dataclass
+class WebConfig:
+    # dsmr-ts's own energy page at / (read-only; there whether or not api.enabled is on).
+    enabled: bool = True
+    # Ask for the API key once (kept in an HttpOnly cookie); the page's data answers 403 without it.
+    require_key: bool = False
+
+
 MQTT_SOURCES = ("raw", "json", "reading", "day", "period", "meter_stats", "gas", "quarter_hour_peaks", "discovery")
 MQTT_TLS = ("off", "verify", "insecure")
 
@@ -150,6 +158,7 @@ class Config:
     influxdb: InfluxConfig = field(default_factory=InfluxConfig)
     reader: ReaderConfig = field(default_factory=ReaderConfig)
     mqtt: MqttConfig = field(default_factory=MqttConfig)
+    web: WebConfig = field(default_factory=WebConfig)
     prices: list[PricePeriod] = field(default_factory=list)
     # A name for a meter and its replacements: the equipment ids, oldest first (`meter=NAME` reads them all).
     meters: dict[str, list[str]] = field(default_factory=dict)

@@ -75,6 +75,16 @@ def day_costs(row: dict[str, Any], price: PricePeriod | None) -> dict[str, str |
     }
 
 
+def cost_per_hour(delivered_kw: float, returned_kw: float, tariff: object, price: PricePeriod | None) -> str | None:
+    """What power now costs per hour at the tariff's prices (None without prices or a tariff)."""
+    if price is None or tariff not in (1, 2):
+        return None
+    return money(
+        exact(delivered_kw) * exact(getattr(price, f"electricity_delivered_{tariff}"))
+        - exact(returned_kw) * exact(getattr(price, f"electricity_returned_{tariff}"))
+    )
+
+
 def stored_or_computed_costs(row: dict[str, Any], day: dt.date, prices: list[PricePeriod]) -> dict[str, str | None]:
     """A day row's costs: as posted (POST statistics/day) when it has them, else from the prices."""
     if row.get("total_cost") is not None:

@@ -24,6 +24,7 @@ import time
 from typing import Callable
 
 import falcon
+from falcon.routing import StaticRoute
 
 from dsmr_ts.config import ApiConfig
 
@@ -100,8 +101,8 @@ class ApiAccessMiddleware:
         return req.access_route[0] if self.trust_forwarded and req.access_route else req.remote_addr
 
     def process_resource(self, req: falcon.Request, resp: falcon.Response, resource: object, params: dict) -> None:
-        if resource is None or getattr(resource, "auth_exempt", False):
-            return
+        if resource is None or getattr(resource, "auth_exempt", False) or isinstance(resource, StaticRoute):
+            return  # public, or the energy page's files and data (web.require_key decides for those)
         if not self.settings.enabled:
             if is_v1(req):
                 _refuse(resp, falcon.HTTP_405, "API is disabled", text=True)

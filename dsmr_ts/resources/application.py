@@ -35,10 +35,21 @@ class MonitoringResource:
         self.mqtt = mqtt  # mqtt.enabled: messages waiting long for the broker are a problem
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        problems = self.problems()
+        resp.media = {
+            "problems": len(problems),
+            "details": [
+                {"source": source, "description": description, "since": datetime_string(since, self.context.output_tz)}
+                for source, description, since in problems
+            ],
+        }
+
+    def problems(self, meter: str | None = None) -> list[tuple[str, str, dt.datetime | None]]:
+        """(source, description, since) of each problem, for the default meter (or `meter`)."""
         now = dt.datetime.now(dt.timezone.utc)
         problems: list[tuple[str, str, dt.datetime | None]] = []
         try:
-            meter = self.store.meters.default()
+            meter = meter or self.store.meters.default()
             latest = self.store.readings.latest(meter)
             if latest is None:
                 problems.append(("datalogger", "No readings received yet", None))
@@ -57,13 +68,7 @@ class MonitoringResource:
             problems.append(
                 ("mqtt", f"{outbox.waiting} MQTT messages wait for the broker (is it reachable?)", outbox.oldest)
             )
-        resp.media = {
-            "problems": len(problems),
-            "details": [
-                {"source": source, "description": description, "since": datetime_string(since, self.context.output_tz)}
-                for source, description, since in problems
-            ],
-        }
+        return problems
 
     def _statistics_problems(self, now: dt.datetime, meter: str) -> list[tuple[str, str, dt.datetime | None]]:
         """The hour task keeps the watermark within two hours of now (setup starts it at now, so a

@@ -57,13 +57,7 @@ class ElectricityLiveResource(_ConsumptionResource):
         delivered = exact(latest.get("electricity_currently_delivered") or 0.0)
         returned = exact(latest.get("electricity_currently_returned") or 0.0)
         tariff = self.store.meters.statistics(meter).get("electricity_tariff")
-        cost = None
-        price = self.today_prices()
-        if price is not None and tariff in (1, 2):
-            cost = money(
-                delivered * exact(getattr(price, f"electricity_delivered_{tariff}"))
-                - returned * exact(getattr(price, f"electricity_returned_{tariff}"))
-            )
+        cost = costs.cost_per_hour(float(delivered), float(returned), tariff, self.today_prices())
         now = dt.datetime.now(dt.timezone.utc)
         resp.media = {
             "timestamp": datetime_string(min(latest["_time"], now), self.output_tz),  # a meter clock may run ahead
