@@ -142,6 +142,64 @@ def percentile(times: list[float], fraction: float) -> float:
     return ordered[min(len(ordered) - 1, int(len(ordered) * fraction))]
 
 
+def load(stack: Stack, store: Store, count: int, keep: Path | None) -> dt.datetime:
+    """N readings ending two hours ago through the bulk path (or the store kept in `keep` by an
+    earlier run), their statistics built as an import builds them, compactions done and the repair
+    job run once, as the reader runs it: the store as a household's would be. Returns when the
+    readings start. Prints what each step took."""
+    loaded = keep / "loaded.json" if keep else None
+    kept = json.loads(loaded.read_text()) if loaded and loaded.exists() else None
+    if kept and kept["readings"] != count:
+        raise SystemExit(
+            f"{keep} holds {kept['readings']:,} readings, not {count:,}: give --readings {kept['readings']}"
+            " or another folder"
+        )
+    if kept:
+        start = dt.datetime.fromisoformat(kept["start"])
+        print(
+            f"bulk load: done before, {kept['loaded']}: {kept['figure']} (this run measures the store kept in {keep})"
+        )
+    else:
+        start = floor_hour(dt.datetime.now(UTC)) - dt.timedelta(seconds=count) - dt.timedelta(hours=2)
+        began, cpu = time.perf_counter(), stack.cpu()
+        written = store.writer.bulk(readings(count, start))
+        elapsed = time.perf_counter() - began
+        influx_cpu = stack.cpu()[1] - cpu[1]
+        figure = (
+            f"{written:,} readings ({count / 86400 / 30.4:.1f} months of 1-second readings, all DSMR 5"
+            f" fields) in {elapsed:.0f} s = {written / elapsed:,.0f} readings/s (influxd {influx_cpu:.0f} cpu-s)"
+        )
+        print("bulk load: " + figure)
+        if loaded:
+            stamp = dt.datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+            loaded.write_text(json.dumps({"readings": count, "start": start.isoformat(), "figure": figure,
+                                          "loaded": stamp}))  # fmt: skip
+    tz = stack.config.tz
+    began = time.perf_counter()
+    store.compute.regenerate(local_midnight(start, tz), floor_hour(dt.datetime.now(UTC)) + dt.timedelta(hours=1))
+    elapsed = time.perf_counter() - began
+    print(
+        f"statistics (hours, days, quarter-hour peaks, count index) for them: {elapsed:.0f} s"
+        f" = {count / elapsed:,.0f} readings/s"
+    )
+    print(
+        f"write cache snapshotted after {wait_for_cache_snapshot(stack.influxd.url):.0f} s;"
+        f" compactions done (influxd idle) after {wait_for_idle(stack.influxd.process.pid):.0f} s more"
+    )
+    # Until the repair job has run once more than REPAIR_SLACK after the load, every count also checks
+    # the hours the load marked (they may still wait for it): a few ms more per request at 10 M. The
+    # reader runs the job every minute; here it is run once, as it would be by then.
+    settled = began + REPAIR_SLACK.total_seconds() - time.perf_counter()
+    if settled > 0:
+        time.sleep(settled)
+    store.housekeeping.repair()
+    print(
+        f"the repair job run once, {REPAIR_SLACK.total_seconds():.0f} s after the load"
+        " (the reader runs it every minute)"
+    )
+    return start
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--readings", type=int, default=1_000_000)
@@ -151,67 +209,11 @@ def main() -> None:
     )
     args = parser.parse_args()
     sys.stdout.reconfigure(line_buffering=True)  # figures as they come, also into a file
-    loaded = args.keep / "loaded.json" if args.keep else None
-    kept = json.loads(loaded.read_text()) if loaded and loaded.exists() else None
-    if kept and kept["readings"] != args.readings:
-        raise SystemExit(
-            f"{args.keep} holds {kept['readings']:,} readings, not {args.readings:,}: give --readings"
-            f" {kept['readings']} or another folder"
-        )
     count = args.readings
     with Stack(folder=args.keep) as stack:
         store = Store(stack.config.influxdb, timeout_ms=3_600_000)
-        if kept:
-            start = dt.datetime.fromisoformat(kept["start"])
-            print(
-                f"bulk load: done before, {kept['loaded']}: {kept['figure']} (this run measures the store kept"
-                f" in {args.keep})"
-            )
-        else:
-            start = floor_hour(dt.datetime.now(UTC)) - dt.timedelta(seconds=count) - dt.timedelta(hours=2)
-            began, cpu = time.perf_counter(), stack.cpu()
-            written = store.writer.bulk(readings(count, start))
-            elapsed = time.perf_counter() - began
-            influx_cpu = stack.cpu()[1] - cpu[1]
-            figure = (
-                f"{written:,} readings ({count / 86400 / 30.4:.1f} months of 1-second readings, all DSMR 5"
-                f" fields) in {elapsed:.0f} s = {written / elapsed:,.0f} readings/s (influxd {influx_cpu:.0f} cpu-s)"
-            )
-            print("bulk load: " + figure)
-            if loaded:
-                loaded.write_text(
-                    json.dumps(
-                        {
-                            "readings": count,
-                            "start": start.isoformat(),
-                            "figure": figure,
-                            "loaded": dt.datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
-                        }
-                    )
-                )
+        start = load(stack, store, count, args.keep)
         tz = stack.config.tz
-        began = time.perf_counter()
-        store.compute.regenerate(local_midnight(start, tz), floor_hour(dt.datetime.now(UTC)) + dt.timedelta(hours=1))
-        elapsed = time.perf_counter() - began
-        print(
-            f"statistics (hours, days, quarter-hour peaks, count index) for them: {elapsed:.0f} s"
-            f" = {count / elapsed:,.0f} readings/s"
-        )
-        print(
-            f"write cache snapshotted after {wait_for_cache_snapshot(stack.influxd.url):.0f} s;"
-            f" compactions done (influxd idle) after {wait_for_idle(stack.influxd.process.pid):.0f} s more"
-        )
-        # Until the repair job has run once more than REPAIR_SLACK after the load, every count also checks
-        # the hours the load marked (they may still wait for it): a few ms more per request at 10 M. The
-        # reader runs the job every minute; here it is run once, as it would be by then.
-        settled = began + REPAIR_SLACK.total_seconds() - time.perf_counter()
-        if settled > 0:
-            time.sleep(settled)
-        store.housekeeping.repair()
-        print(
-            f"the repair job run once, {REPAIR_SLACK.total_seconds():.0f} s after the load (the reader runs it"
-            " every minute)"
-        )
         disk = disk_bytes(stack.influxd.data_dir / "engine")
         print(f"influxd disk use: {disk / 2**30:.2f} GiB = {disk / count * 1e6 / 2**20:.0f} MiB per million readings")
         url = stack.start_api() + PATH
