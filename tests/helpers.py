@@ -196,6 +196,19 @@ def run_task(config, name: str, scheduled_for) -> None:
         wait_for(finished, timeout=60, what=f"task {name!r} run for {scheduled_for}")
 
 
+def npm_packages(*specs: str) -> Path:
+    """node_modules holding npm packages (name@version), installed once per machine into
+    ~/.cache/dsmr-ts/npm (from the npm registry, with the machine's npm)."""
+    folder = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "dsmr-ts" / "npm" / "-".join(specs)
+    modules = folder / "node_modules"
+    if not (folder / ".installed").is_file():
+        folder.mkdir(parents=True, exist_ok=True)
+        subprocess.run(["npm", "install", "--silent", "--no-audit", "--no-fund", "--prefix", str(folder), *specs],
+                       check=True, timeout=900)  # fmt: skip
+        (folder / ".installed").touch()
+    return modules
+
+
 def debian_binary(package: str, binary: str) -> str:
     """A program from a Debian package (nginx, mosquitto, ...), installed with apt-get if this
     machine does not have it yet (as .ci/run does up front)."""

@@ -7,10 +7,11 @@ import dataclasses
 import datetime as dt
 import json
 import re
+import subprocess
 
 import pytest
 import yaml
-from helpers import REPO, flux
+from helpers import REPO, flux, npm_packages
 
 from dsmr_ts.influx.store import Store, StoreUnavailable
 from dsmr_ts.reader.simulator import MeterSimulator
@@ -117,3 +118,33 @@ def test_provisioning_points_panels_at_the_provisioned_datasource():
             assert panel["datasource"]["uid"] == source["uid"]
     providers = yaml.safe_load((GRAFANA / "provisioning" / "dashboards" / "dsmr-ts.yaml").read_text())
     assert providers["providers"][0]["options"]["path"] == "/var/lib/grafana/dashboards"
+
+
+GRAFANA_SCHEMA = "@grafana/schema@13.2.3"  # Grafana's own published types of a dashboard
+TYPESCRIPT = "typescript@7.0.2"
+
+
+def _typecheck(modules, dashboard: str, folder) -> subprocess.CompletedProcess:
+    """tsc checks a dashboard as an object literal of @grafana/schema's Dashboard type: a key it
+    does not know, or a value of the wrong type, is an error."""
+    check = folder / "dashboard.ts"
+    check.write_text(f'import type {{ Dashboard }} from "@grafana/schema";\nconst dashboard: Dashboard = {dashboard};\n'
+                     "export default dashboard;\n")  # fmt: skip
+    if not (folder / "node_modules").exists():
+        (folder / "node_modules").symlink_to(modules)  # where tsc looks for @grafana/schema
+    return subprocess.run(
+        [str(modules / ".bin" / "tsc"), "--noEmit", "--strict", "--module", "nodenext", "--moduleResolution",
+         "nodenext", "--target", "es2020", "--skipLibCheck", str(check)],
+        capture_output=True, text=True, timeout=600, cwd=folder,
+    )  # fmt: skip
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("dashboard", DASHBOARDS, ids=lambda path: path.name)
+def test_dashboards_match_grafanas_published_schema(dashboard, tmp_path):
+    modules = npm_packages(GRAFANA_SCHEMA, TYPESCRIPT)
+    result = _typecheck(modules, dashboard.read_text(), tmp_path)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
+    # The check bites: one misspelt panel key fails it.
+    broken = _typecheck(modules, dashboard.read_text().replace('"title"', '"titel"', 2), tmp_path)
+    assert broken.returncode != 0 and "titel" in broken.stdout

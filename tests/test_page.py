@@ -7,15 +7,12 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 import re
-import subprocess
-from pathlib import Path
 
 import pytest
 import requests
 from falcon import testing
-from helpers import TEST_KEY, debian_binary, start_api, wait_for
+from helpers import TEST_KEY, debian_binary, npm_packages, start_api, wait_for
 from playwright.sync_api import expect
 
 from dsmr_ts.app import create_app
@@ -36,14 +33,8 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-
 
 
 def axe_source() -> str:
-    """axe-core from the npm registry, installed once per machine."""
-    folder = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "dsmr-ts" / "npm" / f"axe-{AXE_VERSION}"
-    script = folder / "node_modules" / "axe-core" / "axe.min.js"
-    if not script.is_file():
-        folder.mkdir(parents=True, exist_ok=True)
-        subprocess.run(["npm", "install", "--silent", "--no-audit", "--no-fund", "--prefix", str(folder),
-                        f"axe-core@{AXE_VERSION}"], check=True, timeout=600)  # fmt: skip
-    return script.read_text()
+    """axe-core from the npm registry."""
+    return (npm_packages(f"axe-core@{AXE_VERSION}") / "axe-core" / "axe.min.js").read_text()
 
 
 def values(d1: float, d2: float, power: float) -> dict:
