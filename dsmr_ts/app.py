@@ -51,10 +51,9 @@ def create_app(
     relay = RawRelay(spool_dir) if config.mqtt.enabled and "raw" in config.mqtt.publish else None
     ingest = Ingest(store, on_telegram=relay.send if relay else None)
 
-    failed_keys = FailedKeys()  # wrong keys at the API and at the page count together
     middleware: list[Any] = [
         RequestMetricsMiddleware(),
-        ApiAccessMiddleware(config.api, config.server.trust_forwarded_headers, failed_keys),
+        ApiAccessMiddleware(config.api, config.server.trust_forwarded_headers),
         ChunkedBodyMiddleware(),  # after the key check
     ]
     app = falcon.App(middleware=middleware)
@@ -79,15 +78,15 @@ def create_app(
     app.add_route("/api/v2/consumption/gas", GasConsumptionResource(context))
     app.add_route("/api/v2/consumption/quarter-hour-peak-electricity", QuarterHourPeakResource(context))
     if config.web.enabled:
-        _add_page(app, config, context, monitoring, failed_keys)
+        _add_page(app, config, context, monitoring)
     return app
 
 
-def _add_page(
-    app: falcon.App, config: Config, context: ApiContext, monitoring: MonitoringResource, failed: FailedKeys
-) -> None:
-    """dsmr-ts's energy page at / and its read-only data (resources/web.py)."""
-    access = web.WebAccess(config.web, config.api.key, failed)
+def _add_page(app: falcon.App, config: Config, context: ApiContext, monitoring: MonitoringResource) -> None:
+    """dsmr-ts's energy page at / and its read-only data (resources/web.py). Wrong keys at its
+    login are counted on their own: ten a minute, then 429 (a page guessed at does not lock a
+    datalogger out of the API)."""
+    access = web.WebAccess(config.web, config.api.key, FailedKeys())
     app.add_route("/", web.PageResource())
     app.add_static_route("/web/static", str(web.PAGE_FILES))
     app.add_route("/web/login", web.LoginResource(access, config.server.trust_forwarded_headers))

@@ -3,7 +3,8 @@ valid ones and invalid ones (every check it has), over every route, sent with th
 gunicorn + influxd of their own. No response may be a 5xx or differ from the document, every
 request the document allows must be taken and every one it forbids refused: the document says
 exactly what the validators take. What JSON Schema cannot say (a telegram's CRC, a day that
-exists already, a timestamp more than a day ahead) is a documented 400 of three operations."""
+exists already, a timestamp more than a day ahead, a key that is not the key) is a documented 4xx
+of four operations."""
 
 from __future__ import annotations
 
@@ -35,12 +36,17 @@ checks.positive_data_acceptance.expected-statuses = [201, 400]
 [[operations]]
 include-name = "POST /api/v2/statistics/day"
 checks.positive_data_acceptance.expected-statuses = [201, 400]
+
+[[operations]]
+include-name = "POST /web/login"
+checks.positive_data_acceptance.expected-statuses = [204, 403, 429]
 """
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def stack(influxd_binary, tmp_path_factory):
-    """(base URL, the folder schemathesis runs in, the API's access log) of a stack of its own."""
+    """(base URL, the folder schemathesis runs in, the API's access log) of a stack of its own (per
+    test: wrong keys one run sends lock its client out for a minute)."""
     folder = tmp_path_factory.mktemp("fuzz")
     influxd = ManagedInfluxd(influxd_binary, folder / "influxd", port=free_port()).start()
     config_path = folder / "dsmr-ts.yaml"

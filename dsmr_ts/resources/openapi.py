@@ -28,6 +28,9 @@ from dsmr_ts.resources.validation import (
     FILTER_DATE_SCHEMA,
     FILTER_DATETIME_SCHEMA,
     METER_SCHEMA,
+    PAGE_DAY_SCHEMA,
+    PAGE_MONTH_SCHEMA,
+    PAGE_YEAR_SCHEMA,
     Field,
     field_schema,
 )
@@ -403,6 +406,77 @@ def _list_operation(item: str, field: str, time_schema: dict[str, Any], summary:
     }
 
 
+# The energy page's data (resources/web.py): read-only, public unless web.require_key.
+PAGE_DATA = {
+    "meters": ("the meter picker, the default meter and the time zone the page shows", []),
+    "live": ("power now (per phase), tariff, cost per hour, the running quarter hour, the month's peak", []),
+    "summary": ("today (live), yesterday, this month and year with costs; monitoring's problems", []),
+    "power": ("a local day of mean power per minute", [("day", PAGE_DAY_SCHEMA, "YYYY-MM-DD (default today)")]),
+    "days": ("the days of a month: usage, return, gas, costs", [("month", PAGE_MONTH_SCHEMA, "YYYY-MM")]),
+    "months": ("the months of a year, summed from their days", [("year", PAGE_YEAR_SCHEMA, "YYYY")]),
+    "peaks": ("the quarter-hour peaks of a month", [("month", PAGE_MONTH_SCHEMA, "YYYY-MM (default this month)")]),
+}
+PAGE_SECURITY_NOTE = "public; with web.require_key the page's cookie (POST /web/login) or X-AUTHKEY, else 403"
+
+
+def _page_paths() -> dict[str, Any]:
+    paths: dict[str, Any] = {
+        "/": {
+            "get": {
+                "summary": "dsmr-ts's energy page (when web.enabled)",
+                "security": [],
+                "responses": {
+                    "200": {"description": "the page", "content": {"text/html": {"schema": {"type": "string"}}}},
+                    "404": _json("Detail", "web.enabled is false: no page"),
+                },
+            }
+        },
+        "/web/login": {
+            "post": {
+                "summary": "the API key, once, for the energy page (web.require_key): answers with its cookie",
+                "security": [],
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        ct: {
+                            "schema": {
+                                "type": "object",
+                                "required": ["key"],
+                                "properties": {"key": {"type": "string", "minLength": 1}},
+                            }
+                        }
+                        for ct in ("application/x-www-form-urlencoded", "multipart/form-data", JSON)
+                    },
+                },
+                "responses": {
+                    "204": {"description": "the key is right: the page's cookie (HttpOnly, SameSite=Strict) is set"},
+                    "400": V2_ERRORS["400"],
+                    "403": _json("Detail", "not the key"),
+                    "413": _json("Detail", "body too large"),
+                    "415": _json("Detail", "unsupported content type"),
+                    "429": _json("Detail", "too many wrong keys from this client lately (Retry-After)"),
+                },
+            }
+        },
+    }
+    for name, (summary, extra) in PAGE_DATA.items():
+        paths[f"/web/data/{name}"] = {
+            "get": {
+                "summary": f"the energy page: {summary}",
+                "description": PAGE_SECURITY_NOTE,
+                "security": [],
+                "parameters": [PAGING[2], *(_param(param, schema, text) for param, schema, text in extra)],
+                "responses": {
+                    "200": {"description": summary, "content": {JSON: {"schema": {"type": "object"}}}},
+                    "400": V2_ERRORS["400"],
+                    "403": _json("Detail", "web.require_key: the page's cookie or the key is needed"),
+                    "503": V2_ERRORS["503"],
+                },
+            }
+        }
+    return paths
+
+
 @functools.cache
 def openapi_document(schema: ReadingSchema = SCHEMA) -> dict[str, Any]:
     """The document for a field table (cached per table)."""
@@ -579,6 +653,7 @@ def openapi_document(schema: ReadingSchema = SCHEMA) -> dict[str, Any]:
             "/api/v2/consumption/gas": _counted_operation(
                 "GasConsumption", "read_at", ["read_at", "-read_at"], "gas values and the gas used since the one before"
             ),
+            **_page_paths(),
             "/api/v2/consumption/quarter-hour-peak-electricity": _counted_operation(
                 "QuarterHourPeak",
                 "read_at_start",

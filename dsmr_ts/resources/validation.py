@@ -53,6 +53,11 @@ DATE_SCHEMA = {"type": "string", "format": "date"}
 FILTER_DATETIME_SCHEMA = {"anyOf": [*DATETIME_SCHEMA["anyOf"], DATE_SCHEMA, {"const": ""}]}
 FILTER_DATE_SCHEMA = {"anyOf": [DATE_SCHEMA, {"const": ""}]}
 _DATE_TEXT = re.compile(r"\d{4}-\d{2}-\d{2}")
+# The energy page's day, month and year: within the years the store holds (1970..2199), or empty.
+_STORE_YEAR = r"(?:19[7-9]\d|2[01]\d\d)"
+PAGE_DAY_SCHEMA = {"anyOf": [{"type": "string", "pattern": rf"^{_STORE_YEAR}-{_MONTH_DAY}$"}, {"const": ""}]}
+PAGE_MONTH_SCHEMA = {"anyOf": [{"type": "string", "pattern": rf"^{_STORE_YEAR}-(?:0[1-9]|1[0-2])$"}, {"const": ""}]}
+PAGE_YEAR_SCHEMA = {"anyOf": [{"type": "string", "pattern": rf"^{_STORE_YEAR}$"}, {"const": ""}]}
 
 
 def parse_date(value: Any) -> dt.date:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import hmac
+import re
 from decimal import Decimal
 from importlib import resources
 from typing import Any
@@ -132,13 +133,17 @@ class _DataResource:
         raise NotImplementedError
 
     def _date(self, req: falcon.Request, name: str, default: dt.date) -> dt.date:
+        """?day=YYYY-MM-DD or ?month=YYYY-MM (its first day) within 1970..2199; empty: `default`."""
         raw = req.get_param(name)
         if not raw:
             return default
         try:
-            return parse_date(raw if name == "day" else raw + "-01")
+            found = parse_date(raw if name == "day" else raw + "-01")
         except FieldError:
-            raise ValidationFailed({name: ["Enter a valid date."]}) from None
+            found = None
+        if found is None or not 1970 <= found.year <= 2199:
+            raise ValidationFailed({name: ["Enter a valid date from 1970 to 2199."]})
+        return found
 
     def _today(self) -> dt.date:
         return dt.datetime.now(self.tz).date()
@@ -296,7 +301,7 @@ class MonthsResource(_DataResource):
         raw = req.get_param("year")
         year = self._today().year
         if raw:
-            if not (raw.isdigit() and 1970 <= int(raw) <= 2199):
+            if not (re.fullmatch(r"[0-9]{4}", raw) and 1970 <= int(raw) <= 2199):
                 raise ValidationFailed({"year": ["Enter a year from 1970 to 2199."]})
             year = int(raw)
         months: dict[int, dict[str, Decimal]] = {}
