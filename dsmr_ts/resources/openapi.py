@@ -419,6 +419,12 @@ PAGE_DATA = {
 PAGE_SECURITY_NOTE = "public; with web.require_key the page's cookie (POST /web/login) or X-AUTHKEY, else 403"
 
 
+def _one_field_body(name: str, schema: dict[str, Any], content_types: tuple[str, ...]) -> dict[str, Any]:
+    """A required body of one required field, in each of these content types."""
+    body = {"type": "object", "required": [name], "properties": {name: schema}}
+    return {"required": True, "content": {ct: {"schema": body} for ct in content_types}}
+
+
 def _page_paths() -> dict[str, Any]:
     paths: dict[str, Any] = {
         "/": {
@@ -435,19 +441,11 @@ def _page_paths() -> dict[str, Any]:
             "post": {
                 "summary": "the API key, once, for the energy page (web.require_key): answers with its cookie",
                 "security": [],
-                "requestBody": {
-                    "required": True,
-                    "content": {
-                        ct: {
-                            "schema": {
-                                "type": "object",
-                                "required": ["key"],
-                                "properties": {"key": {"type": "string", "minLength": 1}},
-                            }
-                        }
-                        for ct in ("application/x-www-form-urlencoded", "multipart/form-data", JSON)
-                    },
-                },
+                "requestBody": _one_field_body(
+                    "key",
+                    {"type": "string", "minLength": 1},
+                    ("application/x-www-form-urlencoded", "multipart/form-data", JSON),
+                ),
                 "responses": {
                     "204": {"description": "the key is right: the page's cookie (HttpOnly, SameSite=Strict) is set"},
                     "400": V2_ERRORS["400"],
@@ -557,26 +555,16 @@ def openapi_document(schema: ReadingSchema = SCHEMA) -> dict[str, Any]:
                 "post": {
                     "summary": "store a raw P1 telegram (remote datalogger)",
                     "security": KEY_SECURITY,
-                    "requestBody": {
-                        "required": True,
-                        "content": {
-                            ct: {
-                                "schema": {
-                                    "type": "object",
-                                    "required": ["telegram"],
-                                    "properties": {
-                                        "telegram": {
-                                            "type": "string",
-                                            "pattern": r"[^\s\x00]",
-                                            "description": "the raw telegram (NUL bytes around it are dropped);"
-                                            " one that does not parse, or fails its CRC, is a 400 with the reason",
-                                        }
-                                    },
-                                }
-                            }
-                            for ct in ("application/x-www-form-urlencoded", "multipart/form-data")
+                    "requestBody": _one_field_body(
+                        "telegram",
+                        {
+                            "type": "string",
+                            "pattern": r"[^\s\x00]",
+                            "description": "the raw telegram (NUL bytes around it are dropped); one that does not"
+                            " parse, or fails its CRC, is a 400 with the reason",
                         },
-                    },
+                        ("application/x-www-form-urlencoded", "multipart/form-data"),
+                    ),
                     "responses": {
                         "201": {"description": "stored (empty body)"},
                         "400": _text("`Invalid data`, or why the telegram was rejected"),
