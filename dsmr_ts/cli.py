@@ -11,7 +11,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator, TextIO
+from typing import TYPE_CHECKING, Callable, Iterator, TextIO
 from urllib.parse import urlsplit
 
 from dsmr_ts import __version__
@@ -124,6 +124,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--meter", help="default: the meter this dsmr-ts knows")
     p.add_argument("--output", default="-", help="file to write (default: standard output)")
     p.set_defaults(func=cmd_export)
+
+    p = _command(sub, "backup", "back up the readings and statistics (influxd's own backup), also while run serves")
+    p.add_argument("--to", metavar="DIR", help="the folder to put it in (default: the data dir's backups folder)")
+    p.set_defaults(func=cmd_backup)
+
+    p = _command(sub, "restore", "restore a backup into the configured store (while no run uses it)")
+    p.add_argument("path", help="a backup folder (dsmr-ts-backup-<time>) made by dsmr-ts backup")
+    p.add_argument("--replace", action="store_true", help="replace a store that already holds readings")
+    p.set_defaults(func=cmd_restore)
 
     p = _command(sub, "influxd", "the InfluxDB server dsmr-ts builds and manages")
     influxd_sub = p.add_subparsers(dest="influxd_command", required=True, metavar="ACTION")
@@ -416,6 +425,95 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_backup(args: argparse.Namespace) -> int:
+    from dsmr_ts.config import without_secrets
+    from dsmr_ts.influx.backup import BackupError, Backups
+    from dsmr_ts.influx.bootstrap import admin_token
+    from dsmr_ts.influx.client import InfluxClient, StoreUnavailable
+
+    config = _config(args)
+    folder = Path(args.to) if args.to else config.resolve_path(_BACKUP_DIR)
+    influxd = _influxd_for(config)  # the one `run` serves with, else started for this backup
+    client = InfluxClient(config.influxdb)
+    try:
+        backups = Backups(client, _admin_token(config, admin_token))
+        config_text = without_secrets(config.path) if config.path else ""
+        result = backups.backup(folder, config_text, _progress("shards"))
+    except (BackupError, StoreUnavailable) as exc:
+        raise CliError(f"backup failed: {exc}") from None
+    finally:
+        client.close()
+        if influxd:
+            influxd.stop()
+    print(f"backup {result.path}: {_size(result.bytes)} in {result.seconds:.1f} s")
+    return 0
+
+
+def cmd_restore(args: argparse.Namespace) -> int:
+    from dsmr_ts.influx.backup import BackupError, Backups, read_manifest
+    from dsmr_ts.influx.bootstrap import admin_token
+    from dsmr_ts.influx.client import InfluxClient, StoreUnavailable
+
+    config = _config(args)
+    backup = Path(args.path)
+    try:
+        read_manifest(backup)  # before anything starts: is it a backup at all?
+    except BackupError as exc:
+        raise CliError(f"restore: {exc}") from None
+    with _run_lock(config):  # no `run` may write while the buckets are replaced
+        influxd = _influxd_for(config)
+        client = InfluxClient(config.influxdb)
+        try:
+            org_id = _bootstrap(config)
+            backups = Backups(client, _admin_token(config, admin_token))
+            if backups.holds_readings() and not args.replace:
+                raise CliError(f"restore: {config.influxdb.url} already holds readings; give --replace to replace them")
+            began = time.monotonic()
+            shards = backups.restore(backup, org_id, replace=True, progress=_progress("shards"))
+            _bootstrap(config)  # the restored buckets have new ids: new scoped tokens, the tasks checked
+        except (BackupError, StoreUnavailable) as exc:
+            raise CliError(f"restore failed: {exc}") from None
+        finally:
+            client.close()
+            if influxd:
+                influxd.stop()
+    print(f"restored {backup} ({shards} shards) in {time.monotonic() - began:.1f} s")
+    return 0
+
+
+_BACKUP_DIR = "./data/backups"
+
+
+def _admin_token(config: Config, read) -> str:
+    token = read(config)
+    if not token:
+        raise CliError(f"no InfluxDB admin token in {config.influxdb.admin_token_file}: run dsmr-ts setup first")
+    return token
+
+
+def _progress(unit: str):
+    """A progress(done, total) callback drawing a ProgressBar, made once the total is known."""
+    from dsmr_ts.progress import ProgressBar
+
+    bars: list[ProgressBar] = []
+
+    def advance(done: int, total: int) -> None:
+        if not bars:
+            bars.append(ProgressBar(total, unit))
+        bars[0].advance()
+
+    return advance
+
+
+def _size(count: int) -> str:
+    size = float(count)
+    for unit in ("B", "KB", "MB"):
+        if size < 1024:
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size:.1f} GB"
+
+
 @contextlib.contextmanager
 def _store_session(config: Config, stopped: str) -> Iterator[Store]:
     """A Store for a long command: the managed influxd (the running one, or started for this
@@ -481,7 +579,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         children.append(Child("api", api))
         # The reader process also keeps the statistics (repair, count index), meter or not.
         children.append(Child("reader", Command(_dsmr_ts_command("reader"), _child_env(config))))
-        after_start = {"api": lambda: _wait_for_api(config, stop, api)}
+        after_start: dict[str, Callable[[], object]] = {"api": lambda: _wait_for_api(config, stop, api)}
         if config.influxdb.managed:
             after_start["influxd"] = lambda: _bootstrap(config)
         supervisor = Supervisor(children, stop, after_start)
@@ -616,7 +714,8 @@ def _local_address(bind: str) -> str:
     return f"{'127.0.0.1' if host in ('', '0.0.0.0', '::') else host}:{port}"
 
 
-def _bootstrap(config: Config) -> None:
+def _bootstrap(config: Config) -> str:
+    """Setup (idempotent); the org's id."""
     from dsmr_ts.influx.bootstrap import BootstrapError, bootstrap
 
     try:
@@ -625,6 +724,7 @@ def _bootstrap(config: Config) -> None:
         raise CliError(str(exc)) from None
     state = "onboarded" if result.onboarded else "already set up"
     log.info("InfluxDB %s at %s (org %s)", state, config.influxdb.url, config.influxdb.org)
+    return result.org_id
 
 
 def _ensure_setup(config: Config) -> None:

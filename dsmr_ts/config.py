@@ -585,6 +585,22 @@ SECRET_KEYS = {
 }
 
 
+def without_secrets(path: Path) -> str:
+    """The config file's text with every secret blanked (for a backup: the settings, not the keys)."""
+    raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    for name, keys in SECRET_KEYS.items():
+        section = raw.get(name)
+        if isinstance(section, dict):
+            section.update({key: "" for key in keys if section.get(key)})
+    reader = raw.get("reader")
+    for target in (reader.get("forward") or []) if isinstance(reader, dict) else []:
+        if isinstance(target, dict) and target.get("key"):
+            target["key"] = ""
+    return "# dsmr-ts config from a backup; secrets blanked (api.key, tokens, passwords, keys)\n" + yaml.safe_dump(
+        raw, sort_keys=False
+    )
+
+
 def _holds_secrets(raw: dict) -> bool:
     sections = [(name, raw.get(name)) for name in SECRET_KEYS]
     found = any(

@@ -147,7 +147,7 @@ class Supervisor:
         self,
         children: list[Child],
         stop: threading.Event,
-        after_start: dict[str, Callable[[], None]] | None = None,
+        after_start: dict[str, Callable[[], object]] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ):
         self.children = children

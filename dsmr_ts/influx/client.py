@@ -151,6 +151,26 @@ class InfluxClient:
                 raise StoreUnavailable(f"InfluxDB unreachable ({exc.__class__.__name__})") from None
         raise AssertionError("unreachable")
 
+    @contextlib.contextmanager
+    def exchange(
+        self, method: str, path: str, body: Any = None, headers: dict[str, str] | None = None, timeout: float = 3600
+    ) -> Iterator[http.client.HTTPResponse]:
+        """One request on a connection of its own, its response read by the caller as it streams
+        (a backup's shards, a restore's uploads: too large to hold in memory). StoreUnavailable
+        when influxd cannot be reached."""
+        cls = http.client.HTTPSConnection if self._https else http.client.HTTPConnection
+        connection = cls(self._host, self._port, timeout=timeout)
+        headers = {"Authorization": f"Token {self.settings.token}", **(headers or {})}
+        try:
+            try:
+                connection.request(method, self._prefix + path, body=body, headers=headers)
+                response = connection.getresponse()
+            except (OSError, http.client.HTTPException) as exc:
+                raise StoreUnavailable(f"InfluxDB unreachable ({exc.__class__.__name__})") from None
+            yield response
+        finally:
+            connection.close()
+
     def _drop_connection(self) -> None:
         connection = getattr(self._local, "connection", None)
         if connection is not None:

@@ -1,0 +1,221 @@
+"""Backup and restore as an operator meets them: `dsmr-ts backup` while `dsmr-ts run` serves and a
+meter keeps sending, `dsmr-ts restore` into a fresh data dir, and then the API answers exactly as
+before (readings, counts, hour and day statistics, quarter-hour peaks, meter statistics); a store
+that holds readings is only replaced with --replace, and the tasks keep running afterwards."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import signal
+import subprocess
+from pathlib import Path
+
+import requests
+from helpers import REPO, TEST_KEY, dsmr_ts_command, run_task, wait_for
+
+from dsmr_ts.config import load_config
+from dsmr_ts.influx.server import free_port
+from dsmr_ts.influx.tasks import HOUR_TASK
+from dsmr_ts.telegram import SIMULATED_METER
+
+KEY = {"X-AUTHKEY": TEST_KEY}
+UTC = dt.timezone.utc
+DAYS = [dt.datetime(2026, 3, 9, tzinfo=UTC), dt.datetime(2026, 3, 10, tzinfo=UTC)]
+METERS = ("E-BACKUP-1", "E-BACKUP-2")
+
+
+def write_config(folder: Path, reader: str) -> Path:
+    folder.mkdir()
+    path = folder / "dsmr-ts.yaml"
+    path.write_text(
+        f"api:\n  enabled: true\n  key: {TEST_KEY}\n"
+        f"server:\n  bind: 127.0.0.1:{free_port()}\n  workers: 1\n"
+        f"influxdb:\n  url: http://127.0.0.1:{free_port()}\n  data_dir: ./influx-data\n"
+        f"reader:\n{reader}"
+    )
+    path.chmod(0o600)
+    return path
+
+
+def dsmr_ts(config: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    done = subprocess.run(
+        dsmr_ts_command("--config", str(config), *args), cwd=REPO, env=_env(), capture_output=True, text=True,
+        timeout=600,
+    )  # fmt: skip
+    if check:
+        assert done.returncode == 0, done.stdout + done.stderr
+    return done
+
+
+def _env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if not k.startswith("DSMR_TS_")}
+
+
+class Running:
+    """`dsmr-ts run` for a config, until stop()."""
+
+    def __init__(self, config: Path):
+        self.log = config.parent / "run.log"
+        with open(self.log, "w") as log:
+            self.proc = subprocess.Popen(
+                dsmr_ts_command("--config", str(config), "run"), cwd=REPO, env=_env(), stdout=log,
+                stderr=subprocess.STDOUT, start_new_session=True,
+            )  # fmt: skip
+        bind = next(line.split()[-1] for line in config.read_text().splitlines() if "bind:" in line)
+        self.url = f"http://{bind}"
+        wait_for(self.healthy, timeout=120, what="dsmr-ts run to answer")
+
+    def healthy(self) -> bool:
+        assert self.proc.poll() is None, self.log.read_text()[-3000:]
+        try:
+            return requests.get(self.url + "/health", timeout=2).status_code == 200
+        except requests.ConnectionError:
+            return False
+
+    def get(self, path: str, **params) -> bytes:
+        response = requests.get(self.url + path, headers=KEY, params=params, timeout=60)
+        assert response.status_code == 200, (path, response.text)
+        return response.content
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGINT)
+            self.proc.wait(120)
+
+
+def post_history(api: Running) -> None:
+    """Two days of quarter-hour readings of two meters, gas every hour, and one late reading."""
+    for meter_index, meter in enumerate(METERS):
+        for day in DAYS:
+            for quarter in range(96):
+                moment = day + dt.timedelta(minutes=15 * quarter)
+                position = (moment - DAYS[0]) / dt.timedelta(hours=1) * (0.4 + meter_index)
+                data = {
+                    "meter": meter,
+                    "timestamp": moment.isoformat(),
+                    "electricity_delivered_1": f"{1000 + position:.3f}",
+                    "electricity_delivered_2": f"{2000 + position / 2:.3f}",
+                    "electricity_returned_1": "0.000",
+                    "electricity_returned_2": f"{position / 10:.3f}",
+                    "electricity_currently_delivered": f"{0.4 + meter_index + quarter % 7 / 10:.3f}",
+                    "electricity_currently_returned": "0.000",
+                }
+                if quarter % 4 == 0:
+                    data.update(
+                        extra_device_timestamp=moment.isoformat(), extra_device_delivered=f"{500 + position / 8:.3f}"
+                    )
+                response = requests.post(api.url + "/api/v2/datalogger/dsmrreading", data=data, headers=KEY, timeout=30)
+                assert response.status_code == 201, response.text
+
+
+def answers(api: Running, before: dt.datetime) -> dict[str, bytes]:
+    """What a client sees of the history (nothing of the live meter after `before`)."""
+    found = {}
+    for meter in (*METERS, SIMULATED_METER, ""):
+        which = {"meter": meter} if meter else {}
+        found[f"readings {meter}"] = api.get(
+            "/api/v2/datalogger/dsmrreading",
+            ordering="timestamp",
+            limit=500,
+            timestamp__lte=before.isoformat(),
+            **which,
+        )
+        found[f"day {meter}"] = api.get("/api/v2/statistics/day", day__gte="2026-03-09", day__lte="2026-03-11", **which)
+        found[f"hour {meter}"] = api.get(
+            "/api/v2/statistics/hour", hour_start__gte="2026-03-09T00:00:00Z", hour_start__lte="2026-03-10T23:00:00Z",
+            limit=200, **which,
+        )  # fmt: skip
+        found[f"peaks {meter}"] = api.get(
+            "/api/v2/consumption/quarter-hour-peak-electricity", read_at_start__gte="2026-03-09T00:00:00Z",
+            read_at_start__lte="2026-03-10T23:59:59Z", limit=500, **which,
+        )  # fmt: skip
+    for meter in METERS:
+        found[f"meter statistics {meter}"] = api.get("/api/v2/datalogger/meter-statistics", meter=meter)
+    return found
+
+
+def test_backup_while_serving_then_restore_answers_byte_for_byte(tmp_path):
+    source = write_config(tmp_path / "source", "  spool_dir: ./spool\n")  # the simulated meter sends live
+    target = write_config(tmp_path / "target", "  enabled: false\n")
+    backups = tmp_path / "backups"
+    api = Running(source)
+    try:
+        post_history(api)
+        dsmr_ts(source, "regenerate", "--since", "2026-03-09", "--until", "2026-03-10")
+        # A late reading into an hour whose statistics exist: the hour task picks it up.
+        late = {"meter": METERS[0], "timestamp": "2026-03-10T12:07:00+00:00", "electricity_delivered_1": "1014.500",
+                "electricity_delivered_2": "2007.400", "electricity_returned_1": "0", "electricity_returned_2": "0",
+                "electricity_currently_delivered": "9.999", "electricity_currently_returned": "0"}  # fmt: skip
+        assert requests.post(api.url + "/api/v2/datalogger/dsmrreading", data=late, headers=KEY).status_code == 201
+        dsmr_ts(source, "regenerate", "--since", "2026-03-10", "--until", "2026-03-10")
+        live_count = lambda: json.loads(api.get("/api/v2/datalogger/dsmrreading", limit=1, meter=SIMULATED_METER))[
+            "count"
+        ]
+        first = live_count()
+        wait_for(lambda: live_count() > first, timeout=60, what="the simulated meter's readings to arrive")
+        started = dt.datetime.now(UTC).replace(microsecond=0)
+        acknowledged = json.loads(
+            api.get(
+                "/api/v2/datalogger/dsmrreading", limit=1, meter=SIMULATED_METER, timestamp__lte=started.isoformat()
+            )
+        )
+        made = dsmr_ts(source, "backup", "--to", str(backups))
+        # The meter kept sending during the backup, and the service kept serving.
+        wait_for(lambda: live_count() > acknowledged["count"], timeout=60, what="readings after the backup")
+        before = answers(api, started)
+    finally:
+        api.stop()
+
+    (backup,) = sorted(backups.iterdir())
+    assert backup.name.startswith("dsmr-ts-backup-") and made.stdout.startswith(f"backup {backup}: ")
+    assert " in " in made.stdout.strip().splitlines()[-1] and len(made.stdout.strip().splitlines()) == 1
+    assert "shards" in made.stderr  # progress
+    kept = (backup / "dsmr-ts.yaml").read_text()
+    assert TEST_KEY not in kept and "enabled: true" in kept
+    admin = (tmp_path / "source" / "data" / "influxdb-admin-token").read_text().strip()
+    assert admin not in (backup / "manifest.json").read_text()
+    manifest = json.loads((backup / "manifest.json").read_text())
+    assert {b["bucketName"] for b in manifest["buckets"]} == {"dsmr", "dsmr_stats"}
+    assert {t["name"] for t in manifest["tasks"]} >= {"dsmr-ts hour statistics", "dsmr-ts day statistics"}
+
+    restored = dsmr_ts(target, "restore", str(backup))
+    assert restored.stdout.startswith(f"restored {backup} (")
+    again = dsmr_ts(target, "restore", str(backup), check=False)
+    assert again.returncode == 1 and "already holds readings; give --replace" in again.stderr
+    assert len(again.stderr.strip().splitlines()[-1:]) == 1
+    dsmr_ts(target, "restore", str(backup), "--replace")
+
+    api = Running(target)
+    try:
+        after = answers(api, started)
+        for name, body in before.items():
+            assert after[name] == body, name
+        assert json.loads(after[f"readings {SIMULATED_METER}"])["count"] >= acknowledged["count"] > 0
+        assert json.loads(after[f"day {METERS[1]}"])["count"] == 2
+        assert json.loads(after[f"peaks {METERS[0]}"])["count"] > 0
+        # The tasks run on the restored store: a reading in an hour without statistics gets its row.
+        reading = {"meter": METERS[0], "timestamp": "2026-03-11T00:10:00+00:00", "electricity_delivered_1": "1100.000",
+                   "electricity_delivered_2": "2100.000", "electricity_returned_1": "0", "electricity_returned_2": "0",
+                   "electricity_currently_delivered": "1.000", "electricity_currently_returned": "0"}  # fmt: skip
+        assert requests.post(api.url + "/api/v2/datalogger/dsmrreading", data=reading, headers=KEY).status_code == 201
+        run_task(load_config(target), HOUR_TASK, dt.datetime(2026, 3, 11, 1, tzinfo=UTC))
+        new_hour = json.loads(
+            api.get("/api/v2/statistics/hour", meter=METERS[0], hour_start__gte="2026-03-11T00:00:00Z")
+        )
+        assert new_hour["count"] == 1 and new_hour["results"][0]["electricity1"] != "0.000"
+    finally:
+        api.stop()
+
+
+def test_restore_refuses_what_is_not_a_backup(tmp_path):
+    config = write_config(tmp_path / "store", "  enabled: false\n")
+    (tmp_path / "empty").mkdir()
+    done = dsmr_ts(config, "restore", str(tmp_path / "empty"), check=False)
+    assert done.returncode == 1
+    assert (
+        done.stderr.strip()
+        == f"dsmr-ts: restore: {tmp_path / 'empty'} is not a dsmr-ts backup (no readable manifest.json)"
+    )
+    assert not (tmp_path / "store" / "influx-data").exists()  # nothing started, nothing made
