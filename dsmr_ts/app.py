@@ -60,14 +60,15 @@ def create_app(
     errors.install(app)
     app.add_route("/health", HealthResource(store))
     app.add_route("/api/v2/schema", SchemaResource(store.schema))
-    app.add_route("/metrics", MetricsResource(store, spool_dir, config.api.metrics_public))
+    backup_dir = config.resolve_path(config.backup.dir) if config.backup.enabled else None
+    app.add_route("/metrics", MetricsResource(store, spool_dir, config.api.metrics_public, backup_dir))
     app.add_route("/api/v1/datalogger/dsmrreading", TelegramResource(ingest))
     app.add_route("/api/v2/datalogger/dsmrreading", ReadingResource(context, ingest))
     app.add_route("/api/v2/statistics/day", DayStatisticsResource(context))
     app.add_route("/api/v2/statistics/hour", HourStatisticsResource(context))
     # The rest of DSMR-reader v5's v2 routes.
     app.add_route("/api/v2/application/version", VersionResource())
-    monitoring = MonitoringResource(context, spool_dir, config.mqtt.enabled)
+    monitoring = MonitoringResource(context, spool_dir, config.mqtt.enabled, backup_dir)
     app.add_route("/api/v2/application/monitoring", monitoring)
     app.add_route("/api/v2/datalogger/meter-statistics", MeterStatisticsResource(context))
     app.add_route("/api/v2/consumption/electricity-live", ElectricityLiveResource(context))

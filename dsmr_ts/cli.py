@@ -126,7 +126,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_export)
 
     p = _command(sub, "backup", "back up the readings and statistics (influxd's own backup), also while run serves")
-    p.add_argument("--to", metavar="DIR", help="the folder to put it in (default: the data dir's backups folder)")
+    p.add_argument("--to", metavar="DIR", help="the folder to put it in (default: backup.dir)")
+    p.add_argument(
+        "--daily",
+        action="store_true",
+        help="as the daily job (a systemd timer's): into backup.dir, keep the newest backup.keep, run backup.command,"
+        " and record the outcome for monitoring and /metrics",
+    )
     p.set_defaults(func=cmd_backup)
 
     p = _command(sub, "restore", "restore a backup into the configured store (while no run uses it)")
@@ -432,8 +438,18 @@ def cmd_backup(args: argparse.Namespace) -> int:
     from dsmr_ts.influx.client import InfluxClient, StoreUnavailable
 
     config = _config(args)
-    folder = Path(args.to) if args.to else config.resolve_path(_BACKUP_DIR)
+    if args.daily and args.to:
+        raise CliError("backup: --daily writes into backup.dir; give --to without --daily")
+    folder = Path(args.to) if args.to else config.resolve_path(config.backup.dir)
     influxd = _influxd_for(config)  # the one `run` serves with, else started for this backup
+    if args.daily:
+        from dsmr_ts.daily_backup import DailyBackup
+
+        try:
+            return 0 if DailyBackup(config, lambda: admin_token(config)).run() else 1
+        finally:
+            if influxd:
+                influxd.stop()
     client = InfluxClient(config.influxdb)
     try:
         backups = Backups(client, _admin_token(config, admin_token))
@@ -479,9 +495,6 @@ def cmd_restore(args: argparse.Namespace) -> int:
                 influxd.stop()
     print(f"restored {backup} ({shards} shards) in {time.monotonic() - began:.1f} s")
     return 0
-
-
-_BACKUP_DIR = "./data/backups"
 
 
 def _admin_token(config: Config, read) -> str:
@@ -583,19 +596,44 @@ def cmd_run(args: argparse.Namespace) -> int:
         if config.influxdb.managed:
             after_start["influxd"] = lambda: _bootstrap(config)
         supervisor = Supervisor(children, stop, after_start)
+        daily = None
         try:
             if not config.influxdb.managed:
                 _bootstrap(config)
             supervisor.start_all()
             if not stop.is_set():
                 _print_welcome(config)
+            daily = _schedule_backups(config)
             supervisor.watch()
         except SupervisorError as exc:
             raise CliError(str(exc)) from None
         finally:
             log.info("stopping")
+            if daily:
+                daily.shutdown(wait=False)
             supervisor.stop_all()
     return 0
+
+
+def _schedule_backups(config: Config):
+    """The daily backup (config `backup`) in a scheduler thread of `run` (which holds the admin
+    token the backup API needs; the API and reader never load it); None when backup.enabled is off."""
+    from apscheduler.schedulers.background import BackgroundScheduler
+    from apscheduler.triggers.cron import CronTrigger
+
+    from dsmr_ts.daily_backup import DailyBackup
+    from dsmr_ts.influx.bootstrap import admin_token
+
+    if not config.backup.enabled:
+        return None
+    hour, minute = config.backup.time.split(":")
+    scheduler = BackgroundScheduler(job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": 3600})
+    job = DailyBackup(config, lambda: admin_token(config))
+    scheduler.add_job(job.run, CronTrigger(hour=int(hour), minute=int(minute), timezone=config.tz), id="daily backup")
+    scheduler.start()
+    log.info("daily backup at %s (%s) into %s, keeping %d", config.backup.time, config.timezone, job.folder,
+             config.backup.keep)  # fmt: skip
+    return scheduler
 
 
 # --- helpers -------------------------------------------------------------------------------

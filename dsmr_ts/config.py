@@ -112,6 +112,18 @@ class WebConfig:
     require_key: bool = False
 
 
+@dataclass
+class BackupConfig:
+    # Every day at `time` (local, HH:MM) `dsmr-ts run` makes a backup in `dir` (dsmr-ts backup's)
+    # and keeps the newest `keep`; `command` (optional) runs with the new backup's path as its last
+    # argument, to copy it off the machine (e.g. rsync -a, or rclone copy ... with a remote).
+    enabled: bool = True
+    dir: str = "./data/backups"
+    time: str = "03:30"
+    keep: int = 7
+    command: str = ""
+
+
 MQTT_SOURCES = ("raw", "json", "reading", "day", "period", "meter_stats", "gas", "quarter_hour_peaks", "discovery")
 MQTT_TLS = ("off", "verify", "insecure")
 
@@ -159,6 +171,7 @@ class Config:
     reader: ReaderConfig = field(default_factory=ReaderConfig)
     mqtt: MqttConfig = field(default_factory=MqttConfig)
     web: WebConfig = field(default_factory=WebConfig)
+    backup: BackupConfig = field(default_factory=BackupConfig)
     prices: list[PricePeriod] = field(default_factory=list)
     # A name for a meter and its replacements: the equipment ids, oldest first (`meter=NAME` reads them all).
     meters: dict[str, list[str]] = field(default_factory=dict)
@@ -436,6 +449,10 @@ def _check_semantics(config: Config, problems: _Problems) -> None:
             problems.add(f"reader.forward[{i}].url", target_problem)
     _check_mqtt(config, problems)
     _check_meters(config, problems)
+    if not re.fullmatch(r"([01]\d|2[0-3]):[0-5]\d", config.backup.time):
+        problems.add("backup.time", f"expected a local time HH:MM (e.g. 03:30), got {config.backup.time!r}")
+    if config.backup.keep < 1:
+        problems.add("backup.keep", f"must be at least 1 (the newest backups kept), got {config.backup.keep}")
     for i in range(1, len(config.prices)):
         previous, period = config.prices[i - 1].start, config.prices[i].start
         if period == previous:

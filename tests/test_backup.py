@@ -5,17 +5,25 @@ that holds readings is only replaced with --replace, and the tasks keep running 
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 import os
+import shutil
 import signal
 import subprocess
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import requests
+from falcon import testing
 from helpers import REPO, TEST_KEY, dsmr_ts_command, run_task, wait_for
 
+from dsmr_ts.app import create_app
 from dsmr_ts.config import load_config
+from dsmr_ts.daily_backup import DailyBackup
+from dsmr_ts.influx.backup import backups
+from dsmr_ts.influx.bootstrap import admin_token
 from dsmr_ts.influx.server import free_port
 from dsmr_ts.influx.tasks import HOUR_TASK
 from dsmr_ts.telegram import SIMULATED_METER
@@ -26,14 +34,14 @@ DAYS = [dt.datetime(2026, 3, 9, tzinfo=UTC), dt.datetime(2026, 3, 10, tzinfo=UTC
 METERS = ("E-BACKUP-1", "E-BACKUP-2")
 
 
-def write_config(folder: Path, reader: str) -> Path:
+def write_config(folder: Path, reader: str, extra: str = "") -> Path:
     folder.mkdir()
     path = folder / "dsmr-ts.yaml"
     path.write_text(
         f"api:\n  enabled: true\n  key: {TEST_KEY}\n"
         f"server:\n  bind: 127.0.0.1:{free_port()}\n  workers: 1\n"
         f"influxdb:\n  url: http://127.0.0.1:{free_port()}\n  data_dir: ./influx-data\n"
-        f"reader:\n{reader}"
+        f"reader:\n{reader}{extra}"
     )
     path.chmod(0o600)
     return path
@@ -137,9 +145,12 @@ def answers(api: Running, before: dt.datetime) -> dict[str, bytes]:
 
 
 def test_backup_while_serving_then_restore_answers_byte_for_byte(tmp_path):
-    source = write_config(tmp_path / "source", "  spool_dir: ./spool\n")  # the simulated meter sends live
+    # The daily backup is due in the next minute or two (local time, the config's zone).
+    due = (dt.datetime.now(ZoneInfo("Europe/Amsterdam")) + dt.timedelta(seconds=90)).strftime("%H:%M")
+    daily = f"backup:\n  dir: ./daily\n  time: '{due}'\n  keep: 1\n"
+    source = write_config(tmp_path / "source", "  spool_dir: ./spool\n", daily)  # the simulated meter sends live
     target = write_config(tmp_path / "target", "  enabled: false\n")
-    backups = tmp_path / "backups"
+    backup_dir = tmp_path / "backups"
     api = Running(source)
     try:
         post_history(api)
@@ -161,14 +172,16 @@ def test_backup_while_serving_then_restore_answers_byte_for_byte(tmp_path):
                 "/api/v2/datalogger/dsmrreading", limit=1, meter=SIMULATED_METER, timestamp__lte=started.isoformat()
             )
         )
-        made = dsmr_ts(source, "backup", "--to", str(backups))
+        made = dsmr_ts(source, "backup", "--to", str(backup_dir))
         # The meter kept sending during the backup, and the service kept serving.
         wait_for(lambda: live_count() > acknowledged["count"], timeout=60, what="readings after the backup")
         before = answers(api, started)
+        wait_for(lambda: backups(tmp_path / "source" / "daily"), timeout=240, what=f"run's daily backup at {due}")
+        assert f"daily backup at {due} (Europe/Amsterdam)" in api.log.read_text()
     finally:
         api.stop()
 
-    (backup,) = sorted(backups.iterdir())
+    (backup,) = sorted(backup_dir.iterdir())
     assert backup.name.startswith("dsmr-ts-backup-") and made.stdout.startswith(f"backup {backup}: ")
     assert " in " in made.stdout.strip().splitlines()[-1] and len(made.stdout.strip().splitlines()) == 1
     assert "shards" in made.stderr  # progress
@@ -219,3 +232,88 @@ def test_restore_refuses_what_is_not_a_backup(tmp_path):
         == f"dsmr-ts: restore: {tmp_path / 'empty'} is not a dsmr-ts backup (no readable manifest.json)"
     )
     assert not (tmp_path / "store" / "influx-data").exists()  # nothing started, nothing made
+
+
+# --- the daily backup ---------------------------------------------------------------------------
+
+
+def daily_config(config, folder: Path, command: str = "", keep: int = 2):
+    backup = dataclasses.replace(config.backup, dir=str(folder), keep=keep, command=command)
+    return dataclasses.replace(config, backup=backup)
+
+
+def script(path: Path, body: str) -> str:
+    path.write_text(f"#!/bin/sh\n{body}\n")
+    path.chmod(0o755)
+    return str(path)
+
+
+def reported(config) -> tuple[list[dict], str]:
+    """What /application/monitoring and /metrics say (the API reads the state file the job wrote)."""
+    client = testing.TestClient(create_app(config))
+    problems = client.simulate_get("/api/v2/application/monitoring", headers=KEY).json["details"]
+    return [p for p in problems if p["source"] == "backup"], client.simulate_get("/metrics", headers=KEY).text
+
+
+def test_daily_backup_keeps_the_newest_runs_its_command_and_reports_failures(config, tmp_path):
+    folder = tmp_path / "backups"
+    copied = tmp_path / "copied"
+    failing = daily_config(config, folder, script(tmp_path / "fail.sh", "echo 'remote: no route to host' >&2; exit 3"))
+    assert DailyBackup(failing, lambda: admin_token(config)).run() is False
+    (made,) = backups(folder)  # the backup itself is whole and kept: only the copy failed
+    problems, metrics = reported(failing)
+    assert problems[0]["description"] == (
+        f"The daily backup {made.name} was made, but backup.command exited with status 3: remote: no route to host"
+    )
+    assert "dsmr_ts_backup_failed 1" in metrics and "dsmr_ts_backup_last_success_timestamp_seconds" not in metrics
+
+    working = daily_config(config, folder, script(tmp_path / "copy.sh", f'echo "$1" >> {copied}'))
+    for _ in range(2):
+        assert DailyBackup(working, lambda: admin_token(config)).run() is True
+    kept = backups(folder)
+    assert len(kept) == 2 and made not in kept  # keep: 2, the oldest went
+    assert copied.read_text().split() == [str(path) for path in kept]  # the command got each new path
+    problems, metrics = reported(working)
+    assert problems == [] and "dsmr_ts_backup_failed 0" in metrics
+    assert "dsmr_ts_backup_last_success_timestamp_seconds" in metrics
+
+    # A backup that would not fit (the last one "took" all the free space: a sparse file) is refused.
+    huge = folder / "dsmr-ts-backup-99991231T000000Z"
+    huge.mkdir()
+    with open(huge / "shard.tar.gz", "wb") as sparse:
+        sparse.truncate(shutil.disk_usage(folder).free)
+    assert DailyBackup(working, lambda: admin_token(config)).run() is False
+    assert sorted(folder.iterdir()) == sorted([*kept, huge, folder / "last-backup.json"])  # nothing half-written
+    problems, metrics = reported(working)
+    assert problems[0]["description"].startswith("The daily backup failed: it would not fit: ")
+    assert "dsmr_ts_backup_failed 1" in metrics
+
+
+def test_daily_backup_with_influxd_refusing_is_a_problem_not_a_crash(config, tmp_path):
+    folder = tmp_path / "backups"
+    assert DailyBackup(daily_config(config, folder), lambda: "not-the-admin-token").run() is False
+    assert backups(folder) == [] and not [p for p in folder.iterdir() if p.name.endswith(".partial")]
+    problems, _ = reported(daily_config(config, folder))
+    assert problems[0]["description"].startswith("The daily backup failed: influxd refused the backup (HTTP 401)")
+
+
+def test_backup_daily_for_a_systemd_timer(config, tmp_path):
+    """`dsmr-ts backup --daily` (dsmr-ts-backup.timer's): into backup.dir, pruned, recorded."""
+    env = {**_env(), "DSMR_TS_BACKUP_DIR": str(tmp_path / "daily"), "DSMR_TS_BACKUP_KEEP": "1"}
+    for _ in range(2):
+        done = subprocess.run(
+            dsmr_ts_command("--config", str(config.path), "backup", "--daily"), cwd=REPO, env=env,
+            capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+    assert len(backups(tmp_path / "daily")) == 1
+    assert "daily backup " in done.stderr and "1 old backup(s) removed" in done.stderr
+    assert json.loads((tmp_path / "daily" / "last-backup.json").read_text())["ok"] is True
+    both = subprocess.run(
+        dsmr_ts_command("--config", str(config.path), "backup", "--daily", "--to", str(tmp_path)), cwd=REPO, env=env,
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert (
+        both.returncode == 1
+        and both.stderr.strip() == "dsmr-ts: backup: --daily writes into backup.dir; give --to without --daily"
+    )

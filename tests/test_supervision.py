@@ -369,7 +369,7 @@ def test_run_heals_itself_after_each_child_is_killed_under_load(tmp_path, influx
 
 # --- systemd units ---------------------------------------------------------------------------------
 
-UNITS = sorted((REPO / "deploy" / "systemd").glob("*.service"))
+UNITS = sorted([*(REPO / "deploy" / "systemd").glob("*.service"), *(REPO / "deploy" / "systemd").glob("*.timer")])
 
 
 def verify(units: list[Path], folder: Path) -> subprocess.CompletedProcess:
@@ -395,10 +395,12 @@ def test_the_systemd_units_verify(tmp_path):
         "dsmr-ts-setup.service",
         "dsmr-ts-api.service",
         "dsmr-ts-reader.service",
+        "dsmr-ts-backup.service",
+        "dsmr-ts-backup.timer",
     }
     result = verify(UNITS, tmp_path)
     assert result.returncode == 0 and result.stdout + result.stderr == "", result.stdout + result.stderr
-    for unit in UNITS:
+    for unit in (unit for unit in UNITS if unit.suffix == ".service"):
         text = unit.read_text()
         assert "User=dsmr-ts" in text and "ProtectSystem=strict" in text and "NoNewPrivileges=yes" in text
         if "oneshot" not in text:

@@ -87,6 +87,10 @@ class Backups:
         began = time.monotonic()
         now = dt.datetime.now(dt.timezone.utc)
         final = folder / f"{PREFIX}{now:%Y%m%dT%H%M%SZ}"
+        for number in range(2, 100):  # two backups in one second (a test, or a hand and a timer)
+            if not final.exists():
+                break
+            final = folder / f"{PREFIX}{now:%Y%m%dT%H%M%SZ}-{number}"
         partial = final.with_name(final.name + PARTIAL)
         folder.mkdir(parents=True, exist_ok=True)
         shutil.rmtree(partial, ignore_errors=True)

@@ -8,6 +8,7 @@ from pathlib import Path
 import falcon
 
 from dsmr_ts import __version__
+from dsmr_ts.backup_state import read_state
 from dsmr_ts.formats import datetime_string
 from dsmr_ts.influx.store import StoreUnavailable
 from dsmr_ts.resources.context import ApiContext
@@ -28,11 +29,12 @@ class VersionResource:
 class MonitoringResource:
     """{"problems": N, "details": [{"source", "description", "since"}]}: what an operator should look at."""
 
-    def __init__(self, context: ApiContext, spool_dir: Path, mqtt: bool = False):
+    def __init__(self, context: ApiContext, spool_dir: Path, mqtt: bool = False, backup_dir: Path | None = None):
         self.context = context
         self.store = context.store
         self.spool_dir = spool_dir
         self.mqtt = mqtt  # mqtt.enabled: messages waiting long for the broker are a problem
+        self.backup_dir = backup_dir  # the daily backup's folder (None: backup.enabled is off)
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         problems = self.problems()
@@ -68,6 +70,9 @@ class MonitoringResource:
             problems.append(
                 ("mqtt", f"{outbox.waiting} MQTT messages wait for the broker (is it reachable?)", outbox.oldest)
             )
+        backup = read_state(self.backup_dir) if self.backup_dir else None
+        if backup is not None and not backup.ok:
+            problems.append(("backup", backup.message, backup.time))
         return problems
 
     def _statistics_problems(self, now: dt.datetime, meter: str) -> list[tuple[str, str, dt.datetime | None]]:

@@ -9,6 +9,7 @@ from pathlib import Path
 import falcon
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest, multiprocess
 
+from dsmr_ts.backup_state import read_state
 from dsmr_ts.influx.store import Store, StoreUnavailable
 from dsmr_ts.metrics import REQUESTS
 from dsmr_ts.spool_dir import outbox_state, spool_states
@@ -24,9 +25,10 @@ class RequestMetricsMiddleware:
 
 
 class MetricsResource:
-    def __init__(self, store: Store, spool_dir: Path, public: bool):
+    def __init__(self, store: Store, spool_dir: Path, public: bool, backup_dir: Path | None = None):
         self.store = store
         self.spool_dir = spool_dir
+        self.backup_dir = backup_dir  # the daily backup's folder (None: backup.enabled is off)
         self.auth_exempt = public  # api.metrics_public; otherwise the API key is needed
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
@@ -54,6 +56,19 @@ class MetricsResource:
                 "# TYPE dsmr_ts_mqtt_outbox_messages gauge",
                 f"dsmr_ts_mqtt_outbox_messages {outbox.waiting}",
             ]
+        backup = read_state(self.backup_dir) if self.backup_dir else None
+        if backup is not None:
+            lines += [
+                "# HELP dsmr_ts_backup_failed 1 when the last daily backup (or its backup.command) failed",
+                "# TYPE dsmr_ts_backup_failed gauge",
+                f"dsmr_ts_backup_failed {0 if backup.ok else 1}",
+            ]
+            if backup.last_success:
+                lines += [
+                    "# HELP dsmr_ts_backup_last_success_timestamp_seconds When the last daily backup succeeded",
+                    "# TYPE dsmr_ts_backup_last_success_timestamp_seconds gauge",
+                    f"dsmr_ts_backup_last_success_timestamp_seconds {backup.last_success.timestamp():.0f}",
+                ]
         try:
             latest = self.store.readings.latest(self.store.meters.default())
         except StoreUnavailable:
