@@ -58,7 +58,11 @@ class CliError(Exception):
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dsmr-ts", description="DSMR-reader compatible API over InfluxDB 2")
-    parser.add_argument("--version", action="version", version=f"dsmr-ts {__version__}")
+    from dsmr_ts.influx.build import INFLUXDB_VERSION
+
+    parser.add_argument(
+        "--version", action="version", version=f"dsmr-ts {__version__} (InfluxDB {INFLUXDB_VERSION.lstrip('v')})"
+    )
     _common_options(parser, default=None)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 

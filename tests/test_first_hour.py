@@ -23,6 +23,7 @@ from dsmr_ts.cli import build_parser
 from dsmr_ts.config import Config, load_config
 from dsmr_ts.costs import day_costs
 from dsmr_ts.formats import decimal_string, money
+from dsmr_ts.influx.build import INFLUXDB_VERSION
 from dsmr_ts.influx.server import free_port
 
 pytestmark = pytest.mark.slow
@@ -94,6 +95,7 @@ def test_config_and_verbose_are_taken_before_and_after_the_command(argv):
 def test_every_command_has_a_one_line_description_and_there_is_a_version():
     version = subprocess.run(dsmr_ts_command("--version"), capture_output=True, text=True, timeout=60)
     assert version.returncode == 0 and version.stdout.strip().startswith("dsmr-ts ")
+    assert version.stdout.strip().endswith(f"(InfluxDB {INFLUXDB_VERSION.lstrip('v')})")  # what it runs on
     commands = [
         ["run"],
         ["serve"],

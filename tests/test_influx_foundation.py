@@ -190,3 +190,21 @@ def test_influxql_answers_keep_their_types_and_a_refused_statement_names_the_rea
         assert "mixing aggregate and non-aggregate" in str(refused.value)
     finally:
         store.close()
+
+
+def test_setup_replaces_a_task_whose_flux_changed_and_leaves_the_others(session_config):
+    """An upgrade's statistics fixes reach old installs: setup (which run does at every start)
+    puts the new Flux into a task an older release made, and touches no other task."""
+    from dsmr_ts.influx.tasks import HOUR_TASK, task_specs
+
+    settings = session_config.influxdb
+    wanted = {spec.name: spec.flux for spec in task_specs(session_config)}
+    with InfluxDBClient(url=settings.url, token=admin_token(session_config), org=settings.org) as client:
+        api = client.tasks_api()
+        hour = next(t for t in api.find_tasks(name=HOUR_TASK) if t.name == HOUR_TASK)
+        api.update_task_request(hour.id, TaskUpdateRequest(flux=hour.flux + "\n// the Flux of an older release\n"))
+        before = {t.name: t.updated_at for t in api.find_tasks() if t.name != HOUR_TASK}
+        assert bootstrap(session_config).tasks == [HOUR_TASK]
+        after = {t.name: t for t in api.find_tasks()}
+    assert after[HOUR_TASK].flux.strip() == wanted[HOUR_TASK].strip() and after[HOUR_TASK].status == "active"
+    assert {name: after[name].updated_at for name in before} == before  # the others untouched
