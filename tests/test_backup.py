@@ -145,8 +145,9 @@ def answers(api: Running, before: dt.datetime) -> dict[str, bytes]:
 
 
 def test_backup_while_serving_then_restore_answers_byte_for_byte(tmp_path):
-    # The daily backup is due in the next minute or two (local time, the config's zone).
-    due = (dt.datetime.now(ZoneInfo("Europe/Amsterdam")) + dt.timedelta(seconds=90)).strftime("%H:%M")
+    # The daily backup is due in two or three minutes (local time, the config's zone): after run's
+    # scheduler has started even on a slow machine (a time already past would be tomorrow's).
+    due = (dt.datetime.now(ZoneInfo("Europe/Amsterdam")) + dt.timedelta(seconds=150)).strftime("%H:%M")
     daily = f"backup:\n  dir: ./daily\n  time: '{due}'\n  keep: 1\n"
     source = write_config(tmp_path / "source", "  spool_dir: ./spool\n", daily)  # the simulated meter sends live
     target = write_config(tmp_path / "target", "  enabled: false\n")
@@ -176,7 +177,7 @@ def test_backup_while_serving_then_restore_answers_byte_for_byte(tmp_path):
         # The meter kept sending during the backup, and the service kept serving.
         wait_for(lambda: live_count() > acknowledged["count"], timeout=60, what="readings after the backup")
         before = answers(api, started)
-        wait_for(lambda: backups(tmp_path / "source" / "daily"), timeout=240, what=f"run's daily backup at {due}")
+        wait_for(lambda: backups(tmp_path / "source" / "daily"), timeout=300, what=f"run's daily backup at {due}")
         assert f"daily backup at {due} (Europe/Amsterdam)" in api.log.read_text()
     finally:
         api.stop()
