@@ -68,7 +68,12 @@ def create_app(
     app.add_route("/api/v2/statistics/hour", HourStatisticsResource(context))
     # The rest of DSMR-reader v5's v2 routes.
     app.add_route("/api/v2/application/version", VersionResource())
-    monitoring = MonitoringResource(context, spool_dir, config.mqtt.enabled, backup_dir)
+    data_disk = (
+        (config.resolve_path(config.influxdb.data_dir), config.influxdb.min_free_percent)
+        if config.influxdb.managed
+        else None
+    )
+    monitoring = MonitoringResource(context, spool_dir, config.mqtt.enabled, backup_dir, data_disk)
     app.add_route("/api/v2/application/monitoring", monitoring)
     app.add_route("/api/v2/datalogger/meter-statistics", MeterStatisticsResource(context))
     app.add_route("/api/v2/consumption/electricity-live", ElectricityLiveResource(context))

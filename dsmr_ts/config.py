@@ -66,6 +66,9 @@ class ServerConfig:
 class InfluxConfig:
     managed: bool = True
     data_dir: str = "./data/influxdb"
+    # Less free space than this on data_dir's disk is a monitoring problem (managed influxd only):
+    # on a full disk influxd refuses writes (answered 503, the reader spools).
+    min_free_percent: float = 5.0
     url: str = "http://127.0.0.1:8086"
     org: str = "dsmr"
     bucket: str = "dsmr"
@@ -451,6 +454,8 @@ def _check_semantics(config: Config, problems: _Problems) -> None:
     _check_meters(config, problems)
     if not re.fullmatch(r"([01]\d|2[0-3]):[0-5]\d", config.backup.time):
         problems.add("backup.time", f"expected a local time HH:MM (e.g. 03:30), got {config.backup.time!r}")
+    if not 0 <= config.influxdb.min_free_percent <= 100:
+        problems.add("influxdb.min_free_percent", f"expected 0 to 100, got {config.influxdb.min_free_percent}")
     if config.backup.keep < 1:
         problems.add("backup.keep", f"must be at least 1 (the newest backups kept), got {config.backup.keep}")
     for i in range(1, len(config.prices)):

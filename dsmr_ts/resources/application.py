@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import shutil
 from pathlib import Path
 
 import falcon
@@ -29,12 +30,20 @@ class VersionResource:
 class MonitoringResource:
     """{"problems": N, "details": [{"source", "description", "since"}]}: what an operator should look at."""
 
-    def __init__(self, context: ApiContext, spool_dir: Path, mqtt: bool = False, backup_dir: Path | None = None):
+    def __init__(
+        self,
+        context: ApiContext,
+        spool_dir: Path,
+        mqtt: bool = False,
+        backup_dir: Path | None = None,
+        data_disk: tuple[Path, float] | None = None,
+    ):
         self.context = context
         self.store = context.store
         self.spool_dir = spool_dir
         self.mqtt = mqtt  # mqtt.enabled: messages waiting long for the broker are a problem
         self.backup_dir = backup_dir  # the daily backup's folder (None: backup.enabled is off)
+        self.data_disk = data_disk  # (managed influxd's data_dir, min_free_percent); None: not ours to watch
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         problems = self.problems()
@@ -70,10 +79,30 @@ class MonitoringResource:
             problems.append(
                 ("mqtt", f"{outbox.waiting} MQTT messages wait for the broker (is it reachable?)", outbox.oldest)
             )
+        low = self._low_disk()
+        if low:
+            problems.append(("influxdb", low, None))
         backup = read_state(self.backup_dir) if self.backup_dir else None
         if backup is not None and not backup.ok:
             problems.append(("backup", backup.message, backup.time))
         return problems
+
+    def _low_disk(self) -> str:
+        """'' unless the managed influxd's disk has less free space than influxdb.min_free_percent."""
+        if self.data_disk is None:
+            return ""
+        folder, minimum = self.data_disk
+        try:
+            usage = shutil.disk_usage(folder)
+        except OSError:
+            return ""  # not made yet (influxd never started): nothing to watch
+        free = 100 * usage.free / usage.total if usage.total else 0.0
+        if free >= minimum:
+            return ""
+        return (
+            f"The disk of InfluxDB's data ({folder}) has {free:.1f}% free ({usage.free // 2**20} MiB), less than"
+            f" influxdb.min_free_percent ({minimum:g}%): when it is full, readings are refused and the reader spools"
+        )
 
     def _statistics_problems(self, now: dt.datetime, meter: str) -> list[tuple[str, str, dt.datetime | None]]:
         """The hour task keeps the watermark within two hours of now (setup starts it at now, so a

@@ -1,0 +1,106 @@
+"""A full disk loses nothing: on a small filesystem (a tmpfs this test mounts) the managed influxd
+runs out of space under ingest; from then on a reading is answered 503 (never 201 for a reading
+that was not stored), monitoring warns before that, and after space is freed and influxd restarted
+(`dsmr-ts run` again) every acknowledged reading is there and ingest resumes."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import json
+import subprocess
+
+import pytest
+import requests
+from falcon import testing
+from helpers import TEST_KEY
+from test_backup import KEY, Running, write_config
+
+from dsmr_ts.app import create_app
+from dsmr_ts.reader.simulator import MeterSimulator
+
+METER = "E-DISK"
+
+
+def low_disk_problems(config) -> list[str]:
+    client = testing.TestClient(create_app(config))
+    details = client.simulate_get("/api/v2/application/monitoring", headers={"X-AUTHKEY": TEST_KEY}).json["details"]
+    return [d["description"] for d in details if d["description"].startswith("The disk of InfluxDB's data")]
+
+
+def test_little_free_space_is_a_monitoring_problem(config, tmp_path):
+    def watching(percent: float):
+        influxdb = dataclasses.replace(config.influxdb, managed=True, data_dir=str(tmp_path), min_free_percent=percent)
+        return dataclasses.replace(config, influxdb=influxdb)
+
+    (problem,) = low_disk_problems(watching(100))  # every disk has less than 100% free
+    assert f"({tmp_path})" in problem and "less than influxdb.min_free_percent (100%)" in problem
+    assert low_disk_problems(watching(0)) == []
+
+
+def post(api: Running, moments: list[dt.datetime]) -> dict[dt.datetime, int]:
+    simulator = MeterSimulator(meter=METER)
+    session = requests.Session()
+    url = api.url + "/api/v1/datalogger/dsmrreading"
+    return {m: session.post(url, data={"telegram": simulator.telegram(m)}, headers=KEY).status_code for m in moments}
+
+
+def stored(api: Running) -> int:
+    return json.loads(api.get("/api/v2/datalogger/dsmrreading", meter=METER, limit=1))["count"]
+
+
+def stored_moments(api: Running) -> set[dt.datetime]:
+    """Every stored reading's time, page by page."""
+    found: set[dt.datetime] = set()
+    offset = 0
+    while True:
+        page = json.loads(api.get("/api/v2/datalogger/dsmrreading", meter=METER, limit=1000, offset=offset))
+        found |= {dt.datetime.fromisoformat(row["timestamp"]) for row in page["results"]}
+        offset += 1000
+        if not page["next"]:
+            return found
+
+
+def test_a_full_disk_refuses_readings_and_loses_none(tmp_path):
+    small = tmp_path / "small"
+    small.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(small)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
+    try:
+        config = write_config(tmp_path / "store", "  enabled: false\n")
+        config.write_text(config.read_text().replace("./influx-data", str(small / "influx")))
+        start = dt.datetime(2025, 1, 1, tzinfo=dt.timezone.utc)
+        api = Running(config)
+        try:
+            answers: dict[dt.datetime, int] = {}
+            second = 0
+            while list(answers.values()).count(503) < 50:  # until influxd has refused for a while
+                batch = [start + dt.timedelta(seconds=second + n) for n in range(500)]
+                answers.update(post(api, batch))
+                second += 500
+                assert second < 200_000, "the 4 MB disk never filled"
+            assert set(answers.values()) == {201, 503}  # a clear 503, never a 500 or a 201 for a lost one
+            monitoring = json.loads(api.get("/api/v2/application/monitoring"))["details"]
+            assert any(p["description"].startswith("The disk of InfluxDB's data") for p in monitoring), monitoring
+        finally:
+            api.stop()
+        acknowledged = [moment for moment, status in answers.items() if status == 201]
+
+        # Space freed (the tmpfs grown), dsmr-ts run again: everything acknowledged is there.
+        subprocess.run(["mount", "-o", "remount,size=64m", str(small)], check=True)
+        api = Running(config)
+        try:
+            kept = stored_moments(api)
+            missing = [moment for moment in acknowledged if moment not in kept]
+            print(f"full disk: {len(acknowledged)} acknowledged, {len(answers) - len(acknowledged)} refused, "
+                  f"{len(kept)} stored, {len(missing)} lost")  # fmt: skip
+            assert len(acknowledged) > 0 and missing == []
+            before = stored(api)
+            later = [start + dt.timedelta(days=1, seconds=n) for n in range(100)]
+            assert set(post(api, later).values()) == {201}  # ingest resumed
+            assert stored(api) == before + 100
+        finally:
+            api.stop()
+    finally:
+        subprocess.run(["umount", "-l", str(small)], check=False)
