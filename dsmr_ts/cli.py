@@ -437,7 +437,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def cmd_backup(args: argparse.Namespace) -> int:
     from dsmr_ts.config import without_secrets
-    from dsmr_ts.influx.backup import BackupError, Backups
+    from dsmr_ts.influx.backup import BackupError, Backups, human_size
     from dsmr_ts.influx.bootstrap import admin_token
     from dsmr_ts.influx.client import InfluxClient, StoreUnavailable
 
@@ -446,32 +446,26 @@ def cmd_backup(args: argparse.Namespace) -> int:
         raise CliError("backup: --daily writes into backup.dir; give --to without --daily")
     folder = Path(args.to) if args.to else config.resolve_path(config.backup.dir)
     influxd = _influxd_for(config)  # the one `run` serves with, else started for this backup
-    if args.daily:
-        from dsmr_ts.daily_backup import DailyBackup
-
-        try:
-            return 0 if DailyBackup(config, lambda: admin_token(config)).run() else 1
-        finally:
-            if influxd:
-                influxd.stop()
     client = InfluxClient(config.influxdb)
     try:
-        backups = Backups(client, _admin_token(config, admin_token))
+        if args.daily:
+            from dsmr_ts.daily_backup import DailyBackup
+
+            return 0 if DailyBackup(config, lambda: admin_token(config)).run() else 1
         config_text = without_secrets(config.path) if config.path else ""
-        result = backups.backup(folder, config_text, _progress("shards"))
+        result = Backups(client, _admin_token(config)).backup(folder, config_text, _progress("shards"))
     except (BackupError, StoreUnavailable) as exc:
         raise CliError(f"backup failed: {exc}") from None
     finally:
         client.close()
         if influxd:
             influxd.stop()
-    print(f"backup {result.path}: {_size(result.bytes)} in {result.seconds:.1f} s")
+    print(f"backup {result.path}: {human_size(result.bytes)} in {result.seconds:.1f} s")
     return 0
 
 
 def cmd_restore(args: argparse.Namespace) -> int:
     from dsmr_ts.influx.backup import BackupError, Backups, read_manifest
-    from dsmr_ts.influx.bootstrap import admin_token
     from dsmr_ts.influx.client import InfluxClient, StoreUnavailable
 
     config = _config(args)
@@ -485,11 +479,11 @@ def cmd_restore(args: argparse.Namespace) -> int:
         client = InfluxClient(config.influxdb)
         try:
             org_id = _bootstrap(config)
-            backups = Backups(client, _admin_token(config, admin_token))
+            backups = Backups(client, _admin_token(config))
             if backups.holds_readings() and not args.replace:
                 raise CliError(f"restore: {config.influxdb.url} already holds readings; give --replace to replace them")
             began = time.monotonic()
-            shards = backups.restore(backup, org_id, replace=True, progress=_progress("shards"))
+            shards = backups.restore(backup, org_id, progress=_progress("shards"))
             _bootstrap(config)  # the restored buckets have new ids: new scoped tokens, the tasks checked
         except (BackupError, StoreUnavailable) as exc:
             raise CliError(f"restore failed: {exc}") from None
@@ -501,8 +495,10 @@ def cmd_restore(args: argparse.Namespace) -> int:
     return 0
 
 
-def _admin_token(config: Config, read) -> str:
-    token = read(config)
+def _admin_token(config: Config) -> str:
+    from dsmr_ts.influx.bootstrap import admin_token
+
+    token = admin_token(config)
     if not token:
         raise CliError(f"no InfluxDB admin token in {config.influxdb.admin_token_file}: run dsmr-ts setup first")
     return token
@@ -520,15 +516,6 @@ def _progress(unit: str):
         bars[0].advance()
 
     return advance
-
-
-def _size(count: int) -> str:
-    size = float(count)
-    for unit in ("B", "KB", "MB"):
-        if size < 1024:
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{size:.1f} GB"
 
 
 @contextlib.contextmanager

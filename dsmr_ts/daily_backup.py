@@ -14,7 +14,7 @@ from pathlib import Path
 
 from dsmr_ts.backup_state import write_state
 from dsmr_ts.config import Config, without_secrets
-from dsmr_ts.influx.backup import PARTIAL, PREFIX, BackupError, Backups, backups, folder_bytes
+from dsmr_ts.influx.backup import PARTIAL, PREFIX, BackupError, Backups, backups, folder_bytes, human_size
 from dsmr_ts.influx.client import InfluxClient, StoreUnavailable
 
 log = logging.getLogger(__name__)
@@ -42,7 +42,7 @@ class DailyBackup:
         except (BackupError, StoreUnavailable, OSError) as exc:
             return self._failed(f"The daily backup failed: {exc}")
         removed = self._remove_old()
-        made = f"{result.path} ({folder_bytes(result.path)} bytes, {result.seconds:.1f} s)"
+        made = f"{result.path} ({human_size(result.bytes)}, {result.seconds:.1f} s)"
         log.info("daily backup %s; %d old backup(s) removed", made, len(removed))
         if self.config.backup.command:
             problem = self._run_command(result.path)
@@ -64,12 +64,11 @@ class DailyBackup:
         made = backups(self.folder)
         if not made:
             return
-        needed = int(folder_bytes(made[-1]) * HEADROOM)
+        last = folder_bytes(made[-1])
         free = shutil.disk_usage(self.folder).free
-        if free < needed:
+        if free < last * HEADROOM:
             raise BackupError(
-                f"it would not fit: {free // 2**20} MiB free in {self.folder}, the last backup took"
-                f" {folder_bytes(made[-1]) // 2**20} MiB"
+                f"it would not fit: {human_size(free)} free in {self.folder}, the last backup took {human_size(last)}"
             )
 
     def _remove_old(self) -> list[Path]:

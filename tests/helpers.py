@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -12,6 +13,7 @@ from pathlib import Path
 from typing import Callable
 
 import pytest
+import requests
 
 from dsmr_ts.influx.server import free_port
 
@@ -97,7 +99,7 @@ def port_open(host: str, port: int) -> bool:
 def start_api(config, log_path: Path, **env: str) -> tuple[subprocess.Popen, str]:
     """`dsmr-ts serve` (gunicorn) on a free port with extra DSMR_TS_* overrides."""
     port = free_port()
-    environment = {k: v for k, v in os.environ.items() if not k.startswith("DSMR_TS_")}
+    environment = env_without_overrides()
     environment.update(DSMR_TS_CONFIG=str(config.path), DSMR_TS_SERVER_BIND=f"127.0.0.1:{port}", **env)
     with open(log_path, "w") as log:
         proc = subprocess.Popen(
@@ -236,3 +238,54 @@ def debian_binary(package: str, binary: str) -> str:
     path = found()
     assert path, f"{binary} is missing after installing the Debian package {package}"
     return path
+
+
+def env_without_overrides() -> dict[str, str]:
+    """This process's environment without DSMR_TS_* (a child reads its config file alone)."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("DSMR_TS_")}
+
+
+def write_config(folder: Path, reader: str, extra: str = "") -> Path:
+    """A `dsmr-ts run` config in a new folder: API on, free ports, a managed influxd in ./influx-data."""
+    folder.mkdir()
+    path = folder / "dsmr-ts.yaml"
+    path.write_text(
+        f"api:\n  enabled: true\n  key: {TEST_KEY}\n"
+        f"server:\n  bind: 127.0.0.1:{free_port()}\n  workers: 1\n"
+        f"influxdb:\n  url: http://127.0.0.1:{free_port()}\n  data_dir: ./influx-data\n"
+        f"reader:\n{reader}{extra}"
+    )
+    path.chmod(0o600)
+    return path
+
+
+class Running:
+    """`dsmr-ts run` for a config, until stop()."""
+
+    def __init__(self, config: Path):
+        self.log = config.parent / "run.log"
+        with open(self.log, "w") as log:
+            self.proc = subprocess.Popen(
+                dsmr_ts_command("--config", str(config), "run"), cwd=REPO, env=env_without_overrides(), stdout=log,
+                stderr=subprocess.STDOUT, start_new_session=True,
+            )  # fmt: skip
+        bind = next(line.split()[-1] for line in config.read_text().splitlines() if "bind:" in line)
+        self.url = f"http://{bind}"
+        wait_for(self.healthy, timeout=120, what="dsmr-ts run to answer")
+
+    def healthy(self) -> bool:
+        assert self.proc.poll() is None, self.log.read_text()[-3000:]
+        try:
+            return requests.get(self.url + "/health", timeout=2).status_code == 200
+        except requests.ConnectionError:
+            return False
+
+    def get(self, path: str, **params) -> bytes:
+        response = requests.get(self.url + path, headers={"X-AUTHKEY": TEST_KEY}, params=params, timeout=60)
+        assert response.status_code == 200, (path, response.text)
+        return response.content
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGINT)
+            self.proc.wait(120)

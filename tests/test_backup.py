@@ -8,23 +8,20 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import json
-import os
 import shutil
-import signal
 import subprocess
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import requests
 from falcon import testing
-from helpers import REPO, TEST_KEY, dsmr_ts_command, run_task, wait_for
+from helpers import REPO, TEST_KEY, Running, dsmr_ts_command, env_without_overrides, run_task, wait_for, write_config
 
 from dsmr_ts.app import create_app
 from dsmr_ts.config import load_config
 from dsmr_ts.daily_backup import DailyBackup
 from dsmr_ts.influx.backup import backups
 from dsmr_ts.influx.bootstrap import admin_token
-from dsmr_ts.influx.server import free_port
 from dsmr_ts.influx.tasks import HOUR_TASK
 from dsmr_ts.telegram import SIMULATED_METER
 
@@ -34,63 +31,14 @@ DAYS = [dt.datetime(2026, 3, 9, tzinfo=UTC), dt.datetime(2026, 3, 10, tzinfo=UTC
 METERS = ("E-BACKUP-1", "E-BACKUP-2")
 
 
-def write_config(folder: Path, reader: str, extra: str = "") -> Path:
-    folder.mkdir()
-    path = folder / "dsmr-ts.yaml"
-    path.write_text(
-        f"api:\n  enabled: true\n  key: {TEST_KEY}\n"
-        f"server:\n  bind: 127.0.0.1:{free_port()}\n  workers: 1\n"
-        f"influxdb:\n  url: http://127.0.0.1:{free_port()}\n  data_dir: ./influx-data\n"
-        f"reader:\n{reader}{extra}"
-    )
-    path.chmod(0o600)
-    return path
-
-
 def dsmr_ts(config: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
     done = subprocess.run(
-        dsmr_ts_command("--config", str(config), *args), cwd=REPO, env=_env(), capture_output=True, text=True,
+        dsmr_ts_command("--config", str(config), *args), cwd=REPO, env=env_without_overrides(), capture_output=True, text=True,
         timeout=600,
     )  # fmt: skip
     if check:
         assert done.returncode == 0, done.stdout + done.stderr
     return done
-
-
-def _env() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if not k.startswith("DSMR_TS_")}
-
-
-class Running:
-    """`dsmr-ts run` for a config, until stop()."""
-
-    def __init__(self, config: Path):
-        self.log = config.parent / "run.log"
-        with open(self.log, "w") as log:
-            self.proc = subprocess.Popen(
-                dsmr_ts_command("--config", str(config), "run"), cwd=REPO, env=_env(), stdout=log,
-                stderr=subprocess.STDOUT, start_new_session=True,
-            )  # fmt: skip
-        bind = next(line.split()[-1] for line in config.read_text().splitlines() if "bind:" in line)
-        self.url = f"http://{bind}"
-        wait_for(self.healthy, timeout=120, what="dsmr-ts run to answer")
-
-    def healthy(self) -> bool:
-        assert self.proc.poll() is None, self.log.read_text()[-3000:]
-        try:
-            return requests.get(self.url + "/health", timeout=2).status_code == 200
-        except requests.ConnectionError:
-            return False
-
-    def get(self, path: str, **params) -> bytes:
-        response = requests.get(self.url + path, headers=KEY, params=params, timeout=60)
-        assert response.status_code == 200, (path, response.text)
-        return response.content
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGINT)
-            self.proc.wait(120)
 
 
 def post_history(api: Running) -> None:
@@ -300,7 +248,7 @@ def test_daily_backup_with_influxd_refusing_is_a_problem_not_a_crash(config, tmp
 
 def test_backup_daily_for_a_systemd_timer(config, tmp_path):
     """`dsmr-ts backup --daily` (dsmr-ts-backup.timer's): into backup.dir, pruned, recorded."""
-    env = {**_env(), "DSMR_TS_BACKUP_DIR": str(tmp_path / "daily"), "DSMR_TS_BACKUP_KEEP": "1"}
+    env = {**env_without_overrides(), "DSMR_TS_BACKUP_DIR": str(tmp_path / "daily"), "DSMR_TS_BACKUP_KEEP": "1"}
     for _ in range(2):
         done = subprocess.run(
             dsmr_ts_command("--config", str(config.path), "backup", "--daily"), cwd=REPO, env=env,

@@ -13,13 +13,13 @@ import subprocess
 import pytest
 import requests
 from falcon import testing
-from helpers import TEST_KEY
-from test_backup import KEY, Running, write_config
+from helpers import TEST_KEY, Running, write_config
 
 from dsmr_ts.app import create_app
 from dsmr_ts.reader.simulator import MeterSimulator
 
 METER = "E-DISK"
+KEY = {"X-AUTHKEY": TEST_KEY}
 
 
 def low_disk_problems(config) -> list[str]:

@@ -69,6 +69,16 @@ def folder_bytes(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
 
 
+def human_size(count: int) -> str:
+    """A byte count as people read it: 812 B, 11.5 MB, 2.3 GB (units of 1024)."""
+    size = float(count)
+    for unit in ("B", "KB", "MB"):
+        if size < 1024:
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size:.1f} GB"
+
+
 class Backups:
     """Backup and restore through influxd's HTTP API, with the all-access (admin) token."""
 
@@ -199,10 +209,9 @@ class Backups:
         (series,) = self.client.influxql(['SELECT * FROM "reading" LIMIT 1'])
         return any(found.values for found in series)
 
-    def restore(
-        self, backup: Path, org_id: str, replace: bool, progress: Callable[[int, int], None] | None = None
-    ) -> int:
-        """The backup's buckets into this influxd (existing ones deleted first: only with replace);
+    def restore(self, backup: Path, org_id: str, progress: Callable[[int, int], None] | None = None) -> int:
+        """The backup's buckets into this influxd, replacing existing ones (influxd restores only into
+        a new bucket; whether a store's readings may go is the caller's call: holds_readings);
         returns the shards loaded. BackupError when the backup is not whole or influxd refuses."""
         manifest = read_manifest(backup)
         for file in manifest["shards"]:
@@ -212,8 +221,6 @@ class Backups:
         for bucket in manifest["buckets"]:
             existing = self._bucket_id(bucket["bucketName"])
             if existing is not None:
-                if not replace:
-                    raise BackupError(f"bucket {bucket['bucketName']} exists: give --replace to replace it")
                 status, body = self.client.request("DELETE", f"/api/v2/buckets/{existing}", headers=self.headers)
                 if status != 204:
                     raise BackupError(f"influxd refused to delete {bucket['bucketName']}: {_message(body)}")
