@@ -405,6 +405,7 @@ def test_guessing_the_key_is_refused_with_429_while_the_right_key_keeps_working(
     assert refused.json["detail"].startswith("Too many wrong keys; try again in ")
     v1 = client.simulate_post(V1, remote_addr=attacker, **form({"telegram": "x"}, {"X-AUTHKEY": "guess"}))
     assert v1.status_code == 429 and v1.text.startswith("Too many wrong keys")
+    assert client.simulate_get(V2, remote_addr=attacker).status_code == 403  # no key: no guess, no lock-out
     assert client.simulate_get(V2, headers=KEY, remote_addr=meter).status_code == 200  # others unaffected
 
 

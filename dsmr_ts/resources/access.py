@@ -111,13 +111,15 @@ class ApiAccessMiddleware:
                 _refuse(resp, falcon.HTTP_403, "API is disabled", text=False)
             return
         client = self._client(req)
-        wait = self.failed.retry_after(client)
         keys = presented_keys(req)
+        # A request without any key guesses nothing (a monitoring probe, say): it neither counts as a
+        # wrong key nor meets the lock-out, so it is always the plain 403.
+        wait = self.failed.retry_after(client) if keys else 0
         if wait:
             _refuse(resp, falcon.HTTP_429, f"Too many wrong keys; try again in {wait} s", text=is_v1(req))
             resp.set_header("Retry-After", str(wait))
         elif not any([key_matches(key, self.settings.key) for key in keys]):  # a list: compare every key
-            if keys:  # a request without any key guesses nothing (a monitoring probe, say)
+            if keys:
                 self.failed.failed(client)
             _refuse(resp, falcon.HTTP_403, "Invalid auth key", text=is_v1(req))
 
