@@ -28,6 +28,7 @@ from dsmr_ts.resources.forms import ChunkedBodyMiddleware
 from dsmr_ts.resources.health import HealthResource
 from dsmr_ts.resources.meter_statistics import MeterStatisticsResource
 from dsmr_ts.resources.openapi import SchemaResource
+from dsmr_ts.resources.prices import CheapestPricesResource, PricesResource
 from dsmr_ts.resources.prometheus import MetricsResource, RequestMetricsMiddleware
 from dsmr_ts.resources.statistics import DayStatisticsResource, HourStatisticsResource
 from dsmr_ts.spool_dir import RawRelay
@@ -39,7 +40,7 @@ def create_app(
     """Build the app. gunicorn calls it with no arguments: the config then comes from
     $DSMR_TS_CONFIG or ./dsmr-ts.yaml. `schema` (the reading field table) defaults to the store's."""
     config = config or load_config()
-    store = store or Store(config.influxdb, timezone=config.timezone, schema=schema or SCHEMA, meters=config.meters)
+    store = store or Store.for_config(config, schema=schema or SCHEMA)
     context = ApiContext(
         store=store,
         tz=config.tz,
@@ -83,6 +84,8 @@ def create_app(
     app.add_route("/api/v2/consumption/electricity", ElectricityConsumptionResource(context))
     app.add_route("/api/v2/consumption/gas", GasConsumptionResource(context))
     app.add_route("/api/v2/consumption/quarter-hour-peak-electricity", QuarterHourPeakResource(context))
+    app.add_route("/api/v2/prices", PricesResource(context))
+    app.add_route("/api/v2/prices/cheapest", CheapestPricesResource(context))
     if config.web.enabled:
         _add_page(app, config, context, monitoring)
     return app

@@ -121,6 +121,13 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--meter", help="store them as this meter (default: the meter this dsmr-ts knows)")
     q.set_defaults(func=cmd_import_csv)
 
+    p = _command(sub, "prices", "day-ahead market prices for a dynamic contract")
+    prices_sub = p.add_subparsers(dest="prices_command", required=True, metavar="ACTION")
+    q = _command(prices_sub, "import", "import prices: ENTSO-E XML, EnergyZero JSON or CSV start,price (EUR/kWh)")
+    q.add_argument("file", help="the file ('-': standard input); its format is recognised from its content")
+    q.add_argument("--area", help="the market area they are for (default: the file's, else the contract's)")
+    q.set_defaults(func=cmd_prices_import)
+
     p = _command(sub, "export", "readings or statistics as CSV")
     p.add_argument("what", choices=["readings", "day", "hour"])
     p.add_argument("--since", type=_date_arg, help="first local day (default: the first reading)")
@@ -409,6 +416,39 @@ def cmd_import_csv(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_prices_import(args: argparse.Namespace) -> int:
+    from dsmr_ts.price_formats import PriceFormatError, check_price, parse_prices
+
+    config = _config(args)
+    try:
+        data = sys.stdin.buffer.read() if args.file == "-" else Path(args.file).read_bytes()
+        named, prices = parse_prices(data, config.tz)
+        for number, price in enumerate(prices, 1):
+            check_price(price, f"price {number}")
+    except (PriceFormatError, UnicodeDecodeError) as exc:
+        raise CliError(f"import stopped: {args.file}: {exc}") from None
+    except OSError as exc:
+        raise CliError(f"import stopped: {args.file}: {exc.strerror}") from None
+    contracts = [period.dynamic.area for period in config.prices if period.dynamic]
+    area = args.area or named or (contracts[-1] if contracts else None)
+    if not area:
+        raise CliError("import stopped: the file does not say its market area; give --area (e.g. --area NL)")
+    started = time.monotonic()
+    with _store_session(config, "import stopped") as store:
+        stored = store.prices.store(area, prices)
+    first, last = prices[0].start.astimezone(config.tz), prices[-1].stop.astimezone(config.tz)
+    print(
+        f"{area}: {stored.stored} prices stored, {stored.unchanged} unchanged ({first:%Y-%m-%d %H:%M} to"
+        f" {last:%Y-%m-%d %H:%M}, {time.monotonic() - started:.1f} s)"
+        + (
+            f"; the costs of {stored.hours_marked} hours are recomputed by run's repair job"
+            if stored.hours_marked
+            else ""
+        )
+    )
+    return 0
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     from dsmr_ts.datetimes import local_midnight
     from dsmr_ts.migrate import export_readings, export_statistics
@@ -528,7 +568,7 @@ def _store_session(config: Config, stopped: str) -> Iterator[Store]:
     influxd = _influxd_for(config)
     try:
         _ensure_setup(config)
-        store = Store(config.influxdb, timeout_ms=600_000, timezone=config.timezone, meters=config.meters)
+        store = Store.for_config(config, timeout_ms=600_000)
         try:
             yield store
         except StoreUnavailable as exc:

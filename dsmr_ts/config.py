@@ -155,14 +155,32 @@ class MqttConfig:
 
 
 @dataclass
+class DynamicContract:
+    """A dynamic contract: the market price of each interval (15 or 60 minutes) plus the supplier's
+    markup and the energy tax, with VAT on top; returned energy at the market price plus its own
+    markup (or, with netting, at the delivered all-in price of the same interval)."""
+
+    area: str = ""  # whose market prices: the area given when prices are imported or posted
+    markup: float = 0.0  # EUR/kWh on delivered energy, before VAT
+    energy_tax: float = 0.0  # EUR/kWh, before VAT
+    vat: float = 21.0  # percent
+    export_markup: float = 0.0  # EUR/kWh added to the market price for returned energy
+    netting: bool = False
+
+
+@dataclass
 class PricePeriod:
     start: dt.date = dt.date(2000, 1, 1)
+    # A dynamic contract prices electricity per interval; the fixed electricity prices below are then unused.
+    dynamic: DynamicContract | None = None
     electricity_delivered_1: float = 0.0
     electricity_delivered_2: float = 0.0
     electricity_returned_1: float = 0.0
     electricity_returned_2: float = 0.0
     gas: float = 0.0
     fixed_daily_cost: float = 0.0
+    # EUR per kW per year on the month's highest quarter-hour average of delivered power (Belgium).
+    capacity_tariff: float = 0.0
 
 
 @dataclass
@@ -398,6 +416,36 @@ def _show(value: Any) -> str:
     return repr(value)
 
 
+AREA = re.compile(r"[A-Z0-9][A-Z0-9_-]{0,31}")  # NL, BE, DE-LU, or an ENTSO-E EIC code
+
+
+def _check_price_period(period: PricePeriod, key: str, problems: _Problems) -> None:
+    if period.capacity_tariff < 0:
+        problems.add(f"{key}.capacity_tariff", f"must be 0 or more (EUR per kW per year), got {period.capacity_tariff}")
+    contract = period.dynamic
+    if contract is None:
+        return
+    if not AREA.fullmatch(contract.area):
+        problems.add(
+            f"{key}.dynamic.area", f"name the market area of the prices (e.g. NL or BE), got {contract.area!r}"
+        )
+    if not 0 <= contract.vat <= 100:
+        problems.add(f"{key}.dynamic.vat", f"expected a percentage from 0 to 100, got {contract.vat}")
+    fixed = [name for name in FIXED_ELECTRICITY_PRICES if getattr(period, name)]
+    if fixed:
+        problems.add(
+            f"{key}.{fixed[0]}", "a dynamic period prices electricity from the market prices; remove the fixed price"
+        )
+
+
+FIXED_ELECTRICITY_PRICES = (
+    "electricity_delivered_1",
+    "electricity_delivered_2",
+    "electricity_returned_1",
+    "electricity_returned_2",
+)
+
+
 def _check_semantics(config: Config, problems: _Problems) -> None:
     """Checks that go beyond types; each adds a problem (see _Problems for which one is reported)."""
     try:
@@ -458,6 +506,8 @@ def _check_semantics(config: Config, problems: _Problems) -> None:
         problems.add("influxdb.min_free_percent", f"expected 0 to 100, got {config.influxdb.min_free_percent}")
     if config.backup.keep < 1:
         problems.add("backup.keep", f"must be at least 1 (the newest backups kept), got {config.backup.keep}")
+    for i, priced in enumerate(config.prices):
+        _check_price_period(priced, f"prices[{i}]", problems)
     for i in range(1, len(config.prices)):
         previous, period = config.prices[i - 1].start, config.prices[i].start
         if period == previous:

@@ -50,6 +50,11 @@ def money(value: Decimal) -> str:
     return str(rounded(value, 2))
 
 
+def unit_price(value: Decimal) -> str:
+    """A price per kWh: 5 decimals, half-up (market prices are given to 0.01 EUR/MWh)."""
+    return str(rounded(value, 5))
+
+
 @overload
 def datetime_string(moment: dt.datetime, tz: dt.tzinfo | None = None) -> str: ...
 @overload

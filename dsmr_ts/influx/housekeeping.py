@@ -113,4 +113,7 @@ class Housekeeping:
             log.warning("statistics are %s behind (the hour task did not run): regenerating them", latest - watermark)
             self.compute.regenerate(watermark, latest - CATCH_UP_DELTA + HOUR, contiguous=True)
         self.index.advance_watermark(latest)
+        # The run rewrote the hours from the watermark (and always the last two): cost them, and
+        # sum them into their days again.
+        self.compute.costs_and_days(max(min(watermark, latest - 2 * HOUR), latest - CATCH_UP_DELTA), latest)
         return latest

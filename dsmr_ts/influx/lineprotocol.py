@@ -64,6 +64,9 @@ INDEX_MEASUREMENT = "count_index"
 WATERMARK_FIELD = "complete_until"
 VERSION_FIELD = "version"
 REPAIR_CURSOR = "repair_cursor"
+# Day-ahead market prices (tag area) and what the costs step adds to hour rows (summed into day rows).
+PRICE_MEASUREMENT = "price"
+COST_FIELDS = ("electricity1_cost", "electricity2_cost", "unpriced_quarters")
 
 
 @functools.lru_cache(maxsize=4096)  # a handful of meters, escaped once each
@@ -212,6 +215,15 @@ def repair_lines(hours: Iterable[tuple[str, int]], now: dt.datetime) -> list[str
 def repaired_line(meter: str, hour: int, marked_ms: int) -> str:
     """The repair of (meter, hour) covered every mark up to marked_ms."""
     return line(REPAIR, meter, {"repaired": marked_ms}, hour)
+
+
+def price_line(area: str, start: dt.datetime, seconds: int, price: float, written_ms: int) -> str:
+    """A market price (EUR/kWh) for `seconds` from start; written_ms orders corrections."""
+    fields = f"price={price!r},seconds={seconds}i,written={written_ms}i"
+    # Tagged with the resolution too: an hourly price and the quarter that corrects its first
+    # quarter start at the same time, and both must stay (the newer one wins where they overlap).
+    tags = f"area={escape_tag(area)},resolution={'PT15M' if seconds == 900 else 'PT60M'}"
+    return f"{PRICE_MEASUREMENT},{tags} {fields} {_unix(start) * NS}"
 
 
 def import_cursor_line(source: str, reached: dt.datetime) -> str:

@@ -16,6 +16,7 @@ from dsmr_ts.datetimes import HOUR, floor_hour, local_midnight
 from dsmr_ts.fields import SCHEMA, ReadingSchema
 from dsmr_ts.influx.client import InfluxClient, ns
 from dsmr_ts.influx.count_index import INDEX_VERSION, CountIndex
+from dsmr_ts.influx.hour_costs import HourCosts
 from dsmr_ts.influx.lineprotocol import DAY_MEASUREMENT, HOUR_MEASUREMENT, QUARTER_MEASUREMENT
 from dsmr_ts.influx.statistics_flux import day_flux, flux_script, hour_flux, quarter_flux
 
@@ -33,8 +34,10 @@ class Recompute:
         timezone: str = "Europe/Amsterdam",
         schema: ReadingSchema = SCHEMA,
         clock: Callable[[], dt.datetime] | None = None,
+        costs: HourCosts | None = None,
     ):
         self.client = client
+        self.costs = costs
         self.index = index
         self.settings = client.settings
         self.timezone = timezone
@@ -43,8 +46,8 @@ class Recompute:
         self.clock = clock or (lambda: dt.datetime.now(dt.timezone.utc))
 
     def recompute(self, start: dt.datetime, stop: dt.datetime, meter: str | None = None) -> None:
-        """Hour statistics and quarter-hour peaks of [start, stop) (whole UTC hours), then every
-        local day they touch."""
+        """Hour statistics, their costs and quarter-hour peaks of [start, stop) (whole UTC hours),
+        then every local day they touch."""
         meter_filter = "r.meter == meter" if meter else "true"
         params: dict[str, Any] = {"meter": meter} if meter else {}
         self.client.flux(
@@ -55,6 +58,15 @@ class Recompute:
             quarter_flux("start", "stop", self.settings.bucket, self.settings.stats_bucket, meter_filter, self.schema),
             {**params, "start": start, "stop": stop},
         )
+        self.costs_and_days(start, stop, meter)
+
+    def costs_and_days(self, start: dt.datetime, stop: dt.datetime, meter: str | None = None) -> None:
+        """The costs of the hour rows of [start, stop), then the local days they touch (which sum
+        the hours' usage and costs)."""
+        if self.costs is not None:
+            self.costs.recompute(start, stop, meter)
+        meter_filter = "r.meter == meter" if meter else "true"
+        params: dict[str, Any] = {"meter": meter} if meter else {}
         self.client.flux(
             day_flux("start", "stop", self.settings.stats_bucket, self.timezone, meter_filter, self.schema),
             {

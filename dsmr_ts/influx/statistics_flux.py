@@ -14,7 +14,8 @@ Hour statistics (measurement `hour` in the stats bucket, time = hour start, tag 
   the storage engine (UTC hours; aggregateWindow right after range/filter).
 
 Day statistics (measurement `day`, time = local midnight): the sum of that local day's hour rows
-(23 or 25 hours on DST days), the positions of its last hour, and its reading count.
+(23 or 25 hours on DST days; their costs too, see hour_costs.py), the positions of its last hour,
+and its reading count.
 
 Quarter-hour peaks (measurement `quarter`): see quarter_flux.
 """
@@ -28,6 +29,7 @@ from collections.abc import Iterable
 from dsmr_ts.fields import SCHEMA, ReadingSchema
 from dsmr_ts.influx import lineprotocol
 from dsmr_ts.influx.lineprotocol import (
+    COST_FIELDS,
     COUNT_FIELD,
     COUNTED_FIELD,
     DAY_MEASUREMENT,
@@ -192,6 +194,7 @@ def day_flux(
     from the stored hour rows (or from `hours`, a Flux stream of hour rows computed in the same
     script, for --analyze)."""
     s = json.dumps(stats_bucket)
+    summed = _any_field([*schema.usage.values(), COUNT_FIELD, *COST_FIELDS])
     window = (
         'aggregateWindow(every: 1d, fn: {fn}, timeSrc: "_start", createEmpty: false, '
         f"location: timezone.location(name: {json.dumps(timezone)}))"
@@ -205,7 +208,7 @@ dayStop = {stop}
 
 hours = {hours or f"from(bucket: {s}) |> range(start: dayStart, stop: dayStop)"}
   |> filter(fn: (r) => r._measurement == "{HOUR_MEASUREMENT}" and {meter_filter})
-sums = hours |> filter(fn: (r) => {_any_field([*schema.usage.values(), COUNT_FIELD])}) |> {window.format(fn="sum")}
+sums = hours |> filter(fn: (r) => {summed}) |> {window.format(fn="sum")}
 ends = hours
   |> filter(fn: (r) => {_any_field([*schema.usage, READING_TIME_FIELD, GAS_TIME_FIELD])})
   |> {window.format(fn="last")}

@@ -12,6 +12,8 @@ It only wires the parts of dsmr_ts.influx together, each with one job:
   housekeeping.py      the reader's job: the repair of late data, following the hour task
   statistics_pages.py  hour/day statistics and quarter-hour peaks as the API pages them
   totals.py            today's and a period's usage and costs
+  prices.py            day-ahead market prices (stored, corrected, read back)
+  hour_costs.py        the costs step: each hour row's electricity costs (fixed or dynamic prices)
   meters.py            meters, the default meter, meter statistics, import cursors
 Resources and commands call store.<part>.<method> with plain Python values and get plain values
 back; Flux and InfluxQL text live in those modules, nowhere else.
@@ -21,12 +23,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from dsmr_ts.config import InfluxConfig
+from dsmr_ts.config import Config, InfluxConfig, PricePeriod
 from dsmr_ts.fields import SCHEMA, ReadingSchema
 from dsmr_ts.influx.client import EARLIEST, LATEST, InfluxClient, StoreUnavailable
 from dsmr_ts.influx.count_index import CountIndex, Proof
+from dsmr_ts.influx.hour_costs import HourCosts
 from dsmr_ts.influx.housekeeping import Housekeeping
 from dsmr_ts.influx.meters import Meters
+from dsmr_ts.influx.prices import PriceStore
 from dsmr_ts.influx.readings import GasQueries, MinuteQueries, ReadingQueries
 from dsmr_ts.influx.recompute import Recompute
 from dsmr_ts.influx.statistics_pages import StatisticsPages
@@ -44,14 +48,18 @@ class Store:
         timezone: str = "Europe/Amsterdam",
         schema: ReadingSchema = SCHEMA,
         meters: Mapping[str, Sequence[str]] | None = None,
+        prices: Sequence[PricePeriod] = (),
     ):
-        """meters: config `meters` (a name for a meter and its replacements, ids oldest first)."""
+        """meters: config `meters` (a name for a meter and its replacements, ids oldest first);
+        prices: config `prices` (the price periods the costs step uses)."""
         self.settings = settings
         self.schema = schema
         self.client = InfluxClient(settings, timeout_ms, meters)
         self.writer = ReadingWriter(self.client, schema)
         self.index = CountIndex(self.client)
-        self.compute = Recompute(self.client, self.index, timezone, schema)
+        self.prices = PriceStore(self.client)
+        self.costs = HourCosts(self.client, self.prices, prices, timezone, schema)
+        self.compute = Recompute(self.client, self.index, timezone, schema, costs=self.costs)
         self.housekeeping = Housekeeping(self.client, self.index, self.compute)
         self.statistics = StatisticsPages(self.client)
         proof = Proof(self.index)  # what the count index proves, shared by the three kinds of rows
@@ -59,7 +67,12 @@ class Store:
         self.minutes = MinuteQueries(self.client, self.index, proof, schema)
         self.gas = GasQueries(self.client, self.index, proof)
         self.meters = Meters(self.client, schema)
-        self.totals = Totals(self.readings, self.statistics, schema)
+        self.totals = Totals(self.readings, self.statistics, schema, self.costs)
+
+    @classmethod
+    def for_config(cls, config: Config, timeout_ms: int = 30_000, schema: ReadingSchema = SCHEMA) -> Store:
+        """The store as a config describes it (its InfluxDB, time zone, meter names and prices)."""
+        return cls(config.influxdb, timeout_ms, config.timezone, schema, config.meters, config.prices)
 
     def health(self) -> tuple[str, str]:
         """("ok" | "unreachable" | "unauthorized", what an operator should know); never raises."""

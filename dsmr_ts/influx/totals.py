@@ -8,10 +8,11 @@ import datetime as dt
 from decimal import Decimal
 
 from dsmr_ts.config import PricePeriod
-from dsmr_ts.costs import SUMMED, USAGE, DayTotals, day_costs, fixed_cost, price_for, stored_or_computed_costs
+from dsmr_ts.costs import SUMMED, UNPRICED, USAGE, DayTotals, day_costs, fixed_cost, price_for, stored_or_computed_costs
 from dsmr_ts.datetimes import day_start, local_midnight
 from dsmr_ts.fields import SCHEMA, ReadingSchema
 from dsmr_ts.formats import exact
+from dsmr_ts.influx.hour_costs import HourCosts
 from dsmr_ts.influx.lineprotocol import DAY_MEASUREMENT
 from dsmr_ts.influx.readings import ReadingQueries
 from dsmr_ts.influx.statistics_flux import usage_fields
@@ -19,10 +20,17 @@ from dsmr_ts.influx.statistics_pages import StatisticsPages
 
 
 class Totals:
-    def __init__(self, readings: ReadingQueries, pages: StatisticsPages, schema: ReadingSchema = SCHEMA):
+    def __init__(
+        self,
+        readings: ReadingQueries,
+        pages: StatisticsPages,
+        schema: ReadingSchema = SCHEMA,
+        costs: HourCosts | None = None,
+    ):
         self.readings = readings
         self.pages = pages
         self.schema = schema
+        self.costs = costs
 
     def today(self, meter: str, now: dt.datetime, tz: dt.tzinfo, prices: list[PricePeriod]) -> DayTotals | None:
         """Today so far, live: the newest meter positions minus the last ones before local midnight
@@ -35,8 +43,17 @@ class Totals:
             return None
         usage = {name: float(sum((exact(part[name]) for part in used), Decimal(0))) for name in used[0]}
         price = price_for(day, prices)
+        row: dict[str, object] = dict(usage)
+        if price is not None and price.dynamic is not None and self.costs is not None:
+            live = self.costs.between(self.readings.client.meter_ids(meter), midnight, now)
+            if live is not None:
+                row.update(
+                    electricity1_cost=float(live.electricity1_cost),
+                    electricity2_cost=float(live.electricity2_cost),
+                    **{UNPRICED: live.unpriced_quarters},
+                )
         return DayTotals(
-            day, usage, day_costs(usage, price), exact(price.fixed_daily_cost) if price else Decimal(0), price
+            day, usage, day_costs(row, price), exact(price.fixed_daily_cost) if price else Decimal(0), price
         )
 
     def _used(self, meter: str, midnight: dt.datetime) -> dict[str, float] | None:
@@ -63,7 +80,7 @@ class Totals:
         before today, and today live. Costs per day at that day's prices (or as posted)."""
         today_date = live_today.day if live_today else dt.datetime.now(tz).date()
         start, stop = day_start(first_day, tz), day_start(today_date, tz)
-        _, rows = self.pages.page(DAY_MEASUREMENT, meter, start, stop, 0, 400, False, SUMMED)
+        _, rows = self.pages.page(DAY_MEASUREMENT, meter, start, stop, 0, 400, False, (*SUMMED, UNPRICED))
         sums = {name: Decimal(0) for name in SUMMED}
         days = [(row, row["_time"].astimezone(tz).date()) for row in rows]
         for row, day in days:

@@ -389,7 +389,7 @@ def run_reader(config: Config) -> None:
     port = config.reader.port
     if config.reader.enabled and port is None:
         port, _ = start_simulated_meter()
-    store = Store(config.influxdb, timezone=config.timezone, meters=config.meters)
+    store = Store.for_config(config)
     service = ReaderService(config, store, port if config.reader.enabled else None)
     scheduler = service.scheduler()
     service.start()

@@ -57,8 +57,8 @@ class ElectricityLiveResource(_ConsumptionResource):
         delivered = exact(latest.get("electricity_currently_delivered") or 0.0)
         returned = exact(latest.get("electricity_currently_returned") or 0.0)
         tariff = self.store.meters.statistics(meter).get("electricity_tariff")
-        cost = costs.cost_per_hour(float(delivered), float(returned), tariff, self.today_prices())
         now = dt.datetime.now(dt.timezone.utc)
+        cost = costs.cost_per_hour(float(delivered), float(returned), tariff, *self.context.live_price(now))
         resp.media = {
             "timestamp": datetime_string(min(latest["_time"], now), self.output_tz),  # a meter clock may run ahead
             "currently_delivered": round(delivered * 1000),  # W

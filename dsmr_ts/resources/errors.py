@@ -16,7 +16,7 @@ log = logging.getLogger(__name__)
 class ValidationFailed(falcon.HTTPBadRequest):
     """400 whose body is the field errors themselves, {"field": ["message"]}, as DRF sends them."""
 
-    def __init__(self, errors: dict[str, list[str]]):
+    def __init__(self, errors: dict[str, list[Any]]):  # messages, or per item of a list field its errors
         super().__init__(description="Invalid input.")
         self.errors = errors
 

@@ -17,14 +17,17 @@ import falcon
 import yaml
 
 from dsmr_ts import __version__
+from dsmr_ts.config import AREA
 from dsmr_ts.costs import DAY_POSITIONS
 from dsmr_ts.fields import SCHEMA, Kind, Post, ReadingField, ReadingSchema
 from dsmr_ts.resources.datalogger import reading_fields
 from dsmr_ts.resources.meter_statistics import patch_fields
 from dsmr_ts.resources.pagination import PAGE_PARAM_SCHEMA
+from dsmr_ts.resources.prices import MAX_POSTED, PRICE
 from dsmr_ts.resources.statistics import DAY_POST_FIELDS, TEMPERATURES, USAGE_OUTPUT
 from dsmr_ts.resources.validation import (
     DATE_SCHEMA,
+    DATETIME_SCHEMA,
     FILTER_DATE_SCHEMA,
     FILTER_DATETIME_SCHEMA,
     METER_SCHEMA,
@@ -475,6 +478,113 @@ def _page_paths() -> dict[str, Any]:
     return paths
 
 
+UNIT_PRICE = {"type": "string", "pattern": r"^-?\d+\.\d{5}$", "description": "EUR/kWh"}
+PRICE_RANGE = [
+    _param("start__gte", FILTER_DATETIME_SCHEMA, "intervals starting on or after (default: today's start)"),
+    _param("start__lte", FILTER_DATETIME_SCHEMA, "intervals starting on or before (default: two days on)"),
+    _param("area", {"type": "string", "pattern": f"^{AREA.pattern}$"}, "market area (default: the contract's)"),
+]
+
+
+def _price_schemas() -> dict[str, Any]:
+    return {
+        "Price": _object(
+            {
+                "start": DATETIME,
+                "end": DATETIME,
+                "area": {"type": "string"},
+                "resolution": {"enum": ["PT15M", "PT60M"]},
+                "market_price": UNIT_PRICE,
+                "price": {**_nullable(UNIT_PRICE), "description": "a delivered kWh all-in (null: no dynamic contract)"},
+                "export_price": {**_nullable(UNIT_PRICE), "description": "a returned kWh (null: no dynamic contract)"},
+            }
+        ),
+        "PricePage": _page("Price"),
+        "PricesInput": {
+            "type": "object",
+            "required": ["area", "resolution", "prices"],
+            "properties": {
+                "area": {"type": "string", "pattern": f"^{AREA.pattern}$"},
+                "resolution": {"enum": ["PT15M", "PT60M"]},
+                "prices": {
+                    "type": "array",
+                    "minItems": 1,
+                    "maxItems": MAX_POSTED,
+                    "items": {
+                        "type": "object",
+                        "required": ["start", "price"],
+                        "properties": {
+                            "start": {**DATETIME_SCHEMA, "description": "the interval's start"},
+                            "price": {**PRICE.schema, "description": "market price, EUR/kWh"},
+                        },
+                    },
+                },
+            },
+        },
+        "PricesStored": _object(
+            {"area": {"type": "string"}, "stored": {"type": "integer"}, "unchanged": {"type": "integer"}}
+        ),
+        "CheapestPrice": _object(
+            {
+                "area": {"type": "string"},
+                "start": DATETIME,
+                "end": DATETIME,
+                "average_price": UNIT_PRICE,
+                "average_market_price": UNIT_PRICE,
+                "all_in": {"type": "boolean", "description": "average_price is the all-in price (a dynamic contract)"},
+            }
+        ),
+    }
+
+
+def _price_paths() -> dict[str, Any]:
+    return {
+        "/api/v2/prices": {
+            "get": {
+                "summary": "day-ahead market prices, and each interval's all-in and export price (dsmr-ts)",
+                "security": KEY_SECURITY,
+                "parameters": [*PRICE_RANGE, *PAGING[:2]],
+                "responses": {"200": _json("PricePage", "a page"), **V2_ERRORS},
+            },
+            "post": {
+                "summary": "store market prices (dsmr-ts); the same prices again change nothing",
+                "security": KEY_SECURITY,
+                "requestBody": {
+                    "required": True,
+                    "content": {JSON: {"schema": {"$ref": "#/components/schemas/PricesInput"}}},
+                },
+                "responses": {
+                    "201": _json("PricesStored", "how many were stored (new or changed) and unchanged"),
+                    **V2_ERRORS,
+                    "413": _json("Detail", "body too large"),
+                    "415": _json("Detail", "unsupported content type"),
+                },
+            },
+        },
+        "/api/v2/prices/cheapest": {
+            "get": {
+                "summary": "the cheapest consecutive window of a duration in a range (dsmr-ts)",
+                "security": KEY_SECURITY,
+                "parameters": [
+                    {
+                        "name": "duration",
+                        "in": "query",
+                        "required": True,
+                        "schema": {"type": "string", "pattern": r"^PT(?:\d{1,2}H)?(?:\d{1,4}M)?$"},
+                        "description": "ISO 8601, whole quarter hours up to a day: PT2H, PT45M",
+                    },
+                    *PRICE_RANGE,
+                ],
+                "responses": {
+                    "200": _json("CheapestPrice", "the window"),
+                    "404": _json("Detail", "no prices cover the duration without a gap in the range"),
+                    **V2_ERRORS,
+                },
+            }
+        },
+    }
+
+
 @functools.cache
 def openapi_document(schema: ReadingSchema = SCHEMA) -> dict[str, Any]:
     """The document for a field table (cached per table)."""
@@ -509,9 +619,15 @@ def openapi_document(schema: ReadingSchema = SCHEMA) -> dict[str, Any]:
                 "FieldErrors": {
                     "type": "object",
                     "minProperties": 1,
-                    "additionalProperties": {"type": "array", "items": {"type": "string"}, "minItems": 1},
+                    # A list field's errors are per item ({} for a good one): POST /api/v2/prices.
+                    "additionalProperties": {
+                        "type": "array",
+                        "items": {"anyOf": [{"type": "string"}, {"type": "object"}]},
+                        "minItems": 1,
+                    },
                 },
                 **_v5_schemas(schema),
+                **_price_schemas(),
                 "Health": {
                     "type": "object",
                     "required": ["status", "influxdb"],
@@ -642,6 +758,7 @@ def openapi_document(schema: ReadingSchema = SCHEMA) -> dict[str, Any]:
                 "GasConsumption", "read_at", ["read_at", "-read_at"], "gas values and the gas used since the one before"
             ),
             **_page_paths(),
+            **_price_paths(),
             "/api/v2/consumption/quarter-hour-peak-electricity": _counted_operation(
                 "QuarterHourPeak",
                 "read_at_start",

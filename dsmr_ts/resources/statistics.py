@@ -8,7 +8,15 @@ from typing import Any
 
 import falcon
 
-from dsmr_ts.costs import COSTS, DAY_POSITIONS, ELECTRICITY, TEMPERATURES, fixed_cost, stored_or_computed_costs
+from dsmr_ts.costs import (
+    COSTS,
+    DAY_POSITIONS,
+    ELECTRICITY,
+    TEMPERATURES,
+    UNPRICED,
+    fixed_cost,
+    stored_or_computed_costs,
+)
 from dsmr_ts.datetimes import day_start
 from dsmr_ts.formats import datetime_column, decimal_column, json_rows, money
 from dsmr_ts.influx.lineprotocol import DAY_MEASUREMENT, GAS_TIME_FIELD, HOUR_MEASUREMENT, READING_TIME_FIELD
@@ -100,7 +108,7 @@ class DayStatisticsResource(_StatisticsResource):
 
     measurement = DAY_MEASUREMENT
     time_field = "day"
-    fields = (*USAGE_OUTPUT, "gas", *COSTS, "fixed_cost", *TEMPERATURES, *DAY_POSITIONS.values(),
+    fields = (*USAGE_OUTPUT, "gas", *COSTS, "fixed_cost", UNPRICED, *TEMPERATURES, *DAY_POSITIONS.values(),
               READING_TIME_FIELD, GAS_TIME_FIELD)  # fmt: skip
 
     def bounds(self, req: falcon.Request) -> tuple[dt.datetime | None, dt.datetime | None]:

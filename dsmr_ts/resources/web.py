@@ -23,7 +23,7 @@ import falcon
 from dsmr_ts import costs
 from dsmr_ts.config import WebConfig
 from dsmr_ts.datetimes import day_start, local_midnight
-from dsmr_ts.formats import datetime_string, decimal_string, exact, money
+from dsmr_ts.formats import datetime_string, decimal_string, exact, money, unit_price
 from dsmr_ts.influx.lineprotocol import DAY_MEASUREMENT
 from dsmr_ts.resources.access import FailedKeys, key_matches, presented_keys
 from dsmr_ts.resources.application import MonitoringResource
@@ -32,6 +32,7 @@ from dsmr_ts.resources.context import ApiContext
 from dsmr_ts.resources.errors import ValidationFailed
 from dsmr_ts.resources.forms import read_fields
 from dsmr_ts.resources.validation import FieldError, parse_date
+from dsmr_ts.tariffs import delivered_price
 
 PAGE_FILES = resources.files("dsmr_ts") / "web"
 COOKIE = "dsmr_ts_page"
@@ -150,7 +151,7 @@ class _DataResource:
 
     def _days(self, meter: str, first: dt.date, last: dt.date) -> list[dict[str, Any]]:
         """The day statistics of [first, last] with their costs (as statistics/day shows them)."""
-        fields = (*costs.USAGE, *costs.COSTS, "fixed_cost")
+        fields = (*costs.USAGE, *costs.COSTS, "fixed_cost", costs.UNPRICED)
         _, rows = self.store.statistics.page(
             DAY_MEASUREMENT, meter, day_start(first, self.tz), day_start(last, self.tz, 1), 0, 400, False, fields
         )
@@ -189,7 +190,7 @@ class LiveResource(_DataResource):
         delivered = latest.get("electricity_currently_delivered") or 0.0
         returned = latest.get("electricity_currently_returned") or 0.0
         tariff = self.store.meters.statistics(meter).get("electricity_tariff")
-        price = costs.price_for(now.astimezone(self.tz).date(), self.context.prices)
+        price, market = self.context.live_price(now)
         phases = {
             f"{way}_l{n}": round(value * 1000)
             for way in ("delivered", "returned")
@@ -206,7 +207,10 @@ class LiveResource(_DataResource):
             "returned": round(returned * 1000),
             "phases": phases,
             "tariff": TARIFF_NAMES.get(tariff) if isinstance(tariff, int) else None,
-            "cost_per_hour": costs.cost_per_hour(delivered, returned, tariff, price),
+            "cost_per_hour": costs.cost_per_hour(delivered, returned, tariff, price, market),
+            "price": unit_price(delivered_price(price.dynamic, market.price))
+            if price and price.dynamic and market
+            else None,
             "quarter_average": self._quarter_average(meter, latest, now),
             "month_peak": {
                 "average": decimal_string(peaks[0]["average_delivered"], 3),
