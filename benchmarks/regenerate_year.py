@@ -1,6 +1,8 @@
 """Statistics at size: a year of 10-second readings (3.15 M) plus gas every 5 minutes, then
 `dsmr-ts regenerate` over the whole year (the same Flux as the InfluxDB tasks), and the day and
-hour statistics the API serves from it, checked against hand-computed usage.
+hour statistics the API serves from it, checked against hand-computed usage. Then the same with a
+dynamic contract: a year of quarter-hour market prices imported (`dsmr-ts prices import`), and
+`dsmr-ts regenerate` again, which now prices every quarter hour; a day's cost checked by hand.
 
     .venv/bin/python benchmarks/regenerate_year.py [--days 365]
 
@@ -19,6 +21,8 @@ import sys
 import time
 import urllib.parse
 import urllib.request
+import zoneinfo
+from decimal import Decimal
 from typing import Iterator
 
 from readings_api import percentile, timed_get, wait_for_cache_snapshot
@@ -30,6 +34,7 @@ from dsmr_ts.telegram import Reading
 METER = "BENCH"
 STEP = 10  # seconds between readings
 UTC = dt.timezone.utc
+AMSTERDAM = zoneinfo.ZoneInfo("Europe/Amsterdam")
 
 
 def year(start: int, count: int) -> Iterator[Reading]:
@@ -114,6 +119,68 @@ def main() -> None:
             f"  check {sample['day']}: electricity {usage:.3f} kWh (expected 9.600 on a 24-hour day),"
             f" gas {sample['gas']} m3 (expected 0.576)"
         )
+        stack.stop_api()
+        dynamic_year(stack, start, args.days)
+
+
+CONTRACT = {"markup": Decimal("0.02"), "energy_tax": Decimal("0.1088"), "vat": Decimal(21)}
+
+
+def market_price(quarter_index: int) -> Decimal:
+    """A made-up but day-shaped market price (EUR/kWh): cheap at night and noon, negative at times."""
+    hour = quarter_index // 4 % 24
+    return Decimal(f"{0.06 + 0.015 * abs(12 - hour) % 0.19 - (0.08 if hour in (12, 13) else 0):.5f}")
+
+
+def dynamic_year(stack: Stack, start: int, days: int) -> None:
+    env = {**os.environ, "DSMR_TS_CONFIG": str(stack.config_path)}
+    quarters = (days + 1) * 96
+    csv_path = stack.tmp / "prices.csv"
+    with open(csv_path, "w") as out:
+        out.write("start,price\n")
+        for i in range(quarters):
+            out.write(f"{dt.datetime.fromtimestamp(start + i * 900, UTC).isoformat()},{market_price(i)}\n")
+    began = time.perf_counter()
+    result = subprocess.run(
+        [sys.executable, "-m", "dsmr_ts.cli", "prices", "import", str(csv_path), "--area", "NL"],
+        env=env, capture_output=True, text=True,
+    )  # fmt: skip
+    elapsed = time.perf_counter() - began
+    if result.returncode != 0:
+        sys.exit(f"prices import failed:\n{result.stderr}")
+    print(f"dsmr-ts prices import, {quarters:,} quarter-hour prices (CSV): {elapsed:.2f} s (the command, start to end)")
+    print(f"  {result.stdout.strip()}")
+    first_day = dt.datetime.fromtimestamp(start, UTC).date()
+    with open(stack.config_path, "a") as config:
+        config.write(
+            f"prices:\n  - start: {first_day - dt.timedelta(days=1)}\n    dynamic:\n      area: NL\n"
+            f"      markup: {CONTRACT['markup']}\n      energy_tax: {CONTRACT['energy_tax']}\n      vat: 21\n"
+        )
+    began = time.perf_counter()
+    result = subprocess.run(
+        [sys.executable, "-m", "dsmr_ts.cli", "regenerate"], env=env, capture_output=True, text=True
+    )
+    elapsed = time.perf_counter() - began
+    if result.returncode != 0:
+        sys.exit(f"regenerate failed:\n{result.stderr}")
+    print(f"dsmr-ts regenerate, {days} days, dynamic contract (every quarter hour priced): {elapsed:.1f} s")
+    base = stack.start_api()
+    request = urllib.request.Request(
+        base + "/api/v2/statistics/day?" + urllib.parse.urlencode({"limit": 366}), headers={"X-AUTHKEY": KEY}
+    )
+    with urllib.request.urlopen(request) as response:
+        sample = json.loads(response.read())["results"][days // 2]
+    local = dt.datetime.combine(dt.date.fromisoformat(sample["day"]), dt.time(), AMSTERDAM)
+    first_quarter = (int(local.timestamp()) - start) // 900
+    expected = sum(
+        Decimal("0.1") * (market_price(q) + CONTRACT["markup"] + CONTRACT["energy_tax"]) * Decimal("1.21")
+        for q in range(first_quarter, first_quarter + 96)
+    )
+    cost = Decimal(sample["electricity1_cost"]) + Decimal(sample["electricity2_cost"])
+    print(
+        f"  check {sample['day']}: electricity cost {cost} EUR (by hand: 96 quarters x 0.1 kWh x all-in price"
+        f" = {expected:.4f}; the two tariffs are rounded to cents apart)"
+    )
 
 
 if __name__ == "__main__":

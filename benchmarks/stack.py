@@ -82,6 +82,13 @@ class Stack:
         self.config = load_config(self.config_path)
         return self
 
+    def stop_api(self) -> None:
+        """Stop the API (to start it again with a changed config)."""
+        if self.api:
+            self.api.terminate()
+            self.api.wait(30)
+            self.api = None
+
     def start_api(self) -> str:
         port = free_port()
         env = {

@@ -127,7 +127,18 @@ class BackupConfig:
     command: str = ""
 
 
-MQTT_SOURCES = ("raw", "json", "reading", "day", "period", "meter_stats", "gas", "quarter_hour_peaks", "discovery")
+MQTT_SOURCES = (
+    "raw",
+    "json",
+    "reading",
+    "day",
+    "period",
+    "meter_stats",
+    "gas",
+    "quarter_hour_peaks",
+    "prices",
+    "discovery",
+)
 MQTT_TLS = ("off", "verify", "insecure")
 
 
@@ -146,7 +157,7 @@ class MqttConfig:
     prefix: str = "dsmr"
     # What HA's dsmr_reader integration reads; add raw, json and discovery as you like.
     publish: list[str] = field(
-        default_factory=lambda: ["reading", "day", "period", "meter_stats", "gas", "quarter_hour_peaks"]
+        default_factory=lambda: ["reading", "day", "period", "meter_stats", "gas", "quarter_hour_peaks", "prices"]
     )
     discovery_prefix: str = "homeassistant"
     local_datetimes: bool = False  # datetimes in payloads: UTC (as DSMR-reader) or in `timezone`

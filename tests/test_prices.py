@@ -21,6 +21,7 @@ The hand-checked day (meter E-DYN, area T-HAND, 2026-12-03, Europe/Amsterdam = U
 from __future__ import annotations
 
 import datetime as dt
+import json
 import urllib.parse
 from decimal import Decimal
 from pathlib import Path
@@ -32,7 +33,11 @@ from helpers import TEST_KEY
 from dsmr_ts.app import create_app
 from dsmr_ts.config import ConfigError, DynamicContract, PricePeriod, load_config
 from dsmr_ts.influx.store import Store
+from dsmr_ts.mqtt.messages import discovery
+from dsmr_ts.mqtt.publisher import MqttPublisher
 from dsmr_ts.price_formats import PriceFormatError, parse_prices
+from dsmr_ts.resources.application import MonitoringResource
+from dsmr_ts.resources.context import ApiContext
 from dsmr_ts.tariffs import (
     MarketPrice,
     PriceIndex,
@@ -278,6 +283,15 @@ def test_hand_checked_day_and_a_late_price_repairs_it(hand_day):
     # A quarter hour with usage has no price: the costs are unknown, not made up.
     assert (row["electricity1_cost"], row["electricity2_cost"], row["total_cost"]) == (None, None, None)
     assert row["gas_cost"] == "0.00"
+    monitoring = MonitoringResource(ApiContext(store=store, tz=AMSTERDAM, prices=HAND_PERIODS), FIXTURES)
+    assert [p[:2] for p in monitoring.problems(HAND_METER) if p[0] == "prices"] == [
+        (
+            "prices",
+            "1 quarter hours with usage have no market price, so their costs are unknown: import or post the prices"
+            " (`dsmr-ts prices import`, POST /api/v2/prices)",
+        ),
+        ("prices", "No market price of T-HAND for now: import or post the day-ahead prices"),
+    ]
     # The price arrives late: the repair job recomputes the hour it prices, and the day with it.
     response = post_prices(
         client, {"area": "T-HAND", "resolution": "PT15M", "prices": [quarter("2026-12-03T12:15:00Z", "0.30")]}
@@ -286,6 +300,55 @@ def test_hand_checked_day_and_a_late_price_repairs_it(hand_day):
     store.housekeeping.repair()
     row = day_row(client, HAND_METER, "2026-12-03")
     assert (row["electricity1_cost"], row["electricity2_cost"], row["total_cost"]) == ("0.00", "0.57", "1.07")
+    assert [p[1] for p in monitoring.problems(HAND_METER) if p[0] == "prices"] == [
+        "No market price of T-HAND for now: import or post the day-ahead prices"
+    ]
+
+
+def test_today_and_power_now_cost_at_the_current_market_price(session_config, config, tmp_path):
+    """Market 0.10 all day, no markup, tax or VAT: today's electricity costs its kWh x 0.10, and
+    0.5 kW now costs 0.05 an hour."""
+    area, meter = "T-LIVE", "E-DYN-LIVE"
+    config.prices = [PricePeriod(start=dt.date(2026, 1, 1), dynamic=DynamicContract(area=area, vat=0))]
+    store = Store.for_config(config)
+    client = testing.TestClient(create_app(config, store))
+    now = dt.datetime.now(UTC).replace(microsecond=0)
+    midnight = dt.datetime.combine(now.astimezone(config.tz).date(), dt.time(), config.tz).astimezone(UTC)
+    stamp = lambda moment: moment.isoformat().replace("+00:00", "Z")
+    store.writer.store_readings(
+        [
+            reading(stamp(midnight - dt.timedelta(seconds=60)), meter, d1=10.0),
+            reading(stamp(now - dt.timedelta(seconds=120)), meter, d1=10.3),
+            reading(stamp(now - dt.timedelta(seconds=60)), meter, d1=10.5),
+        ],
+        False,
+    )
+    first = midnight - dt.timedelta(hours=1)
+    current = (now - first) // dt.timedelta(minutes=15)  # the quarter hour of now; the next one costs 0.20
+    prices = [
+        quarter(stamp(first + dt.timedelta(minutes=15 * i)), "0.20" if i == current + 1 else "0.10") for i in range(108)
+    ]
+    assert post_prices(client, {"area": area, "resolution": "PT15M", "prices": prices}).status_code == 201
+    today = get(client, "/api/v2/consumption/today", meter=meter)
+    assert today["electricity1"] == "0.500" or now - midnight < dt.timedelta(minutes=3)
+    assert today["electricity1_cost"] == str((Decimal(today["electricity1"]) * D("0.10")).quantize(D("0.01")))
+    assert today["electricity2_cost"] == "0.00" and today["total_cost"] == today["electricity1_cost"]
+    live = get(client, "/api/v2/consumption/electricity-live", meter=meter)
+    assert live["cost_per_hour"] == "0.05"
+    # MQTT (source prices): the all-in price now and next, for Home Assistant.
+    config.reader.spool_dir = str(tmp_path)
+    published = {m.topic: m.payload for m in MqttPublisher(config, store)._prices(now)}
+    assert published == {
+        "dsmr/prices/current": "0.10000",
+        "dsmr/prices/next": "0.20000",
+        "dsmr/prices/current_market": "0.10000",
+        "dsmr/prices/current_export": "0.10000",
+    }
+    sensors = {m.topic: json.loads(m.payload) for m in discovery("homeassistant", "dsmr", meter, ["prices"])}
+    price_now = sensors[f"homeassistant/sensor/dsmr_ts_{meter}/price_current/config"]
+    assert (price_now["unit_of_measurement"], price_now["device_class"]) == ("EUR/kWh", "monetary")
+    assert "state_class" not in price_now  # Home Assistant's monetary sensors take none but total
+    store.close()
 
 
 def test_prices_posted_twice_change_nothing_and_a_correction_replaces(hand_day):

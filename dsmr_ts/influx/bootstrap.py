@@ -19,9 +19,8 @@ from influxdb_client.service.setup_service import SetupService
 from urllib3.exceptions import HTTPError
 
 from dsmr_ts.config import Config, InfluxConfig, read_secret_file, save_setting, write_secret_file
-from dsmr_ts.influx.client import InfluxClient, StoreUnavailable
-from dsmr_ts.influx.count_index import CountIndex
-from dsmr_ts.influx.recompute import Recompute
+from dsmr_ts.influx.client import StoreUnavailable
+from dsmr_ts.influx.store import Store
 from dsmr_ts.influx.tasks import HOUR_TASK, ensure_tasks
 
 log = logging.getLogger(__name__)
@@ -124,13 +123,14 @@ def _config_holds(path: Path, key: str) -> bool:
 
 def _start_index(config: Config) -> None:
     """The statistics count index's watermark (statistics.py), with the API's own token."""
-    client = InfluxClient(config.influxdb, timeout_ms=600_000)
+    store = Store.for_config(config, timeout_ms=600_000)
     try:
-        Recompute(client, CountIndex(client), config.timezone).start_index()
+        store.compute.start_index()
+        store.compute.reprice()  # stored costs follow changed price periods (Grafana reads them)
     except StoreUnavailable as exc:
         raise BootstrapError(f"InfluxDB at {config.influxdb.url}: {exc}") from None
     finally:
-        client.close()
+        store.close()
 
 
 SCOPED_TOKEN_DESCRIPTION = "dsmr-ts API and reader: read and write its two buckets, nothing else"

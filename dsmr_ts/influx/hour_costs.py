@@ -16,12 +16,14 @@ costs follow at the next `dsmr-ts regenerate` or setup (see bootstrap).
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import itertools
 import json
 import zoneinfo
 from collections.abc import Iterator, Sequence
 from decimal import Decimal
+from typing import Any
 
 from dsmr_ts.config import PricePeriod
 from dsmr_ts.costs import price_for
@@ -30,12 +32,17 @@ from dsmr_ts.fields import SCHEMA, ReadingSchema
 from dsmr_ts.formats import exact
 from dsmr_ts.influx import lineprotocol
 from dsmr_ts.influx.client import InfluxClient, ident, ns, quote
-from dsmr_ts.influx.lineprotocol import HOUR_MEASUREMENT
+from dsmr_ts.influx.lineprotocol import HOUR_MEASUREMENT, UNPRICED_FIELD
 from dsmr_ts.influx.prices import PriceStore
 from dsmr_ts.influx.statistics_flux import LOOKBACK, usage_fields
 from dsmr_ts.tariffs import REGISTERS, HourCost, PriceIndex, fixed_costs, quarter_hour_costs
 
 Usage = dict[str, Decimal]
+COSTS_CONFIG = "costs_config"  # stats bucket, one point: the price periods the stored costs follow
+
+
+def _periods_json(periods: Sequence[PricePeriod]) -> list[dict[str, Any]]:
+    return [json.loads(json.dumps(dataclasses.asdict(period), default=str)) for period in periods]
 
 
 class HourCosts:
@@ -68,7 +75,7 @@ class HourCosts:
                     {
                         "electricity1_cost": float(cost.electricity1_cost),
                         "electricity2_cost": float(cost.electricity2_cost),
-                        "unpriced_quarters": float(cost.unpriced_quarters),
+                        UNPRICED_FIELD: float(cost.unpriced_quarters),
                     },
                     int(hour.timestamp()),
                 )
@@ -76,6 +83,26 @@ class HourCosts:
             ]
         if lines:
             self.client.write("\n".join(lines), self.client.settings.stats_bucket)
+
+    def changed_since(self) -> tuple[bool, dt.date | None]:
+        """Whether the price periods differ from those the stored costs were computed with, and
+        from which day (None: from the start, e.g. costs never computed by this version)."""
+        (series,) = self.client.influxql([f"SELECT last(periods) FROM {self.client.in_stats(COSTS_CONFIG)}"])
+        stored = next((row["last"] for found in series for row in found.rows()), None)
+        if stored is None:
+            return True, None
+        old, new = json.loads(stored), _periods_json(self.periods)
+        if old == new:
+            return False, None
+        first = next(i for i in range(max(len(old), len(new))) if old[i : i + 1] != new[i : i + 1])
+        # The first period that differs (changed, added or gone): from the earlier of its starts.
+        changed = (*old[first : first + 1], *new[first : first + 1])
+        return True, min(dt.date.fromisoformat(period["start"]) for period in changed)
+
+    def save_periods(self) -> None:
+        """Remember the price periods the stored costs now follow."""
+        periods = json.dumps(_periods_json(self.periods)).replace("\\", "\\\\").replace('"', '\\"')
+        self.client.write(f'{COSTS_CONFIG} periods="{periods}" 0', self.client.settings.stats_bucket)
 
     def between(self, meter_ids: Sequence[str], start: dt.datetime, stop: dt.datetime) -> HourCost | None:
         """The electricity costs of [start, stop) (today so far) of a meter's ids under a dynamic

@@ -31,6 +31,7 @@ import functools
 import json
 from typing import Any, Callable, Iterable, Mapping
 
+from dsmr_ts.costs import UNPRICED
 from dsmr_ts.fields import SCHEMA, Kind, ReadingField, ReadingSchema
 from dsmr_ts.telegram import Reading
 
@@ -66,7 +67,8 @@ VERSION_FIELD = "version"
 REPAIR_CURSOR = "repair_cursor"
 # Day-ahead market prices (tag area) and what the costs step adds to hour rows (summed into day rows).
 PRICE_MEASUREMENT = "price"
-COST_FIELDS = ("electricity1_cost", "electricity2_cost", "unpriced_quarters")
+UNPRICED_FIELD = UNPRICED
+COST_FIELDS = ("electricity1_cost", "electricity2_cost", UNPRICED_FIELD)
 
 
 @functools.lru_cache(maxsize=4096)  # a handful of meters, escaped once each

@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import time
 import zoneinfo
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from dsmr_ts.datetimes import HOUR, floor_hour, local_midnight
+from dsmr_ts.datetimes import HOUR, day_start, floor_hour, local_midnight
 from dsmr_ts.fields import SCHEMA, ReadingSchema
 from dsmr_ts.influx.client import InfluxClient, ns
 from dsmr_ts.influx.count_index import INDEX_VERSION, CountIndex
@@ -109,6 +110,35 @@ class Recompute:
                 # Everything was recomputed after every mark made before it began: the repair
                 # job need not look at those again.
                 self.index.save_repair_cursor(max(began, self.index.repair_cursor() or began))
+
+    def reprice(self, chunk_days: int = 31) -> bool:
+        """Setup: when the price periods changed since the stored costs were computed (or this
+        version never computed them), compute the hour and day costs again from the first day the
+        change touches. True if it did so."""
+        if self.costs is None:
+            return False
+        changed, since = self.costs.changed_since()
+        if not changed:
+            return False
+        first = self.index.first_reading_time()
+        if first is not None:
+            start = local_midnight(first, self.tz)
+            if since is not None:
+                start = max(start, day_start(since, self.tz))
+            stop = floor_hour(self.clock()) + HOUR
+            began = time.monotonic()
+            chunk_start = start
+            while chunk_start < stop:
+                chunk_stop = min(local_midnight(chunk_start, self.tz, chunk_days), stop)
+                self.costs_and_days(chunk_start, chunk_stop)
+                chunk_start = chunk_stop
+            log.info(
+                "prices changed: costs recomputed from %s (%.1f s)",
+                start.astimezone(self.tz).date(),
+                time.monotonic() - began,
+            )
+        self.costs.save_periods()
+        return True
 
     def start_index(self) -> bool:
         """Setup: a store without a watermark gets one. With no readings yet the index is complete

@@ -20,6 +20,7 @@ from dsmr_ts.influx.lineprotocol import (
     MINUTE_COUNT_FIELD,
     POSITION_DROP_FIELD,
     QUARTER_MEASUREMENT,
+    UNPRICED_FIELD,
 )
 from dsmr_ts.influx.paging import SPAN, page_rows, row_in
 from dsmr_ts.influx.statistics_flux import USAGE_FIELDS
@@ -202,6 +203,21 @@ class StatisticsPages:
             for found in series
             for row in found.rows()
         ]
+
+    def unpriced_hours(self, meter: str, since: dt.datetime) -> tuple[int, dt.datetime | None]:
+        """(quarter hours with usage but without a market price since `since`, the first hour with
+        one): their costs are unknown until the prices come (dynamic contracts)."""
+        (series,) = self.client.influxql(
+            [
+                f"SELECT {ident(UNPRICED_FIELD)} FROM {self.client.in_stats(HOUR_MEASUREMENT)}"
+                f" WHERE {self.client.meter_is(meter)} AND time >= {ns(since)} AND {ident(UNPRICED_FIELD)} > 0"
+            ]
+        )
+        rows = [row for found in series for row in found.rows()]
+        if not rows:
+            return 0, None
+        first = min(int(row["time"]) for row in rows)
+        return int(sum(row[UNPRICED_FIELD] for row in rows)), dt.datetime.fromtimestamp(first, dt.timezone.utc)
 
     def add_day(self, meter: str, day_start: dt.datetime, fields: dict[str, float]) -> bool:
         """POST statistics/day: a day row as given (usage, costs, temperatures). False when the

@@ -13,10 +13,12 @@ import re
 from decimal import Decimal
 from typing import Any, Iterable
 
+from dsmr_ts.config import DynamicContract
 from dsmr_ts.costs import ELECTRICITY, PRICE_FIELDS, USAGE, DayTotals
 from dsmr_ts.fields import SCHEMA, Kind, ReadingSchema
-from dsmr_ts.formats import decimal_string, gas_json, money, quarter_peak_json, reading_json
+from dsmr_ts.formats import decimal_string, gas_json, money, quarter_peak_json, reading_json, unit_price
 from dsmr_ts.mqtt.outbox import Message
+from dsmr_ts.tariffs import MarketPrice, delivered_price, returned_price
 
 PERIOD_FIELDS = (
     *ELECTRICITY,
@@ -142,6 +144,17 @@ def quarter_hour_peak(prefix: str, quarter: dict[str, Any], tz: dt.tzinfo | None
     return [*_split(topic, values), _json(f"{topic}/json", values)]
 
 
+def prices(prefix: str, now: MarketPrice, following: MarketPrice | None, contract: DynamicContract) -> list[Message]:
+    """The all-in price of a delivered kWh now and in the next interval (EUR/kWh; empty while the
+    next is not known), and the market price now, under a dynamic contract."""
+    return [
+        Message(f"{prefix}/prices/current", unit_price(delivered_price(contract, now.price))),
+        Message(f"{prefix}/prices/next", unit_price(delivered_price(contract, following.price)) if following else ""),
+        Message(f"{prefix}/prices/current_market", unit_price(now.price)),
+        Message(f"{prefix}/prices/current_export", unit_price(returned_price(contract, now.price))),
+    ]
+
+
 def raw(prefix: str, telegram: str) -> Message:
     return Message(f"{prefix}/raw", telegram)
 
@@ -156,6 +169,7 @@ SENSOR_CLASSES = {
     "A": ("current", "measurement"),
     "m3": ("gas", "total_increasing"),
     "EUR": ("monetary", "total"),
+    "EUR/kWh": ("monetary", None),  # a price: no state class (Home Assistant's monetary allows only total)
 }
 
 
@@ -183,7 +197,8 @@ def _sensor(
         device_class, state_class = SENSOR_CLASSES.get(unit, (None, "measurement"))
         if device_class:
             config["device_class"] = device_class
-        config["state_class"] = state_class
+        if state_class:
+            config["state_class"] = state_class
     return _json(f"{discovery_prefix}/sensor/{node}/{object_id}/config", config)
 
 
@@ -226,6 +241,10 @@ def discovery(
             f"{prefix}/consumption/quarter-hour-peak-electricity/average_delivered",
             "kW",
         )
+    if "prices" in sources:
+        sensor("price_current", "Electricity price now", f"{prefix}/prices/current", "EUR/kWh")
+        sensor("price_next", "Electricity price next", f"{prefix}/prices/next", "EUR/kWh")
+        sensor("price_current_export", "Return price now", f"{prefix}/prices/current_export", "EUR/kWh")
     if "meter_stats" in sources:
         sensor("electricity_tariff", "Electricity tariff", f"{prefix}/meter-stats/electricity_tariff", None)
     return messages

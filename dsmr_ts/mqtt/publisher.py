@@ -114,6 +114,8 @@ class MqttPublisher:
             out += self._period(meter, now)
         if "gas" in self.sources:
             self._gas(meter, out, moved)
+        if "prices" in self.sources and self._due_now("prices", PERIOD_EVERY):
+            out += self._prices(now)
         if "meter_stats" in self.sources and self._due_now("meter_stats", SLOW_EVERY):
             out += messages.meter_statistics(
                 self.prefix, self.store.meters.statistics(meter), self.store.meters.rejected_count(), self.store.schema
@@ -182,6 +184,17 @@ class MqttPublisher:
         year = self.store.totals.period(meter, local.replace(month=1, day=1), live, self.tz, self.config.prices)
         priced = costs.price_for(local, self.config.prices) is not None
         return messages.period_totals(self.prefix, month, year, priced)
+
+    def _prices(self, now: dt.datetime) -> list[Message]:
+        """Under a dynamic contract: the price now and next (nothing without one, or without a price now)."""
+        period = costs.price_for(now.astimezone(self.tz).date(), self.config.prices)
+        if period is None or period.dynamic is None:
+            return []
+        current = self.store.prices.at(period.dynamic.area, now)
+        if current is None:
+            return []
+        following = self.store.prices.at(period.dynamic.area, current.stop)
+        return messages.prices(self.prefix, current, following, period.dynamic)
 
     def _gas(self, meter: str, out: list[Message], moved: dict[str, str]) -> None:
         key, value_key = f"gas:{meter}", f"gas value:{meter}"

@@ -20,6 +20,7 @@ STATISTICS_LAG = dt.timedelta(hours=3)  # the hour task runs every hour; two mis
 REPAIR_LAG = dt.timedelta(minutes=5)  # the repair job runs every 15 s
 MQTT_LAG = dt.timedelta(minutes=5)
 POSITION_DROPS_SHOWN = dt.timedelta(days=31)  # how long a meter position that went down stays a problem
+UNPRICED_SHOWN = dt.timedelta(days=31)  # how far back quarter hours without a market price are a problem
 
 
 class VersionResource:
@@ -122,6 +123,25 @@ class MonitoringResource:
                     f"The meter position of {equipment} went down (no usage counted for that hour): a replaced"
                     " meter? Name its old and new equipment ids together in `meters` (see the README)",
                     hour,
+                )
+            )
+        unpriced, since = self.store.statistics.unpriced_hours(meter, now - UNPRICED_SHOWN)
+        if unpriced:
+            found.append(
+                (
+                    "prices",
+                    f"{unpriced} quarter hours with usage have no market price, so their costs are unknown:"
+                    " import or post the prices (`dsmr-ts prices import`, POST /api/v2/prices)",
+                    since,
+                )
+            )
+        period, market = self.context.live_price(now)
+        if period is not None and period.dynamic is not None and market is None:
+            found.append(
+                (
+                    "prices",
+                    f"No market price of {period.dynamic.area} for now: import or post the day-ahead prices",
+                    None,
                 )
             )
         waiting = index.repair_backlog()
