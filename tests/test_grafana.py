@@ -8,26 +8,38 @@ import datetime as dt
 import json
 import re
 import subprocess
+import zoneinfo
+from decimal import Decimal
 
 import pytest
 import yaml
-from helpers import REPO, flux, npm_packages
+from falcon import testing
+from helpers import REPO, TEST_KEY, flux, npm_packages
 
+from dsmr_ts.app import create_app
+from dsmr_ts.config import DynamicContract, PricePeriod
 from dsmr_ts.influx.store import Store, StoreUnavailable
 from dsmr_ts.reader.simulator import MeterSimulator
+from dsmr_ts.tariffs import MarketPrice
 
 GRAFANA = REPO / "grafana"
 DASHBOARDS = sorted((GRAFANA / "dashboards").glob("*.json"))
 UTC = dt.timezone.utc
 WEEK = dt.timedelta(days=7)
+AMSTERDAM = zoneinfo.ZoneInfo("Europe/Amsterdam")
 
 
 @pytest.fixture(scope="module")
 def week_store(session_config):
     """A week of one-minute simulated readings (with a water meter) up to now, and their statistics
     and quarter-hour peaks."""
-    store = Store(session_config.influxdb, timeout_ms=120_000)
     now = dt.datetime.now(UTC).replace(microsecond=0)
+    store = Store(session_config.influxdb, timeout_ms=120_000, prices=week_prices(now))
+    # NL's market prices for the week, hourly (the dynamic contract of its last days uses them).
+    hour = now.replace(minute=0, second=0)
+    market = [MarketPrice(hour - WEEK + dt.timedelta(hours=i), 3600, Decimal(f"{0.05 + (i % 24) / 200:.3f}"))
+              for i in range(24 * 7 + 2)]  # fmt: skip
+    store.prices.store("NL", market)
     simulator = MeterSimulator(meter="E-GRAFANA", seed=3, water=True)
     readings = []
     moment = now - WEEK
@@ -36,7 +48,6 @@ def week_store(session_config):
         moment += dt.timedelta(minutes=1)
     for first in range(0, len(readings), 5000):
         store.writer.store_readings(readings[first : first + 5000])
-    hour = now.replace(minute=0, second=0)
     store.compute.recompute(hour - WEEK - dt.timedelta(hours=1), hour + dt.timedelta(hours=1), "E-GRAFANA")
     # The panels run with Grafana's own token: read-only on the two buckets (made by setup).
     token = (session_config.resolve_path(session_config.influxdb.grafana_token_file)).read_text().strip()
@@ -44,6 +55,48 @@ def week_store(session_config):
     yield grafana, now
     grafana.close()
     store.close()
+
+
+def week_prices(now: dt.datetime) -> list[PricePeriod]:
+    """Fixed prices, then a dynamic contract for the week's last three days."""
+    return [
+        PricePeriod(
+            start=dt.date(2000, 1, 1),
+            electricity_delivered_1=0.25,
+            electricity_delivered_2=0.30,
+            electricity_returned_1=0.10,
+            electricity_returned_2=0.10,
+            gas=1.20,
+            fixed_daily_cost=0.50,
+        ),
+        PricePeriod(
+            start=now.astimezone(AMSTERDAM).date() - dt.timedelta(days=3),
+            dynamic=DynamicContract(area="NL", markup=0.02, energy_tax=0.10, vat=21),
+            gas=1.20,
+            fixed_daily_cost=0.50,
+        ),
+    ]
+
+
+def test_daily_cost_panel_shows_the_costs_the_api_computes(week_store, config):
+    """The panel reads the costs dsmr-ts stored: for a fixed-price day and a dynamic one, its
+    electricity + gas + fixed equal the API's total_cost (rounded per part, so within a cent)."""
+    store, now = week_store
+    config.prices = week_prices(now)
+    client = testing.TestClient(create_app(config, store))
+    (query,) = [q for _, title, q, _ in QUERIES if title.startswith("Daily cost")]
+    variables = next(v for _, title, _, v in QUERIES if title.startswith("Daily cost"))
+    rows = flux(store, grafana_substitute(query, variables, now - WEEK, now), {})
+    panel = {row["_time"].astimezone(AMSTERDAM).date(): row["electricity"] + row["gas"] + row["fixed"] for row in rows}
+    today = now.astimezone(AMSTERDAM).date()
+    for day in (today - dt.timedelta(days=5), today - dt.timedelta(days=1)):  # fixed, then dynamic
+        response = client.simulate_get(
+            "/api/v2/statistics/day",
+            headers={"X-AUTHKEY": TEST_KEY},
+            params={"meter": "E-GRAFANA", "day__gte": day.isoformat(), "day__lte": day.isoformat()},
+        )
+        (api_day,) = response.json["results"]
+        assert abs(Decimal(api_day["total_cost"]) - Decimal(repr(panel[day]))) <= Decimal("0.015"), (day, api_day)
 
 
 def test_grafana_token_reads_and_cannot_write(week_store):
@@ -102,7 +155,7 @@ def test_panel_query_runs_and_returns_rows(week_store, dashboard, title, query, 
     text = grafana_substitute(query, variables, now - WEEK, now + dt.timedelta(minutes=1))
     rows = flux(store, text, {})
     assert rows, f"{dashboard}: panel {title!r} returned no rows"
-    values = [v for row in rows for k, v in row.items() if k in ("_value", "cost", "kWh")]
+    values = [v for row in rows for k, v in row.items() if k in ("_value", "cost", "kWh", "electricity", "gas")]
     assert values and all(isinstance(v, (int, float)) for v in values)
 
 

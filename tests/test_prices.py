@@ -22,16 +22,18 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import subprocess
 import urllib.parse
 from decimal import Decimal
 from pathlib import Path
 
 import pytest
 from falcon import testing
-from helpers import TEST_KEY
+from helpers import TEST_KEY, dsmr_ts_command, env_without_overrides
 
 from dsmr_ts.app import create_app
 from dsmr_ts.config import ConfigError, DynamicContract, PricePeriod, load_config
+from dsmr_ts.influx.bootstrap import bootstrap
 from dsmr_ts.influx.store import Store
 from dsmr_ts.mqtt.messages import discovery
 from dsmr_ts.mqtt.publisher import MqttPublisher
@@ -491,3 +493,54 @@ def test_dst_days_and_a_period_change_at_midnight(session_config, config, day, q
     assert row["electricity1"] == f"{quarters / 10:.3f}"
     assert row["electricity1_cost"] == f"{quarters / 100:.2f}" and row["total_cost"] == f"{quarters / 100:.2f}"
     store.close()
+
+
+def test_prices_import_command_and_changed_prices_recost_history(import_target, tmp_path):
+    config_path, store = import_target
+    entsoe = str(FIXTURES / "entsoe-nl-2026-12-06.xml")
+    command = dsmr_ts_command("prices", "import", entsoe, "--config", str(config_path))
+    first = subprocess.run(command, capture_output=True, text=True, env=env_without_overrides(), timeout=120)
+    assert first.returncode == 0, first.stderr
+    assert first.stdout.startswith("NL: 96 prices stored, 0 unchanged (2026-12-06 00:00 to 2026-12-07 00:00, ")
+    again = subprocess.run(command, capture_output=True, text=True, env=env_without_overrides(), timeout=120)
+    assert again.stdout.startswith("NL: 0 prices stored, 96 unchanged")
+    bad = tmp_path / "bad.csv"
+    bad.write_text("start,price\n2026-12-06T00:00:00Z,0.1\n2026-12-06T00:07:00Z,0.1\n")
+    refused = subprocess.run(
+        dsmr_ts_command("prices", "import", str(bad), "--area", "NL", "--config", str(config_path)),
+        capture_output=True,
+        text=True,
+        env=env_without_overrides(),
+        timeout=120,
+    )
+    assert refused.returncode != 0 and refused.stdout == ""
+    assert (
+        refused.stderr.strip()
+        .splitlines()[-1]
+        .endswith("expected prices every 15 or 60 minutes, found a step of 7 minutes")
+    )
+
+    # Stored costs follow a changed price: setup recomputes them (Grafana reads them).
+    meter = "E-RECOST"
+    start = z("2026-11-10T10:00:00Z")
+    store.writer.store_readings(quarters_of_a_day(meter, start - dt.timedelta(seconds=10), 4), False)
+
+    def hour_cost() -> float:
+        (row,) = store.client.flux(
+            "from(bucket: stats) |> range(start: 2026-11-10T10:00:00Z, stop: 2026-11-10T11:00:00Z)"
+            ' |> filter(fn: (r) => r._measurement == "hour" and r._field == "electricity1_cost")'
+        )
+        return round(row["_value"], 6)
+
+    for price, expected in (("0.20", 0.08), ("0.50", 0.2)):
+        with open(config_path, "a") as config_file:
+            config_file.write(f"prices:\n  - {{start: 2026-01-01, electricity_delivered_1: {price}}}\n")
+        bootstrap(load_config(config_path))
+        config = load_config(config_path)
+        priced = Store.for_config(config)
+        if price == "0.20":
+            priced.compute.recompute(start - dt.timedelta(hours=1), start + dt.timedelta(hours=1), meter)
+        assert hour_cost() == expected
+        assert priced.compute.reprice() is False  # unchanged now: nothing to do
+        priced.close()
+        config_path.write_text(config_path.read_text().split("prices:\n")[0])

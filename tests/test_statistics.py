@@ -25,7 +25,7 @@ from influxdb_client import InfluxDBClient
 from dsmr_ts.app import create_app
 from dsmr_ts.config import PricePeriod
 from dsmr_ts.influx.bootstrap import admin_token
-from dsmr_ts.influx.lineprotocol import COST_FIELDS
+from dsmr_ts.influx.lineprotocol import COST_FIELDS, FIXED_DAILY_FIELD
 from dsmr_ts.influx.store import Store
 from dsmr_ts.influx.tasks import DAY_TASK, HOUR_TASK, QUARTER_TASK, ensure_tasks, task_specs
 from dsmr_ts.telegram import Reading, build_telegram
@@ -415,7 +415,7 @@ def test_influxdb_tasks_write_the_same_rows_as_regenerate(session_config, store)
 
 
 def _without_costs(rows: list[tuple]) -> list[tuple]:
-    return [row for row in rows if row[1] not in COST_FIELDS]
+    return [row for row in rows if row[1] not in (*COST_FIELDS, FIXED_DAILY_FIELD)]
 
 
 def test_regenerate_command_with_progress(session_config, store, tmp_path):

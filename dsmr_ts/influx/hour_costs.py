@@ -1,6 +1,7 @@
-"""The costs step of the statistics: the electricity costs of each hour row, written into the row
-(fields electricity1_cost, electricity2_cost, unpriced_quarters; the day rows sum them), so that
-Grafana and the API read the costs dsmr-ts computes. The arithmetic is in dsmr_ts/tariffs.py.
+"""The costs step of the statistics: the costs of each hour row, written into the row (fields
+electricity1_cost, electricity2_cost, gas_cost, unpriced_quarters; the day rows sum them, and get
+fixed_daily_cost), so that Grafana and the API read the costs dsmr-ts computes. The arithmetic is
+in dsmr_ts/tariffs.py.
 
 - Under a fixed price period an hour's cost is its usage per register at the period's prices
   (read from the hour rows).
@@ -32,7 +33,7 @@ from dsmr_ts.fields import SCHEMA, ReadingSchema
 from dsmr_ts.formats import exact
 from dsmr_ts.influx import lineprotocol
 from dsmr_ts.influx.client import InfluxClient, ident, ns, quote
-from dsmr_ts.influx.lineprotocol import HOUR_MEASUREMENT, UNPRICED_FIELD
+from dsmr_ts.influx.lineprotocol import DAY_MEASUREMENT, FIXED_DAILY_FIELD, HOUR_MEASUREMENT, UNPRICED_FIELD
 from dsmr_ts.influx.prices import PriceStore
 from dsmr_ts.influx.statistics_flux import LOOKBACK, usage_fields
 from dsmr_ts.tariffs import REGISTERS, HourCost, PriceIndex, fixed_costs, quarter_hour_costs
@@ -61,26 +62,49 @@ class HourCosts:
         self.positions = usage_fields(schema)[0]  # electricity position field -> usage name
 
     def recompute(self, start: dt.datetime, stop: dt.datetime, meter_id: str | None = None) -> None:
-        """Write the costs of the hour rows in [start, stop) (whole UTC hours)."""
+        """Write the costs of the hour rows in [start, stop) (whole UTC hours): electricity per
+        register, gas (at the period's gas price), and the quarter hours left unpriced."""
         lines: list[str] = []
         for span_start, span_stop, period in self._spans(start, stop):
-            if period is not None and period.dynamic is not None:
-                costs = self._dynamic(span_start, span_stop, period, meter_id)
-            else:
-                costs = self._fixed(span_start, span_stop, period, meter_id)
-            lines += [
-                lineprotocol.line(
-                    HOUR_MEASUREMENT,
-                    meter,
-                    {
-                        "electricity1_cost": float(cost.electricity1_cost),
-                        "electricity2_cost": float(cost.electricity2_cost),
-                        UNPRICED_FIELD: float(cost.unpriced_quarters),
-                    },
-                    int(hour.timestamp()),
-                )
-                for (meter, hour), cost in costs.items()
+            hours = self._hour_usage(span_start, span_stop, meter_id)
+            dynamic = period is not None and period.dynamic is not None
+            priced = self._dynamic(span_start, span_stop, period, meter_id) if dynamic else {}
+            for (meter, hour), usage in hours.items():
+                if dynamic:
+                    cost = priced.get((meter, hour), HourCost())
+                else:
+                    cost = HourCost()
+                    if period is not None:
+                        cost.add(fixed_costs(usage, period))
+                gas_cost = usage["gas"] * exact(period.gas) if period is not None else Decimal(0)
+                fields = {
+                    "electricity1_cost": float(cost.electricity1_cost),
+                    "electricity2_cost": float(cost.electricity2_cost),
+                    "gas_cost": float(gas_cost),
+                    UNPRICED_FIELD: float(cost.unpriced_quarters),
+                }
+                lines.append(lineprotocol.line(HOUR_MEASUREMENT, meter, fields, int(hour.timestamp())))
+        if lines:
+            self.client.write("\n".join(lines), self.client.settings.stats_bucket)
+
+    def fixed_days(self, start: dt.datetime, stop: dt.datetime, meter_id: str | None = None) -> None:
+        """Day rows of [start, stop) (local midnights) get their period's fixed daily cost, so that
+        a day's stored costs are complete (fixed_daily_cost; the API's fixed_cost comes from the
+        config or a posted day)."""
+        meter = f" AND meter = {quote(meter_id)}" if meter_id else ""
+        (series,) = self.client.influxql(
+            [
+                f"SELECT electricity1 FROM {self.client.in_stats(DAY_MEASUREMENT)}"
+                f" WHERE time >= {ns(start)} AND time < {ns(stop)}{meter} GROUP BY meter"
             ]
+        )
+        lines = []
+        for found in series:
+            for row in found.rows():
+                day = dt.datetime.fromtimestamp(int(row["time"]), dt.timezone.utc).astimezone(self.tz).date()
+                period = price_for(day, self.periods)
+                fixed = {FIXED_DAILY_FIELD: period.fixed_daily_cost if period else 0.0}
+                lines.append(lineprotocol.line(DAY_MEASUREMENT, found.tags["meter"], fixed, int(row["time"])))
         if lines:
             self.client.write("\n".join(lines), self.client.settings.stats_bucket)
 
@@ -128,10 +152,11 @@ class HourCosts:
         for span_start, span_stop in itertools.pairwise(edges):
             yield span_start, span_stop, price_for(span_start.astimezone(self.tz).date(), self.periods)
 
-    def _fixed(
-        self, start: dt.datetime, stop: dt.datetime, period: PricePeriod | None, meter_id: str | None
-    ) -> dict[tuple[str, dt.datetime], HourCost]:
-        fields = ", ".join(ident(name) for name in REGISTERS)
+    def _hour_usage(
+        self, start: dt.datetime, stop: dt.datetime, meter_id: str | None
+    ) -> dict[tuple[str, dt.datetime], Usage]:
+        """(meter, hour) -> the usage of each stored hour row in [start, stop)."""
+        fields = ", ".join(ident(name) for name in (*REGISTERS, "gas"))
         meter = f" AND meter = {quote(meter_id)}" if meter_id else ""
         (series,) = self.client.influxql(
             [
@@ -139,21 +164,19 @@ class HourCosts:
                 f" WHERE time >= {ns(start)} AND time < {ns(stop)}{meter} GROUP BY meter"
             ]
         )
-        costs: dict[tuple[str, dt.datetime], HourCost] = {}
-        for found in series:
-            for row in found.rows():
-                if row.get("electricity1") is None:
-                    continue
-                cost = HourCost()
-                if period is not None:
-                    cost.add(fixed_costs({name: exact(row.get(name) or 0.0) for name in REGISTERS}, period))
-                costs[(found.tags["meter"], dt.datetime.fromtimestamp(int(row["time"]), dt.timezone.utc))] = cost
-        return costs
+        return {
+            (found.tags["meter"], dt.datetime.fromtimestamp(int(row["time"]), dt.timezone.utc)): {
+                name: exact(row.get(name) or 0.0) for name in (*REGISTERS, "gas")
+            }
+            for found in series
+            for row in found.rows()
+            if row.get("electricity1") is not None or row.get("gas") is not None
+        }
 
     def _dynamic(
-        self, start: dt.datetime, stop: dt.datetime, period: PricePeriod, meter_id: str | None
+        self, start: dt.datetime, stop: dt.datetime, period: PricePeriod | None, meter_id: str | None
     ) -> dict[tuple[str, dt.datetime], HourCost]:
-        assert period.dynamic is not None
+        assert period is not None and period.dynamic is not None
         prices = PriceIndex(self.prices.read(period.dynamic.area, start, stop))
         costs: dict[tuple[str, dt.datetime], HourCost] = {}
         for meter, quarters in self.quarter_usage(start, stop, meter_id).items():

@@ -68,7 +68,8 @@ REPAIR_CURSOR = "repair_cursor"
 # Day-ahead market prices (tag area) and what the costs step adds to hour rows (summed into day rows).
 PRICE_MEASUREMENT = "price"
 UNPRICED_FIELD = UNPRICED
-COST_FIELDS = ("electricity1_cost", "electricity2_cost", UNPRICED_FIELD)
+COST_FIELDS = ("electricity1_cost", "electricity2_cost", "gas_cost", UNPRICED_FIELD)
+FIXED_DAILY_FIELD = "fixed_daily_cost"  # day rows: the period's fixed cost (the costs step)
 
 
 @functools.lru_cache(maxsize=4096)  # a handful of meters, escaped once each

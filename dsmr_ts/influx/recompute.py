@@ -68,14 +68,13 @@ class Recompute:
             self.costs.recompute(start, stop, meter)
         meter_filter = "r.meter == meter" if meter else "true"
         params: dict[str, Any] = {"meter": meter} if meter else {}
+        days = (local_midnight(start, self.tz), local_midnight(stop - dt.timedelta(seconds=1), self.tz, 1))
         self.client.flux(
             day_flux("start", "stop", self.settings.stats_bucket, self.timezone, meter_filter, self.schema),
-            {
-                **params,
-                "start": local_midnight(start, self.tz),
-                "stop": local_midnight(stop - dt.timedelta(seconds=1), self.tz, 1),
-            },
+            {**params, "start": days[0], "stop": days[1]},
         )
+        if self.costs is not None:
+            self.costs.fixed_days(*days, meter)
 
     def regenerate(
         self,

@@ -32,7 +32,7 @@ from dsmr_ts.resources.context import ApiContext
 from dsmr_ts.resources.errors import ValidationFailed
 from dsmr_ts.resources.forms import read_fields
 from dsmr_ts.resources.validation import FieldError, parse_date
-from dsmr_ts.tariffs import delivered_price
+from dsmr_ts.tariffs import capacity_cost, delivered_price
 
 PAGE_FILES = resources.files("dsmr_ts") / "web"
 COOKIE = "dsmr_ts_page"
@@ -217,6 +217,12 @@ class LiveResource(_DataResource):
                 "start": datetime_string(peaks[0]["read_at_start"]),
             }
             if peaks
+            else None,
+            # Belgium's capacity tariff on the month's highest quarter so far (null without one).
+            "capacity_cost": money(
+                capacity_cost(exact(peaks[0]["average_delivered"]) if peaks else None, exact(price.capacity_tariff))
+            )
+            if price and price.capacity_tariff
             else None,
         }
 

@@ -51,9 +51,12 @@ async function refreshLive() {
   $("delivered").textContent = watts(live.delivered);
   $("returned").textContent = watts(live.returned);
   $("cost-hour").textContent = euro(live.cost_per_hour);
+  $("price-figure").hidden = live.price == null; // a dynamic contract's all-in price
+  $("price").textContent = live.price == null ? "–" : `€ ${Number(live.price).toFixed(3)}`;
   $("tariff").textContent = live.tariff || "–";
   $("quarter").textContent = live.quarter_average == null ? "–" : `${live.quarter_average} kW`;
   $("peak").textContent = live.month_peak ? `${live.month_peak.average} kW` : "–";
+  if (live.capacity_cost != null) $("peak").textContent += ` (${euro(live.capacity_cost)} this month)`;
   $("peak").title = live.month_peak ? `from ${when(live.month_peak.start)}` : "";
   const phases = $("phases");
   const rows = [1, 2, 3].filter((n) => `delivered_l${n}` in live.phases || `returned_l${n}` in live.phases);
