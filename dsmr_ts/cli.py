@@ -127,6 +127,8 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("file", help="the file ('-': standard input); its format is recognised from its content")
     q.add_argument("--area", help="the market area they are for (default: the file's, else the contract's)")
     q.set_defaults(func=cmd_prices_import)
+    q = _command(prices_sub, "fetch", "fetch prices once from price_fetch.url (as run does every day)")
+    q.set_defaults(func=cmd_prices_fetch)
 
     p = _command(sub, "export", "readings or statistics as CSV")
     p.add_argument("what", choices=["readings", "day", "hour"])
@@ -449,6 +451,21 @@ def cmd_prices_import(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_prices_fetch(args: argparse.Namespace) -> int:
+    from dsmr_ts.price_fetch import PriceFetch, PriceFetchError
+
+    config = _config(args)
+    if not config.price_fetch.url:
+        raise CliError("fetch stopped: price_fetch.url is not set (see the example config)")
+    with _store_session(config, "fetch stopped") as store:
+        try:
+            area, stored = PriceFetch(config, store).fetch()
+        except PriceFetchError as exc:
+            raise CliError(f"fetch stopped: {exc}") from None
+    print(f"{area}: {stored.stored} prices stored, {stored.unchanged} unchanged")
+    return 0
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     from dsmr_ts.datetimes import local_midnight
     from dsmr_ts.migrate import export_readings, export_statistics
@@ -634,7 +651,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             supervisor.start_all()
             if not stop.is_set():
                 _print_welcome(config)
-            daily = _schedule_backups(config)
+            daily = _schedule_daily_jobs(config)
             supervisor.watch()
         except SupervisorError as exc:
             raise CliError(str(exc)) from None
@@ -646,24 +663,36 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _schedule_backups(config: Config):
-    """The daily backup (config `backup`) in a scheduler thread of `run` (which holds the admin
-    token the backup API needs; the API and reader never load it); None when backup.enabled is off."""
+def _schedule_daily_jobs(config: Config):
+    """The daily jobs of `run`, in a scheduler thread: the backup (config `backup`; run holds the
+    admin token the backup API needs, the API and reader never load it) and the price fetch
+    (config `price_fetch`, hourly from its time until tomorrow's prices are in). None: neither is on."""
     from apscheduler.schedulers.background import BackgroundScheduler
     from apscheduler.triggers.cron import CronTrigger
 
     from dsmr_ts.daily_backup import DailyBackup
     from dsmr_ts.influx.bootstrap import admin_token
+    from dsmr_ts.influx.store import Store
+    from dsmr_ts.price_fetch import PriceFetch
 
-    if not config.backup.enabled:
+    if not config.backup.enabled and not config.price_fetch.enabled:
         return None
-    hour, minute = config.backup.time.split(":")
     scheduler = BackgroundScheduler(job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": 3600})
-    job = DailyBackup(config, lambda: admin_token(config))
-    scheduler.add_job(job.run, CronTrigger(hour=int(hour), minute=int(minute), timezone=config.tz), id="daily backup")
+    if config.backup.enabled:
+        hour, minute = config.backup.time.split(":")
+        job = DailyBackup(config, lambda: admin_token(config))
+        trigger = CronTrigger(hour=int(hour), minute=int(minute), timezone=config.tz)
+        scheduler.add_job(job.run, trigger, id="daily backup")
+        log.info("daily backup at %s (%s) into %s, keeping %d", config.backup.time, config.timezone, job.folder,
+                 config.backup.keep)  # fmt: skip
+    if config.price_fetch.enabled:
+        hour, minute = config.price_fetch.time.split(":")
+        fetch = PriceFetch(config, Store.for_config(config))
+        scheduler.add_job(fetch.run, CronTrigger(hour=f"{int(hour)}-23", minute=int(minute), timezone=config.tz),
+                          id="price fetch")  # fmt: skip
+        log.info("price fetch every day from %s (%s), hourly until tomorrow's prices are in", config.price_fetch.time,
+                 config.timezone)  # fmt: skip
     scheduler.start()
-    log.info("daily backup at %s (%s) into %s, keeping %d", config.backup.time, config.timezone, job.folder,
-             config.backup.keep)  # fmt: skip
     return scheduler
 
 

@@ -127,6 +127,19 @@ class BackupConfig:
     command: str = ""
 
 
+@dataclass
+class PriceFetchConfig:
+    # Every day from `time` (local, HH:MM) `dsmr-ts run` fetches the day-ahead prices from `url`
+    # (ENTSO-E's API, or any URL answering a format `dsmr-ts prices import` reads), hourly until
+    # tomorrow's are stored. In the URL: {start} and {end} (UTC, yyyyMMddHHmm: today's local start
+    # to two days later) and {token} (the contents of token_file; it never appears in a log).
+    enabled: bool = False
+    url: str = ""
+    token_file: str = ""
+    area: str = ""  # default: the area the document names, else the dynamic contract's
+    time: str = "13:30"  # ENTSO-E publishes tomorrow's prices around 13:00 CET
+
+
 MQTT_SOURCES = (
     "raw",
     "json",
@@ -204,6 +217,7 @@ class Config:
     mqtt: MqttConfig = field(default_factory=MqttConfig)
     web: WebConfig = field(default_factory=WebConfig)
     backup: BackupConfig = field(default_factory=BackupConfig)
+    price_fetch: PriceFetchConfig = field(default_factory=PriceFetchConfig)
     prices: list[PricePeriod] = field(default_factory=list)
     # A name for a meter and its replacements: the equipment ids, oldest first (`meter=NAME` reads them all).
     meters: dict[str, list[str]] = field(default_factory=dict)
@@ -449,6 +463,20 @@ def _check_price_period(period: PricePeriod, key: str, problems: _Problems) -> N
         )
 
 
+def _check_price_fetch(config: Config, problems: _Problems) -> None:
+    fetch = config.price_fetch
+    if not re.fullmatch(r"([01]\d|2[0-3]):[0-5]\d", fetch.time):
+        problems.add("price_fetch.time", f"expected a local time HH:MM (e.g. 13:30), got {fetch.time!r}")
+    if fetch.area and not AREA.fullmatch(fetch.area):
+        problems.add("price_fetch.area", f"name the market area of the prices (e.g. NL or BE), got {fetch.area!r}")
+    if not fetch.enabled:
+        return
+    if not re.match(r"https?://[^/]+", fetch.url):
+        problems.add("price_fetch.url", f"expected an http:// or https:// URL, got {fetch.url!r}")
+    if "{token}" in fetch.url and not fetch.token_file:
+        problems.add("price_fetch.token_file", "the URL asks for {token}: name the file that holds it")
+
+
 FIXED_ELECTRICITY_PRICES = (
     "electricity_delivered_1",
     "electricity_delivered_2",
@@ -511,6 +539,7 @@ def _check_semantics(config: Config, problems: _Problems) -> None:
             problems.add(f"reader.forward[{i}].url", target_problem)
     _check_mqtt(config, problems)
     _check_meters(config, problems)
+    _check_price_fetch(config, problems)
     if not re.fullmatch(r"([01]\d|2[0-3]):[0-5]\d", config.backup.time):
         problems.add("backup.time", f"expected a local time HH:MM (e.g. 03:30), got {config.backup.time!r}")
     if not 0 <= config.influxdb.min_free_percent <= 100:

@@ -21,8 +21,10 @@ The hand-checked day (meter E-DYN, area T-HAND, 2026-12-03, Europe/Amsterdam = U
 from __future__ import annotations
 
 import datetime as dt
+import http.server
 import json
 import subprocess
+import threading
 import urllib.parse
 from decimal import Decimal
 from pathlib import Path
@@ -544,3 +546,68 @@ def test_prices_import_command_and_changed_prices_recost_history(import_target, 
         assert priced.compute.reprice() is False  # unchanged now: nothing to do
         priced.close()
         config_path.write_text(config_path.read_text().split("prices:\n")[0])
+
+
+ENTSOE_REFUSAL = (
+    b'<?xml version="1.0" encoding="UTF-8"?>\n<Acknowledgement_MarketDocument'
+    b' xmlns="urn:iec62325.351:tc57wg16:451-1:acknowledgementdocument:7:0"><mRID>x</mRID>'
+    b"<Reason><code>999</code><text>Unauthorized. Missing or invalid security token</text></Reason>"
+    b"</Acknowledgement_MarketDocument>"
+)
+
+
+def test_price_fetch_from_an_entsoe_like_server(import_target, tmp_path):
+    """`price_fetch`: the URL with {start}, {end} and {token} (from its file), the answer stored;
+    a refusal explained in one line, and the token never shown."""
+    config_path, _ = import_target
+    token = "entsoe-token-0f9a8b7c6d5e"
+    seen: list[dict] = []
+    document = (FIXTURES / "entsoe-nl-2026-12-06.xml").read_bytes()
+
+    class Entsoe(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            query = urllib.parse.parse_qs(urllib.parse.urlsplit(self.path).query)
+            seen.append(query)
+            good = query.get("securityToken") == [token]
+            body = document if good else ENTSOE_REFUSAL
+            self.send_response(200 if good else 401)
+            self.send_header("Content-Type", "application/xml")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Entsoe)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    token_file = tmp_path / "entsoe.token"
+    token_file.write_text(token + "\n")
+    token_file.chmod(0o600)
+    url = (
+        f"http://127.0.0.1:{server.server_port}/api?documentType=A44&in_Domain=10YNL----------L"
+        "&periodStart={start}&periodEnd={end}&securityToken={token}"
+    )
+    with open(config_path, "a") as config_file:
+        config_file.write(f'price_fetch:\n  enabled: true\n  url: "{url}"\n  token_file: entsoe.token\n')
+    fetch = dsmr_ts_command("prices", "fetch", "--config", str(config_path))
+    try:
+        done = subprocess.run(fetch, capture_output=True, text=True, env=env_without_overrides(), timeout=120)
+        assert done.returncode == 0, done.stderr
+        assert done.stdout == "NL: 96 prices stored, 0 unchanged\n"
+        config = load_config(config_path)
+        today = dt.datetime.now(config.tz).date()
+        start = dt.datetime.combine(today, dt.time(), config.tz).astimezone(UTC)
+        assert seen[0]["periodStart"] == [start.strftime("%Y%m%d%H%M")]
+        assert seen[0]["periodEnd"] == [(start + dt.timedelta(days=2)).strftime("%Y%m%d%H%M")]
+        token_file.write_text("a-wrong-token\n")
+        refused = subprocess.run(fetch, capture_output=True, text=True, env=env_without_overrides(), timeout=120)
+        assert refused.returncode != 0
+        message = refused.stderr.strip().splitlines()[-1]
+        assert message.endswith(
+            "securityToken=*** answered HTTP 401: ENTSO-E answered with no prices:"
+            " Unauthorized. Missing or invalid security token"
+        )
+        assert "a-wrong-token" not in refused.stderr + refused.stdout and token not in done.stdout + done.stderr
+    finally:
+        server.shutdown()
