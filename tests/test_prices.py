@@ -313,7 +313,9 @@ def test_today_and_power_now_cost_at_the_current_market_price(session_config, co
     """Market 0.10 all day, no markup, tax or VAT: today's electricity costs its kWh x 0.10, and
     0.5 kW now costs 0.05 an hour."""
     area, meter = "T-LIVE", "E-DYN-LIVE"
-    config.prices = [PricePeriod(start=dt.date(2026, 1, 1), dynamic=DynamicContract(area=area, vat=0))]
+    config.prices = [
+        PricePeriod(start=dt.date(2026, 1, 1), dynamic=DynamicContract(area=area, vat=0), capacity_tariff=40.0)
+    ]
     store = Store.for_config(config)
     client = testing.TestClient(create_app(config, store))
     now = dt.datetime.now(UTC).replace(microsecond=0)
@@ -339,6 +341,10 @@ def test_today_and_power_now_cost_at_the_current_market_price(session_config, co
     assert today["electricity2_cost"] == "0.00" and today["total_cost"] == today["electricity1_cost"]
     live = get(client, "/api/v2/consumption/electricity-live", meter=meter)
     assert live["cost_per_hour"] == "0.05"
+    # The page: the price now, and the capacity tariff on the month's peak (none yet: the 2.5 kW
+    # minimum, 2.5 x 40 / 12 = 8.33 a month).
+    page = client.simulate_get("/web/data/live", params={"meter": meter}).json
+    assert (page["price"], page["cost_per_hour"], page["capacity_cost"]) == ("0.10000", "0.05", "8.33")
     # MQTT (source prices): the all-in price now and next, for Home Assistant.
     config.reader.spool_dir = str(tmp_path)
     published = {m.topic: m.payload for m in MqttPublisher(config, store)._prices(now)}
