@@ -216,10 +216,8 @@ def quarter_starts(price: MarketPrice) -> list[dt.datetime]:
 
 
 def check_price(price: MarketPrice, where: str) -> None:
-    """A price must start on a whole quarter (or hour, for an hourly price) and be a sane amount."""
-    if price.start.minute % (price.seconds // 60) or price.start.second or price.start.microsecond:
-        raise PriceFormatError(
-            f"{where}: {price.start:%Y-%m-%dT%H:%M:%SZ} does not start a {price.seconds // 60}-minute interval"
-        )
-    if abs(price.price) > MAX_PRICE:
+    """A price must start on a quarter hour (the unit costs are computed in) and be a sane amount."""
+    if price.start.minute % 15 or price.start.second or price.start.microsecond:
+        raise PriceFormatError(f"{where}: {price.start:%Y-%m-%dT%H:%M:%SZ} does not start on a quarter hour")
+    if abs(price.price) >= MAX_PRICE:
         raise PriceFormatError(f"{where}: {price.price} EUR/kWh is not a day-ahead price (EUR/MWh given as EUR/kWh?)")

@@ -3,8 +3,9 @@ valid ones and invalid ones (every check it has), over every route, sent with th
 gunicorn + influxd of their own. No response may be a 5xx or differ from the document, every
 request the document allows must be taken and every one it forbids refused: the document says
 exactly what the validators take. What JSON Schema cannot say (a telegram's CRC, a day that
-exists already, a timestamp more than a day ahead, a key that is not the key) is a documented 4xx
-of four operations."""
+exists already, a timestamp more than a day ahead, a key that is not the key, a range of prices
+without an area or longer than 400 days, no prices for the cheapest window) is a documented 4xx of
+six operations."""
 
 from __future__ import annotations
 
@@ -40,6 +41,14 @@ checks.positive_data_acceptance.expected-statuses = [201, 400]
 [[operations]]
 include-name = "POST /web/login"
 checks.positive_data_acceptance.expected-statuses = [204, 403, 429]
+
+[[operations]]
+include-name = "GET /api/v2/prices"
+checks.positive_data_acceptance.expected-statuses = [200, 400]
+
+[[operations]]
+include-name = "GET /api/v2/prices/cheapest"
+checks.positive_data_acceptance.expected-statuses = [200, 400, 404]
 """
 
 

@@ -439,13 +439,13 @@ def test_prices_posted_twice_change_nothing_and_a_correction_replaces(hand_day):
                     quarter("2026-12-03T10:00:00Z", "0.1"),
                     quarter("2026-12-03T10:07:00Z", "0.1"),
                     {"start": "yesterday", "price": "x"},
-                    quarter("2026-12-03T10:00:00Z", "0.2"),
+                    quarter("2026-12-03T10:15:00Z", "100.5"),
                 ],
             },
             {
                 "prices": [
                     {},
-                    {"start": ["2026-12-03T10:07:00Z does not start a 15-minute interval"]},
+                    {"start": ["Start on a quarter hour (minutes 00, 15, 30 or 45), from 1970 to 2199."]},
                     {
                         "start": [
                             "Datetime has wrong format. Use one of these formats instead: "
@@ -453,7 +453,7 @@ def test_prices_posted_twice_change_nothing_and_a_correction_replaces(hand_day):
                         ],
                         "price": ["A valid number is required."],
                     },
-                    {"start": ["This start is given twice."]},
+                    {"price": ["Ensure that there are no more than 2 digits before the decimal point."]},
                 ]
             },
         ),

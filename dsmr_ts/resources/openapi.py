@@ -23,7 +23,7 @@ from dsmr_ts.fields import SCHEMA, Kind, Post, ReadingField, ReadingSchema
 from dsmr_ts.resources.datalogger import reading_fields
 from dsmr_ts.resources.meter_statistics import patch_fields
 from dsmr_ts.resources.pagination import PAGE_PARAM_SCHEMA
-from dsmr_ts.resources.prices import MAX_POSTED, PRICE
+from dsmr_ts.resources.prices import MAX_POSTED, PRICE, PRICE_START_PATTERN
 from dsmr_ts.resources.statistics import DAY_POST_FIELDS, TEMPERATURES, USAGE_OUTPUT
 from dsmr_ts.resources.validation import (
     DATE_SCHEMA,
@@ -482,7 +482,11 @@ UNIT_PRICE = {"type": "string", "pattern": r"^-?\d+\.\d{5}$", "description": "EU
 PRICE_RANGE = [
     _param("start__gte", FILTER_DATETIME_SCHEMA, "intervals starting on or after (default: today's start)"),
     _param("start__lte", FILTER_DATETIME_SCHEMA, "intervals starting on or before (default: two days on)"),
-    _param("area", {"type": "string", "pattern": f"^{AREA.pattern}$"}, "market area (default: the contract's)"),
+    _param(
+        "area",
+        {"anyOf": [{"type": "string", "pattern": f"^{AREA.pattern}$"}, {"const": ""}]},
+        "market area (default, or empty: the contract's, else the only one stored)",
+    ),
 ]
 
 
@@ -514,7 +518,11 @@ def _price_schemas() -> dict[str, Any]:
                         "type": "object",
                         "required": ["start", "price"],
                         "properties": {
-                            "start": {**DATETIME_SCHEMA, "description": "the interval's start"},
+                            "start": {
+                                "allOf": [DATETIME_SCHEMA, {"type": "string", "pattern": PRICE_START_PATTERN}],
+                                "description": "the interval's start, on a quarter hour (a start given twice: the"
+                                " last counts)",
+                            },
                             "price": {**PRICE.schema, "description": "market price, EUR/kWh"},
                         },
                     },

@@ -30,9 +30,14 @@ from dsmr_ts.resources.pagination import links, page_params
 from dsmr_ts.resources.validation import NOT_NULL, REQUIRED, DecimalSpec, FieldError
 from dsmr_ts.tariffs import MarketPrice, cheapest_window, delivered_price, returned_price
 
-MAX_POSTED = 2000  # intervals per request (20 days of quarter hours); imports take more
+MAX_POSTED = 1000  # intervals per request (ten days of quarter hours, within the 64 KB body); imports take more
 DURATION = re.compile(r"PT(?:(\d{1,2})H)?(?:(\d{1,4})M)?")
-PRICE = DecimalSpec(max_digits=10, places=6)  # EUR/kWh
+PRICE = DecimalSpec(max_digits=8, places=6)  # EUR/kWh: below 100 (price_formats.MAX_PRICE)
+# A start on a quarter hour (with an offset of whole quarters), in the years the store holds.
+PRICE_START_PATTERN = (
+    r"^(?:19[7-9]\d|2[01]\d\d)-\d{2}-\d{2}[Tt ]\d{2}:(?:00|15|30|45)(?::00(?:\.0{1,6})?)?"
+    r"(?:[Zz]|[+-]\d{2}:?(?:00|15|30|45))?$"
+)
 RESOLUTION_NAMES = {900: "PT15M", 3600: "PT60M"}
 DEFAULT_SPAN = dt.timedelta(days=2)
 
@@ -56,7 +61,7 @@ def posted_prices(data: dict[str, Any], tz: dt.tzinfo) -> tuple[str, list[Market
     if errors:
         raise ValidationFailed(errors)
     seconds = RESOLUTIONS[str(resolution)]
-    prices, item_errors, seen = [], [], set()
+    prices, item_errors = [], []
     assert isinstance(items, list)
     for item in items:
         problems: dict[str, list[str]] = {}
@@ -66,6 +71,8 @@ def posted_prices(data: dict[str, Any], tz: dt.tzinfo) -> tuple[str, list[Market
             continue
         try:
             start = parse_datetime(item.get("start"), tz)
+            if not re.fullmatch(PRICE_START_PATTERN, item["start"]):
+                raise FieldError("Start on a quarter hour (minutes 00, 15, 30 or 45), from 1970 to 2199.")
         except FieldError as exc:
             problems["start"] = [str(exc)]
         try:
@@ -78,9 +85,6 @@ def posted_prices(data: dict[str, Any], tz: dt.tzinfo) -> tuple[str, list[Market
                 check_price(price, "price")
             except PriceFormatError as exc:
                 problems["start" if "start" in str(exc) else "price"] = [str(exc).split(": ", 1)[1]]
-            if start in seen:
-                problems["start"] = ["This start is given twice."]
-            seen.add(start)
         item_errors.append(problems)
         if not problems and price is not None:
             prices.append(price)
