@@ -59,7 +59,8 @@ def create_app(
     ]
     app = falcon.App(middleware=middleware)
     errors.install(app)
-    app.add_route("/health", HealthResource(store))
+    managed_data = config.resolve_path(config.influxdb.data_dir) if config.influxdb.managed else None
+    app.add_route("/health", HealthResource(store, managed_data))
     app.add_route("/api/v2/schema", SchemaResource(store.schema))
     backup_dir = config.resolve_path(config.backup.dir) if config.backup.enabled else None
     app.add_route("/metrics", MetricsResource(store, spool_dir, config.api.metrics_public, backup_dir))
@@ -69,11 +70,7 @@ def create_app(
     app.add_route("/api/v2/statistics/hour", HourStatisticsResource(context))
     # The rest of DSMR-reader v5's v2 routes.
     app.add_route("/api/v2/application/version", VersionResource())
-    data_disk = (
-        (config.resolve_path(config.influxdb.data_dir), config.influxdb.min_free_percent)
-        if config.influxdb.managed
-        else None
-    )
+    data_disk = (managed_data, config.influxdb.min_free_percent) if managed_data else None
     monitoring = MonitoringResource(context, spool_dir, config.mqtt.enabled, backup_dir, data_disk)
     app.add_route("/api/v2/application/monitoring", monitoring)
     app.add_route("/api/v2/datalogger/meter-statistics", MeterStatisticsResource(context))

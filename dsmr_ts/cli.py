@@ -644,6 +644,13 @@ def cmd_run(args: argparse.Namespace) -> int:
         if config.influxdb.managed:
             after_start["influxd"] = lambda: _bootstrap(config)
         supervisor = Supervisor(children, stop, after_start)
+        if config.influxdb.managed:
+            from dsmr_ts.disk_watch import DiskWatch
+
+            watch = DiskWatch(
+                config.resolve_path(config.influxdb.data_dir), lambda why: supervisor.restart("influxd", why)
+            )
+            supervisor.watchdogs.append(watch.check)
         daily = None
         try:
             if not config.influxdb.managed:

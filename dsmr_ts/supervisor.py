@@ -149,11 +149,13 @@ class Supervisor:
         stop: threading.Event,
         after_start: dict[str, Callable[[], object]] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        watchdogs: list[Callable[[], None]] | None = None,
     ):
         self.children = children
         self.stop_event = stop
         self.after_start = after_start or {}
         self.clock = clock
+        self.watchdogs = watchdogs or []  # called on every round of watch() (each rate-limits itself)
 
     def start_all(self) -> None:
         for child in self.children:
@@ -174,6 +176,19 @@ class Supervisor:
         """Until stop is set: notice exits, restart with backoff. Raises SupervisorError on giving up."""
         while not self.stop_event.wait(interval):
             self.check()
+            for watchdog in self.watchdogs:
+                watchdog()
+
+    def restart(self, name: str, reason: str) -> None:
+        """Stop a running child now and start it again at the next check (a watchdog's decision)."""
+        child = next(child for child in self.children if child.name == name)
+        if not child.running:
+            return
+        log.warning("restarting %s: %s", name, reason)
+        child.process.stop()
+        child.running = False
+        child.last_reason = reason
+        child.restart_at = self.clock()
 
     def check(self) -> None:
         now = self.clock()

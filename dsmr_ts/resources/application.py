@@ -10,6 +10,7 @@ import falcon
 
 from dsmr_ts import __version__
 from dsmr_ts.backup_state import read_state
+from dsmr_ts.disk_watch import disk_full
 from dsmr_ts.formats import datetime_string
 from dsmr_ts.influx.store import StoreUnavailable
 from dsmr_ts.resources.context import ApiContext
@@ -98,6 +99,11 @@ class MonitoringResource:
         except OSError:
             return ""  # not made yet (influxd never started): nothing to watch
         free = 100 * usage.free / usage.total if usage.total else 0.0
+        if disk_full(folder):
+            return (
+                f"The disk of InfluxDB's data ({folder}) is full ({usage.free // 2**20} MiB free): readings are"
+                " refused (503) and the reader spools them; free some space and `dsmr-ts run` carries on"
+            )
         if free >= minimum:
             return ""
         return (
