@@ -262,12 +262,13 @@ def write_config(folder: Path, reader: str, extra: str = "") -> Path:
 class Running:
     """`dsmr-ts run` for a config, until stop()."""
 
-    def __init__(self, config: Path):
+    def __init__(self, config: Path, env: dict[str, str] | None = None):
+        """env: added to an environment without DSMR_TS_* overrides (e.g. DSMR_TS_INFLUXD)."""
         self.log = config.parent / "run.log"
         with open(self.log, "w") as log:
             self.proc = subprocess.Popen(
-                dsmr_ts_command("--config", str(config), "run"), cwd=REPO, env=env_without_overrides(), stdout=log,
-                stderr=subprocess.STDOUT, start_new_session=True,
+                dsmr_ts_command("--config", str(config), "run"), cwd=REPO, env={**env_without_overrides(), **(env or {})},
+                stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
             )  # fmt: skip
         bind = next(line.split()[-1] for line in config.read_text().splitlines() if "bind:" in line)
         self.url = f"http://{bind}"

@@ -33,37 +33,52 @@ class BuildError(Exception):
     """influxd could not be built; str() says which step failed and the tail of its output."""
 
 
-def cache_dir() -> Path:
+def cache_dir(version: str = INFLUXDB_VERSION) -> Path:
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(Path.home(), ".cache")
-    return Path(base) / "dsmr-ts" / f"influxd-{INFLUXDB_VERSION}"
+    return Path(base) / "dsmr-ts" / f"influxd-{version}"
 
 
-def cached_influxd() -> Path | None:
-    """The influxd to use without building: $DSMR_TS_INFLUXD, or the cached build."""
+def cached_influxd(version: str = INFLUXDB_VERSION) -> Path | None:
+    """The influxd to use without building: $DSMR_TS_INFLUXD (for the pinned version), or the
+    cached build."""
     override = os.environ.get("DSMR_TS_INFLUXD")
-    if override:
+    if override and version == INFLUXDB_VERSION:
         return Path(override)
-    binary = cache_dir() / "influxd"
+    binary = cache_dir(version) / "influxd"
     return binary if binary.is_file() and os.access(binary, os.X_OK) else None
 
 
-def ensure_influxd(progress: TextIO | None = sys.stderr) -> Path:
-    """Return the path of influxd, building it first if it is not cached."""
-    found = cached_influxd()
+def ensure_influxd(
+    progress: TextIO | None = sys.stderr, version: str = INFLUXDB_VERSION, module: Path = BUILD_MODULE
+) -> Path:
+    """Return the path of influxd, building it first if it is not cached. Another release (the
+    upgrade test's previous one) is built from a module of its own that pins it."""
+    found = cached_influxd(version)
     if found:
         return found
-    target = cache_dir()
+    target = cache_dir(version)
     target.mkdir(parents=True, exist_ok=True)
     # One build per machine even when several processes ask at once.
     with open(target / ".lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        found = cached_influxd()
+        found = cached_influxd(version)
         if found:
             return found
-        return _build(target, _Progress(progress))
+        return _build(target, _Progress(progress), version, module)
 
 
-def _build(target: Path, progress: _Progress) -> Path:
+# cargo's RUSTC_WRAPPER for the build: lints never fail it. libflux denies warnings, and a rustc
+# newer than a release's libflux finds new ones; RUSTFLAGS cannot reach the host build of its
+# build script's flux-core (cargo --target keeps RUSTFLAGS off host artifacts).
+RUSTC_CAP_LINTS = """#!/bin/sh
+case " $* " in
+  *" --cap-lints "*) exec "$@" ;;
+  *) exec "$@" --cap-lints warn ;;
+esac
+"""
+
+
+def _build(target: Path, progress: _Progress, version: str = INFLUXDB_VERSION, module: Path = BUILD_MODULE) -> Path:
     for tool in ("go", "cargo"):
         if not shutil.which(tool):
             raise BuildError(f"`{tool}` is not on PATH; influxd is built with Go and Rust (cargo)")
@@ -74,21 +89,25 @@ def _build(target: Path, progress: _Progress) -> Path:
         # rustc newer than libflux's warns where libflux has #![deny(warnings)].
         RUSTFLAGS=(env.get("RUSTFLAGS", "") + " --cap-lints=warn").strip(),
     )
+    wrapper = target / "rustc-cap-lints"
+    wrapper.write_text(RUSTC_CAP_LINTS)
+    wrapper.chmod(0o755)
+    env.setdefault("RUSTC_WRAPPER", str(wrapper))
     env.setdefault("GOTOOLCHAIN", "auto")
     toolchain = _rustup_default_toolchain()
     if toolchain and "RUSTUP_TOOLCHAIN" not in env:
         # libflux pins an old Rust in rust-toolchain.toml that rustup cannot fetch offline.
         env["RUSTUP_TOOLCHAIN"] = toolchain
     started = time.monotonic()
-    progress.say(f"building influxd {INFLUXDB_VERSION} into {target} (once per machine; takes several minutes)")
+    progress.say(f"building influxd {version} into {target} (once per machine; takes several minutes)")
 
     pkg_config = target / "pkg-config"
     progress.say("step 1/3: building InfluxData's pkg-config wrapper")
-    _run(["go", "build", "-o", str(pkg_config), PKG_CONFIG_PACKAGE], env, progress, "pkg-config wrapper")
+    _run(["go", "build", "-o", str(pkg_config), PKG_CONFIG_PACKAGE], env, progress, "pkg-config wrapper", module)
     env["PKG_CONFIG"] = str(pkg_config)
 
     progress.say("step 2/3: listing influxd's Go packages")
-    listing = _run(["go", "list", "-deps", INFLUXD_PACKAGE], env, progress, "go list", quiet=True)
+    listing = _run(["go", "list", "-deps", INFLUXD_PACKAGE], env, progress, "go list", module, quiet=True)
     total = len(listing.split())
 
     progress.say(f"step 3/3: compiling {total} Go packages and the Rust flux engine (libflux)")
@@ -99,7 +118,7 @@ def _build(target: Path, progress: _Progress) -> Path:
             "build",
             "-v",
             "-ldflags",
-            f"-X main.version={INFLUXDB_VERSION.lstrip('v')}",
+            f"-X main.version={version.lstrip('v')}",
             "-o",
             str(partial),
             INFLUXD_PACKAGE,
@@ -107,6 +126,7 @@ def _build(target: Path, progress: _Progress) -> Path:
         env,
         progress,
         "influxd",
+        module,
         count_total=total,
     )
     partial.rename(target / "influxd")
@@ -127,13 +147,14 @@ def _run(
     env: dict[str, str],
     progress: _Progress,
     what: str,
+    module: Path = BUILD_MODULE,
     *,
     quiet: bool = False,
     count_total: int = 0,
 ) -> str:
     """Run a build step in the build module; stream stderr into progress; keep a tail for errors."""
     proc = subprocess.Popen(
-        cmd, cwd=BUILD_MODULE, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, bufsize=1
+        cmd, cwd=module, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, bufsize=1
     )
     tail: list[str] = []
     done = 0
