@@ -31,7 +31,7 @@ from dsmr_ts.resources.openapi import SchemaResource
 from dsmr_ts.resources.prices import CheapestPricesResource, PricesResource
 from dsmr_ts.resources.prometheus import MetricsResource, RequestMetricsMiddleware
 from dsmr_ts.resources.statistics import DayStatisticsResource, HourStatisticsResource
-from dsmr_ts.spool_dir import RawRelay
+from dsmr_ts.spool_dir import RawRelay, StoreFullMarker
 
 
 def create_app(
@@ -50,7 +50,7 @@ def create_app(
     )
     spool_dir = config.resolve_path(config.reader.spool_dir)
     relay = RawRelay(spool_dir) if config.mqtt.enabled and "raw" in config.mqtt.publish else None
-    ingest = Ingest(store, on_telegram=relay.send if relay else None)
+    ingest = Ingest(store, on_telegram=relay.send if relay else None, store_full=StoreFullMarker(spool_dir))
 
     middleware: list[Any] = [
         RequestMetricsMiddleware(),
@@ -60,7 +60,7 @@ def create_app(
     app = falcon.App(middleware=middleware)
     errors.install(app)
     managed_data = config.resolve_path(config.influxdb.data_dir) if config.influxdb.managed else None
-    app.add_route("/health", HealthResource(store, managed_data))
+    app.add_route("/health", HealthResource(store, managed_data, StoreFullMarker(spool_dir)))
     app.add_route("/api/v2/schema", SchemaResource(store.schema))
     backup_dir = config.resolve_path(config.backup.dir) if config.backup.enabled else None
     app.add_route("/metrics", MetricsResource(store, spool_dir, config.api.metrics_public, backup_dir))

@@ -646,9 +646,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         supervisor = Supervisor(children, stop, after_start)
         if config.influxdb.managed:
             from dsmr_ts.disk_watch import DiskWatch
+            from dsmr_ts.spool_dir import StoreFullMarker
 
+            marker = StoreFullMarker(config.resolve_path(config.reader.spool_dir))
             watch = DiskWatch(
-                config.resolve_path(config.influxdb.data_dir), lambda why: supervisor.restart("influxd", why)
+                config.resolve_path(config.influxdb.data_dir), marker, lambda why: supervisor.restart("influxd", why)
             )
             supervisor.watchdogs.append(watch.check)
         daily = None

@@ -16,19 +16,27 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from dsmr_ts.spool_dir import StoreFullMarker
+
 log = logging.getLogger(__name__)
 
 FULL_BELOW_BYTES = 16 * 1024 * 1024  # a disk with less free than this, or than FULL_BELOW_PERCENT, is full
 FULL_BELOW_PERCENT = 2.0
-ROOM_AGAIN_FACTOR = 2  # room again: twice the full level free (no restarts while it hovers at the edge)
+# Room again: this much more free than when writes were refused (a share of the disk, at least
+# ROOM_AGAIN_BYTES), so a disk hovering at the edge does not restart influxd over and over.
+ROOM_AGAIN_BYTES = 8 * 1024 * 1024
+ROOM_AGAIN_PERCENT = 1.0
 
 
 def _full_level(total: int) -> float:
     return min(FULL_BELOW_BYTES, total * FULL_BELOW_PERCENT / 100)
 
 
-def disk_full(folder: Path) -> bool:
-    """Whether the disk holding `folder` is (as good as) full; False when it cannot be looked at."""
+def disk_full(folder: Path, marker: StoreFullMarker | None = None) -> bool:
+    """Whether the disk holding `folder` is (as good as) full, or influxd refused a write for lack
+    of space since it last took one (`marker`); False when the disk cannot be looked at."""
+    if marker is not None and marker.since() is not None:
+        return True
     try:
         usage = shutil.disk_usage(folder)
     except OSError:
@@ -37,21 +45,24 @@ def disk_full(folder: Path) -> bool:
 
 
 class DiskWatch:
-    """`run`'s watch over the managed influxd's disk: a full disk is one log line; room again
-    after that restarts influxd (restart(reason)) so it reopens the shards it gave up on."""
+    """`run`'s watch over the managed influxd's disk: influxd refusing writes for lack of space
+    (the marker the API and reader set) or a full disk is one log line; room again after that
+    restarts influxd (restart(reason)) so that it reopens the shards it gave up on."""
 
     def __init__(
         self,
         folder: Path,
+        marker: StoreFullMarker,
         restart: Callable[[str], None],
         every: float = 2.0,
         clock: Callable[[], float] = time.monotonic,
     ):
         self.folder = folder
+        self.marker = marker
         self.restart = restart
         self.every = every
         self.clock = clock
-        self.was_full = False
+        self.free_when_full: int | None = None  # the least free space seen while writes were refused
         self.next_check = 0.0
 
     def check(self) -> None:
@@ -63,16 +74,20 @@ class DiskWatch:
             usage = shutil.disk_usage(self.folder)
         except OSError:
             return  # not made yet
-        level = _full_level(usage.total)
-        if usage.free < level:
-            if not self.was_full:
+        if self.marker.since() is not None or usage.free < _full_level(usage.total):
+            if self.free_when_full is None:
                 log.warning(
                     "the disk of InfluxDB's data (%s) is full (%.1f MB free): readings are refused (503) and the"
                     " reader spools them until there is room",
                     self.folder,
                     usage.free / 1e6,
                 )
-            self.was_full = True
-        elif self.was_full and usage.free >= level * ROOM_AGAIN_FACTOR:
-            self.was_full = False
+                self.free_when_full = usage.free
+            self.free_when_full = min(self.free_when_full, usage.free)
+        if self.free_when_full is None:
+            return
+        room = max(ROOM_AGAIN_BYTES, usage.total * ROOM_AGAIN_PERCENT / 100)
+        if usage.free >= self.free_when_full + room:
+            self.free_when_full = None
+            self.marker.clear()
             self.restart(f"the disk of its data has room again ({usage.free / 1e6:.0f} MB free)")

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
 import time
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Iterator
 
 from dsmr_ts import metrics
+from dsmr_ts.influx.client import out_of_space
 from dsmr_ts.influx.store import Store, StoreUnavailable
+from dsmr_ts.spool_dir import StoreFullMarker
 from dsmr_ts.telegram import ParseError, Reading, Telegram, check_not_in_future, parse_telegram
 
 log = logging.getLogger(__name__)
@@ -17,9 +20,16 @@ IGNORED_LOG_EVERY = 3600.0  # seconds: a meter with a broken gas clock says so o
 
 
 class Ingest:
-    def __init__(self, store: Store, on_telegram: Callable[[str], None] | None = None):
-        """on_telegram: called with each stored telegram's text (MQTT's `raw` source)."""
+    def __init__(
+        self,
+        store: Store,
+        on_telegram: Callable[[str], None] | None = None,
+        store_full: StoreFullMarker | None = None,
+    ):
+        """on_telegram: called with each stored telegram's text (MQTT's `raw` source); store_full:
+        set when influxd refuses a write for lack of space, cleared by a write it takes."""
         self.store = store
+        self.store_full = store_full
         self.schema = store.schema
         self.on_telegram = on_telegram
         self._ignored_logged: dict[str, float] = {}  # meter -> when its ignored values were last logged
@@ -52,7 +62,7 @@ class Ingest:
     def telegram(self, text: str | bytes, now: dt.datetime | None = None) -> Telegram:
         """Parse and store a raw telegram. ParseError: nothing stored, the rejection is counted."""
         telegram = self.parse(text, now)
-        with metrics.INGEST_SECONDS.time():
+        with metrics.INGEST_SECONDS.time(), self._watching_space():
             self.store.writer.store_telegrams([telegram])
         metrics.ACCEPTED.inc()
         if self.on_telegram:
@@ -69,12 +79,25 @@ class Ingest:
             except ParseError:
                 rejected += 1
         if parsed:
-            self.store.writer.store_telegrams(parsed)
+            with self._watching_space():
+                self.store.writer.store_telegrams(parsed)
             metrics.ACCEPTED.inc(len(parsed))
         return len(parsed), rejected
 
     def reading(self, reading: Reading) -> Reading:
         """Store a reading given as values (v2 POST); it replaces one at the same meter+timestamp."""
-        with metrics.INGEST_SECONDS.time():
+        with metrics.INGEST_SECONDS.time(), self._watching_space():
             self.store.writer.store_reading(reading)
         return reading
+
+    @contextlib.contextmanager
+    def _watching_space(self) -> Iterator[None]:
+        """A write: a refusal for lack of space sets the marker, a write taken clears it."""
+        try:
+            yield
+        except StoreUnavailable as exc:
+            if self.store_full is not None and out_of_space(exc):
+                self.store_full.set()
+            raise
+        if self.store_full is not None:
+            self.store_full.clear()

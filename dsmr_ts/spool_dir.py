@@ -14,6 +14,7 @@ can be missed then.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import socket
@@ -25,6 +26,9 @@ from dsmr_ts import metrics
 
 OUTBOX_FILE = "mqtt-outbox.sqlite3"
 RAW_SOCKET = "mqtt-raw.sock"
+# Written by whoever saw influxd refuse a write for lack of space (API workers, the reader); `run`
+# restarts influxd once the disk has room again, and /health and monitoring say the disk is full.
+STORE_FULL_FILE = "influxdb-out-of-space"
 
 
 # --- spools ---------------------------------------------------------------------------------------
@@ -132,3 +136,28 @@ class RawRelay:
             self._socket.sendto(telegram.encode("latin-1", "replace"), self.path)
         except OSError:  # no reader listening, or its queue is full
             metrics.MQTT_RAW_DROPPED.inc()
+
+
+class StoreFullMarker:
+    """The out-of-space marker in a spool_dir: set on a write influxd refused for lack of space,
+    cleared by the next write it takes (or by `run` restarting influxd)."""
+
+    def __init__(self, directory: Path):
+        self.path = directory / STORE_FULL_FILE
+
+    def set(self) -> None:
+        if not self.path.exists():
+            with contextlib.suppress(OSError):
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                self.path.write_text(dt.datetime.now(dt.timezone.utc).isoformat() + "\n")
+
+    def clear(self) -> None:
+        if self.path.exists():  # one stat per write while all is well
+            with contextlib.suppress(OSError):
+                self.path.unlink()
+
+    def since(self) -> dt.datetime | None:
+        try:
+            return dt.datetime.fromisoformat(self.path.read_text().strip())
+        except (OSError, ValueError):
+            return None

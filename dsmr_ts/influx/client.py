@@ -40,6 +40,13 @@ class StoreUnavailable(Exception):
         self.summary = summary
 
 
+def out_of_space(exc: StoreUnavailable) -> bool:
+    """Whether influxd refused for lack of disk space: ENOSPC itself, or a shard (or its series
+    file) it could not open or grow, which it then refuses until it restarts."""
+    text = str(exc).lower()
+    return "no space left" in text or "previously failed" in text
+
+
 # InfluxDB times are int64 nanoseconds (1677..2262) and its integers int64. No reading is outside
 # 1970..2200, so clamping a client's extreme date or offset there changes no answer, and keeps
 # `day__gte=0854-04-07` or `offset=10**22` from becoming an InfluxDB error.

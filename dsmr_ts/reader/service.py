@@ -47,6 +47,7 @@ from dsmr_ts.reader.dlms import EncryptedFramer
 from dsmr_ts.reader.framing import TelegramFramer
 from dsmr_ts.reader.simulator import MeterSimulator
 from dsmr_ts.reader.spool import Spool, SpooledTelegram
+from dsmr_ts.spool_dir import StoreFullMarker
 from dsmr_ts.telegram import ParseError
 
 log = logging.getLogger("dsmr_ts.reader")
@@ -201,8 +202,8 @@ class ReaderService:
         self.store = store
         self.publisher = MqttPublisher(config, store) if config.mqtt.enabled else None
         raw = self.publisher.raw if self.publisher and "raw" in config.mqtt.publish else None
-        self.ingest = Ingest(store, on_telegram=raw)
         spool_dir = config.resolve_path(config.reader.spool_dir)
+        self.ingest = Ingest(store, on_telegram=raw, store_full=StoreFullMarker(spool_dir))
         self.spool = Spool(spool_dir, "influxdb", config.reader.spool_max_bytes)
         self.forwarders = [
             Forwarder(

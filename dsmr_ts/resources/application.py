@@ -14,7 +14,7 @@ from dsmr_ts.disk_watch import disk_full
 from dsmr_ts.formats import datetime_string
 from dsmr_ts.influx.store import StoreUnavailable
 from dsmr_ts.resources.context import ApiContext
-from dsmr_ts.spool_dir import outbox_state, spool_states
+from dsmr_ts.spool_dir import StoreFullMarker, outbox_state, spool_states
 
 NO_READINGS_AFTER = dt.timedelta(minutes=60)
 STATISTICS_LAG = dt.timedelta(hours=3)  # the hour task runs every hour; two missed runs is a problem
@@ -99,7 +99,7 @@ class MonitoringResource:
         except OSError:
             return ""  # not made yet (influxd never started): nothing to watch
         free = 100 * usage.free / usage.total if usage.total else 0.0
-        if disk_full(folder):
+        if disk_full(folder, StoreFullMarker(self.spool_dir)):
             return (
                 f"The disk of InfluxDB's data ({folder}) is full ({usage.free // 2**20} MiB free): readings are"
                 " refused (503) and the reader spools them; free some space and `dsmr-ts run` carries on"
