@@ -26,6 +26,9 @@ FULL_BELOW_PERCENT = 2.0
 # ROOM_AGAIN_BYTES), so a disk hovering at the edge does not restart influxd over and over.
 ROOM_AGAIN_BYTES = 8 * 1024 * 1024
 ROOM_AGAIN_PERCENT = 1.0
+# A refusal seen while the disk has room restarts influxd at most this often (seconds), so an
+# influxd that fails for another reason worded like a full disk is not restarted in a loop.
+RESTART_AT_MOST_EVERY = 600.0
 
 
 def _full_level(total: int) -> float:
@@ -64,6 +67,7 @@ class DiskWatch:
         self.clock = clock
         self.free_when_full: int | None = None  # the least free space seen while writes were refused
         self.next_check = 0.0
+        self.last_restart: float | None = None
 
     def check(self) -> None:
         now = self.clock()
@@ -74,7 +78,18 @@ class DiskWatch:
             usage = shutil.disk_usage(self.folder)
         except OSError:
             return  # not made yet
-        if self.marker.since() is not None or usage.free < _full_level(usage.total):
+        full_level = _full_level(usage.total)
+        room = max(ROOM_AGAIN_BYTES, usage.total * ROOM_AGAIN_PERCENT / 100)
+        refused = self.marker.since() is not None
+        if self.free_when_full is None and refused and usage.free >= full_level + room:
+            # influxd refused for lack of space, yet the disk has room: it was freed before this
+            # watch looked (or influxd gave up on a shard early). Only a restart reopens that shard.
+            if self.last_restart is None or now - self.last_restart >= RESTART_AT_MOST_EVERY:
+                self._restart(
+                    now, f"it refused writes for lack of space, and its disk has room ({usage.free / 1e6:.0f} MB free)"
+                )
+            return
+        if refused or usage.free < full_level:
             if self.free_when_full is None:
                 log.warning(
                     "the disk of InfluxDB's data (%s) is full (%.1f MB free): readings are refused (503) and the"
@@ -84,10 +99,11 @@ class DiskWatch:
                 )
                 self.free_when_full = usage.free
             self.free_when_full = min(self.free_when_full, usage.free)
-        if self.free_when_full is None:
-            return
-        room = max(ROOM_AGAIN_BYTES, usage.total * ROOM_AGAIN_PERCENT / 100)
-        if usage.free >= self.free_when_full + room:
+        if self.free_when_full is not None and usage.free >= self.free_when_full + room:
             self.free_when_full = None
-            self.marker.clear()
-            self.restart(f"the disk of its data has room again ({usage.free / 1e6:.0f} MB free)")
+            self._restart(now, f"the disk of its data has room again ({usage.free / 1e6:.0f} MB free)")
+
+    def _restart(self, now: float, reason: str) -> None:
+        self.last_restart = now
+        self.marker.clear()
+        self.restart(reason)

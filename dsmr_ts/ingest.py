@@ -92,7 +92,7 @@ class Ingest:
 
     @contextlib.contextmanager
     def _watching_space(self) -> Iterator[None]:
-        """A write: a refusal for lack of space sets the marker, a write taken clears it."""
+        """A write: a refusal for lack of space sets the marker, a write taken clears it (once held)."""
         try:
             yield
         except StoreUnavailable as exc:
@@ -100,4 +100,4 @@ class Ingest:
                 self.store_full.set()
             raise
         if self.store_full is not None:
-            self.store_full.clear()
+            self.store_full.clear_when_held()

@@ -140,7 +140,13 @@ class RawRelay:
 
 class StoreFullMarker:
     """The out-of-space marker in a spool_dir: set on a write influxd refused for lack of space,
-    cleared by the next write it takes (or by `run` restarting influxd)."""
+    cleared by a write it takes once the marker is HELD_SECONDS old (or by `run` restarting influxd).
+
+    Held for a while because writes to other shards may well succeed meanwhile (the live meter's
+    shard, while a backfill's shard failed): cleared at once, the marker would flicker between the
+    disk watch's looks and a stuck influxd would go unnoticed."""
+
+    HELD_SECONDS = 10.0
 
     def __init__(self, directory: Path):
         self.path = directory / STORE_FULL_FILE
@@ -155,6 +161,14 @@ class StoreFullMarker:
         if self.path.exists():  # one stat per write while all is well
             with contextlib.suppress(OSError):
                 self.path.unlink()
+
+    def clear_when_held(self) -> None:
+        """A write was taken: clear the marker if it has been set for HELD_SECONDS."""
+        if not self.path.exists():  # one stat per write while all is well
+            return
+        since = self.since()
+        if since is None or (dt.datetime.now(dt.timezone.utc) - since).total_seconds() >= self.HELD_SECONDS:
+            self.clear()
 
     def since(self) -> dt.datetime | None:
         try:

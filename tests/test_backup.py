@@ -53,7 +53,12 @@ def test_backup_while_serving_then_restore_answers_byte_for_byte(tmp_path):
         ]
         first = live_count()
         wait_for(lambda: live_count() > first, timeout=60, what="the simulated meter's readings to arrive")
-        started = dt.datetime.now(UTC).replace(microsecond=0)
+        # The cutoff is the newest reading stored before the backup starts (not the clock: a reading
+        # stamped with this second may still be on its way and land after the backup began).
+        newest = json.loads(
+            api.get("/api/v2/datalogger/dsmrreading", limit=1, meter=SIMULATED_METER, ordering="-timestamp")
+        )
+        started = dt.datetime.fromisoformat(newest["results"][0]["timestamp"].replace("Z", "+00:00"))
         acknowledged = json.loads(
             api.get(
                 "/api/v2/datalogger/dsmrreading", limit=1, meter=SIMULATED_METER, timestamp__lte=started.isoformat()

@@ -11,14 +11,18 @@ import datetime as dt
 import itertools
 import json
 import subprocess
+import types
 
 import pytest
 import requests
 from falcon import testing
 from helpers import TEST_KEY, Running, wait_for, write_config
 
+from dsmr_ts import disk_watch
 from dsmr_ts.app import create_app
+from dsmr_ts.disk_watch import DiskWatch
 from dsmr_ts.reader.simulator import MeterSimulator
+from dsmr_ts.spool_dir import StoreFullMarker
 
 METER = "E-DISK"
 KEY = {"X-AUTHKEY": TEST_KEY}
@@ -38,6 +42,69 @@ def test_little_free_space_is_a_monitoring_problem(config, tmp_path):
     (problem,) = low_disk_problems(watching(100))  # every disk has less than 100% free
     assert f"({tmp_path})" in problem and "less than influxdb.min_free_percent (100%)" in problem
     assert low_disk_problems(watching(0)) == []
+
+
+def test_a_refusal_is_held_long_enough_for_the_watch_to_see_it(tmp_path):
+    """A write to another shard taken right after a refusal must not hide the refusal."""
+    marker = StoreFullMarker(tmp_path)
+    marker.set()
+    marker.clear_when_held()
+    assert marker.since() is not None
+    held = dt.datetime.now(dt.timezone.utc) - dt.timedelta(seconds=StoreFullMarker.HELD_SECONDS + 1)
+    marker.path.write_text(held.isoformat())
+    marker.clear_when_held()
+    assert marker.since() is None
+
+
+class Disk:
+    """What shutil.disk_usage reports for the watched folder, set by the test."""
+
+    def __init__(self, total: int, free: int):
+        self.total, self.free = total, free
+
+    def usage(self, folder):
+        return types.SimpleNamespace(total=self.total, used=self.total - self.free, free=self.free)
+
+
+def watched(monkeypatch, tmp_path, disk: Disk):
+    now = [0.0]
+    restarts: list[str] = []
+    monkeypatch.setattr(disk_watch.shutil, "disk_usage", disk.usage)
+    marker = StoreFullMarker(tmp_path)
+    watch = DiskWatch(tmp_path, marker, restarts.append, every=2.0, clock=lambda: now[0])
+
+    def look(seconds: float = 2.0) -> None:
+        now[0] += seconds
+        watch.check()
+
+    return marker, restarts, look
+
+
+def test_the_watch_restarts_influxd_once_a_full_disk_has_room_again(monkeypatch, tmp_path):
+    disk = Disk(total=4_000_000, free=40_000)
+    marker, restarts, look = watched(monkeypatch, tmp_path, disk)
+    marker.set()
+    look()
+    assert restarts == []  # still full: a restart would not help
+    disk.free = 60_000_000
+    look()
+    assert len(restarts) == 1 and "room again" in restarts[0] and marker.since() is None
+    look()
+    assert len(restarts) == 1
+
+
+def test_a_refusal_first_seen_with_room_restarts_influxd_but_not_in_a_loop(monkeypatch, tmp_path):
+    # The disk was grown before the watch looked, as under load: influxd has given up on a shard.
+    disk = Disk(total=64_000_000, free=60_000_000)
+    marker, restarts, look = watched(monkeypatch, tmp_path, disk)
+    marker.set()
+    look()
+    assert len(restarts) == 1 and "refused writes for lack of space" in restarts[0] and marker.since() is None
+    marker.set()  # refused again at once: not a disk matter, so no second restart soon
+    look()
+    assert len(restarts) == 1
+    look(disk_watch.RESTART_AT_MOST_EVERY)
+    assert len(restarts) == 2
 
 
 def post(api: Running, moments: list[dt.datetime]) -> dict[dt.datetime, int]:
@@ -118,7 +185,7 @@ def test_a_full_disk_refuses_readings_and_loses_none(tmp_path):
             wait_for(
                 lambda: post(api, [later])[later] == 201, timeout=120, what="ingest to resume after space was freed"
             )
-            assert "restarting influxd: the disk of its data has room again" in api.log.read_text()
+            assert "restarting influxd: " in api.log.read_text() and " MB free)" in api.log.read_text()
             assert requests.get(api.url + "/health", timeout=10).status_code == 200
             wait_for(lambda: not waiting_in_spool(api), timeout=120, what="the reader's spool to drain")
             acknowledged = [moment for moment, status in answers.items() if status == 201]
