@@ -158,9 +158,8 @@ class StoreFullMarker:
                 self.path.write_text(dt.datetime.now(dt.timezone.utc).isoformat() + "\n")
 
     def clear(self) -> None:
-        if self.path.exists():  # one stat per write while all is well
-            with contextlib.suppress(OSError):
-                self.path.unlink()
+        with contextlib.suppress(OSError):
+            self.path.unlink(missing_ok=True)
 
     def clear_when_held(self) -> None:
         """A write was taken: clear the marker if it has been set for HELD_SECONDS."""
