@@ -350,3 +350,42 @@ def test_first_page_sees_readings_older_than_the_remembered_first(client, loaded
     assert [r["id"] for r in body["results"]] == [int(older.timestamp())] + [
         int((start + dt.timedelta(minutes=i)).timestamp()) for i in range(2)
     ]
+
+
+def test_latest_and_first_reading_beside_and_beyond_the_day_looked_at_first(loaded):
+    """readings.latest looks within a day of its bound first (before, now, or after for the oldest)
+    and in the rest of the range only when that day has none: both ways give the brute-force answer,
+    also for a reading exactly a day from the bound."""
+    meter = "E-LATEST"
+    now = dt.datetime.now(UTC).replace(microsecond=0)
+    times = [
+        dt.datetime(2025, 6, 1, 12, tzinfo=UTC),
+        dt.datetime(2025, 6, 3, 12, tzinfo=UTC),
+        dt.datetime(2025, 6, 3, 18, tzinfo=UTC),
+        dt.datetime(2025, 6, 20, 0, tzinfo=UTC),
+        now - dt.timedelta(days=3),
+    ]
+    loaded.writer.store_readings(
+        [
+            Reading(t, meter, {"electricity_delivered_1": float(i), "electricity_currently_delivered": 0.1})
+            for i, t in enumerate(times)
+        ]
+    )
+    day = dt.timedelta(days=1)
+    bounds = [
+        (None, None),
+        (None, times[2]),  # the day before has times[1]
+        (None, times[3]),  # nothing within a day: the far part
+        (None, times[2] + day),  # times[2] exactly a day before the bound
+        (times[0], times[3]),
+        (times[1] - day, None),  # times[1] exactly a day after the bound
+        (times[0] + dt.timedelta(seconds=1), None),
+        (times[3] + dt.timedelta(seconds=1), None),
+        (times[4] + dt.timedelta(seconds=1), None),  # nothing at all
+    ]
+    for after, before in bounds:
+        inside = [t for t in times if (after is None or t >= after) and (before is None or t < before)]
+        newest = loaded.readings.latest(meter, before=before, after=after)
+        oldest = loaded.readings.latest(meter, before=before, after=after, first=True)
+        assert (newest and newest["_time"]) == (max(inside) if inside else None), (after, before)
+        assert (oldest and oldest["_time"]) == (min(inside) if inside else None), (after, before)
