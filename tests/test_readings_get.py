@@ -389,3 +389,8 @@ def test_latest_and_first_reading_beside_and_beyond_the_day_looked_at_first(load
         oldest = loaded.readings.latest(meter, before=before, after=after, first=True)
         assert (newest and newest["_time"]) == (max(inside) if inside else None), (after, before)
         assert (oldest and oldest["_time"]) == (min(inside) if inside else None), (after, before)
+    # The newest reading of a meter silent for days is remembered as the bound; a new one still shows.
+    assert loaded.readings.latest(meter)["_time"] == times[4]
+    assert loaded.readings.latest(meter)["_time"] == times[4]
+    loaded.writer.store_readings([Reading(now, meter, {"electricity_delivered_1": 9.0})])
+    assert loaded.readings.latest(meter)["_time"] == now

@@ -476,18 +476,24 @@ class ReadingQueries(IndexedRows):
     ) -> Row | None:
         """The newest (or with first=True the oldest) reading of a meter in [after, before).
 
-        It looks in the day beside the bound that decides (before, or now; after for the oldest)
-        first and in the rest only when that day has none: InfluxQL opens a cursor per shard and
-        field of the range, so a reading over months of shards costs ~30 ms, one of a day ~1 ms."""
+        It looks in the day beside the bound that decides (before, or now: the newest reading when
+        remembered; after for the oldest) first and in the rest only when that day has none:
+        InfluxQL opens a cursor per shard and field of the range, so a reading over months of shards
+        costs ~30 ms, one of a day ~1 ms."""
         start, stop = after or EARLIEST, before or LATEST
         if first:
             split = start + EDGE if after else start
         else:
-            split = (before or dt.datetime.now(dt.timezone.utc)) - EDGE
+            split = (before or self._remembered_last(meter)) - EDGE
         if not start < split < stop:
             return self._one(meter, start, stop, first)
         near, far = ((start, split), (split, stop)) if first else ((split, stop), (start, split))
-        return self._one(meter, *near, first) or self._one(meter, *far, first)
+        found = self._one(meter, *near, first)
+        if found is None:
+            found = self._one(meter, *far, first)
+            if found and not first and before is None:  # a meter that stopped reporting a while ago
+                self._last[meter] = (found["_time"] + MINUTE, time.monotonic())
+        return found
 
     def _one(self, meter: str, start: dt.datetime, stop: dt.datetime, first: bool) -> Row | None:
         (series,) = self.client.influxql([self._select(meter, start, stop, not first, 1, 0)])
