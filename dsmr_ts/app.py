@@ -90,9 +90,9 @@ def create_app(
 
 def _add_page(app: falcon.App, config: Config, context: ApiContext, monitoring: MonitoringResource) -> None:
     """dsmr-ts's energy page at / and its read-only data (resources/web.py). Wrong keys at its
-    login are counted on their own: ten a minute, then 429 (a page guessed at does not lock a
-    datalogger out of the API)."""
-    access = web.WebAccess(config.web, config.api.key, FailedKeys())
+    login are counted on their own, api.wrong_keys_per_minute of them and then 429 (a page guessed
+    at does not lock a datalogger out of the API)."""
+    access = web.WebAccess(config.web, config.api.key, FailedKeys(config.api.wrong_keys_per_minute))
     app.add_route("/", web.PageResource())
     app.add_static_route("/web/static", str(web.PAGE_FILES))
     app.add_route("/web/login", web.LoginResource(access, config.server.trust_forwarded_headers))

@@ -48,6 +48,9 @@ class ApiConfig:
     local_datetimes: bool = False
     # GET /metrics without the key (for a Prometheus on a trusted network).
     metrics_public: bool = False
+    # Wrong keys a client may send within a minute before it is locked out for the rest of that
+    # minute (429); 0: never. Raise it when many clients share one address (a proxy not trusted).
+    wrong_keys_per_minute: int = 10
 
 
 @dataclass
@@ -496,6 +499,10 @@ def _check_semantics(config: Config, problems: _Problems) -> None:
             "api.key",
             f"use 32 to 256 printable characters without spaces (got {len(config.api.key)}):"
             " a short key can be guessed; delete the line and a 64-character one is made",
+        )
+    if config.api.wrong_keys_per_minute < 0:
+        problems.add(
+            "api.wrong_keys_per_minute", f"must be 0 (never lock out) or more, got {config.api.wrong_keys_per_minute}"
         )
     if config.server.workers < 1:
         problems.add("server.workers", f"must be at least 1, got {config.server.workers}")

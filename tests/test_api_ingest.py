@@ -423,6 +423,15 @@ def test_wrong_keys_age_out():
     assert failed.retry_after("a") == 0 and failed.retry_after("b") == 0
 
 
+def test_a_lock_out_limit_of_zero_never_locks_out(config, store):
+    """api.wrong_keys_per_minute: 0 (many clients behind one untrusted proxy address)."""
+    config.api.wrong_keys_per_minute = 0
+    client = testing.TestClient(create_app(config, store))
+    for _ in range(MAX_FAILURES * 3):
+        assert client.simulate_get(V2, headers={"X-AUTHKEY": "guess"}).status_code == 403
+    assert client.simulate_get(V2, headers=KEY).status_code == 200
+
+
 def test_requests_without_a_key_never_count_as_guesses(client):
     """A keyless monitoring probe is refused, but never locks out the datalogger behind its address."""
     shared = "198.51.100.20"

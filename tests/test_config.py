@@ -87,6 +87,7 @@ def test_env_key_is_not_persisted(tmp_path, monkeypatch):
         ("api:\n  enabled: 'yes please'\n", "api.enabled: expected true or false, got 'yes please'"),
         ("server:\n  workers: two\n", "server.workers: expected a whole number, got 'two'"),
         ("server: 5\n", "server: expected a mapping, got 5"),
+        ("api:\n  wrong_keys_per_minute: -1\n", "api.wrong_keys_per_minute: must be 0 (never lock out) or more"),
         ("server:\n  bind: 127.0.0.1:8086\n", "server.bind: 127.0.0.1:8086 is influxdb.url's port"),
         ("server:\n  bind: 0.0.0.0:9999\ninfluxdb:\n  url: http://localhost:9999\n", "is influxdb.url's port"),
         ("timezone: Mars/Olympus\n", "timezone: unknown time zone 'Mars/Olympus'"),

@@ -60,7 +60,10 @@ def stack(influxd_binary, tmp_path_factory):
     influxd = ManagedInfluxd(influxd_binary, folder / "influxd", port=free_port()).start()
     config_path = folder / "dsmr-ts.yaml"
     config_path.write_text(
-        f"api:\n  enabled: true\n  key: {TEST_KEY}\ninfluxdb:\n  managed: false\n  url: {influxd.url}\n"
+        # No lock-out: schemathesis sends a wrong key to every operation, and a locked-out client's
+        # 429 is not the 401/403 its ignored_auth check looks for (tests/test_api_ingest.py tests it).
+        f"api:\n  enabled: true\n  key: {TEST_KEY}\n  wrong_keys_per_minute: 0\n"
+        f"influxdb:\n  managed: false\n  url: {influxd.url}\n"
     )
     bootstrap(load_config(config_path))
     (folder / "schemathesis.toml").write_text(CONFIG)

@@ -6,7 +6,8 @@ Resources with `auth_exempt = True` (/health, /api/v2/schema) are always public.
 
 Either header right authorises a request (as in DSMR-reader, which checks both).
 
-Guessing the key: a client that sent a wrong key MAX_FAILURES times within WINDOW seconds gets 429
+Guessing the key: a client that sent a wrong key `limit` times (api.wrong_keys_per_minute, default
+MAX_FAILURES; 0: never) within WINDOW seconds gets 429
 (`Retry-After`) for every request until the oldest of those failures is WINDOW old, even with the
 right key (else guessing would go on); other clients are not affected. A client is its address,
 or behind a trusted proxy (server.trust_forwarded_headers) the address the proxy forwards. Counted
@@ -62,9 +63,10 @@ MAX_CLIENTS = 10_000  # clients remembered at once (the oldest are forgotten fir
 
 
 class FailedKeys:
-    """Wrong keys per client within the last WINDOW seconds."""
+    """Wrong keys per client within the last WINDOW seconds; `limit` of them lock it out (0: never)."""
 
-    def __init__(self, clock: Callable[[], float] = time.monotonic):
+    def __init__(self, limit: int = MAX_FAILURES, clock: Callable[[], float] = time.monotonic):
+        self.limit = limit
         self.clock = clock
         self._failures: collections.OrderedDict[str, collections.deque[float]] = collections.OrderedDict()
         self._lock = threading.Lock()
@@ -78,13 +80,15 @@ class FailedKeys:
                 return 0
             while failures and now - failures[0] >= WINDOW:
                 failures.popleft()
-            if len(failures) < MAX_FAILURES:
+            if len(failures) < self.limit:
                 return 0
             return max(1, math.ceil(WINDOW - (now - failures[0])))
 
     def failed(self, client: str) -> None:
+        if not self.limit:
+            return
         with self._lock:
-            failures = self._failures.setdefault(client, collections.deque(maxlen=MAX_FAILURES))
+            failures = self._failures.setdefault(client, collections.deque(maxlen=self.limit))
             failures.append(self.clock())
             self._failures.move_to_end(client)
             while len(self._failures) > MAX_CLIENTS:
@@ -95,7 +99,7 @@ class ApiAccessMiddleware:
     def __init__(self, settings: ApiConfig, trust_forwarded: bool = False, failed: FailedKeys | None = None):
         self.settings = settings
         self.trust_forwarded = trust_forwarded
-        self.failed = failed or FailedKeys()
+        self.failed = failed or FailedKeys(settings.wrong_keys_per_minute)
 
     def _client(self, req: falcon.Request) -> str:
         return req.access_route[0] if self.trust_forwarded and req.access_route else req.remote_addr
