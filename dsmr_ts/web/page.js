@@ -107,7 +107,15 @@ function node(name, attributes = {}, text) {
   return element;
 }
 
-const W = 800, H = 260, LEFT = 48, BOTTOM = 22, TOP = 8;
+const H = 260, LEFT = 48, BOTTOM = 22, TOP = 8;
+let W = 800;
+
+// A chart is drawn in its own pixels (its viewBox is its width), so that its text keeps its size and
+// shape at any width instead of being squeezed on a phone; a changed window width redraws them.
+function fit(svg) {
+  W = Math.max(280, Math.round(svg.getBoundingClientRect().width) || 800);
+  svg.setAttribute("viewBox", `0 0 ${W} ${H}`);
+}
 
 function frame(svg, max, unit, labels) {
   svg.replaceChildren();
@@ -130,6 +138,7 @@ function niceMax(value) {
 
 function drawPower(result) {
   const svg = $("power-chart");
+  fit(svg);
   const minutes = result.minutes;
   const max = Math.max(0.1, ...minutes.map(([, d, r]) => Math.max(d, r)));
   const x = (minute) => LEFT + (W - LEFT) * minute / 1440;
@@ -147,10 +156,11 @@ function drawPower(result) {
 // Bars of used (and returned) kWh, one slot per possible item (the days of a month, 12 months), so
 // a month's first days do not fill the width.
 function drawBars(svg, items, slots, position, label, title) {
+  fit(svg);
   const max = Math.max(0.001, ...items.map((i) => Math.max(i.used, i.returned)));
   const slot = (W - LEFT) / slots;
   const labels = [...Array(slots).keys()]
-    .filter((index) => slots <= 12 || index % 5 === 0 || index === slots - 1)
+    .filter((index) => (slots <= 12 ? slot >= 24 || index % 2 === 0 : index % 5 === 0 || index === slots - 1))
     .map((index) => [LEFT + slot * (index + 0.5), label(index)]);
   const y = frame(svg, max, "kWh", labels);
   items.forEach((item) => {
@@ -162,6 +172,10 @@ function drawBars(svg, items, slots, position, label, title) {
     group.append(node("rect", { x: x + 1 + width, y: y(item.returned), width, height: y(0) - y(item.returned), class: "ret" }));
     svg.append(group);
   });
+}
+
+function plural(count, noun) {
+  return `${count} ${noun}${count === 1 ? "" : "s"}`;
 }
 
 function usage(entry) {
@@ -189,7 +203,7 @@ async function loadDays() {
   drawBars($("days-chart"), items, length, (item) => Number(item.key.slice(8)) - 1, (index) => String(index + 1),
     (item) => describe(item, item.key));
   const used = items.reduce((sum, i) => sum + i.used, 0);
-  $("days-summary").textContent = `${items.length} days in ${month}: ${used.toFixed(3)} kWh used.`;
+  $("days-summary").textContent = `${plural(items.length, "day")} in ${month}: ${used.toFixed(3)} kWh used.`;
 }
 
 async function loadMonths() {
@@ -200,13 +214,14 @@ async function loadMonths() {
   drawBars($("months-chart"), items, 12, (item) => Number(item.key.slice(5)) - 1, (index) => names[index],
     (item) => describe(item, item.key));
   const used = items.reduce((sum, i) => sum + i.used, 0);
-  $("months-summary").textContent = `${items.length} months in ${year}: ${used.toFixed(3)} kWh used.`;
+  $("months-summary").textContent = `${plural(items.length, "month")} in ${year}: ${used.toFixed(3)} kWh used.`;
 }
 
 async function loadPeaks() {
   const month = $("days-month").value || todayLocal().slice(0, 7);
   const result = await data("peaks", { month });
   const svg = $("peaks-chart");
+  fit(svg);
   const quarters = result.quarters;
   const max = Math.max(0.1, ...quarters.map((q) => q[1]));
   const first = quarters.length ? quarters[0][0] : 0;
@@ -278,5 +293,14 @@ document.addEventListener("DOMContentLoaded", () => {
   $("power-day").addEventListener("change", () => guarded(loadPower));
   $("days-month").addEventListener("change", () => guarded(() => Promise.all([loadDays(), loadPeaks()])));
   $("months-year").addEventListener("change", () => guarded(loadMonths));
+  let width = window.innerWidth, redraw = null;
+  window.addEventListener("resize", () => {
+    clearTimeout(redraw);
+    redraw = setTimeout(() => {
+      if (window.innerWidth === width || document.body.dataset.ready !== "true") return;
+      width = window.innerWidth;
+      guarded(() => Promise.all([loadPower(), loadDays(), loadMonths(), loadPeaks()]));
+    }, 250);
+  });
   guarded(start);
 });
