@@ -145,6 +145,15 @@ def test_the_page_shows_what_the_api_says_and_keeps_up(stack, browser, tmp_path)
         page.screenshot(path=str(tmp_path / "page-desktop.png"), full_page=True)
         phone, phone_page, phone_seen = open_page(browser, url, 390, 844)
         phone_page.screenshot(path=str(tmp_path / "page-phone.png"), full_page=True)
+        # On a phone nothing widens the page, and charts are drawn at their size (text not squeezed).
+        assert phone_page.evaluate("document.documentElement.scrollWidth") <= 390
+        for chart in ("power-chart", "days-chart", "months-chart", "peaks-chart"):
+            drawn = phone_page.evaluate(
+                "(id) => { const s = document.getElementById(id);"
+                " return [s.viewBox.baseVal.width, s.getBoundingClientRect().width]; }",
+                chart,
+            )
+            assert abs(drawn[0] - drawn[1]) <= 1, (chart, drawn)
         phone.close()
         # Nothing from another origin, no console errors.
         assert seen["requests"] and all(request.startswith(url + "/") for request in seen["requests"]), seen
