@@ -293,8 +293,7 @@ class IndexedRows:
             if plan.has_index:
                 located = self._located(meter, plan, None, offset, limit, descending)
                 if descending and offset == 0 and lte is None and located:
-                    newest = dt.datetime.fromtimestamp(int(located[0]["time"]), dt.timezone.utc)
-                    self._last[meter] = (newest + MINUTE, time.monotonic())  # past its row, also for minutes
+                    self._remember_last(meter, dt.datetime.fromtimestamp(int(located[0]["time"]), dt.timezone.utc))
                 return total, located
             (series,) = self.client.influxql([self._select(meter, plan.start, plan.stop, descending, limit, offset)])
             rows = self._raw_rows(series, limit, offset)
@@ -338,6 +337,11 @@ class IndexedRows:
 
     def _remembered_last(self, meter: str) -> dt.datetime:
         return _remembered(self._last, meter) or dt.datetime.now(dt.timezone.utc)
+
+    def _remember_last(self, meter: str, newest: dt.datetime) -> None:
+        """A meter's newest row lies well before now: remember a minute past it (past its row, also
+        for minutes) as the open end to look back from."""
+        self._last[meter] = (newest + MINUTE, time.monotonic())
 
     def _first_point(self, meter: str) -> dt.datetime | None:
         """When a meter's first point is, remembered a minute (each use checks nothing is earlier)."""
@@ -492,7 +496,7 @@ class ReadingQueries(IndexedRows):
         if found is None:
             found = self._one(meter, *far, first)
             if found and not first and before is None:  # a meter that stopped reporting a while ago
-                self._last[meter] = (found["_time"] + MINUTE, time.monotonic())
+                self._remember_last(meter, found["_time"])
         return found
 
     def _one(self, meter: str, start: dt.datetime, stop: dt.datetime, first: bool) -> Row | None:
