@@ -115,26 +115,27 @@ def post(api: Running, moments: list[dt.datetime]) -> dict[dt.datetime, int]:
 
 
 def stored(api: Running) -> int:
+    """The count the API gives for the posted meter's readings."""
     return json.loads(api.get("/api/v2/datalogger/dsmrreading", meter=METER, limit=1))["count"]
 
 
-def stored_moments(api: Running) -> tuple[set[dt.datetime], int]:
-    """Every stored reading's time, walked by time (not by the count, which is checked apart), and
-    the count the API gives."""
-    found: set[dt.datetime] = set()
+def stored_times(api: Running, meter: str) -> list[dt.datetime]:
+    """Every stored reading's time of a meter, oldest first, walked by time (not by the count, which
+    is checked apart)."""
+    found: list[dt.datetime] = []
     after = "1970-01-01T00:00:00Z"
-    count = json.loads(api.get("/api/v2/datalogger/dsmrreading", meter=METER, limit=1))["count"]
     while True:
         page = json.loads(
             api.get(
-                "/api/v2/datalogger/dsmrreading", meter=METER, limit=1000, ordering="timestamp", timestamp__gte=after
+                "/api/v2/datalogger/dsmrreading", meter=meter, limit=1000, ordering="timestamp", timestamp__gte=after
             )
         )
-        moments = {dt.datetime.fromisoformat(row["timestamp"]) for row in page["results"]}
-        if not moments - found:
-            return found, count
-        found |= moments
-        after = max(moments).strftime("%Y-%m-%dT%H:%M:%SZ")
+        moments = [dt.datetime.fromisoformat(row["timestamp"]) for row in page["results"]]
+        newer = [moment for moment in moments if not found or moment > found[-1]]
+        if not newer:
+            return found
+        found += newer
+        after = newer[-1].strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def waiting_in_spool(api: Running) -> bool:
@@ -144,15 +145,7 @@ def waiting_in_spool(api: Running) -> bool:
 
 def simulated_gaps(api: Running) -> list[tuple[str, str]]:
     """Gaps of more than 3 s between the simulated meter's readings (it sends one a second)."""
-    moments: list[str] = []
-    offset = 0
-    while True:
-        page = json.loads(api.get("/api/v2/datalogger/dsmrreading", meter="simulated", limit=1000, offset=offset))
-        moments += [row["timestamp"] for row in page["results"]]
-        offset += 1000
-        if not page["next"]:
-            break
-    times = [dt.datetime.fromisoformat(moment) for moment in moments]
+    times = stored_times(api, "simulated")
     return [(str(a), str(b)) for a, b in itertools.pairwise(times) if (b - a).total_seconds() > 3]
 
 
@@ -196,7 +189,7 @@ def test_a_full_disk_refuses_readings_and_loses_none(tmp_path):
             assert requests.get(api.url + "/health", timeout=10).status_code == 200
             wait_for(lambda: not waiting_in_spool(api), timeout=120, what="the reader's spool to drain")
             acknowledged = [moment for moment, status in answers.items() if status == 201]
-            kept, count = stored_moments(api)
+            kept, count = set(stored_times(api, METER)), stored(api)
             missing = [moment for moment in acknowledged if moment not in kept]
             print(f"full disk: {len(acknowledged)} acknowledged, {len(answers) - len(acknowledged)} refused, "
                   f"{len(kept)} stored, {len(missing)} lost, count {count}")  # fmt: skip
